@@ -1,0 +1,513 @@
+"""Growth planning: the Gstack paper's guidelines as a calculator.
+
+Du et al., "Stacking Your Transformers" (NeurIPS 2024, arXiv 2405.15319), §4.2, fit when to grow:
+
+    log10(d) = 0.88·log10(N) + 163.27 / log10(C) − 5.74,   C = 6·N·D
+
+where N is the target model's parameter count, D the total training tokens, C the training compute
+in FLOPs and d the number of tokens the small (base) model should be trained on before it is stacked
+g times (g = 4 is the paper's recommended growth factor). :func:`make_plan` turns that into a
+concrete plan: base shape, FLOPs per phase, and the ``hfgrow stack`` command to run.
+
+Conventions (used everywhere in this module):
+
+* **N is the total parameter count** of the target, embeddings included. The paper plugs in the
+  nominal size ("7B", "70B"); Table 4 is reproduced with N = 7e9 etc. (see :func:`growth_tokens`).
+* **Embedding parameters** are those of every ``nn.Embedding`` module (token embeddings and learned
+  position embeddings, as in Kaplan et al.) plus the output projection (LM head) when it is *not*
+  tied to the input embeddings. A tied LM head shares the input embedding tensor and is counted once.
+* FLOPs are the usual 6·N·tokens estimate (forward + backward), with N the total parameter count of
+  the model being trained in that phase.
+
+Example:
+    >>> round(growth_tokens(7e9, 6 * 7e9 * 2e12) / 1e9, 2)
+    11.11
+    >>> plan = make_plan("7B", "2T")
+    >>> plan.command
+    'hfgrow stack BASE_MODEL OUT --factor 4'
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfgrow.errors import HfgrowError
+
+__all__ = [
+    "GROWTH_LAW",
+    "DEFAULT_FACTOR",
+    "ParamCount",
+    "GrowthPlan",
+    "parse_size",
+    "format_count",
+    "format_flops",
+    "count_params",
+    "load_target_config",
+    "growth_tokens",
+    "valid_factors",
+    "check_factor",
+    "make_plan",
+]
+
+#: Coefficients of the paper's growth-timing law: log10 d = a·log10 N + b / log10 C + c.
+GROWTH_LAW = {"a": 0.88, "b": 163.27, "c": -5.74}
+#: The paper's recommended growth factor (optimum between 2 and 4).
+DEFAULT_FACTOR = 4
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- numbers and formatting
+
+
+def parse_size(text: str | int | float, what: str = "model size", example: str = "7B") -> int:
+    """Parse a human count such as ``"7B"``, ``"1.1b"``, ``"410M"``, ``"2T"`` or ``"70e9"``.
+
+    Suffixes (case-insensitive): K = 1e3, M = 1e6, B = 1e9, T = 1e12. Underscores and commas used as
+    digit separators are accepted (``"7_000_000"``). A sign is accepted so that callers can give a
+    precise "must be > 0" message; this function does not check the sign.
+
+    Raises:
+        HfgrowError: ``unknown model size 'x': use a number with K/M/B/T, e.g. 7B``.
+
+    Example:
+        >>> parse_size("1.1B"), parse_size("410m"), parse_size("70e9")
+        (1100000000, 410000000, 70000000000)
+    """
+    if isinstance(text, bool):
+        raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
+    if isinstance(text, (int, float)):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
+        return int(round(text))
+    cleaned = str(text).replace("_", "").replace(",", "")
+    match = _SIZE_RE.match(cleaned)
+    if not match:
+        raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if not math.isfinite(value):
+        raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
+    return int(round(value))
+
+
+def format_count(n: float, decimals: int | None = None) -> str:
+    """Format a count with a K/M/B/T suffix: ``1.1B``, ``6.58B``, ``2T``, ``410M``.
+
+    With ``decimals=None`` three significant digits are kept and trailing zeros dropped; with an
+    explicit ``decimals`` at most that many decimals are shown (``format_count(11.113e9, 2) == "11.11B"``,
+    ``format_count(2e12, 2) == "2T"``).
+    """
+    sign = "-" if n < 0 else ""
+    n = abs(float(n))
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            value = n / scale
+            break
+    else:
+        suffix, value = "", n
+    if decimals is None:
+        text = f"{value:.3g}" if value < 100 else f"{value:.0f}"
+        if "e" in text:  # e.g. 99.96 rounds to 1e+02
+            text = f"{value:.0f}"
+    else:
+        text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{sign}{text}{suffix}"
+
+
+def format_flops(x: float) -> str:
+    """Format a FLOP count in compact scientific notation: ``3.2e21``."""
+    if x == 0:
+        return "0"
+    text = f"{x:.3g}"
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+# --------------------------------------------------------------------------- parameter counts
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameter count of a model, split as described in the module docstring.
+
+    ``embedding`` and ``non_embedding`` are ``None`` when only the total is known (a size string).
+    """
+
+    embedding: int | None
+    non_embedding: int | None
+    total: int
+
+    def describe(self) -> str:
+        """``"6.74B (embedding 262M, non-embedding 6.48B)"`` or just ``"7B"``."""
+        if self.embedding is None or self.non_embedding is None:
+            return format_count(self.total)
+        return (
+            f"{format_count(self.total)} (embedding {format_count(self.embedding)}, "
+            f"non-embedding {format_count(self.non_embedding)})"
+        )
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def count_params(config: Any) -> ParamCount:
+    """Count the parameters a causal LM built from ``config`` has, without allocating weights.
+
+    The model is instantiated on PyTorch's ``meta`` device (shapes only), so this is fast even for
+    70B configurations. Works for any architecture ``AutoModelForCausalLM`` knows.
+
+    Embedding parameters: all ``nn.Embedding`` modules plus an untied output embedding (LM head,
+    with its bias if any). Tied weights are counted once.
+
+    Raises:
+        HfgrowError: the config is not a causal LM transformers can build.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError) as exc:
+        model_type = getattr(config, "model_type", "?")
+        raise HfgrowError(
+            f"cannot build a causal LM from a '{model_type}' config: {str(exc).splitlines()[0]}"
+        ) from None
+
+    embedding_ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            embedding_ids.update(id(p) for p in module.parameters())
+    output = model.get_output_embeddings()
+    if output is not None:
+        embedding_ids.update(id(p) for p in output.parameters())
+
+    total = embedding = 0
+    for param in model.parameters():  # .parameters() already yields shared (tied) tensors once
+        total += param.numel()
+        if id(param) in embedding_ids:
+            embedding += param.numel()
+    return ParamCount(embedding=embedding, non_embedding=total - embedding, total=total)
+
+
+def load_target_config(target: str) -> Any:
+    """Resolve a plan target that is not a size string to a transformers config, offline-friendly.
+
+    Accepted, in this order: a ``config.json`` file, a folder containing one, a transformers model
+    type (``llama``, ``gpt2``, ``qwen2``…: that architecture's default configuration), or a Hub repo
+    id already in the local cache.
+
+    Raises:
+        HfgrowError: none of those matched.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(target).expanduser()
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            model_type = data.pop("model_type")
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            raise HfgrowError(f"'{target}' is not a transformers config.json (no model_type).") from None
+        if model_type not in CONFIG_MAPPING:
+            raise HfgrowError(f"'{target}' has model_type '{model_type}', which this transformers does not know.")
+        return CONFIG_MAPPING[model_type].from_dict(data)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HfgrowError(f"folder '{target}' has no config.json.")
+        try:
+            return AutoConfig.from_pretrained(str(path))
+        except (ValueError, KeyError, OSError) as exc:
+            raise HfgrowError(f"cannot read '{path / 'config.json'}': {str(exc).splitlines()[0]}") from None
+    if target in CONFIG_MAPPING:
+        return AutoConfig.for_model(target)
+    try:
+        return AutoConfig.from_pretrained(target, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not found"; say what we accept instead
+        pass
+    raise HfgrowError(
+        f"target '{target}' is not a size (e.g. 7B), a config.json or model folder, a transformers "
+        f"model type (e.g. llama) or a Hub repo already in the local cache."
+    )
+
+
+# --------------------------------------------------------------------------- the growth law
+
+
+def growth_tokens(n_params: float, compute: float) -> float:
+    """The paper's growth timing d (tokens to train the base model before stacking).
+
+    ``log10(d) = 0.88·log10(N) + 163.27 / log10(C) − 5.74`` with N the target's parameter count and
+    C = 6·N·D its training compute in FLOPs. The paper's Table 4 uses the *nominal* N (8e9, 7e9,
+    13e9, 70e9); with it this function gives 6.58B (8B, 15T), 11.11B (7B, 2T), 15.84B (13B, 2T) and
+    42.48B (70B, 2T) tokens.
+
+    Raises:
+        HfgrowError: N or C is not positive, or C ≤ 1 FLOP (the law divides by log10 C).
+    """
+    if n_params <= 0:
+        raise HfgrowError(f"the parameter count must be > 0 (got {n_params}).")
+    if compute <= 10:
+        raise HfgrowError(f"the compute must be > 10 FLOPs for the growth law (got {compute}).")
+    log_d = GROWTH_LAW["a"] * math.log10(n_params) + GROWTH_LAW["b"] / math.log10(compute) + GROWTH_LAW["c"]
+    return 10.0**log_d
+
+
+def valid_factors(layers: int) -> list[int]:
+    """Growth factors that split ``layers`` evenly into a base model: divisors ≥ 2."""
+    return [g for g in range(2, layers + 1) if layers % g == 0]
+
+
+def check_factor(layers: int, factor: int) -> None:
+    """Raise a clear error unless ``factor`` divides ``layers`` (suggesting the nearest valid ones)."""
+    if factor < 2:
+        raise HfgrowError(f"--factor must be at least 2 (got {factor}); the paper recommends 4.")
+    if layers % factor == 0:
+        return
+    valid = valid_factors(layers)
+    if not valid:
+        raise HfgrowError(f"the target has {layers} layer(s), which cannot be grown from a smaller stack.")
+    lower = [g for g in valid if g < factor]
+    upper = [g for g in valid if g > factor]
+    nearest = ([lower[-1]] if lower else []) + ([upper[0]] if upper else [])
+    suggestion = " or ".join(str(g) for g in nearest)
+    raise HfgrowError(
+        f"factor {factor} does not divide the target's {layers} layers: use {suggestion} "
+        f"(valid factors: {', '.join(map(str, valid))})."
+    )
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class GrowthPlan:
+    """Everything ``hfgrow plan`` reports. Numbers are raw (params, tokens, FLOPs); see :meth:`report`.
+
+    Attributes:
+        target: the target as given (size string, config path or name).
+        params: target parameter count N (embedding / non-embedding split when a config is known).
+        tokens: total training tokens D.
+        compute: C = 6·N·D FLOPs of training the target from scratch.
+        growth_tokens: d, tokens to train the base model before stacking.
+        factor: g, the growth factor.
+        target_layers, hidden_size, base_layers: shapes; ``None`` for a bare size string.
+        base_params: parameters of the base model (exact from its config, else the estimate N/g).
+        base_params_exact: whether ``base_params`` came from a config.
+        base_flops: 6·N_base·d, the base phase.
+        grown_flops: 6·N·(D − d), the grown phase (0 if d ≥ D, which also adds a warning).
+        total_flops: base + grown phases.
+        scratch_flops: 6·N·D, training the target from scratch on the same D tokens.
+        saving_flops, saving_fraction: scratch − total, and that over scratch. This is the compute
+            accounting at an equal token budget; the paper's speedups (≈50%) are measured at equal
+            loss and are a separate, empirical result.
+        command: the ``hfgrow stack`` command to run once the base model has seen d tokens.
+        warnings: anything that makes the plan questionable (e.g. d ≥ D).
+    """
+
+    target: str
+    params: ParamCount
+    tokens: int
+    compute: float
+    growth_tokens: float
+    factor: int
+    target_layers: int | None
+    hidden_size: int | None
+    base_layers: int | None
+    base_params: int
+    base_params_exact: bool
+    base_flops: float
+    grown_flops: float
+    total_flops: float
+    scratch_flops: float
+    saving_flops: float
+    saving_fraction: float
+    command: str
+    model_type: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (numbers raw, plus a few human-readable strings under ``"human"``)."""
+        data = asdict(self)
+        data["human"] = {
+            "params": self.params.describe(),
+            "tokens": format_count(self.tokens),
+            "growth_tokens": format_count(self.growth_tokens, 2),
+            "compute": format_flops(self.compute),
+            "base_params": format_count(self.base_params),
+            "total_flops": format_flops(self.total_flops),
+            "saving": f"{self.saving_fraction:.1%}",
+        }
+        return data
+
+    def report(self) -> str:
+        """The multi-line human report ``hfgrow plan`` prints."""
+        d_text = format_count(self.growth_tokens, 2)
+        lines = [
+            f"Gstack plan: grow a {format_count(self.params.total)}-parameter model trained on "
+            f"{format_count(self.tokens)} tokens",
+            "",
+        ]
+        shape = ""
+        if self.target_layers is not None:
+            shape = f"   ({self.model_type or 'config'}, {self.target_layers} layers, hidden {self.hidden_size})"
+        lines += [
+            f"  target          {self.target}{shape}",
+            f"  parameters N    {self.params.describe()}",
+            f"  tokens D        {format_count(self.tokens)}",
+            f"  compute C       {format_flops(self.compute)} FLOPs   (C = 6·N·D)",
+            f"  growth timing d {d_text} tokens   (log10 d = 0.88·log10 N + 163.27/log10 C − 5.74)",
+            f"  growth factor g {self.factor}",
+        ]
+        if self.base_layers is not None:
+            lines.append(
+                f"  base model      {self.base_layers} layers, hidden {self.hidden_size}, "
+                f"{format_count(self.base_params)} parameters"
+            )
+        else:
+            lines.append(
+                f"  base model      1/{self.factor} of the target's layers, same width; "
+                f"≈{format_count(self.base_params)} parameters (estimate N/g; pass a config for exact)"
+            )
+        lines += [
+            "",
+            "  FLOPs",
+            f"    base phase    {format_flops(self.base_flops):>10}   6·N_base·d",
+            f"    grown phase   {format_flops(self.grown_flops):>10}   6·N·(D − d)",
+            f"    total         {format_flops(self.total_flops):>10}",
+            f"    from scratch  {format_flops(self.scratch_flops):>10}   6·N·D",
+            f"    saving        {format_flops(self.saving_flops):>10}   {self.saving_fraction:.1%} of scratch "
+            "at the same token budget (the paper's ≈50% speedups are at equal loss)",
+            "",
+            "  steps",
+            f"    1. train the base model ({self.base_layers or f'L/{self.factor}'} layers) for {d_text} tokens",
+            f"    2. {self.command}",
+            f"    3. continue training OUT for the remaining {format_count(max(self.tokens - self.growth_tokens, 0), 2)} tokens",
+        ]
+        for warning in self.warnings:
+            lines.append(f"  warning: {warning}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+def _looks_like_size(target: str) -> bool:
+    return bool(re.match(r"^\s*[+-]?[\d.]", target)) and "/" not in target and os.sep not in target
+
+
+def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAULT_FACTOR) -> GrowthPlan:
+    """Build a Gstack growth plan for ``target`` trained on ``tokens`` tokens.
+
+    Args:
+        target: a size string (``"7B"``), a ``config.json`` path or model folder, a transformers
+            model type (``"llama"``), a cached Hub repo id, or a transformers config object.
+        tokens: total training tokens D, as a number or a string such as ``"2T"`` / ``"300B"``.
+        factor: growth factor g (default 4, the paper's recommendation). With a config it must
+            divide the number of layers.
+
+    Raises:
+        HfgrowError: unknown size, tokens ≤ 0, a factor that does not divide the layer count, or a
+            target that cannot be resolved.
+    """
+    D = parse_size(tokens, what="token count", example="2T")
+    if D <= 0:
+        raise HfgrowError(f"--tokens must be > 0 (got '{tokens}'); e.g. --tokens 2T.")
+    if factor < 2:
+        raise HfgrowError(f"--factor must be at least 2 (got {factor}); the paper recommends 4.")
+
+    config = None
+    label = str(target) if isinstance(target, (str, os.PathLike)) else type(target).__name__
+    if isinstance(target, (str, os.PathLike)):
+        text = str(target)
+        if _looks_like_size(text) and not Path(text).exists():
+            n_total = parse_size(text)
+            if n_total <= 0:
+                raise HfgrowError(f"the model size must be > 0 (got '{text}').")
+            params = ParamCount(embedding=None, non_embedding=None, total=n_total)
+        else:
+            config = load_target_config(text)
+    else:
+        config = target
+
+    target_layers = hidden = base_layers = None
+    model_type = None
+    if config is not None:
+        text_config = _text_config(config)
+        model_type = getattr(config, "model_type", None)
+        target_layers = getattr(text_config, "num_hidden_layers", None)
+        hidden = getattr(text_config, "hidden_size", None)
+        if not isinstance(target_layers, int):
+            raise HfgrowError(f"the '{model_type}' config has no num_hidden_layers; cannot plan depth growth.")
+        check_factor(target_layers, factor)
+        params = count_params(config)
+        base_layers = target_layers // factor
+        base_params = count_params(_base_config(config, base_layers)).total
+        base_exact = True
+    else:
+        base_params = round(params.total / factor)
+        base_exact = False
+
+    N = params.total
+    C = 6.0 * N * D
+    d = growth_tokens(N, C)
+    warnings: list[str] = []
+    if d >= D:
+        warnings.append(
+            f"the law's growth timing d = {format_count(d, 2)} tokens is not below the budget D = "
+            f"{format_count(D)}: at this budget the law says not to grow (following it would cost more "
+            "than training the target from scratch); train from scratch or raise D."
+        )
+    base_flops = 6.0 * base_params * d
+    grown_flops = 6.0 * N * max(D - d, 0.0)
+    total = base_flops + grown_flops
+    scratch = C
+    return GrowthPlan(
+        target=label,
+        params=params,
+        tokens=D,
+        compute=C,
+        growth_tokens=d,
+        factor=factor,
+        target_layers=target_layers,
+        hidden_size=hidden,
+        base_layers=base_layers,
+        base_params=base_params,
+        base_params_exact=base_exact,
+        base_flops=base_flops,
+        grown_flops=grown_flops,
+        total_flops=total,
+        scratch_flops=scratch,
+        saving_flops=scratch - total,
+        saving_fraction=(scratch - total) / scratch,
+        command=f"hfgrow stack BASE_MODEL OUT --factor {factor}",
+        model_type=model_type,
+        warnings=warnings,
+    )
+
+
+def _base_config(config: Any, base_layers: int) -> Any:
+    """A copy of ``config`` with ``base_layers`` layers (per-layer lists truncated to match)."""
+    base = copy.deepcopy(config)
+    text = _text_config(base)
+    layers = text.num_hidden_layers
+    for name, value in list(vars(text).items()):
+        if isinstance(value, (list, tuple)) and len(value) == layers and "layer" in name:
+            setattr(text, name, type(value)(value[:base_layers]))
+    text.num_hidden_layers = base_layers
+    return base

@@ -1,0 +1,58 @@
+"""Tiny models built offline (random weights, a small trained tokenizer) for the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DEMO_TEXT = """\
+Growing a language model means building a larger model from a smaller trained one.
+Stacking repeats the layers of the small model, so the large model starts from what the small one learned.
+The grown model is then trained further on the same kind of text, and it reaches a given loss
+with less compute than a model of the same size trained from scratch.
+"""
+
+
+def make_tokenizer(folder: Path | None = None, text: str = DEMO_TEXT, vocab_size: int = 256):
+    """A byte-level BPE tokenizer trained on ``text`` in memory (no download), saved to ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([text] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    if folder is not None:
+        fast.save_pretrained(folder)
+    return fast
+
+
+def make_model(folder: Path, config: Any, seed: int = 0, dtype=None, tokenizer: bool = True,
+               safe_serialization: bool = True, max_shard_size: str = "5GB"):
+    """Save a randomly initialised causal LM for ``config`` (a transformers config) to ``folder``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
+    if tokenizer:
+        make_tokenizer(folder, vocab_size=min(256, config.vocab_size))
+    return model
+
+
+def tiny_llama_config(layers: int = 4, **overrides):
+    from transformers import LlamaConfig
+
+    kwargs = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, tie_word_embeddings=False)
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
