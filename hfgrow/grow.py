@@ -17,7 +17,7 @@ from hfgrow.card import human, render_card
 from hfgrow.checkpoint import DTYPE_ALIASES, Checkpoint
 from hfgrow.errors import HfgrowError
 from hfgrow.executor import OutputFolder, check_free_space, check_output_path, parse_size, write_weights
-from hfgrow.layout import Layout, check_layer_kinds, read_layout
+from hfgrow.layout import Layout, check_layer_kinds, open_model
 from hfgrow.ops.depth import stack_plan
 from hfgrow.pattern import compact, interpolate_map, parse_pattern, stack_map, target_layer_count
 from hfgrow.plan import Plan
@@ -179,8 +179,7 @@ def grow_model(src: str, out: str | Path | None, make_plan: Callable[[Layout, Ch
     with open_source(src, revision=revision, token=token, progress=not quiet) as source:
         if out_path is not None and not dry_run:
             check_output_path(out_path, [source.path], overwrite)
-        checkpoint = Checkpoint.open(source.path)
-        layout = read_layout(source.path, checkpoint)
+        checkpoint, layout = open_model(source.path)
         plan = make_plan(layout, checkpoint)
         if plan.layer_map is not None:
             check_layer_kinds(layout, plan.config, plan.layer_map)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from hfgrow.checkpoint import Checkpoint, weight_files
-from hfgrow.layout import read_layout
+from hfgrow.checkpoint import weight_files
+from hfgrow.layout import open_model
 from hfgrow.source import open_source
 
 
@@ -26,8 +26,7 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
         (22, 1100048384, False)
     """
     with open_source(src, revision=revision, token=token, progress=not quiet) as source:
-        checkpoint = Checkpoint.open(source.path)
-        layout = read_layout(source.path, checkpoint)
+        checkpoint, layout = open_model(source.path)
         vocab = layout.config.get("vocab_size")
         embedding = non_embedding = 0
         for name, info in checkpoint.tensors.items():

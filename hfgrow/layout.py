@@ -301,9 +301,43 @@ def check_layer_kinds(layout: Layout, config: dict[str, Any], layer_map: list[in
         return
     for position, src in enumerate(layer_map):
         if signatures[position] != layout.signatures[src]:
+            from hfgrow.pattern import compact
+
+            hint = ""
+            suggestion = kind_preserving_map(layout.signatures, signatures)
+            if suggestion is not None:
+                hint = f" --pattern '{compact(suggestion)}' stacks each kind of layer where the config expects it."
             raise HfgrowError(
                 f"the config cannot describe this layer order: output layer {position} would be a copy of "
-                f"source layer {src}, but {layout.model_type}'s config rules make layer {position} a "
-                f"different kind of block; choose a --pattern that keeps each kind of layer where the "
-                f"config expects it (e.g. keep the first dense layers first)."
+                f"source layer {src}, but {layout.model_type}'s config makes layer {position} a different kind "
+                f"of block (its layer kinds follow a rule, not a list);{hint or ' choose another --pattern.'}"
             )
+
+
+def kind_preserving_map(source: list[frozenset[str]], target: list[frozenset[str]]) -> list[int] | None:
+    """Gstack within each kind of block: position p gets the next source layer of p's kind, cyclically.
+
+    Example (one dense layer then MoE layers, grown from 4 to 8 layers):
+        >>> kind_preserving_map([D, M, M, M], [D, M, M, M, M, M, M, M])
+        [0, 1, 2, 3, 1, 2, 3, 1]
+    """
+    by_kind: dict[frozenset[str], list[int]] = {}
+    for index, signature in enumerate(source):
+        by_kind.setdefault(signature, []).append(index)
+    used: dict[frozenset[str], int] = {}
+    layer_map = []
+    for signature in target:
+        members = by_kind.get(signature)
+        if not members:
+            return None
+        count = used.get(signature, 0)
+        layer_map.append(members[count % len(members)])
+        used[signature] = count + 1
+    return layer_map
+
+
+def open_model(folder: Path) -> tuple[Checkpoint, Layout]:
+    """Open a model folder: config checked first (clearer errors), then tensor table and layout."""
+    hf_config_from_dict(read_config(folder))
+    checkpoint = Checkpoint.open(folder)
+    return checkpoint, read_layout(folder, checkpoint)

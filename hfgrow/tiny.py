@@ -43,7 +43,18 @@ def make_model(folder: Path, config: Any, seed: int = 0, dtype=None, tokenizer: 
     if dtype is not None:
         model = model.to(dtype)
     model.eval()
-    model.save_pretrained(folder, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    if not safe_serialization:  # transformers 5 only writes safetensors; make the legacy format by hand
+        import torch as _torch
+
+        from hfgrow.checkpoint import Checkpoint
+
+        ckpt = Checkpoint.open(Path(folder))
+        state = {name: ckpt.load(name).clone() for name in ckpt.tensors}
+        ckpt.close()
+        for path in list(Path(folder).glob("model*.safetensors*")):
+            path.unlink()
+        _torch.save(state, Path(folder) / "pytorch_model.bin")
     if tokenizer:
         make_tokenizer(folder, vocab_size=min(256, config.vocab_size))
     return model
