@@ -124,6 +124,10 @@ def demo(out, factor):
     from hfgrow.grow import stack as run_stack
     from hfgrow.tiny import DEMO_TEXT, make_model, tiny_llama_config
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory(prefix="hfgrow-demo-") as tmp:
         root = Path(out) if out else Path(tmp)
         small, big = root / "small", root / "grown"
