@@ -122,7 +122,15 @@ def eval_(
       hfgrow eval out/grown --tasks paper            # lm-evaluation-harness, the paper's suite
       hfgrow eval out/grown --data valid.txt --tasks piqa,arc_easy --limit 100 --json
     """
-    from hfgrow.evaluate import evaluate_loss, load_model, parse_data_spec, run_tasks
+    from hfgrow.evaluate import (
+        evaluate_loss,
+        load_model,
+        parse_data_spec,
+        read_documents,
+        run_tasks,
+        token_stream,
+        window_plan,
+    )
 
     if not data and not tasks:
         raise HfgrowError("nothing to do: give --data FILE and/or --tasks (e.g. --tasks paper).")
@@ -137,18 +145,28 @@ def eval_(
     result = None
     label = "data"
     if data:
-        inputs: dict[str, list] = {}
+        # check everything cheap before loading the model
+        if seq_len is not None:
+            window_plan(0, seq_len, stride if stride is not None else max(seq_len // 2, 1))
+        elif stride is not None and stride < 1:
+            raise HfgrowError(f"--stride must be at least 1 (got {stride}).")
+        if batch_size < 1:
+            raise HfgrowError(f"--batch-size must be at least 1 (got {batch_size}).")
+        if max_tokens is not None and max_tokens < 2:
+            raise HfgrowError(f"--max-tokens must be at least 2 (got {max_tokens}).")
+        inputs: dict[str, list[str]] = {}
         for spec in data:
             name, path = parse_data_spec(spec)
-            inputs.setdefault(name, []).append(path)
+            inputs.setdefault(name, []).extend(read_documents(path))
         loaded, tokenizer = load_model(model, device=device, dtype=dtype)
+        # tokenize here so document texts are never re-read as file names
+        streams = {name: token_stream(tokenizer, docs) for name, docs in inputs.items()}
         result = evaluate_loss(
             loaded,
-            inputs,
+            streams,
             seq_len=seq_len,
             stride=stride,
             batch_size=batch_size,
-            tokenizer=tokenizer,
             max_tokens=max_tokens,
             progress=not as_json,
         )

@@ -16,9 +16,10 @@ Benchmarks: :func:`run_tasks` hands off to lm-evaluation-harness (``pip install 
 The Gstack paper evaluates on :data:`PAPER_TASKS`: lambada_openai, arc_challenge, arc_easy, logiqa,
 piqa, sciq, winogrande, plus wikitext perplexity.
 
-Example:
-    >>> result = evaluate_loss("out/grown", {"web": "web.jsonl", "code": "code.txt"}, seq_len=2048)
-    >>> result.loss, result.domains["code"].perplexity
+Example::
+
+    result = evaluate_loss("out/grown", {"web": "web.jsonl", "code": "code.txt"}, seq_len=2048)
+    print(result.loss, result.domains["code"].perplexity)
 """
 
 from __future__ import annotations
@@ -299,6 +300,12 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
     dtype = dtype or ("float32" if device == "cpu" else "auto")
     if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise HfgrowError(f"unknown --dtype '{dtype}': use auto, float32, bfloat16 or float16.")
+    text = str(path)
+    local = Path(text).expanduser()
+    if not local.exists() and (text.startswith((".", "~", "/")) or text.count("/") > 1 or "\\" in text):
+        raise HfgrowError(f"model folder '{text}' does not exist.")
+    if local.is_file():
+        raise HfgrowError(f"'{text}' is a file; give the model's folder (with config.json).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001 - many loader exception types; one clear sentence
