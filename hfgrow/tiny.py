@@ -67,3 +67,45 @@ def tiny_llama_config(layers: int = 4, **overrides):
                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, tie_word_embeddings=False)
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)
+
+
+def python_docs_corpus(max_chars: int | None = None) -> list[str]:
+    """Real English text that ships with every CPython: the pydoc help topics (~0.7 MB)."""
+    from pydoc_data.topics import topics
+
+    documents = [topics[key] for key in sorted(topics)]
+    if max_chars is not None:
+        kept, total = [], 0
+        for doc in documents:
+            if total >= max_chars:
+                break
+            kept.append(doc)
+            total += len(doc)
+        documents = kept
+    return documents
+
+
+def pretrain_tiny(folder: Path, documents: list[str], steps: int = 100, seq_len: int = 64, batch_size: int = 8,
+                  lr: float = 3e-3, seed: int = 0) -> float:
+    """Train the model in ``folder`` briefly with a plain loop (for tests and demos); returns the last loss."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = tokenizer(tokenizer.eos_token.join(documents), add_special_tokens=False)["input_ids"]
+    count = len(ids) // seq_len
+    data = torch.tensor(ids[: count * seq_len]).view(count, seq_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        batch = data[torch.randint(0, count, (batch_size,), generator=generator)]
+        loss = model(batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(folder)
+    return loss.item()
