@@ -64,7 +64,7 @@ def _sequences(folder: Path, data: list[str], seq_len: int) -> torch.Tensor:
 
 def learn_coefficients(folder: Path, layout: Layout, grown_config: dict, layer_map: list[int], data: list[str], *,
                        steps: int = 100, lr: float = 1e-3, seq_len: int = 256, batch_size: int = 4, seed: int = 0,
-                       progress: bool = True) -> LearnReport:
+                       progress: bool = True, eval_sequences: int = 64) -> LearnReport:
     """Train LiGO depth coefficients D for ``layer_map`` on ``data``; D starts as the stacking map.
 
     Example:
@@ -131,10 +131,12 @@ def learn_coefficients(folder: Path, layout: Layout, grown_config: dict, layer_m
     rng = random.Random(seed)
     order = list(range(len(sequences)))
     rng.shuffle(order)
-    n_eval = max(1, len(order) // 10)
+    n_eval = min(max(1, len(order) // 10), eval_sequences)  # held-out: a tenth of the data, capped
     eval_set, train_set = sequences[order[:n_eval]], sequences[order[n_eval:]]
 
     def evaluate() -> float:
+        if not len(eval_set):
+            return math.nan
         with torch.no_grad():
             return sum(loss_on(eval_set[i: i + batch_size]).item() * len(eval_set[i: i + batch_size])
                        for i in range(0, len(eval_set), batch_size)) / len(eval_set)
