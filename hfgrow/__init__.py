@@ -6,10 +6,15 @@ Example:
     6
     >>> hfgrow.stack("./small", "./big", factor=4).out
     PosixPath('/abs/big')
+    >>> hfgrow.grow("./small", "./wide", hidden_size=4096).plan.recipe["function_preserving"]
+    True
+    >>> hfgrow.verify("./small", "./wide").preserved
+    True
 """
 
 from hfgrow.errors import HfgrowError
-from hfgrow.grow import GrowResult, stack
+from hfgrow.grow import GrowResult, grow, replay, stack
 from hfgrow.inspect import inspect
+from hfgrow.verify import VerifyResult, verify
 
-__all__ = ["HfgrowError", "GrowResult", "inspect", "stack"]
+__all__ = ["HfgrowError", "GrowResult", "VerifyResult", "grow", "inspect", "replay", "stack", "verify"]

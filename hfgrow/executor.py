@@ -157,7 +157,7 @@ def write_shard(shard: Shard, source: Checkpoint, path: Path, progress=None) -> 
     with open(path, "wb") as out:
         out.write(safetensors_header(shard.tensors))
         for tensor in shard.tensors:
-            info = source.tensors[tensor.sources[0]]
+            info = source.tensors[tensor.sources[0]] if tensor.sources else None  # no sources: computed from scratch
             if len(tensor.sources) == 1 and _is_byte_copy(tensor, info):
                 _copy_range(info.file, info.offset, info.nbytes, out)
             else:

@@ -82,11 +82,32 @@ class GrowResult:
         return "\n".join(lines)
 
 
+OPERATOR_NAMES = {
+    ("direct", "depth"): "Gstack / G-up-direct (whole blocks copied)",
+    ("zero", "depth"): "G-up-zero (identity blocks: output projections zeroed, LLaMA-Pro style)",
+    ("random", "depth"): "G-up-random (new blocks randomly initialised, for an MSG mask ramp)",
+    ("learn", "depth"): "G-up-learn (LiGO: learned combinations of source blocks)",
+    ("direct", "width"): "G-right-direct (neuron splitting: HyperCloning / Net2Net)",
+    ("zero", "width"): "G-right-zero (new units: random fan-in, zero fan-out)",
+    ("random", "width"): "G-right-random (new units randomly initialised, for an MSG mask ramp)",
+}
+
+
 def describe_operation(plan: Plan) -> str:
-    op = plan.recipe.get("op", "direct")
-    direction = plan.recipe.get("direction", "depth")
-    names = {("direct", "depth"): "Gstack / G-up-direct (whole blocks copied)"}
-    return names.get((op, direction), f"G-{direction}-{op}")
+    """The operator(s) a plan applies, by name (e.g. ``G-up-zero (...) + G-right-direct (...)``)."""
+    recipe = plan.recipe
+    op = recipe.get("op", "direct")
+    direction = recipe.get("direction", "depth")
+    parts = []
+    for part in ("depth", "width"):
+        if part in direction.split("+"):
+            part_op = recipe.get(f"{part}_op") or op
+            parts.append(OPERATOR_NAMES.get((part_op, part), f"G-{part}-{part_op}"))
+    text = " + ".join(parts) or f"G-{direction}-{op}"
+    noise = recipe.get("noise")
+    if isinstance(noise, dict) and noise.get("alpha"):
+        text += f" + noise (alpha {noise['alpha']:g})"
+    return text
 
 
 def resolve_dtype(dtype: str | None) -> str | None:
@@ -240,3 +261,164 @@ def stack(src: str, out: str | Path | None, *, factor: float | None = None, laye
     return grow_model(src, out, make_plan, command_name="stack", options=options, revision=revision, token=token,
                       max_shard_size=max_shard_size, dry_run=dry_run, overwrite=overwrite, quiet=quiet,
                       push_to=push_to)
+
+
+GROW_OPS = ("direct", "zero", "random")
+ORDERS = ("stack", "interpolate", "interleave")
+
+
+def grow(src: str, out: str | Path | None, *, op: str = "direct", width_op: str | None = None,
+         factor: float | None = None, layers: int | None = None, pattern: str | None = None,
+         order: str | None = None, hidden_size: int | None = None, intermediate_size: int | None = None,
+         num_heads: int | None = None, num_kv_heads: int | None = None, noise: float | None = None, seed: int = 0,
+         mask_steps: int | None = None, dtype: str = "keep", revision: str | None = None, token=None,
+         max_shard_size: int | str = "5GB", dry_run: bool = False, overwrite: bool = False, quiet: bool = False,
+         push_to: str | None = None) -> GrowResult:
+    """Grow SRC in depth (``factor``/``layers``/``pattern``), width (``hidden_size``/...), or both.
+
+    ``op`` is the operator: ``direct`` (Gstack in depth, neuron splitting in width),
+    ``zero`` (identity blocks / zero fan-out units: function-preserving) or ``random``
+    (randomly initialised blocks/units with an MSG mask recorded in the recipe);
+    ``width_op`` overrides it for the width part (e.g. ``op="zero", width_op="direct"``).
+    ``order`` places depth copies: ``stack`` (default for direct), ``interleave``
+    (LLaMA Pro, default for zero/random) or ``interpolate``. ``noise`` (alpha in [0, 1))
+    blends every weight matrix with seeded noise. Everything random is seeded by ``seed``.
+
+    Example:
+        >>> grow("./small-12l", "./deep", op="zero", layers=16).plan.layer_map[:8]   # LLaMA Pro
+        [0, 1, 2, 2, 3, 4, 5, 5]
+        >>> grow("./small", "./wide", hidden_size=4096, intermediate_size=11264).plan.config["hidden_size"]
+        4096
+        >>> grow("./small", "./both", op="zero", width_op="direct", factor=2, hidden_size=4096)
+    """
+    from hfgrow.ops.depth import stack_plan
+    from hfgrow.ops.noise import check_alpha, noise_plan
+    from hfgrow.ops.random_init import DEFAULT_MASK_STEPS, random_plan
+    from hfgrow.ops.width import resolve_sizes, width_plan
+    from hfgrow.ops.zero import interleave_map, zero_plan
+    from hfgrow.roles import derive_roles
+
+    width_op = width_op or op
+    for name, value in (("--op", op), ("--width-op", width_op)):
+        if value not in GROW_OPS:
+            raise HfgrowError(f"unknown {name} '{value}'; use one of {', '.join(GROW_OPS)}.")
+    if noise is not None:
+        check_alpha(noise)
+    depth = factor is not None or layers is not None or pattern is not None
+    width = any(v is not None for v in (hidden_size, intermediate_size, num_heads, num_kv_heads))
+    if not depth and not width:
+        raise HfgrowError("nothing to grow: give --factor, --layers or --pattern (depth) and/or --hidden-size, "
+                          "--intermediate-size, --num-heads or --num-kv-heads (width).")
+    if order is None:
+        order = "stack" if op == "direct" else "interleave"
+    if order not in ORDERS:
+        raise HfgrowError(f"unknown --order '{order}'; use one of {', '.join(ORDERS)}.")
+    masked = (op == "random" and depth) or (width and width_op == "random")
+    if masked:
+        mask_steps = DEFAULT_MASK_STEPS if mask_steps is None else mask_steps
+        if mask_steps < 1:
+            raise HfgrowError(f"--mask-steps must be positive, got {mask_steps}.")
+    elif mask_steps is not None:
+        raise HfgrowError("--mask-steps applies to --op random (new layers or units ramped in by an MSG mask).")
+    out_dtype = resolve_dtype(dtype)
+
+    def make_plan(layout: Layout, checkpoint: Checkpoint) -> Plan:
+        roles = derive_roles(layout, checkpoint.tensors)
+        if not depth:
+            layer_map = list(range(layout.num_layers))
+        elif pattern is None and order == "interleave":
+            layer_map = interleave_map(layout.num_layers, target_layer_count(layout.num_layers, factor, layers))
+        else:
+            layer_map = depth_map(layout, factor, layers, pattern, order if order != "interleave" else "stack")
+        plan = stack_plan(layout, checkpoint.tensors, layer_map, out_dtype)
+        preserving = not depth or op == "zero"
+        sizes = None
+        if width:
+            sizes = resolve_sizes(roles, hidden_size, intermediate_size, num_heads, num_kv_heads, op=width_op)
+            plan = width_plan(plan, roles, sizes, op=width_op, seed=seed)
+            preserving = preserving and plan.recipe.get("width", {}).get("function_preserving", True)
+        if depth and op == "zero":
+            plan = zero_plan(plan, roles)
+        elif depth and op == "random":
+            plan = random_plan(plan, roles, seed=seed, mask_steps=mask_steps)
+            plan.notes.append(f"new layers {compact(plan.new_layers)} are random: ramp their residual contribution "
+                              f"0 -> 1 over {mask_steps} steps (MSG; recorded in hfgrow.yaml)")
+        if noise:
+            plan = noise_plan(plan, roles, noise, seed=seed, hidden_size=sizes.hidden[1] if sizes else None)
+        if width and width_op == "random":
+            plan.recipe["mask"] = dict(plan.recipe.get("mask") or {}, steps=mask_steps)
+            plan.notes.append(f"new width units are random: ramp them in over {mask_steps} steps (MSG; mask.width "
+                              "in hfgrow.yaml)")
+        directions = [d for d, on in (("depth", depth), ("width", width)) if on]
+        plan.recipe.update(
+            op=op, direction="+".join(directions), function_preserving=bool(preserving and not noise),
+            seed=seed,
+        )
+        if depth:
+            plan.recipe.update(depth_op=op, depth={"op": op, "factor": factor, "layers": layers, "pattern": pattern,
+                                                   "order": order})
+        if width:
+            plan.recipe["width_op"] = width_op
+        return plan
+
+    options: dict[str, Any] = {"op": op, "width_op": width_op if width and width_op != op else None}
+    if depth:
+        options["pattern"] = None  # grow_model pins the exact layer map here
+        if order != ("stack" if op == "direct" else "interleave"):
+            options["order"] = order
+    options.update(hidden_size=hidden_size, intermediate_size=intermediate_size, num_heads=num_heads,
+                   num_kv_heads=num_kv_heads, noise=noise or None, seed=seed,
+                   mask_steps=mask_steps if masked else None,
+                   dtype=None if out_dtype is None else dtype)
+    return grow_model(src, out, make_plan, command_name="grow", options=options, revision=revision, token=token,
+                      max_shard_size=max_shard_size, dry_run=dry_run, overwrite=overwrite, quiet=quiet,
+                      push_to=push_to)
+
+
+_REPLAY_PARAMS = {"op", "width_op", "pattern", "order", "hidden_size", "intermediate_size", "num_heads",
+                  "num_kv_heads", "noise", "seed", "mask_steps", "dtype"}
+
+
+def replay(recipe_path: str | Path, out: str | Path | None, *, token=None, max_shard_size: int | str | None = None,
+           dry_run: bool = False, overwrite: bool = False, quiet: bool = False,
+           push_to: str | None = None) -> GrowResult:
+    """Rebuild a grown model from its recipe (``hfgrow.yaml`` or a folder holding one).
+
+    The source is taken from the recipe (Hub repo pinned to the recorded commit, or the
+    local path) and every parameter, the layer map and the seed are reused, so the output
+    tensors are identical, bit for bit, to the original run's.
+
+    Example:
+        >>> replay("grown/hfgrow.yaml", "grown-again").out
+        PosixPath('/abs/grown-again')
+    """
+    from hfgrow.recipe import load_recipe
+
+    recipe = load_recipe(Path(recipe_path))
+    if recipe is None:
+        raise HfgrowError(f"{recipe_path} holds no hfgrow recipe ({RECIPE_FILE}).")
+    name = recipe.get("command_name") or (shlex.split(recipe.get("command", "hfgrow stack"))[1:2] or ["stack"])[0]
+    source = recipe["source"]
+    if isinstance(source.get("adapter"), dict):
+        src, revision = source["adapter"]["spec"], source["adapter"].get("commit")
+    elif source.get("repo_id"):
+        src, revision = source["repo_id"], source.get("commit") or source.get("revision")
+    else:
+        src, revision = source.get("path") or source.get("spec"), None
+    if not src:
+        raise HfgrowError(f"{recipe_path} does not say which model it was grown from.")
+    params = {key: value for key, value in recipe["params"].items() if key in _REPLAY_PARAMS}
+    shard = max_shard_size or recipe["params"].get("max_shard_size") or "5GB"
+    common = dict(revision=revision, token=token, max_shard_size=shard, dry_run=dry_run, overwrite=overwrite,
+                  quiet=quiet, push_to=push_to)
+    if name == "stack":
+        return stack(src, out, pattern=params.get("pattern"), dtype=params.get("dtype") or "keep", **common)
+    if name == "grow" and recipe.get("operation", {}).get("op") == "learn":
+        from hfgrow.ligo import learn
+
+        return learn(src, out, coefficients=recipe["operation"]["coefficients"], pattern=params.get("pattern"),
+                     dtype=params.get("dtype") or "keep", **common)
+    if name == "grow":
+        params.setdefault("dtype", "keep")
+        return grow(src, out, **params, **common)
+    raise HfgrowError(f"the recipe was written by `hfgrow {name}`; replay supports recipes of stack and grow.")
