@@ -10,8 +10,13 @@ from hfgrow.errors import HfgrowError
 
 # module name -> command names it defines; imported lazily so `hfgrow --help` stays fast
 COMMAND_MODULES = [
+    "hfgrow_cli.cmd_mix",
     "hfgrow_cli.cmd_stack",
+    "hfgrow_cli.cmd_grow",
+    "hfgrow_cli.cmd_train",
     "hfgrow_cli.cmd_plan",
+    "hfgrow_cli.cmd_push",
+    "hfgrow_cli.cmd_compare",
 ]
 
 

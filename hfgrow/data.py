@@ -332,15 +332,17 @@ class Tokenize:
 class DomainStream:
     """Endless stream of packed ``seq_len`` sequences from one source (loops over epochs)."""
 
-    def __init__(self, name: str, source, tokenize: Tokenize, seq_len: int, train_start: list):
+    def __init__(self, name: str, source, tokenize: Tokenize, seq_len: int, train_start: list,
+                 prefix: list[int] | None = None):
         self.name = name
+        self.prefix = list(prefix or [])  # tokens left over from the eval split: start of every epoch
         self.source = source
         self.tokenize = tokenize
         self.seq_len = seq_len
         self.train_start = list(train_start)
         self.epoch = 0
         self.pos = list(train_start)
-        self.buffer: list[int] = []
+        self.buffer: list[int] = list(self.prefix)
         self._it = None
 
     def _fill(self) -> None:
@@ -356,10 +358,11 @@ class DomainStream:
                     break
             if not texts:  # the source is exhausted: next epoch
                 empty_epochs = empty_epochs + 1 if self.pos == self.train_start else 0
-                if empty_epochs > 1:
+                if empty_epochs > 1 and not self.prefix:
                     raise HfgrowError(f"domain {self.name!r} has no training data left after the eval split.")
                 self.epoch += 1
                 self.pos = list(self.train_start)
+                self.buffer.extend(self.prefix)
                 self._it = None
                 continue
             self.buffer.extend(self.tokenize(texts, ends))
@@ -382,11 +385,12 @@ class DomainStream:
 
 
 def take_eval(source, tokenize: Tokenize, seq_len: int, n_sequences: int, name: str,
-              need_rest: bool) -> tuple[list[list[int]], list]:
+              need_rest: bool) -> tuple[list[list[int]], list, list[int]]:
     """Read the first documents of ``source`` until ``n_sequences`` packed sequences are filled.
 
-    Returns the sequences and the reader position where the training stream starts. Raises when
-    the source is empty, or when ``need_rest`` and nothing is left for training.
+    Returns the sequences, the reader position after the documents read, and the tokens read but
+    not used for eval (they start the training stream). Raises when the source is empty, or when
+    ``need_rest`` and nothing is left for training.
     """
     need = n_sequences * seq_len
     tokens: list[int] = []
@@ -413,15 +417,15 @@ def take_eval(source, tokenize: Tokenize, seq_len: int, n_sequences: int, name: 
             f"domain {name!r} ({source.spec}) has only {len(tokens)} tokens, fewer than one "
             f"sequence of --seq-len {seq_len}."
         )
-    seqs = [tokens[i * seq_len : (i + 1) * seq_len] for i in range(min(n_full, n_sequences))]
-    if need_rest:
-        rest = next(iter(source.iter_units(pos)), None)
-        if rest is None:
-            raise HfgrowError(
-                f"domain {name!r} ({source.spec}) is too small: its {len(tokens)} tokens all go to "
-                f"the {n_sequences} held-out eval sequences; add data or lower --eval-sequences."
-            )
-    return seqs, pos
+    n_eval = min(n_full, n_sequences)
+    seqs = [tokens[i * seq_len : (i + 1) * seq_len] for i in range(n_eval)]
+    leftover = tokens[n_eval * seq_len :]
+    if need_rest and not leftover and next(iter(source.iter_units(pos)), None) is None:
+        raise HfgrowError(
+            f"domain {name!r} ({source.spec}) is too small: its {len(tokens)} tokens all go to "
+            f"the {n_sequences} held-out eval sequences; add data or lower --eval-sequences."
+        )
+    return seqs, pos, leftover
 
 
 class Mixture:
@@ -502,20 +506,22 @@ def build_data(
     evals: dict[str, list[list[int]]] = {}
     for d in domains:
         src = open_source(d, text_field)
-        if d.name in explicit or eval_sequences <= 0 or weights[d.name] == 0:
-            seqs, start = take_eval(src, tokenize, seq_len, 0, d.name, need_rest=False)
-            start = src.start()
+        if weights[d.name] == 0:  # not trained on: all of it is held out
+            if d.name not in explicit and eval_sequences > 0:
+                evals[d.name] = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=False)[0]
+            continue
+        if d.name in explicit or eval_sequences <= 0:
+            take_eval(src, tokenize, seq_len, 0, d.name, need_rest=False)  # checks there is text
+            start, leftover = src.start(), []
         else:
-            seqs, start = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=True)
+            seqs, start, leftover = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=True)
             evals[d.name] = seqs
-        if weights[d.name] > 0:
-            streams[d.name] = DomainStream(d.name, src, tokenize, seq_len, start)
+        streams[d.name] = DomainStream(d.name, src, tokenize, seq_len, start, leftover)
     for d in eval_domains or []:
         if eval_sequences <= 0:
             break
         src = open_source(d, text_field)
-        seqs, _ = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=False)
-        evals[d.name] = seqs
+        evals[d.name] = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=False)[0]
     return TrainData(
         train=Mixture(streams, {n: weights[n] for n in streams}, seed),
         eval=evals,
