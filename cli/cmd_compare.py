@@ -15,7 +15,7 @@ import click
 @click.option("--factor", "-g", type=int, default=4, show_default=True)
 @click.option("--op", "ops", multiple=True, default=("direct",), show_default=True,
               type=click.Choice(["direct", "zero", "random"]), help="Growth operators to compare (repeatable).")
-@click.option("--tokens", "scratch_tokens", type=int, default=1_500_000, show_default=True,
+@click.option("--tokens", "scratch_tokens", type=int, default=1_000_000, show_default=True,
               help="Tokens of the scratch run; it fixes the FLOPs budget of every run.")
 @click.option("--base-fraction", type=float, default=0.25, show_default=True,
               help="d, the base model's tokens, as a fraction of --tokens.")

@@ -30,9 +30,9 @@ from hfgrow.errors import HfgrowError
 CONTINUE = Path(__file__).with_name("continue.py")
 
 PRESETS = {
-    # ~1.9M parameters, 8 layers: the small-scale setting REFERENCE.md describes
-    "tiny": dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=8,
-                 num_attention_heads=4, num_key_value_heads=4, vocab_size=1024, max_position_embeddings=512,
+    # ~1M parameters, 8 layers (base: 2 layers): sized so every run fits ~15 minutes on 2 CPU cores
+    "tiny": dict(model_type="llama", hidden_size=96, intermediate_size=256, num_hidden_layers=8,
+                 num_attention_heads=4, num_key_value_heads=4, vocab_size=512, max_position_embeddings=512,
                  tie_word_embeddings=False),
 }
 
@@ -144,7 +144,7 @@ def _train(model: Path, run_dir: Path, train: Path, held_out: Path, tokens: int,
 
 
 def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None = None, factor: int = 4,
-            ops: tuple[str, ...] = ("direct",), scratch_tokens: int = 1_500_000, base_fraction: float = 0.25,
+            ops: tuple[str, ...] = ("direct",), scratch_tokens: int = 1_000_000, base_fraction: float = 0.25,
             seq_len: int = 128, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, eval_points: int = 20,
             eval_sequences: int = 64, include_untrained: bool = True, include_small: bool = True,
             quiet: bool = False) -> dict[str, Any]:
@@ -154,7 +154,7 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
     d tokens; the grown model gets the FLOPs that are left).
 
     Example:
-        >>> report = compare("runs/cmp", scratch_tokens=1_500_000)
+        >>> report = compare("runs/cmp", scratch_tokens=1_000_000)
         >>> report["speedup"]["grown-direct"]
         0.31
     """
