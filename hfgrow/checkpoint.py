@@ -80,7 +80,14 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     metadata = header.pop("__metadata__", None) or {}
     data_start = 8 + length
     infos = {}
-    for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+    try:
+        entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+        for _, entry in entries:
+            begin, end = entry["data_offsets"]
+            tuple(entry["shape"]), entry["dtype"]
+    except (KeyError, TypeError, ValueError):
+        raise HfgrowError(f"{path} is corrupt: its header lacks dtype/shape/data_offsets for some tensor.") from None
+    for name, entry in entries:
         begin, end = entry["data_offsets"]
         dtype = entry["dtype"]
         if dtype not in DTYPES:

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 from hfgrow.errors import HfgrowError
+from hfgrow.layout import context_length
 
 STATE_FILE = "hfgrow_state.json"  # written last into a checkpoint: its presence marks it complete
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -115,15 +116,6 @@ def read_recipe(model: str) -> dict:
     except yaml.YAMLError as exc:
         raise HfgrowError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
     return recipe if isinstance(recipe, dict) else {}
-
-
-def max_positions(config) -> int | None:
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def decoder_layers(model):
@@ -337,6 +329,10 @@ def preflight(args: argparse.Namespace) -> dict:
     for flag, value in positive.items():
         if value is None or value < 1:
             raise HfgrowError(f"{flag} must be at least 1 (got {value}).")
+    for flag, value in (("--lr", args.lr), ("--min-lr", args.min_lr), ("--warmup-steps", args.warmup_steps),
+                        ("--weight-decay", args.weight_decay), ("--grad-clip", args.grad_clip)):
+        if value is not None and value < 0:
+            raise HfgrowError(f"{flag} cannot be negative (got {value}).")
     if args.max_steps is None and args.max_tokens is None:
         raise HfgrowError("give --max-steps or --max-tokens.")
     if (args.max_steps is not None and args.max_steps < 1) or (args.max_tokens is not None and args.max_tokens <= 0):
@@ -345,7 +341,7 @@ def preflight(args: argparse.Namespace) -> dict:
         config = AutoConfig.from_pretrained(args.model)
     except Exception as exc:  # noqa: BLE001 - missing folder, bad config, offline
         raise HfgrowError(f"cannot load model {args.model!r}: {str(exc).splitlines()[0]}") from None
-    context = max_positions(config)
+    context = context_length(config)
     seq_len = args.seq_len or min(2048, context or 2048)
     if seq_len < 2:
         raise HfgrowError("--seq-len must be at least 2.")

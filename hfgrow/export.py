@@ -134,8 +134,11 @@ def _card(base: str, base_id: str, out: Path, run: dict, state: dict) -> str:
         card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n# {name} (continued pre-training)\n\n"
                          f"`{base_id}` after continued pre-training with hfgrow.\n")
     data = card.data
-    data.base_model = base_id
-    data.base_model_relation = "finetune"
+    from hfgrow.hub import looks_like_repo_id
+
+    if looks_like_repo_id(base_id) and not Path(base_id).exists():  # the Hub rejects local paths here
+        data.base_model = base_id
+        data.base_model_relation = "finetune"
     hf_sets = [spec[3:].split(":")[0] for spec in (run.get("data") or {}).values() if spec.startswith("hf:")]
     if hf_sets:
         data.datasets = sorted(set((data.datasets or []) + hf_sets)) if isinstance(data.datasets, list) else hf_sets

@@ -255,6 +255,9 @@ def stack(src: str, out: str | Path | None, *, factor: float | None = None, laye
 
     def make_plan(layout: Layout, checkpoint: Checkpoint) -> Plan:
         layer_map = depth_map(layout, factor, layers, pattern, order)
+        if pattern is None and len(layer_map) < layout.num_layers:
+            raise HfgrowError(f"--factor/--layers would shrink the model from {layout.num_layers} to "
+                              f"{len(layer_map)} layers; use --pattern to select layers on purpose.")
         return stack_plan(layout, checkpoint.tensors, layer_map, out_dtype)
 
     options = {"pattern": None, "dtype": None if out_dtype is None else dtype}
@@ -331,7 +334,9 @@ def grow(src: str, out: str | Path | None, *, op: str = "direct", width_op: str 
         else:
             layer_map = depth_map(layout, factor, layers, pattern, order if order != "interleave" else "stack")
         plan = stack_plan(layout, checkpoint.tensors, layer_map, out_dtype)
-        preserving = not depth or op == "zero"
+        # zero blocks are identities, so the function is kept iff the original layers appear in order
+        originals = [src for i, src in enumerate(layer_map) if src not in layer_map[:i]]
+        preserving = not depth or (op == "zero" and originals == list(range(layout.num_layers)))
         sizes = None
         if width:
             sizes = resolve_sizes(roles, hidden_size, intermediate_size, num_heads, num_kv_heads, op=width_op)
@@ -347,8 +352,8 @@ def grow(src: str, out: str | Path | None, *, op: str = "direct", width_op: str 
             plan = noise_plan(plan, roles, noise, seed=seed, hidden_size=sizes.hidden[1] if sizes else None)
         if width and width_op == "random":
             plan.recipe["mask"] = dict(plan.recipe.get("mask") or {}, steps=mask_steps)
-            plan.notes.append(f"new width units are random: ramp them in over {mask_steps} steps (MSG; mask.width "
-                              "in hfgrow.yaml)")
+            plan.notes.append(f"new width units are random; an MSG ramp over {mask_steps} steps is recorded "
+                              "(mask.width in hfgrow.yaml), but continue.py does not apply width masks yet")
         directions = [d for d, on in (("depth", depth), ("width", width)) if on]
         plan.recipe.update(
             op=op, direction="+".join(directions), function_preserving=bool(preserving and not noise),

@@ -106,10 +106,9 @@ def hf_config_from_dict(config: dict[str, Any]):
     try:
         with _quiet_transformers():
             return AutoConfig.for_model(model_type, **kwargs)
-    except ValueError as exc:
-        raise HfgrowError(
-            f"transformers does not know model_type '{model_type}' ({str(exc).splitlines()[0][:120]})."
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - unknown type or a config transformers' validation rejects
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise HfgrowError(f"config.json ({model_type}) is not a config transformers accepts: {first}") from None
 
 
 def meta_model(hf_config):
@@ -206,7 +205,7 @@ def _classify_lists(values: dict[str, Any], num_layers: int) -> tuple[dict[str, 
         )
         if is_index_list:
             index_lists[key] = list(value)
-        elif len(value) == num_layers and num_layers > 1:
+        elif len(value) == num_layers and (num_layers > 1 or "layer" in key):
             per_layer[key] = list(value)
     return per_layer, index_lists
 
@@ -334,6 +333,17 @@ def kind_preserving_map(source: list[frozenset[str]], target: list[frozenset[str
         layer_map.append(members[count % len(members)])
         used[signature] = count + 1
     return layer_map
+
+
+def context_length(config) -> int | None:
+    """The longest sequence a model config allows, whatever the family calls it (None if unknown)."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length",
+                "n_ctx"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def open_model(folder: Path) -> tuple[Checkpoint, Layout]:

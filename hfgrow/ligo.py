@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from hfgrow.errors import HfgrowError
-from hfgrow.layout import Layout, _layer_modules, _quiet_transformers, hf_config_from_dict
+from hfgrow.layout import Layout, _layer_modules, _quiet_transformers, context_length, hf_config_from_dict
 from hfgrow.ops.learn import Coefficients, initial_coefficients
 
 
@@ -83,7 +83,7 @@ def learn_coefficients(folder: Path, layout: Layout, grown_config: dict, layer_m
         with init_empty_weights():
             grown = AutoModelForCausalLM.from_config(hf_config_from_dict(grown_config)).eval()
     source.requires_grad_(False)
-    max_len = getattr(source.config, "max_position_embeddings", None)
+    max_len = context_length(source.config)
     if max_len and seq_len > max_len:
         raise HfgrowError(f"--seq-len {seq_len} is longer than the model's context ({max_len} tokens).")
 

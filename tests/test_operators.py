@@ -356,7 +356,9 @@ def test_noise_has_the_papers_scale(models, tmp_path):
     alpha = 0.2
     grow(str(src), out, factor=2, noise=alpha, seed=7, quiet=True)
     a, b = tensors(src), tensors(out)
-    out_std, other_std = noise_stds(32, 4)
+    # the paper's scales, written out: N(0, 1/(d*l^2)) for o/down projections, N(0, 2/(5d)) elsewhere
+    out_std, other_std = (1 / (32 * 4**2)) ** 0.5, (2 / (5 * 32)) ** 0.5
+    assert noise_stds(32, 4) == pytest.approx((out_std, other_std))
     o = (b["model.layers.2.self_attn.o_proj.weight"] - (1 - alpha) * a["model.layers.0.self_attn.o_proj.weight"])
     up = (b["model.layers.2.mlp.up_proj.weight"] - (1 - alpha) * a["model.layers.0.mlp.up_proj.weight"])
     assert abs(o.std().item() / (alpha * out_std) - 1) < 0.1
@@ -428,7 +430,7 @@ def test_verify_cli(models, tmp_path, capsys):
     ("llama", ["--factor", "2", "--noise", "1.0"], "--noise"),
     ("llama", ["--factor", "2", "--noise", "-0.1"], "--noise"),
     ("llama", ["--op", "zero", "--num-heads", "8", "--num-kv-heads", "8"], "at least"),
-    ("llama", ["--num-heads", "6"], "not a multiple"),
+    ("llama", ["--num-heads", "6"], "head_dim"),
     ("llama", [], "nothing to grow"),
     ("llama", ["--factor", "2", "--mask-steps", "10"], "--mask-steps"),
     ("mamba", ["--hidden-size", "64"], "no width rule"),
@@ -450,3 +452,11 @@ def test_bad_input_fails_in_one_line(family, args, words, models, tmp_path, caps
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], stderr
     assert not out.exists()
+
+
+def test_zero_with_reordered_pattern_is_not_called_preserving(models, tmp_path):
+    src = models("llama")
+    result = grow(str(src), tmp_path / "out", op="zero", pattern="1,0,0", quiet=True)
+    assert result.plan.recipe["function_preserving"] is False
+    in_order = grow(str(src), tmp_path / "out2", op="zero", pattern="0,0,1", quiet=True)
+    assert in_order.plan.recipe["function_preserving"] is True

@@ -371,3 +371,35 @@ def test_layout_is_derived_not_listed(tmp_path):
     layout = read_layout(src, ckpt)
     assert (layout.prefix, layout.count_key, layout.num_layers) == ("transformer.h.", "n_layer", 2)
     assert "transformer.wte.weight" in layout.globals
+
+
+def test_more_bad_inputs_are_one_line(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_model(src, tiny_llama_config(layers=2), tokenizer=False)
+    assert run_cli(["stack", str(src), str(tmp_path / "o"), "--layers", "1"]) == 1
+    assert "shrink" in capsys.readouterr().err
+
+    bad_config = tmp_path / "badcfg"
+    make_model(bad_config, FAMILIES["qwen3"](2), tokenizer=False)
+    cfg = json.loads((bad_config / "config.json").read_text())
+    cfg["layer_types"] = ["full_attention"] * 5  # wrong length: transformers rejects it
+    (bad_config / "config.json").write_text(json.dumps(cfg))
+    corrupt = tmp_path / "corrupt"
+    make_model(corrupt, tiny_llama_config(layers=2), tokenizer=False)
+    blob = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [2, 2]}}).encode()
+    (corrupt / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob)
+    capsys.readouterr()
+    for folder, words in ((bad_config, "not a config transformers accepts"), (corrupt, "is corrupt")):
+        for command in (["stack", str(folder), str(tmp_path / "o")], ["inspect", str(folder)]):
+            assert run_cli(command) == 1
+            err = capsys.readouterr().err
+            assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_layer_source(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_model(src, FAMILIES["qwen3"](1), tokenizer=False)
+    hfgrow.stack(str(src), out, factor=3, quiet=True)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 3 and len(model.config.layer_types) == 3
