@@ -114,7 +114,6 @@ class Checkpoint:
         self.folder = folder
         self.tensors = tensors
         self._memory = memory or {}
-        self._handles: dict[Path, object] = {}
 
     @property
     def format(self) -> str:
@@ -180,7 +179,8 @@ class Checkpoint:
         return read_tensor(self.tensors[name])
 
     def close(self) -> None:
-        self._handles.clear()
+        """Drop in-memory tensors (safetensors data is read per call and holds no handles)."""
+        self._memory = {}
 
 
 def read_tensor(info: TensorInfo) -> torch.Tensor:

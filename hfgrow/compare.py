@@ -158,7 +158,6 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
         >>> report["speedup"]["grown-direct"]
         0.31
     """
-    from hfgrow.grow import grow_model  # noqa: F401  (import check: engine available)
     from hfgrow.layout import hf_config_from_dict
     from hfgrow.tiny import make_model, make_tokenizer
 

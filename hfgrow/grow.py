@@ -7,6 +7,7 @@ from the source layout to a plan.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -207,7 +208,7 @@ def grow_model(src: str, out: str | Path | None, make_plan: Callable[[Layout, Ch
             if "pattern" in options:  # the reproducing command pins the exact layer map
                 options = dict(options, pattern=compact(plan.layer_map))
         source_params = sum(
-            _numel(info.shape) for name, info in checkpoint.tensors.items() if name not in layout.tied
+            math.prod(info.shape) for name, info in checkpoint.tensors.items() if name not in layout.tied
         )
         result = GrowResult(plan, source, layout, source_params, checkpoint.total_bytes)
         result.command = canonical_command(command_name, source, out_path.name if out_path else "OUT", options)
@@ -230,13 +231,6 @@ def grow_model(src: str, out: str | Path | None, make_plan: Callable[[Layout, Ch
 
         push_folder(result.out, push_to, token=token)
     return result
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def stack(src: str, out: str | Path | None, *, factor: float | None = None, layers: int | None = None,

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
 from hfgrow.checkpoint import weight_files
 from hfgrow.layout import open_model
 from hfgrow.source import open_source
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = True) -> dict[str, Any]:
@@ -34,9 +28,9 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
                 continue
             is_embedding = name in layout.globals and vocab is not None and vocab in info.shape
             if is_embedding:
-                embedding += _numel(info.shape)
+                embedding += math.prod(info.shape)
             else:
-                non_embedding += _numel(info.shape)
+                non_embedding += math.prod(info.shape)
         if layout.layer_types:
             kinds = list(layout.layer_types)
         elif layout.signatures:

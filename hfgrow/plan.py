@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -73,16 +74,4 @@ class Plan:
 
     @property
     def num_params(self) -> int:
-        return sum(_numel(t.shape) for t in self.tensors)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
-
-
-def copy(name: str, dtype: str, shape: tuple[int, ...], source: str | None = None) -> TensorPlan:
-    """An output tensor that is a source tensor unchanged (bytes copied when dtypes match)."""
-    return TensorPlan(name, dtype, shape, (source or name,))
+        return sum(math.prod(t.shape) for t in self.tensors)
