@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _common import make_checkpoint, timed  # bench/ is on sys.path when run as a script

@@ -83,7 +83,7 @@ def format_inspect(info: dict[str, Any]) -> str:
         f"params        {human(params['total'])} total: {human(params['embedding'])} embedding, "
         f"{human(params['non_embedding'])} non-embedding ({params['total']:,})",
         f"tied embed.   {'yes' if info['tied_embeddings'] else 'no'}",
-        f"dtypes        " + ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items()),
+        "dtypes        " + ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items()),
         f"on disk       {info['bytes_on_disk'] / 1e9:.3f} GB in {info['files']} {info['format']} file(s)",
     ]
     if info["per_layer_config_keys"] or info["layer_index_config_keys"]:

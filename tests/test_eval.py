@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-import hfgrow_cli.main as cli_main
+from cli_helpers import run_cli
 from hfgrow.errors import HfgrowError
 from hfgrow.evaluate import (
     PAPER_TASKS,
@@ -26,20 +26,8 @@ from hfgrow.evaluate import (
 WORDS = "the cat dog sat ran on a mat log and then slept barked quietly loudly today".split()
 
 
-@pytest.fixture(autouse=True)
-def _only_this_command_module(monkeypatch):
-    """Register just the module under test, so these tests do not depend on sibling commands."""
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["hfgrow_cli.cmd_plan"])
 
 
-def run_cli(argv, capsys):
-    code = 0
-    try:
-        cli_main.main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def tiny_model(vocab_size: int = 40, seed: int = 0):

@@ -17,7 +17,6 @@ import torch
 import transformers as T
 from safetensors.torch import load_file
 
-import hfgrow_cli.main as cli_main
 from hfgrow.grow import grow, replay
 from hfgrow.ops.noise import noise_stds
 from hfgrow.ops.width import grow_indices
@@ -25,6 +24,7 @@ from hfgrow.ops.zero import interleave_map
 from hfgrow.recipe import load_recipe
 from hfgrow.tiny import make_model
 from hfgrow.verify import verify
+from cli_helpers import run_cli
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
@@ -82,19 +82,8 @@ def models(tmp_path_factory):
     return get
 
 
-@pytest.fixture(autouse=True)
-def _only_grow_commands(monkeypatch):
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["hfgrow_cli.cmd_grow"])
 
 
-def run_cli(argv, capsys):
-    code = 0
-    try:
-        cli_main.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def check_preserved(src: Path, out: Path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import hfgrow_cli.main as cli_main
+from cli_helpers import run_cli
 from hfgrow.errors import HfgrowError
 from hfgrow.planning import (
     count_params,
@@ -28,21 +28,8 @@ TABLE_4 = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _only_this_command_module(monkeypatch):
-    """Register just the module under test, so these tests do not depend on sibling commands."""
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["hfgrow_cli.cmd_plan"])
 
 
-def run_cli(argv, capsys):
-    """Run `hfgrow ARGV`; return (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        cli_main.main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def tiny_llama_config(**overrides) -> LlamaConfig:
