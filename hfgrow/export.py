@@ -15,11 +15,11 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from hfgrow.errors import HfgrowError
+from hfgrow.executor import OutputFolder, save_state_dict
 
 STATE_FILE = "hfgrow_state.json"
 CARD_START = "<!-- hfgrow:continue:start -->"
@@ -220,11 +220,8 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
     unexpected = sorted(set(state_dict) - expected)
     dtype = getattr(torch, str(run.get("export_dtype") or "float32"), torch.float32)
 
-    tmp = out.parent / f".tmp-{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    # written into a temporary sibling and renamed into place only when complete
+    with OutputFolder(out, overwrite=True) as tmp:
         if missing or unexpected:
             # Architectures whose in-memory names differ from the on-disk ones (fused MoE experts...):
             # let transformers map them back.
@@ -233,8 +230,6 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
             model.to(dtype).save_pretrained(tmp, max_shard_size=max_shard_size)
         else:
             cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
-            from hfgrow.executor import save_state_dict
-
             save_state_dict(cast, tmp, max_shard_size=max_shard_size)
         config.use_cache = True if run.get("use_cache") is None else bool(run["use_cache"])
         config.dtype = dtype
@@ -247,18 +242,6 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
         except Exception:  # noqa: BLE001 - a model without tokenizer files: export the weights anyway
             pass
         (tmp / "README.md").write_text(_card(base, base_id, out, run, state))
-        if out.exists():
-            old = out.parent / f".old-{out.name}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -217,7 +217,13 @@ def test_single_process_loss_decreases_and_export(env, monkeypatch):
     final = run / "final"
     assert json.loads((final / "config.json").read_text())["use_cache"] is True
     card = (final / "README.md").read_text()
-    assert "base_model_relation: finetune" in card and "base_model: model" in card
+    # a local grown model is not a Hub id: the card names it in the text, not in base_model metadata
+    assert "base_model:" not in card and "# model (continued pre-training)" in card
+    from hfgrow.export import export_checkpoint
+
+    hub_named = export_checkpoint(run / "checkpoint-16", run / "hub-named", base_model_id="org/grown-model")
+    hub_card = (hub_named / "README.md").read_text()
+    assert "base_model: org/grown-model" in hub_card and "base_model_relation: finetune" in hub_card
     assert "| steps | 16 |" in card
     model = AutoModelForCausalLM.from_pretrained(final)
     assert model.config.use_cache is True
