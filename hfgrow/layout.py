@@ -210,7 +210,7 @@ def _classify_lists(values: dict[str, Any], num_layers: int) -> tuple[dict[str, 
     return per_layer, index_lists
 
 
-def read_layout(folder: Path, checkpoint: Checkpoint, *, with_skeleton: bool = True) -> Layout:
+def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | None = None) -> Layout:
     """Derive the layer structure of the model in ``folder``.
 
     Example:
@@ -218,7 +218,7 @@ def read_layout(folder: Path, checkpoint: Checkpoint, *, with_skeleton: bool = T
         >>> layout.prefix, layout.num_layers, layout.count_key
         ('model.layers.', 22, 'num_hidden_layers')
     """
-    config = read_config(folder)
+    config = read_config(folder) if config is None else config
     hf_config = hf_config_from_dict(config)
     declared = getattr(hf_config, "num_hidden_layers", None)
     split = _split_names(checkpoint.tensors, declared)
@@ -251,11 +251,10 @@ def read_layout(folder: Path, checkpoint: Checkpoint, *, with_skeleton: bool = T
         index_keys=index_lists,
         layer_types=per_layer.get("layer_types"),
     )
-    if with_skeleton:
-        hint = prefix.rstrip(".").split(".")[-1]
-        signatures, tied, _ = layer_signatures(hf_config, num_layers, hint)
-        layout.signatures = signatures
-        layout.tied = {target: source for target, source in tied.items() if target in checkpoint.tensors}
+    hint = prefix.rstrip(".").split(".")[-1]
+    signatures, tied, _ = layer_signatures(hf_config, num_layers, hint)
+    layout.signatures = signatures
+    layout.tied = {target: source for target, source in tied.items() if target in checkpoint.tensors}
     return layout
 
 
@@ -348,6 +347,7 @@ def context_length(config) -> int | None:
 
 def open_model(folder: Path) -> tuple[Checkpoint, Layout]:
     """Open a model folder: config checked first (clearer errors), then tensor table and layout."""
-    hf_config_from_dict(read_config(folder))
+    config = read_config(folder)
+    hf_config_from_dict(config)  # validates before any weights are touched; cheap to build again below
     checkpoint = Checkpoint.open(folder)
-    return checkpoint, read_layout(folder, checkpoint)
+    return checkpoint, read_layout(folder, checkpoint, config)
