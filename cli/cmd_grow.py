@@ -16,7 +16,8 @@ OPS = ["direct", "zero", "random", "learn"]
 @click.argument("out", type=click.Path(path_type=Path), required=False)
 @click.option("--op", type=click.Choice(OPS), default="direct", show_default=True,
               help="Operator: direct (Gstack / neuron splitting), zero (identity blocks / zero fan-out units, "
-                   "function-preserving), random (random init + MSG mask).")
+                   "function-preserving), random (random init + MSG mask), learn (LiGO: depth and width "
+                   "operators learned on --data).")
 @click.option("--width-op", type=click.Choice(OPS), default=None,
               help="Operator for the width part when it differs from --op (e.g. --op zero --width-op direct).")
 @click.option("--factor", "-g", type=float, default=None, help="Depth: growth factor g (L*g output layers).")
@@ -42,13 +43,24 @@ OPS = ["direct", "zero", "random", "learn"]
 @click.option("--learn-lr", type=float, default=1e-3, show_default=True, help="--op learn: LR of the coefficients.")
 @click.option("--seq-len", type=int, default=256, show_default=True, help="--op learn: sequence length.")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="--op learn: sequences per step.")
+@click.option("--width-init", type=click.Choice(["direct", "identity"]), default="direct", show_default=True,
+              help="--op learn: start of the width matrices: direct (the function-preserving widening) or "
+                   "identity (LiGO: identity on source units, small random new units).")
+@click.option("--device-map", default=None, metavar="MAP",
+              help="--op learn: where the frozen source lives while learning: auto (accelerate: GPUs, then CPU, "
+                   "then disk, within --max-memory), a device (cpu, cuda:1, disk) or a JSON {module: device}. "
+                   "Blocks are then re-run in the backward pass, so one grown block exists at a time.")
+@click.option("--max-memory", default=None, metavar="SPEC",
+              help="--op learn with --device-map auto: memory per device, e.g. '0=20GiB,cpu=64GiB'.")
+@click.option("--offload-folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--op learn: folder for source weights the device map puts on disk (removed afterwards).")
 @click.option("--recipe", "recipe", type=click.Path(exists=True, path_type=Path), default=None,
               help="Rebuild from a recipe (hfgrow.yaml or a grown folder): `hfgrow grow --recipe FILE OUT`.")
 @output_options
 @source_options
 def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, intermediate_size, num_heads,
-         num_kv_heads, noise, seed, mask_steps, data, learn_steps, learn_lr, seq_len, batch_size, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
-         revision, token):
+         num_kv_heads, noise, seed, mask_steps, data, learn_steps, learn_lr, seq_len, batch_size, width_init, device_map,
+         max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet, revision, token):
     """Grow SRC in depth, width or both with one of the paper's operators, and write OUT.
 
     Depth growth when --factor/--layers/--pattern is given, width growth when --hidden-size,
@@ -65,6 +77,8 @@ def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, in
       hfgrow grow ./small ./msg --op random --layers 24 --mask-steps 2000
       hfgrow grow ./small ./noisy --factor 4 --noise 0.2         # Gstack + noise
       hfgrow grow ./small ./ligo --op learn --factor 4 --data corpus.txt --learn-steps 100   # LiGO
+      hfgrow grow ./small ./ligo-wide --op learn --factor 2 --hidden-size 4096 --data corpus.txt \
+          --device-map auto --max-memory 0=20GiB,cpu=32GiB --offload-folder /scratch/offload
       hfgrow grow --recipe ./big/hfgrow.yaml ./big-again
     """
     from hfgrow.grow import grow as run_grow, replay
@@ -93,19 +107,27 @@ def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, in
     if out is None and not dry_run:
         raise click.UsageError("OUT is required unless --dry-run is given.")
     if op == "learn":
-        from hfgrow.ligo import learn
+        from hfgrow.ligo import Placement, learn, parse_device_map, parse_max_memory
 
-        if width_op or any(v is not None for v in (hidden_size, intermediate_size, num_heads, num_kv_heads, noise)):
-            raise click.UsageError("--op learn grows depth only (LiGO width matrices are not implemented).")
+        if width_op or noise is not None or mask_steps is not None:
+            raise click.UsageError("--width-op, --noise and --mask-steps do not apply to --op learn.")
+        if device_map is None and (max_memory or offload_folder):
+            raise click.UsageError("--max-memory and --offload-folder go with --device-map.")
+        placement = None
+        if device_map is not None:
+            placement = Placement(parse_device_map(device_map), parse_max_memory(max_memory), offload_folder)
         result = learn(src, out, data=list(data), factor=factor, layers=layers, pattern=pattern,
-                       order=order or "stack", learn_steps=learn_steps, learn_lr=learn_lr, seq_len=seq_len,
-                       batch_size=batch_size, seed=seed, dtype=dtype, revision=revision, token=token,
+                       order=order or "stack", hidden_size=hidden_size, intermediate_size=intermediate_size,
+                       num_heads=num_heads, num_kv_heads=num_kv_heads, width_init=width_init,
+                       learn_steps=learn_steps, learn_lr=learn_lr, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                       placement=placement, dtype=dtype, revision=revision, token=token,
                        max_shard_size=max_shard_size, dry_run=dry_run, overwrite=overwrite, quiet=quiet,
                        push_to=push_to)
         finish(result, dry_run, quiet)
         return
-    if data:
-        raise click.UsageError("--data is for --op learn.")
+    if data or device_map or max_memory or offload_folder or width_init != "direct":
+        raise click.UsageError("--data, --width-init, --device-map, --max-memory and --offload-folder are for "
+                               "--op learn.")
     result = run_grow(src, out, op=op, width_op=width_op, factor=factor, layers=layers, pattern=pattern, order=order,
                       hidden_size=hidden_size, intermediate_size=intermediate_size, num_heads=num_heads,
                       num_kv_heads=num_kv_heads, noise=noise, seed=seed, mask_steps=mask_steps, dtype=dtype,

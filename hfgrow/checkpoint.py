@@ -219,7 +219,7 @@ def weight_files(folder: Path) -> list[Path]:
             return files
         if (folder / single_name).is_file():
             return [folder / single_name]
-    loose = [p for p in sorted(folder.glob("*.safetensors")) if not p.name.startswith("adapter_")]
+    loose = [p for p in sorted(folder.glob("*.safetensors")) if not p.name.startswith(("adapter_", "hfgrow_"))]
     if loose:
         return loose
     raise HfgrowError(

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from hfgrow.card import human, render_card
 from hfgrow.checkpoint import DTYPE_ALIASES, Checkpoint
 from hfgrow.errors import HfgrowError
@@ -223,6 +226,8 @@ def grow_model(src: str, out: str | Path | None, make_plan: Callable[[Layout, Ch
             recipe = make_recipe(source, params, plan, result.command)
             recipe["command_name"] = command_name
             (tmp / RECIPE_FILE).write_text(dump_recipe(recipe))
+            for name, tensors in plan.sidecars.items():
+                save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
             (tmp / "README.md").write_text(_card(result, out_path))
         checkpoint.close()
         result.out = out_path.resolve()
@@ -412,12 +417,30 @@ def replay(recipe_path: str | Path, out: str | Path | None, *, token=None, max_s
                   quiet=quiet, push_to=push_to)
     if name == "stack":
         return stack(src, out, pattern=params.get("pattern"), dtype=params.get("dtype") or "keep", **common)
-    if name == "grow" and recipe.get("operation", {}).get("op") == "learn":
-        from hfgrow.ligo import learn
-
-        return learn(src, out, coefficients=recipe["operation"]["coefficients"], pattern=params.get("pattern"),
-                     dtype=params.get("dtype") or "keep", **common)
+    operation = recipe.get("operation") or {}
+    if name == "grow" and operation.get("op") == "learn":
+        return _replay_learn(Path(recipe_path), operation, recipe["params"], src, out, common)
     if name == "grow":
         params.setdefault("dtype", "keep")
         return grow(src, out, **params, **common)
     raise HfgrowError(f"the recipe was written by `hfgrow {name}`; replay supports recipes of stack and grow.")
+
+
+def _replay_learn(recipe_path: Path, operation: dict[str, Any], params: dict[str, Any], src: str, out,
+                  common: dict[str, Any]) -> GrowResult:
+    """G↑learn from its recipe: D from the recipe, width matrices from the file next to it."""
+    from hfgrow.ligo import learn
+    from hfgrow.ops.learn import SIDECAR
+
+    width = {key: params.get(key) for key in ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads")}
+    matrices = None
+    if any(value is not None for value in width.values()):
+        sidecar = (recipe_path if recipe_path.is_dir() else recipe_path.parent) / operation.get("width", {}).get(
+            "matrices", SIDECAR)
+        try:
+            matrices = load_file(str(sidecar))
+        except (OSError, SafetensorError) as exc:
+            raise HfgrowError(f"cannot read the learned width matrices {sidecar}: {exc}") from None
+    return learn(src, out, coefficients=operation["coefficients"], pattern=params.get("pattern"),
+                 width_init=params.get("width_init") or "direct", width_matrices=matrices, seed=params.get("seed", 0),
+                 dtype=params.get("dtype") or "keep", **width, **common)

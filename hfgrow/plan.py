@@ -67,6 +67,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # recipe fields specific to the operator (op name, parameters, mask metadata, ...)
     recipe: dict[str, Any] = field(default_factory=dict)
+    # extra safetensors files written next to the recipe (file name -> tensors), e.g. learned LiGO matrices
+    sidecars: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:

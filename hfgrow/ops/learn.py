@@ -66,13 +66,14 @@ def _combine(row: tuple[float, ...]):
 
 
 def learned_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: list[int],
-                 coefficients: Coefficients, dtype: str | None = None) -> Plan:
+                 coefficients: Coefficients, dtype: str | None = None, base: Plan | None = None) -> Plan:
     """The plan for learned depth growth: block structure from ``layer_map``, values from D.
 
     A row that is exactly one-hot stays a byte copy; other rows are computed in float32
-    from the source tensors with non-zero coefficients, then cast.
+    from the source tensors with non-zero coefficients, then cast. ``base`` is the Gstack
+    plan of the same ``layer_map`` when the caller has it already.
     """
-    base = stack_plan(layout, tensors, layer_map, dtype)  # config, layer map, checks
+    base = base or stack_plan(layout, tensors, layer_map, dtype)  # config, layer map, checks
     members = kind_members(layout)
     learned: dict[str, TensorPlan] = {}
     for position, src in enumerate(layer_map):
@@ -95,3 +96,147 @@ def learned_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: l
         new_layers=base.new_layers,
         recipe={"op": "learn", "direction": "depth", "coefficients": coefficients},
     )
+
+
+# ---------------------------------------------------------------- width (LiGO expansion matrices)
+
+WIDTH_INITS = ("direct", "identity")
+SIDECAR = "hfgrow_ligo.safetensors"  # the learned width matrices, next to hfgrow.yaml, for replay
+
+
+def fused_order(layout: str, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """For each row of a fused q|k|v projection, its row in the plain [q heads | k heads | v heads] order.
+
+    Example:
+        >>> fused_order("per_head", 2, 2, 1).tolist()     # [q0 k0 v0 q1 k1 v1]
+        [0, 2, 4, 1, 3, 5]
+    """
+    q = lambda h: h * head_dim  # noqa: E731  (row of query head h in the plain order)
+    k = lambda h: (heads + h) * head_dim  # noqa: E731
+    v = lambda h: (heads + kv_heads + h) * head_dim  # noqa: E731
+    if layout == "concat":
+        starts = [q(h) for h in range(heads)] + [k(h) for h in range(kv_heads)] + [v(h) for h in range(kv_heads)]
+    elif layout == "per_head":
+        starts = [s for h in range(heads) for s in (q(h), k(h), v(h))]
+    elif layout == "per_group":
+        group = heads // kv_heads
+        starts = [s for g in range(kv_heads) for s in [q(g * group + r) for r in range(group)] + [k(g), v(g)]]
+    else:
+        raise ValueError(f"unknown fused q|k|v layout '{layout}'")
+    return (torch.tensor(starts)[:, None] + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def _contract(matrix: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``matrix`` [new, old] applied to dimension ``dim`` of ``x`` (size old -> new)."""
+    return torch.tensordot(matrix, x, dims=([1], [dim])).movedim(0, dim)
+
+
+class WidthExpansion(torch.nn.Module):
+    """LiGO width growth: a learnable expansion matrix per space and side, W' = B_out · W · B_inᵀ.
+
+    Spaces are those of :mod:`hfgrow.roles`: the hidden size, each FFN size, query heads and
+    key/value heads. Heads are expanded as whole heads (a [new heads, old heads] matrix times
+    the identity on head_dim), so rotary embeddings and grouped-query attention stay valid;
+    fused q|k|v and gate|up tensors are split, expanded part by part and re-fused. A tensor
+    dimension that *writes* a space is multiplied by that space's ``write`` matrix, one that
+    *reads* it by its ``read`` matrix. Norm weights are not learned: they are gathered from
+    their source units like the direct operator does.
+
+    ``init="direct"`` starts from the function-preserving widening of ``hfgrow grow --op
+    direct`` (one-hot rows scaled as HyperCloning/Net2Net), so the model at step 0 computes
+    the source's function; ``init="identity"`` (LiGO's choice) is the identity on the
+    source units and small random rows (each new unit ~10% of a source unit's scale) for the
+    new ones.
+
+    Example:
+        >>> expansion = WidthExpansion(roles, resolve_sizes(roles, hidden_size=128), init="direct")
+        >>> expansion.expand(embedding, roles.role("model.embed_tokens.weight")).shape
+        torch.Size([512, 128])
+    """
+
+    def __init__(self, roles, sizes, init: str = "direct", seed: int = 0):
+        from hfgrow.ops.width import head_maps, space_maps
+
+        super().__init__()
+        if init not in WIDTH_INITS:
+            raise ValueError(f"unknown width init '{init}'")
+        self.init, self.head_dim, self.qkv_layout = init, sizes.head_dim, roles.qkv_layout
+        self.heads, self.kv_heads = sizes.heads, sizes.kv_heads
+        op = "direct" if init == "direct" else "zero"  # "zero" maps: source units first, the rest new
+        # element-level unit maps of the spaces that change (norm gathers, bookkeeping)
+        self.maps = {s: m for s, m in space_maps(roles, sizes, op, seed).items() if not m.is_identity()}
+        self.matrices = torch.nn.ParameterDict()
+        g = torch.Generator().manual_seed(seed)
+
+        def add(space: str, src: torch.Tensor, read: torch.Tensor, write: torch.Tensor, old: int) -> None:
+            for side, scale in (("write", write), ("read", read)):
+                matrix = torch.zeros(src.numel(), old)
+                known = src >= 0
+                matrix[known.nonzero().squeeze(1), src[known]] = scale[known].float()
+                new = (~known).nonzero().squeeze(1)
+                if new.numel():
+                    matrix[new] = torch.randn(new.numel(), old, generator=g) * (0.1 / old ** 0.5)
+                self.matrices[f"{space.replace(':', '__')}__{side}"] = torch.nn.Parameter(matrix)
+
+        for space, unit_map in self.maps.items():
+            if space == "hidden" or space.startswith("ffn:"):
+                add(space, unit_map.src, unit_map.read, unit_map.write, roles.space_size(space))
+        if "q" in self.maps or "kv" in self.maps:
+            q_map, kv_map = head_maps(sizes, op, seed)
+            hd = self.head_dim
+            if "q" in self.maps:
+                add("q", torch.tensor(q_map), self.maps["q"].read[::hd], self.maps["q"].write[::hd], sizes.heads[0])
+            if "kv" in self.maps:
+                ones = torch.ones(len(kv_map), dtype=torch.float64)
+                add("kv", torch.tensor(kv_map), ones, ones, sizes.kv_heads[0])
+
+    def matrix(self, space: str, side: str) -> torch.Tensor:
+        return self.matrices[f"{space.replace(':', '__')}__{side}"]
+
+    def _expand_dim(self, x: torch.Tensor, dim: int, space: str, side: str) -> torch.Tensor:
+        kind, _, key = space.partition(":")
+        if kind == "gate_up":  # [gate | up] rows: both halves live in the FFN space
+            return torch.cat([self._expand_dim(half, dim, f"ffn:{key}", side) for half in x.chunk(2, dim)], dim)
+        if kind in ("q", "kv"):  # whole heads
+            if kind not in self.maps:
+                return x  # this head count does not change
+            heads = x.unflatten(dim, (-1, self.head_dim))
+            return _contract(self.matrix(kind, side), heads, dim).flatten(dim, dim + 1)
+        if kind == "qkv":  # fused q|k|v rows, each part expanded on its own
+            (nh, nh2), (nkv, nkv2), hd = self.heads, self.kv_heads, self.head_dim
+            plain = x.index_select(dim, torch.argsort(fused_order(self.qkv_layout, nh, nkv, hd)))
+            q, k, v = plain.split([nh * hd, nkv * hd, nkv * hd], dim)
+            grown = torch.cat([self._expand_dim(q, dim, "q", side), self._expand_dim(k, dim, "kv", side),
+                               self._expand_dim(v, dim, "kv", side)], dim)
+            return grown.index_select(dim, fused_order(self.qkv_layout, nh2, nkv2, hd))
+        return _contract(self.matrix(space, side), x, dim)
+
+    def expand(self, x: torch.Tensor, role, factor: float = 1.0, norm: tuple[float, float] | None = None
+               ) -> torch.Tensor:
+        """One tensor grown in width (float32, differentiable in the matrices).
+
+        ``norm`` = (offset, init) of a norm weight (``w`` or Gemma's ``1 + w``): its new units get ``init``.
+        """
+        from hfgrow.ops.width import _remap_norm
+
+        y = x.float()
+        if role.is_norm:
+            unit_map = self.maps.get(role.dims[0])
+            return y if unit_map is None else _remap_norm(y, unit_map, (unit_map.src.numel(),), "F32", (*norm, 1.0))
+        for dim, (space, io) in enumerate(zip(role.dims, role.io)):
+            if space in self.maps and io in ("out", "in"):
+                y = self._expand_dim(y, dim, space, "write" if io == "out" else "read")
+        return y * factor if factor != 1.0 else y
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The matrices, detached, for the sidecar file."""
+        return {name: p.detach().contiguous() for name, p in self.matrices.items()}
+
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Load matrices saved by :meth:`state` (a replay); shapes must match this model and sizes."""
+        mine = dict(self.matrices.items())
+        if set(tensors) != set(mine) or any(tuple(tensors[k].shape) != tuple(mine[k].shape) for k in mine):
+            raise ValueError("the saved width matrices do not fit this source model and sizes")
+        with torch.no_grad():
+            for name, p in mine.items():
+                p.copy_(tensors[name])

@@ -506,8 +506,12 @@ def _remap_norm(x: torch.Tensor, unit_map: UnitMap | None, shape: tuple[int, ...
 # ---------------------------------------------------------------- the plan
 
 
-def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0) -> Plan:
+def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0,
+               expansion=None) -> Plan:
     """Grow the width of every tensor of ``plan`` (any depth plan: its tensors' sources are source tensors).
+
+    ``expansion`` (a :class:`hfgrow.ops.learn.WidthExpansion`, with ``op="learn"``) computes
+    every grown tensor from learned matrices instead of the unit maps.
 
     Example:
         >>> sizes = resolve_sizes(roles, hidden_size=128, intermediate_size=512)
@@ -517,7 +521,7 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
     """
     if not sizes.changed:
         return plan
-    maps = space_maps(roles, sizes, op, seed)
+    maps = expansion.maps if expansion is not None else space_maps(roles, sizes, op, seed)
     H, H2 = sizes.hidden
     config = json.loads(json.dumps(plan.config))
     keys = roles.keys
@@ -589,6 +593,9 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
         name, dtype = tensor.name, tensor.dtype
 
         def fn(x: torch.Tensor) -> torch.Tensor:
+            if expansion is not None:
+                with torch.no_grad():
+                    return expansion.expand(x, role, tensor_factor, norm and norm[:2]).to(DTYPES[dtype][1])
             return remap(x, role, dim_maps, shape, dtype, std=std, seed=seed, key=name, factor=tensor_factor, norm=norm)
 
         spaces = ",".join(s or "-" for s in role.dims)
@@ -620,7 +627,7 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
             preserving = False
             notes.append(f"the {space} norm spans all heads and the heads were not grown by whole tiling: "
                          "only approximately function-preserving (use a whole multiple of the heads)")
-    if op == "random":
+    if op in ("random", "learn"):
         preserving = False
     check_output_shapes(config, {t.name: t.shape for t in tensors}, roles)
     recipe = dict(plan.recipe)
