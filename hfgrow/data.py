@@ -1,14 +1,15 @@
 """Training data for continued pre-training: read, tokenize, pack, mix.
 
-A *domain* is one named source of documents: a local file, a local folder (every .txt/.md,
-.jsonl/.ndjson and .parquet file under it, sorted; .gz variants of the text formats too), or a
-Hugging Face dataset ``hf:name[:config][:split]`` (needs the optional ``datasets`` package; read
-with ``streaming=True`` so large datasets are never downloaded whole).
+A *domain* is one named source of documents: a local file, a local folder (every .txt/.md/.text,
+.jsonl/.ndjson and .parquet file under it, sorted, hidden entries skipped; .gz variants of the text
+formats too; see :mod:`hfgrow.text`), or a Hugging Face dataset ``hf:name[:config][:split]``
+(needs the optional ``datasets`` package; read with ``streaming=True`` so large datasets are
+never downloaded whole).
 
 Documents are tokenized with the model's tokenizer (no special tokens), each followed by EOS,
 and the token stream is cut into full ``seq_len`` sequences: no padding anywhere. A .txt file is
 one document (read in line-aligned chunks so a large file streams); a JSONL line or a parquet row
-is one document (its ``text`` field).
+is one document (its ``text`` field). Empty documents are skipped.
 
 Several domains are mixed by drawing, for every sequence slot, a domain with probability equal
 to its mixture weight. The draw for global sequence number k depends only on (seed, k), so a
@@ -28,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -39,10 +39,8 @@ from typing import Iterator
 import numpy as np
 
 from hfgrow.errors import HfgrowError
+from hfgrow.text import file_kind, iter_jsonl_from, iter_parquet_from, list_files, open_binary
 
-TEXT_SUFFIXES = (".txt", ".md", ".text")
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-PARQUET_SUFFIXES = (".parquet",)
 TXT_CHUNK_BYTES = 1 << 16  # a .txt file is read (and tokenized) in line-aligned chunks of ~64 KiB
 READ_BATCH_UNITS = 16  # documents tokenized together (fast tokenizers batch in Rust)
 
@@ -131,44 +129,12 @@ def load_mixture(path: str | Path, domain_names: list[str]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    if name.endswith(TEXT_SUFFIXES):
-        return "text"
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if path.name.lower().endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    return None
-
-
 class LocalSource:
-    """Documents from local files. Position = [file index, byte offset or parquet row]."""
+    """Documents from local files (see :mod:`hfgrow.text`). Position = [file index, byte offset or parquet row]."""
 
     def __init__(self, spec: str, text_field: str = "text"):
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise HfgrowError(f"data file or folder {spec!r} does not exist.")
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p))
-            if not files:
-                raise HfgrowError(
-                    f"data folder {spec!r} has no .txt, .md, .jsonl or .parquet files."
-                )
-        else:
-            if _kind(path) is None:
-                raise HfgrowError(
-                    f"data file {spec!r} is not .txt, .md, .jsonl or .parquet (optionally .gz)."
-                )
-            files = [path]
         self.spec = spec
-        self.files = files
+        self.files = list_files(spec)
         self.text_field = text_field
 
     def start(self) -> list:
@@ -178,17 +144,16 @@ class LocalSource:
         file_idx, offset = int(pos[0]), int(pos[1])
         while file_idx < len(self.files):
             path = self.files[file_idx]
-            kind = _kind(path)
-            if kind == "parquet":
-                yield from self._parquet(path, file_idx, offset)
-            else:
-                with _open_binary(path) as fh:
+            kind = file_kind(path)
+            if kind == "txt":
+                with open_binary(path) as fh:
                     if offset:
                         fh.seek(offset)
-                    if kind == "text":
-                        yield from self._text(fh, file_idx)
-                    else:
-                        yield from self._jsonl(fh, path, file_idx)
+                    yield from self._text(fh, file_idx)
+            else:
+                read = iter_jsonl_from if kind == "jsonl" else iter_parquet_from
+                for text, after in read(path, offset, self.text_field):
+                    yield text, True, [file_idx, after]
             file_idx, offset = file_idx + 1, 0
 
     @staticmethod
@@ -212,49 +177,6 @@ class LocalSource:
                     return
             if not line:
                 return
-
-    def _jsonl(self, fh, path: Path, file_idx: int):
-        lineno = 0
-        while True:
-            line = fh.readline()
-            if not line:
-                return
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise HfgrowError(f"{path} has a line that is not JSON (near byte {fh.tell()}).") from None
-            text = record.get(self.text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise HfgrowError(
-                    f"{path} has a record without a string {self.text_field!r} field "
-                    f"(near byte {fh.tell()}); choose the field with --text-field."
-                )
-            yield text, True, [file_idx, fh.tell()]
-
-    def _parquet(self, path: Path, file_idx: int, row: int):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise HfgrowError(
-                f"reading {path} needs pyarrow: pip install 'hfgrow[data]' (or pyarrow)."
-            ) from None
-        pf = pq.ParquetFile(path)
-        if self.text_field not in pf.schema_arrow.names:
-            raise HfgrowError(f"{path} has no column {self.text_field!r}; choose it with --text-field.")
-        first = 0
-        for rg in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
-            if row >= first + n:
-                first += n
-                continue
-            texts = pf.read_row_group(rg, columns=[self.text_field]).column(0).to_pylist()
-            for i in range(max(0, row - first), n):
-                if texts[i] is not None:
-                    yield str(texts[i]), True, [file_idx, first + i + 1]
-            first += n
 
 
 class HFSource:
@@ -297,7 +219,8 @@ class HFSource:
                     f"dataset {self.spec!r} has a record without a string {self.text_field!r} "
                     "field; choose the field with --text-field."
                 )
-            yield text, True, [0, n]
+            if text:
+                yield text, True, [0, n]
 
 
 def open_source(spec: DomainSpec, text_field: str = "text"):

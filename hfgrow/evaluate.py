@@ -7,10 +7,11 @@ window, so every token is scored exactly once and, when ``stride < seq_len``, wi
 ``stride == seq_len`` this is the plain chunked loss (each chunk independent; its first token has no
 context and is not scored). A stream of n tokens scores n − 1 tokens when ``stride < seq_len``.
 
-Text sources: ``.txt`` (one document per file), ``.jsonl`` (one document per line, field
-``"text"``), ``.parquet`` (column ``"text"``; needs ``pyarrow``) or a folder of those. Each domain's
-documents are joined into one token stream: ``[BOS] doc1 EOS doc2 EOS … docN`` (BOS only if the
-tokenizer has one); every token of it after the first is scored.
+Text sources: the files :mod:`hfgrow.text` reads (``.txt``/``.md`` is one document per file,
+``.jsonl`` one per line with field ``"text"``, ``.parquet`` one per row of column ``"text"``;
+``.gz`` of the text types) or a folder of those. Each domain's documents are joined into one token
+stream: ``[BOS] doc1 EOS doc2 EOS … docN`` (BOS only if the tokenizer has one); every token of it
+after the first is scored.
 
 Benchmarks: :func:`run_tasks` hands off to lm-evaluation-harness (``pip install 'hfgrow[eval]'``).
 The Gstack paper evaluates on :data:`PAPER_TASKS`: lambada_openai, arc_challenge, arc_easy, logiqa,
@@ -24,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.text import TEXT_SUFFIXES, file_kind, read_documents
 
 __all__ = [
     "PAPER_TASKS",
@@ -59,8 +60,6 @@ PAPER_TASKS: tuple[str, ...] = (
     "winogrande",
     "wikitext",
 )
-#: File types :func:`read_documents` understands.
-TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".parquet")
 #: Default context when the model's config does not say, and the cap on the default (paper: 2048).
 DEFAULT_SEQ_LEN = 2048
 
@@ -109,51 +108,8 @@ def _safe_exp(x: float) -> float:
         return math.inf
 
 
-# --------------------------------------------------------------------------- reading text
-
-
-def read_documents(path: str | Path) -> list[str]:
-    """Read the documents of one ``.txt`` / ``.jsonl`` / ``.parquet`` file, or of a folder of them.
-
-    Raises:
-        HfgrowError: missing file, unsupported type, a JSONL line without ``"text"``, no pyarrow.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        if not files:
-            raise HfgrowError(f"folder '{path}' has no {', '.join(TEXT_SUFFIXES)} files.")
-        return [doc for f in files for doc in read_documents(f)]
-    if not path.is_file():
-        raise HfgrowError(f"data file '{path}' does not exist.")
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return [path.read_text(encoding="utf-8", errors="replace")]
-    if suffix == ".jsonl":
-        docs = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise HfgrowError(f"{path}:{number} is not valid JSON.") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise HfgrowError(f'{path}:{number} has no string "text" field.')
-                docs.append(record["text"])
-        return docs
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise HfgrowError(f"reading '{path}' needs pyarrow: pip install pyarrow") from None
-        table = pq.read_table(path)
-        if "text" not in table.column_names:
-            raise HfgrowError(f"'{path}' has no 'text' column (columns: {', '.join(table.column_names)}).")
-        return [t for t in table.column("text").to_pylist() if t is not None]
-    raise HfgrowError(f"'{path}': unsupported file type '{suffix}'; use {', '.join(TEXT_SUFFIXES)}.")
-
+# --------------------------------------------------------------------------- data arguments
+# (the file readers, read_documents included, are in hfgrow.text)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -332,9 +288,6 @@ def _default_seq_len(model: Any) -> int:
     return min(int(limit), DEFAULT_SEQ_LEN) if limit else DEFAULT_SEQ_LEN
 
 
-_FILE_LIKE = re.compile(r"^[^\s]+\.(txt|jsonl|parquet)$", re.IGNORECASE)
-
-
 def _documents_or_ids(value: Any) -> list[str] | list[int]:
     """Normalise one domain's input: a file/folder, a text, a list of those, or token ids."""
     if isinstance(value, Path):
@@ -342,7 +295,7 @@ def _documents_or_ids(value: Any) -> list[str] | list[int]:
     if isinstance(value, str):
         if Path(value).expanduser().exists():
             return read_documents(value)
-        if _FILE_LIKE.match(value):
+        if file_kind(value) and not any(c.isspace() for c in value):
             raise HfgrowError(f"data file '{value}' does not exist.")
         return [value]
     if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # tensor / array of ids
@@ -380,7 +333,7 @@ def evaluate_loss(
         model_or_path: a model folder / Hub repo id, or a loaded model (then pass ``tokenizer``
             unless the inputs are token ids).
         texts_or_files: one input or a mapping ``{domain name: input}``. An input is a file or folder
-            path (``.txt``, ``.jsonl``, ``.parquet``), a text, a list of those (one domain), or a
+            path (see :mod:`hfgrow.text`), a text, a list of those (one domain), or a
             list/tensor of token ids (used as the stream as-is).
         seq_len: window length; default min(model's max_position_embeddings, 2048).
         stride: tokens between window starts; default ``seq_len // 2``. ``stride == seq_len`` gives

@@ -42,7 +42,6 @@ Bad input raises :class:`hfgrow.errors.HfgrowError` with one sentence.
 from __future__ import annotations
 
 import bisect
-import gzip
 import json
 import math
 import os
@@ -56,182 +55,23 @@ from typing import Any
 
 import numpy as np
 
+from hfgrow import text as _text
 from hfgrow.errors import HfgrowError
+from hfgrow.text import DocPart, iter_documents
 
 MEASURES = ("se", "je", "ce")
 MIN_OBSERVATIONS = 5
 SUM_TOLERANCE = 1e-6
-# file name endings a domain may be made of
-TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
-_SUFFIX_HELP = '.txt, .jsonl (a "text" field per line), .parquet (a "text" column) or .gz of the first two'
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading domain text
 # ---------------------------------------------------------------------------------------------
 
-
-class DocPart(str):
-    """A piece of a document that goes on in the next item: no EOS is put after it.
-
-    Readers cut very long documents (a whole .txt file) into pieces so memory stays bounded and
-    batches parallelise; every other ``str`` a reader yields is a whole document.
-
-    Example:
-        >>> isinstance(DocPart("def f():\\n"), str)
-        True
-    """
-
-    __slots__ = ()
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in TEXT_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
-def domain_files(source: str) -> list[Path]:
-    """The text files a domain path stands for (a file, or the supported files under a folder).
-
-    Raises HfgrowError for a missing path, an unknown file type or a folder with no text files.
-
-    Example:
-        >>> domain_files("data/web.jsonl")                      # doctest: +SKIP
-        [PosixPath('data/web.jsonl')]
-    """
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise HfgrowError(f"Domain path '{source}' does not exist.")
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and _suffix(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        if not files:
-            raise HfgrowError(f"Folder '{source}' holds no {_SUFFIX_HELP} files.")
-        return files
-    if not _suffix(path):
-        raise HfgrowError(f"Unknown file type '{path.name}': a domain is {_SUFFIX_HELP}, a folder of them, or hf:DATASET[:CONFIG][:SPLIT].")
-    return [path]
-
-
-def _cut_point(buf: str, start: int) -> int:
-    """Index at which to cut ``buf`` (at or after ``start``), or -1 if there is no safe place.
-
-    Preferred: right after a single newline between two non-space characters; fallback: before a
-    single space between two non-space characters. GPT-2 and Llama-3 style byte-level
-    pre-tokenizers (and whitespace splitters) split the whole text there too, so such a cut
-    changes no token; runs of whitespace are never cut (their regexes treat a run at the end of a
-    text differently).
-    """
-    end = len(buf) - 1
-    for sep in ("\n", " "):
-        i = end
-        while True:
-            i = buf.rfind(sep, start, i)
-            if i <= 0:
-                break
-            if not buf[i - 1].isspace() and not buf[i + 1].isspace():
-                return i + 1 if sep == "\n" else i
-    return -1
-
-
-def iter_txt(path: str | os.PathLike, piece_chars: int = 1 << 16) -> Iterator[str]:
-    """Yield one .txt (or .txt.gz) file as a single document, in pieces of about ``piece_chars``.
-
-    All pieces but the last are :class:`DocPart`. Pieces are cut at a single newline (or, failing
-    that, a single space) between two non-space characters, where byte-level BPE pre-tokenizers
-    split anyway, so for them the token stream is the same as for the whole file (tokenizers that
-    prepend a space to every text, e.g. SentencePiece "Metaspace", may differ by a token per
-    piece). Invalid UTF-8 is replaced by U+FFFD.
-
-    Example:
-        >>> "".join(iter_txt("corpus/a.txt"))                    # doctest: +SKIP
-        'the whole file\\n'
-    """
-    path = Path(path)
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
-        buf = ""
-        while True:
-            block = f.read(piece_chars)
-            if not block:
-                break
-            buf += block
-            if len(buf) < 2 * piece_chars:
-                continue
-            cut = _cut_point(buf, len(buf) // 4)
-            if cut < 0:
-                if len(buf) < 64 * piece_chars:
-                    continue
-                cut = len(buf) - piece_chars  # no word boundary at all: cut anywhere
-            yield DocPart(buf[:cut])
-            buf = buf[cut:]
-        if buf:
-            yield buf
-
-
-def _json_object(line: bytes | str, where: str) -> Any:
-    try:
-        return json.loads(line, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise HfgrowError(f"{where} is not valid JSON ({exc.msg}).") from None
-    except _DuplicateKey as exc:
-        raise HfgrowError(f"{where} names '{exc.args[0]}' twice.") from None
-
-
-def iter_jsonl(path: str | os.PathLike, text_field: str = "text") -> Iterator[str]:
-    """Yield the ``text_field`` of every line of a .jsonl (or .jsonl.gz) file; one document each.
-
-    Blank lines and empty texts are skipped.
-
-    Example:
-        >>> list(iter_jsonl("web.jsonl"))                        # doctest: +SKIP
-        ['first document', 'second document']
-    """
-    path = Path(path)
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HfgrowError(f"{path}:{lineno} is not valid JSON ({exc.msg}).") from None
-            if not isinstance(obj, dict) or text_field not in obj:
-                raise HfgrowError(f'{path}:{lineno} has no "{text_field}" field.')
-            text = obj[text_field]
-            if not isinstance(text, str):
-                raise HfgrowError(f'{path}:{lineno}: "{text_field}" is not a string.')
-            if text:
-                yield text
-
-
-def iter_parquet(path: str | os.PathLike, text_field: str = "text", batch_rows: int = 1024) -> Iterator[str]:
-    """Yield the ``text_field`` column of a .parquet file, one document per row, in row batches.
-
-    Needs pyarrow. Null and empty texts are skipped.
-
-    Example:
-        >>> next(iter_parquet("train-00000.parquet"))            # doctest: +SKIP
-        'first document'
-    """
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise HfgrowError("Reading .parquet files needs pyarrow: pip install pyarrow.") from None
-    pf = pq.ParquetFile(path)
-    if text_field not in pf.schema_arrow.names:
-        raise HfgrowError(f"{path} has no '{text_field}' column (columns: {', '.join(pf.schema_arrow.names)}).")
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=[text_field]):
-        for text in batch.column(0).to_pylist():
-            if text:
-                yield text
+# Local files are read by hfgrow.text; these names stay importable from here.
+TEXT_SUFFIXES = _text.TEXT_SUFFIXES
+iter_txt, iter_jsonl, iter_parquet = _text.iter_txt, _text.iter_jsonl, _text.iter_parquet
+domain_files = _text.list_files
 
 
 def parse_hf_source(source: str) -> tuple[str, str | None, str]:
@@ -282,7 +122,8 @@ def iter_domain_texts(source: str, *, text_field: str = "text", piece_chars: int
 
     The source is checked at once (missing path, unknown file type raise HfgrowError here); the
     text is then streamed, so memory does not grow with the domain's size. Folders are read
-    recursively in sorted order, skipping hidden entries and unsupported files.
+    recursively in sorted order, skipping hidden entries and unsupported files (see
+    :mod:`hfgrow.text` for the file types).
 
     Example:
         >>> docs = iter_domain_texts("data/code")                # doctest: +SKIP
@@ -296,13 +137,7 @@ def iter_domain_texts(source: str, *, text_field: str = "text", piece_chars: int
 
     def generate() -> Iterator[str]:
         for path in files:
-            suffix = _suffix(path)
-            if suffix.startswith(".txt"):
-                yield from iter_txt(path, piece_chars)
-            elif suffix.startswith(".jsonl"):
-                yield from iter_jsonl(path, text_field)
-            else:
-                yield from iter_parquet(path, text_field)
+            yield from iter_documents(path, text_field, piece_chars=piece_chars)
 
     return generate()
 
@@ -772,6 +607,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
             raise _DuplicateKey(key)
         out[key] = value
     return out
+
+
+def _json_object(line: bytes | str, where: str) -> Any:
+    try:
+        return json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise HfgrowError(f"{where} is not valid JSON ({exc.msg}).") from None
+    except _DuplicateKey as exc:
+        raise HfgrowError(f"{where} names '{exc.args[0]}' twice.") from None
 
 
 def _number(value: Any) -> bool:

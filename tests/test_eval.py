@@ -184,7 +184,7 @@ def test_read_documents_formats(tmp_path):
     assert read_documents(tmp_path / "b.jsonl") == ["a dog", "ran"]
     assert read_documents(tmp_path) == ["the cat sat", "a dog", "ran"]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
-    with pytest.raises(HfgrowError, match='no string "text"'):
+    with pytest.raises(HfgrowError, match=r'bad.jsonl:1 has no "text" field'):
         read_documents(tmp_path / "bad.jsonl")
     with pytest.raises(HfgrowError, match="does not exist"):
         read_documents(tmp_path / "missing.txt")
