@@ -42,6 +42,7 @@ import re
 import shutil
 import signal
 import time
+from functools import partial
 from pathlib import Path
 
 from hfgrow.errors import HfgrowError
@@ -141,16 +142,91 @@ def decoder_layers(model):
     raise HfgrowError(f"cannot find the decoder layers of {type(base).__name__}.")
 
 
-class MaskRamp:
-    """MSG's masked growth: new layers contribute y = x + c·(layer(x) − x), c: 0 → 1 over N steps.
+def sublayer_outputs(model, blocks, indices) -> dict[int, list | None]:
+    """Per block, the modules whose outputs are its attention's and its MLP's residual updates (None: not found).
 
-    Forward hooks on the masked decoder layers; ``set_step(s)`` sets c = s / N and removes the
-    hooks for good once c reaches 1. At c = 0 the model computes exactly what it would compute
-    without those layers.
+    The attention and the MLP are the block's children holding its "o" and "down" output projections
+    (:func:`hfgrow.roles.kind_of`); a child that adds the residual itself (BLOOM, MPT) is replaced by that
+    projection. One no-grad forward pass on two tokens shows whether a module takes such an output as its
+    input (a post-norm as in Gemma 2 and OLMo 2, or a dropout); the residual update is then that module's output.
+    """
+    import torch
+
+    from hfgrow.roles import adds_residual, kind_of
+
+    found, calls, hooks = {}, {}, []
+
+    def record(log, module, args, kwargs, output):
+        log.append((module, args[0] if args else kwargs.get("hidden_states"),
+                    output[0] if isinstance(output, tuple) else output))
+
+    for i in indices:
+        block, starts = blocks[i], []
+        for kind in ("o", "down"):
+            paths = [p for p, _ in [*block.named_modules(), *block.named_parameters()] if p and kind_of(p) == kind]
+            child = block.get_submodule(paths[0].split(".")[0]) if paths else None
+            if child is not None and adds_residual(child):
+                child = dict(block.named_modules()).get(paths[0])
+            starts.append(child)
+        found[i] = starts if None not in starts and starts[0] is not starts[1] else None
+        if found[i]:
+            calls[i] = []
+            hooks += [m.register_forward_hook(partial(record, calls[i]), with_kwargs=True) for m in block.modules()
+                      if m is not block]
+    if hooks:
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(input_ids=torch.tensor([[0, 1]], device=next(model.parameters()).device))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(training)
+    for i, starts in found.items():
+        tails = []
+        for tail in starts or []:
+            out = next((o for m, _, o in calls[i] if m is tail), None)
+            if out is None:  # not called on the probe
+                tails = None
+                break
+            seen = {tail}
+            while True:  # follow the modules that take the output as their input
+                nxt = next(((m, o) for m, x, o in calls[i] if x is out and m not in seen), None)
+                if nxt is None:
+                    break
+                tail, out = nxt
+                seen.add(tail)
+            tails.append(tail)
+        found[i] = tails or None
+    return found
+
+
+class MaskRamp:
+    """MSG's masks (Yao et al. 2023): new structure is scaled by c, which ramps 0 -> 1 over ``steps`` steps.
+
+    * New layers (``layers``, ``grow --op random`` in depth): each sublayer's residual update is scaled,
+      h = x + c·attn(norm x), y = h + c·mlp(norm h) (parallel blocks: y = x + c·attn + c·mlp), by forward
+      hooks on the modules :func:`sublayer_outputs` finds. A block where they are not found ramps as a whole,
+      y = x + c·(block(x) − x), which is said once on stderr.
+    * New width (``width``: the recipe's mask.width from ``grow --op random --hidden-size ...``): new heads'
+      outputs and new FFN units' activations (the input columns of the o and down projections; in fused MoE
+      experts, their activation's output) are scaled by c, and so are new hidden units wherever they are
+      written: embedding outputs, every sublayer's residual update and the hidden-size norms' outputs. A norm
+      over grown units (the hidden units; OLMo 2's q/k norms over all heads) sees, in place of the new units,
+      values with the source units' mean and variance (exactly so for two or more new units), blended into
+      the real values as c grows: at c = 0 its statistics are the source units' own, as with MSG's masked
+      norm statistics. New key/value heads only serve new query heads, so need no mask.
+
+    ``set_step(s)`` sets c = s / steps and removes every hook once c reaches 1, leaving the plain model. At
+    c = 0 the model computes what the model without the new structure computes (up to float rounding in the
+    norms' statistics when the hidden size grew).
     """
 
-    def __init__(self, model, layers: list[int], steps: int):
+    def __init__(self, model, layers: list[int], steps: int, width: dict | None = None):
         import torch
+
+        from hfgrow.roles import _KV_KEYS, kind_of
 
         blocks = decoder_layers(model)
         bad = [i for i in layers if not 0 <= int(i) < len(blocks)]
@@ -158,14 +234,121 @@ class MaskRamp:
             raise HfgrowError(f"the recipe masks layer {bad[0]}, but the model has {len(blocks)} layers.")
         self.steps = max(1, int(steps))
         self.c = torch.zeros(())  # a tensor, so torch.compile does not recompile as c changes
-        self.handles = [blocks[int(i)].register_forward_hook(self._hook, with_kwargs=True) for i in layers]
+        self.handles: list = []
+        self.new: dict[tuple[str, int], torch.Tensor] = {}  # (space, size) -> which units of that size are new
+        width = dict(width or {})
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        for space, listed in (("q", width.pop("new_heads", None)), ("kv", width.pop("new_kv_heads", None))):
+            if listed:  # heads of head_dim units each
+                heads = cfg.num_attention_heads if space == "q" else next(
+                    (getattr(cfg, k) for k in _KV_KEYS if isinstance(getattr(cfg, k, None), int)), cfg.num_attention_heads)
+                head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+                units = torch.arange(heads * head_dim) // head_dim
+                self.new[space, heads * head_dim] = torch.isin(units, torch.tensor(listed))
+        for key, (old, new) in width.items():  # hidden_size and the FFN sizes: new units come last
+            if new != old:
+                self.new["hidden" if key == "hidden_size" else "ffn", new] = torch.arange(new) >= old
+        self._on: dict = {}  # (space, size, device) -> (new units, fill pattern) on that device
+        spaces = {space for space, _ in self.new}
+        layers = {int(i) for i in layers}
+        outputs: dict = {}  # module -> what scales its output: "layer" (c) and/or spaces whose new units get c
 
-    def _hook(self, module, args, kwargs, output):
+        def scale_output(module, *what):
+            outputs.setdefault(module, set()).update(what)
+
+        def scale_input(module, space):
+            self.handles.append(module.register_forward_pre_hook(partial(self._mask_input, space)))
+
+        whole = []
+        targets = range(len(blocks)) if "hidden" in spaces else sorted(layers)
+        for i, tails in sublayer_outputs(model, blocks, targets).items():
+            what = ({"layer"} if i in layers else set()) | ({"hidden"} & spaces)
+            if tails is None:
+                whole.append(i)
+                self.handles.append(blocks[i].register_forward_hook(partial(self._ramp_block, what), with_kwargs=True))
+            for tail in tails or []:
+                scale_output(tail, *what)
+        for path, module in model.named_modules():
+            kind = kind_of(path) if path else None
+            norm_space = {"norm": "hidden", "q_norm": "q", "k_norm": "kv"}.get(kind)
+            weight = getattr(module, "weight", None)
+            if kind in ("embedding", "positions", "proj_in") and "hidden" in spaces:
+                scale_output(module, "hidden")
+            elif norm_space and weight is not None and (norm_space, weight.numel()) in self.new:
+                self.handles.append(module.register_forward_pre_hook(partial(self._norm_input, norm_space)))
+                if norm_space == "hidden":
+                    scale_output(module, "hidden")
+            elif kind == "o" and "q" in spaces:  # its input columns are the heads
+                scale_input(module, "q")
+            elif kind == "down" and "ffn" in spaces:  # its input columns are the FFN units
+                scale_input(module, "ffn")
+            elif "ffn" in spaces and any(kind_of(f"{path}.{n}") == "down" for n, _ in module.named_parameters(recurse=False)):
+                for child in module.children():  # fused experts: their activation's output is the FFN units
+                    scale_output(child, "ffn")
+        for module, what in outputs.items():
+            self.handles.append(module.register_forward_hook(partial(self._scale_output, frozenset(what))))
+        if whole and int(os.environ.get("RANK", "0")) == 0:
+            print(f"warning: no attention/MLP found in layers {whole}; the MSG mask ramps each of them as a whole "
+                  "block, y = x + c·(block(x) − x).", file=sys.stderr)
+
+    # -- hooks
+
+    def _units(self, space: str, x):
+        """(new units, fill pattern) for x's last dimension, on x's device; None when nothing there is new."""
+        import torch
+
+        key = (space, x.shape[-1], x.device)
+        if key not in self._on:
+            new = self.new.get(key[:2])
+            if new is not None:
+                k = int(new.sum())
+                pattern = torch.zeros(len(new))  # over the new units: mean 0, mean square 1
+                if k > 1:
+                    ramp = torch.arange(k) - (k - 1) / 2
+                    pattern[new] = ramp / ramp.square().mean().sqrt()
+                new = (new.to(x.device), pattern.to(x.device))
+            self._on[key] = new
+        return self._on[key]
+
+    def _mask(self, space: str, x):
+        """x × (c on the new units of ``space``, 1 elsewhere)."""
+        import torch
+
+        units = self._units(space, x)
+        return x if units is None else x * torch.where(units[0], self.c.to(x.device, x.dtype), 1.0)
+
+    def _scale_output(self, what, module, args, output):
+        y = output[0] if isinstance(output, tuple) else output
+        for space in what:
+            y = y * self.c.to(y.device, y.dtype) if space == "layer" else self._mask(space, y)
+        return (y, *output[1:]) if isinstance(output, tuple) else y
+
+    def _ramp_block(self, what, module, args, kwargs, output):
         x = args[0] if args else kwargs["hidden_states"]
-        c = self.c.to(device=x.device, dtype=x.dtype)
-        if isinstance(output, tuple):
-            return (x + c * (output[0] - x),) + tuple(output[1:])
-        return x + c * (output - x)
+        y = output[0] if isinstance(output, tuple) else output
+        y = x + self._scale_output(what, module, args, y - x)
+        return (y, *output[1:]) if isinstance(output, tuple) else y
+
+    def _mask_input(self, space, module, args):
+        return (self._mask(space, args[0]), *args[1:])
+
+    def _norm_input(self, space, module, args):
+        """The new units replaced by fill + c·(x − fill), fill having the source units' mean and variance."""
+        import torch
+
+        x, units = args[0], self._units(space, args[0])
+        if units is None:
+            return None
+        new, pattern = units
+        old = (~new).to(torch.float32)
+        xf = x.float()
+        mean = (xf * old).sum(-1, keepdim=True) / old.sum()
+        var = ((xf - mean).square() * old).sum(-1, keepdim=True) / old.sum()
+        fill = mean + var.clamp_min(torch.finfo(torch.float32).tiny).sqrt() * pattern
+        blended = torch.where(new, fill + self.c.to(x.device) * (xf - fill), xf)
+        return (blended.to(x.dtype), *args[1:])
+
+    # -- the ramp
 
     @property
     def active(self) -> bool:
@@ -356,9 +539,6 @@ def preflight(args: argparse.Namespace) -> dict:
         )
     # hfgrow grow --op random records the MSG ramp under operation.mask (top-level mask accepted too)
     mask_cfg = recipe.get("mask") or (recipe.get("operation") or {}).get("mask") or {}
-    if mask_cfg.get("width") and int(os.environ.get("RANK", "0")) == 0:
-        print("warning: the recipe asks for a width (new units) mask ramp, which continue.py does not apply; "
-              "the new units train unmasked from the start.", file=sys.stderr)
     specs = parse_data_specs(args.data)
     if not specs:
         raise HfgrowError("no training data: give at least one --data PATH or NAME=PATH.")
@@ -393,7 +573,7 @@ def preflight(args: argparse.Namespace) -> dict:
     return {
         "config": config, "seq_len": seq_len, "new_layers": new_layers,
         "mask_layers": [int(i) for i in (mask_cfg.get("layers") or [])],
-        "mask_steps": int(mask_cfg.get("steps") or 0),
+        "mask_steps": int(mask_cfg.get("steps") or 0), "mask_width": mask_cfg.get("width") or None,
         "specs": specs, "eval_specs": eval_specs, "resume_from": resume_from, "resume_state": resume_state,
     }
 
@@ -407,7 +587,7 @@ def run(args: argparse.Namespace) -> Path | None:
     out = Path(args.output_dir)
     pre = preflight(args)
     config, seq_len, new_layers = pre["config"], pre["seq_len"], pre["new_layers"]
-    mask_layers, mask_steps = pre["mask_layers"], pre["mask_steps"]
+    mask_layers, mask_steps, mask_width = pre["mask_layers"], pre["mask_steps"], pre["mask_width"]
     specs, eval_specs = pre["specs"], pre["eval_specs"]
     resume_from, resume_state = pre["resume_from"], pre["resume_state"]
     try:
@@ -445,7 +625,6 @@ def run(args: argparse.Namespace) -> Path | None:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    mask = MaskRamp(model, mask_layers, mask_steps) if mask_layers and mask_steps > 0 else None
     lora_cfg = None
     if args.train == "new":
         blocks = decoder_layers(model)
@@ -461,6 +640,8 @@ def run(args: argparse.Namespace) -> Path | None:
         lora_cfg = dict(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                         target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora_cfg))
+    masked = (mask_layers or mask_width) and mask_steps > 0  # hooked after LoRA wraps the projections
+    mask = MaskRamp(model, mask_layers, mask_steps, mask_width) if masked else None
     if args.compile:
         model = torch.compile(model)
 
@@ -524,7 +705,7 @@ def run(args: argparse.Namespace) -> Path | None:
         "data": {d.name: d.spec for d in data.specs}, "mixture": data.weights,
         "eval_data": {d.name: d.spec for d in eval_specs}, "export_dtype": export_dtype,
         "use_cache": use_cache, "new_layers": new_layers,
-        "mask": {"layers": mask_layers, "steps": mask_steps} if mask else None,
+        "mask": {"layers": mask_layers, "steps": mask_steps, "width": mask_width} if mask else None,
         "mixed_precision": accelerator.mixed_precision, "distributed_type": str(accelerator.distributed_type),
     }
     if main:
@@ -665,9 +846,8 @@ def run(args: argparse.Namespace) -> Path | None:
         accelerator.end_training()
     if mask is not None:
         if mask.active and main:
-            print(f"warning: training stopped at step {max_steps}, before the mask ramp of layers {mask_layers} "
-                  f"reached 1 (step {mask_steps}); the exported model uses those layers at full strength.",
-                  file=sys.stderr)
+            print(f"warning: training stopped at step {max_steps}, before the MSG mask ramp reached 1 (step "
+                  f"{mask_steps}); the exported model uses the new layers/units at full strength.", file=sys.stderr)
         mask.remove()
 
     final_dir = None

@@ -351,8 +351,8 @@ def grow(src: str, out: str | Path | None, *, op: str = "direct", width_op: str 
             plan = noise_plan(plan, roles, noise, seed=seed, hidden_size=sizes.hidden[1] if sizes else None)
         if width and width_op == "random":
             plan.recipe["mask"] = dict(plan.recipe.get("mask") or {}, steps=mask_steps)
-            plan.notes.append(f"new width units are random; an MSG ramp over {mask_steps} steps is recorded "
-                              "(mask.width in hfgrow.yaml), but continue.py does not apply width masks yet")
+            plan.notes.append(f"new width units are random; continue.py ramps them in over {mask_steps} steps "
+                              "(MSG; mask.width in hfgrow.yaml)")
         directions = [d for d, on in (("depth", depth), ("width", width)) if on]
         plan.recipe.update(
             op=op, direction="+".join(directions), function_preserving=bool(preserving and not noise),

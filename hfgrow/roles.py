@@ -245,6 +245,26 @@ def _classify(module: str, rules) -> str | None:
     return None
 
 
+def kind_of(path: str) -> str | None:
+    """The kind the name rules above give an in-memory module or parameter path (block rules first).
+
+    Example:
+        >>> kind_of("model.layers.0.self_attn.o_proj"), kind_of("mlp.experts.down_proj"), kind_of("transformer.wte")
+        ('o', 'down', 'embedding')
+    """
+    return _classify(path, _BLOCK_RULES) or _classify(path, _GLOBAL_RULES)
+
+
+def adds_residual(module: torch.nn.Module) -> bool:
+    """Whether a block's attention or MLP module adds the residual itself (BLOOM's and MPT's take it as ``residual``)."""
+    import inspect
+
+    try:
+        return "residual" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _in_memory_modules(model) -> dict[str, torch.nn.Module]:
     modules = dict(model.named_modules())
     prefix = getattr(model, "base_model_prefix", "") or ""

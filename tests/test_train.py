@@ -7,6 +7,7 @@ Tiny random Llamas and an offline-trained tokenizer; every training run is a rea
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import socket
@@ -329,6 +330,26 @@ def test_mask_at_step_zero_equals_model_without_masked_layers(env):
     assert not torch.allclose(half, ref) and not torch.allclose(half, full)
     ramp2 = c.MaskRamp(model, [2, 3], steps=4)
     assert ramp2.set_step(4) == 1.0 and not ramp2.active  # hooks dropped once c reaches 1
+
+
+def test_width_mask_ramp_starts_from_the_source_function(env):
+    from safetensors.torch import load_file
+
+    from hfgrow.grow import grow
+
+    grow(str(env / "model"), env / "wide", op="random", hidden_size=48, num_heads=6, mask_steps=3, quiet=True)
+    common = ("--batch-size", "2", "--eval-steps", "5")
+    run_continue(env, "wide-run", *common, "--max-steps", "5", "--save-steps", "5", model="wide")
+    run_continue(env, "narrow-run", *common, "--max-steps", "1", "--save-steps", "1")
+    log, narrow = train_log(env / "wide-run"), train_log(env / "narrow-run")
+    assert [r.get("mask_c") for r in log] == [0.0, 1 / 3, 2 / 3, 1.0, None]
+    assert abs(log[0]["loss"] - narrow[0]["loss"]) < 1e-4  # c = 0: the source model's loss on the same batch
+    assert all(math.isfinite(r["loss"]) for r in log)
+    width = json.loads((env / "wide-run" / "run.json").read_text())["mask"]["width"]
+    assert width["hidden_size"] == [32, 48] and width["new_heads"] == [4, 5]
+    before = load_file(env / "wide" / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    after = load_file(env / "wide-run" / "final" / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    assert not torch.equal(before[:, 64:], after[:, 64:])  # the new FFN units trained once c > 0
 
 
 def test_lora_exports_merged_weights(env):
