@@ -380,6 +380,20 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
             return cached("globals", lambda: {name: grow_tensor(weights.get(src), global_role(name, src) if roles else None)
                                               for name, src in global_sources.items()})
 
+        checkpointing = placement is not None
+        # Width and depth are both linear, so B_out·(Σ_j D[l,j]·W_j)·B_inᵀ = Σ_j D[l,j]·(B_out·W_j·B_inᵀ). In
+        # memory, each step widens the L source layers once and combines the widened ones: L expansions
+        # instead of N. With a placement, a block widens its own combination so nothing outlives the block.
+        widened: dict[str, torch.Tensor] = {}  # weight kind -> its source layers widened, for this step
+
+        def source_stack(rest: str) -> torch.Tensor:
+            names = tuple(layout.layer_tensor(j, rest) for j in members[rest])
+            if expansion is None or checkpointing:
+                return weights.stack(names)
+            if rest not in widened:
+                widened[rest] = torch.stack([grow_tensor(weights.get(name), roles.role(name)) for name in names])
+            return widened[rest]
+
         def block_weights(position: int) -> Callable[[], dict[str, torch.Tensor]]:
             source = layer_map[position]
             rests = [rest for rest, _ in blocks[position].named_parameters()]
@@ -387,19 +401,20 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
             def build() -> dict[str, torch.Tensor]:
                 result = {}
                 for rest in rests:
-                    stacked = weights.stack(tuple(layout.layer_tensor(j, rest) for j in members[rest]))
-                    combined = torch.einsum("j,j...->...", coefficients[rest][position], stacked)
-                    result[rest] = grow_tensor(combined, roles.role(layout.layer_tensor(source, rest))
-                                               if roles else None)
+                    combined = torch.einsum("j,j...->...", coefficients[rest][position], source_stack(rest))
+                    if expansion is not None and checkpointing:
+                        combined = grow_tensor(combined, roles.role(layout.layer_tensor(source, rest)))
+                    result[rest] = combined
                 return result
 
             return lambda: cached(position, build)
 
-        checkpointing = placement is not None
         for position in range(len(blocks)):
             blocks[position] = _GrownBlock(blocks[position], block_weights(position), checkpointing)
 
         def loss_on(batch: torch.Tensor) -> torch.Tensor:
+            if frozen is None:
+                widened.clear()  # D and B changed since the last step
             batch = batch.to(compute)
             return torch.func.functional_call(grown, global_weights(), (batch,),
                                               {"labels": batch, "use_cache": False}).loss
@@ -412,6 +427,7 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
             if not len(eval_set):
                 return math.nan
             frozen = {}  # build the grown weights once for all held-out batches
+            widened.clear()
             try:
                 with torch.no_grad():
                     return sum(loss_on(eval_set[i: i + batch_size]).item() * len(eval_set[i: i + batch_size])

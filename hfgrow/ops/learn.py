@@ -223,9 +223,14 @@ class WidthExpansion(torch.nn.Module):
         if role.is_norm:
             unit_map = self.maps.get(role.dims[0])
             return y if unit_map is None else _remap_norm(y, unit_map, (unit_map.src.numel(),), "F32", (*norm, 1.0))
-        for dim, (space, io) in enumerate(zip(role.dims, role.io)):
-            if space in self.maps and io in ("out", "in"):
-                y = self._expand_dim(y, dim, space, "write" if io == "out" else "read")
+        steps = [(dim, space, "write" if io == "out" else "read")
+                 for dim, (space, io) in enumerate(zip(role.dims, role.io)) if space in self.maps and io in ("out", "in")]
+        if len(steps) == 2:  # pick the order with fewer multiply-adds
+            (old_a, new_a), (old_b, new_b) = [(y.shape[dim], self.maps[space].src.numel()) for dim, space, _ in steps]
+            if old_a * new_b * (old_b + new_a) < old_b * new_a * (old_a + new_b):
+                steps.reverse()
+        for dim, space, side in steps:
+            y = self._expand_dim(y, dim, space, side)
         return y * factor if factor != 1.0 else y
 
     def state(self) -> dict[str, torch.Tensor]:
