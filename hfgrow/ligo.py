@@ -10,21 +10,20 @@ Only the growth parameters are trained; the source weights stay frozen:
 
 Each step runs the grown model's skeleton (no weights of its own) with every decoder block
 wrapped so that it builds its weights from D, B and the source weights when it runs
-(:class:`_GrownBlock`), and back-propagates the language-modeling loss into D and B. The
-grown model is never materialised whole: the memory that scales with model size is the frozen
-source, in float32, wherever :class:`Placement` puts it — on the compute device, on other GPUs,
-in CPU memory, or on disk through accelerate's offload. With a placement, each block is also
-recomputed in the backward pass (activation checkpointing), so at most one grown block's
-weights exist at a time.
+(:class:`_GrownBlock`), and back-propagates the language-modeling loss into D and B. With a
+:class:`Placement` the grown model is never materialised whole: the frozen float32 source lives
+where accelerate puts it — other GPUs, CPU memory, or disk through accelerate's offload — and
+each block is recomputed in the backward pass (activation checkpointing), so at most one grown
+block's weights exist at a time. Without one, everything sits on the compute device and autograd
+keeps every grown weight until the backward pass, as in a plain training step of the grown model.
 
-Memory, with S the source parameter count, N/L the depth factor, w the width factor:
-  without placement  ~ 4·S·(1 + 2·w²·N/L) bytes + activations (grown weights and their
-                     gradients all alive during backward, as in a plain fine-tune of the source);
-  with placement     ~ 4·S spread over the map's devices and disk, plus on the compute device
-                     3·(4·S·w²/L) (one grown block, its gradient, one fetched source kind)
-                     + 4·B·T·H·w·N (one checkpointed hidden state per grown block) + the
-                     activations of one block; disk-offloaded source blocks are read twice
-                     per grown block per step.
+Memory, with S the source parameter count, g = N/L the depth factor, w the width factor:
+  without placement  4·S (frozen source, float32) + about 3·4·S·w²·g (every grown weight and what
+                     autograd keeps of it) + the grown model's activations + 16 bytes per entry of B;
+  with placement     4·S spread over the map's devices and disk; on the compute device one grown
+                     block (≈ 3·4·S·w²/L) + one checkpointed hidden state per grown block
+                     (4·batch·seq·H·w·N) + one block's activations + 16 bytes per entry of B.
+                     Disk-offloaded source blocks are read twice per grown block per step.
 At the end D (small) goes into the recipe and B into ``hfgrow_ligo.safetensors`` next to it,
 and the grown model is streamed to disk by the executor like any other plan.
 """
