@@ -67,6 +67,7 @@ class Layout:
     tied: dict[str, str] = field(default_factory=dict)
     signatures: list[frozenset[str]] | None = None
     layer_types: list[str] | None = None
+    skeleton: Any = field(default=None, repr=False, compare=False)  # the meta-device model (shared, read-only)
 
     def layer_tensor(self, layer: int, rest: str) -> str:
         return f"{self.prefix}{layer}.{rest}"
@@ -252,7 +253,7 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
         layer_types=per_layer.get("layer_types"),
     )
     hint = prefix.rstrip(".").split(".")[-1]
-    signatures, tied, _ = layer_signatures(hf_config, num_layers, hint)
+    signatures, tied, layout.skeleton = layer_signatures(hf_config, num_layers, hint)
     layout.signatures = signatures
     layout.tied = {target: source for target, source in tied.items() if target in checkpoint.tensors}
     return layout

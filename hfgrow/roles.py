@@ -429,7 +429,7 @@ def derive_roles(layout: Layout, tensors: Mapping[str, TensorInfo]) -> Roles:
     """
     config = layout.config
     hf_config = hf_config_from_dict(config)
-    model = meta_model(hf_config)
+    model = layout.skeleton if layout.skeleton is not None else meta_model(hf_config)
     modules = _in_memory_modules(model)
     hidden = _attr(hf_config, "hidden_size")
     num_heads = _attr(hf_config, "num_attention_heads")
