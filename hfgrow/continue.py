@@ -46,6 +46,7 @@ from functools import partial
 from pathlib import Path
 
 from hfgrow.errors import HfgrowError
+from hfgrow.executor import swap_into_place
 from hfgrow.layout import context_length
 
 STATE_FILE = "hfgrow_state.json"  # written last into a checkpoint: its presence marks it complete
@@ -771,13 +772,7 @@ def run(args: argparse.Namespace) -> Path | None:
                 json.dump(state, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if final.exists():  # e.g. the final step saved twice after a resume: swap, never overwrite in place
-                old = out / f".old-checkpoint-{step}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            swap_into_place(tmp, final)  # the final step may be saved twice after a resume: never in place
             if args.keep_checkpoints > 0:
                 for _, path, _complete in list_checkpoints(out)[: -args.keep_checkpoints]:
                     shutil.rmtree(path, ignore_errors=True)

@@ -217,13 +217,22 @@ class OutputFolder:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.hfgrow-old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(self.tmp, self.out)
+
+
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted.
+
+    At every moment ``final`` is either the old complete folder or the new one, never a mix.
+    """
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.hfgrow-old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_free_space(folder: Path, needed: int) -> None:
