@@ -38,7 +38,7 @@ OPS = ["direct", "zero", "random", "learn"]
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice and value.")
 @click.option("--mask-steps", type=int, default=None,
               help="--op random: steps of the MSG mask ramp recorded for training [default: 5000].")
-@click.option("--data", multiple=True, help="--op learn: text (.txt/.jsonl/.parquet) to learn the growth on.")
+@click.option("--data", multiple=True, help="--op learn: text (.txt/.md, .jsonl, .parquet, .gz, or a folder) to learn the growth on.")
 @click.option("--learn-steps", type=int, default=100, show_default=True, help="--op learn: steps of the LiGO phase.")
 @click.option("--learn-lr", type=float, default=1e-3, show_default=True, help="--op learn: LR of the coefficients.")
 @click.option("--seq-len", type=int, default=256, show_default=True, help="--op learn: sequence length.")

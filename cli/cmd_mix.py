@@ -54,7 +54,7 @@ def _load_tokenizer(spec: str):
 
 @mix.command("entropy", short_help="Training-free mixture from each domain's token entropy.")
 @click.option("--domain", "domain_args", multiple=True, required=True, metavar="NAME=PATH",
-              help="A domain: a .txt/.jsonl/.parquet file, a folder of them, or hf:DATASET[:CONFIG][:SPLIT]. Repeat for each domain.")
+              help="A domain: a .txt/.md, .jsonl or .parquet file (.gz too), a folder of them, or hf:DATASET[:CONFIG][:SPLIT]. Repeat for each domain.")
 @click.option("--tokenizer", "tokenizer_spec", required=True, metavar="MODEL_OR_FOLDER",
               help="Hub id or local folder of the tokenizer of the model you will train.")
 @click.option("--measure", type=click.Choice(bimix.MEASURES), default="ce", show_default=True,

@@ -77,7 +77,7 @@ def _format_eval_table(result, tasks: dict | None, label: str = "all") -> str:
     "data",
     multiple=True,
     metavar="[NAME=]FILE",
-    help="Text to score: .txt, .jsonl (\"text\" field), .parquet (\"text\" column) or a folder. "
+    help="Text to score: .txt/.md, .jsonl (\"text\" field), .parquet (\"text\" column), .gz of the first two, or a folder. "
     "Repeat for several domains; NAME defaults to the file name.",
 )
 @click.option("--seq-len", type=int, default=None, help="Window length [default: min(model context, 2048)].")
