@@ -113,6 +113,9 @@ def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, in
             raise click.UsageError("--width-op, --noise and --mask-steps do not apply to --op learn.")
         if device_map is None and (max_memory or offload_folder):
             raise click.UsageError("--max-memory and --offload-folder go with --device-map.")
+        if max_memory and device_map != "auto":
+            raise click.UsageError("--max-memory is a budget for --device-map auto; an explicit map places "
+                                   "every module itself.")
         placement = None
         if device_map is not None:
             placement = Placement(parse_device_map(device_map), parse_max_memory(max_memory), offload_folder)

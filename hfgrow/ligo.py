@@ -122,14 +122,22 @@ def parse_device_map(text: str | None) -> str | dict[str, Any] | None:
 
 
 def _device(name: Any) -> torch.device | str:
+    """A device-map value as a torch device (or ``"disk"``); devices this machine lacks are refused."""
     if name == "disk":
         return "disk"
-    if isinstance(name, int) or (isinstance(name, str) and name.isdigit()):
-        return torch.device("cuda", int(name))
+    if isinstance(name, bool) or not isinstance(name, (int, str)):
+        raise HfgrowError(f"--device-map value {name!r} is not a device (use cpu, disk, cuda:N or a GPU index).")
+    if isinstance(name, int) or name.isdigit():
+        name = f"cuda:{int(name)}"
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise HfgrowError(f"--device-map names an unknown device '{name}'.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise HfgrowError(f"--device-map puts weights on {device}, which this machine does not have.")
+    if device.type not in ("cpu", "cuda"):
+        raise HfgrowError(f"--device-map device '{name}' is not supported; use cpu, disk or cuda:N.")
+    return device
 
 
 def source_devices(names: list[str], config: dict[str, Any], placement: Placement) -> dict[str, torch.device | str]:
@@ -177,21 +185,25 @@ class SourceWeights:
         self.disk: OffloadedWeightsLoader | None = None
         devices = devices or {}
         index: dict[str, Any] = {}
-        for name in names:
-            device = devices.get(name, compute)
-            tensor = load(name).to(torch.float32)
-            if device == "disk":
-                if self._offload_dir is None:
-                    if offload_folder is None:
-                        raise HfgrowError("the device map puts weights on disk; give --offload-folder DIR.")
-                    Path(offload_folder).mkdir(parents=True, exist_ok=True)
-                    self._offload_dir = Path(tempfile.mkdtemp(prefix="hfgrow-offload-", dir=offload_folder))
-                offload_weight(tensor, name, str(self._offload_dir), index=index)
-            else:
-                self.resident[name] = tensor.to(device)
-        if index:
-            save_offload_index(index, str(self._offload_dir))
-            self.disk = OffloadedWeightsLoader(save_folder=str(self._offload_dir))
+        try:
+            for name in names:
+                device = devices.get(name, compute)
+                tensor = load(name).to(torch.float32)
+                if device == "disk":
+                    if self._offload_dir is None:
+                        if offload_folder is None:
+                            raise HfgrowError("the device map puts weights on disk; give --offload-folder DIR.")
+                        Path(offload_folder).mkdir(parents=True, exist_ok=True)
+                        self._offload_dir = Path(tempfile.mkdtemp(prefix="hfgrow-offload-", dir=offload_folder))
+                    offload_weight(tensor, name, str(self._offload_dir), index=index)
+                else:
+                    self.resident[name] = tensor.to(device)
+            if index:
+                save_offload_index(index, str(self._offload_dir))
+                self.disk = OffloadedWeightsLoader(save_folder=str(self._offload_dir))
+        except BaseException:  # a failure (or Ctrl-C) while placing leaves no offloaded copies behind
+            self.close()
+            raise
 
     def get(self, name: str) -> torch.Tensor:
         tensor = self.resident.get(name)
@@ -258,7 +270,7 @@ def _block_list(model, num_layers: int, hint: str) -> tuple[str, torch.nn.Module
     return name, blocks
 
 
-def _sequences(folder: Path, data: list[str], seq_len: int) -> torch.Tensor:
+def _sequences(folder: Path, data: list[str], seq_len: int, vocab_size: int | None = None) -> torch.Tensor:
     from transformers import AutoTokenizer
 
     from hfgrow.evaluate import read_documents, token_stream
@@ -269,12 +281,30 @@ def _sequences(folder: Path, data: list[str], seq_len: int) -> torch.Tensor:
         raise HfgrowError(f"{folder} has no tokenizer; --op learn needs one to read --data.") from None
     documents = [doc for path in data for doc in read_documents(path)]
     ids = token_stream(tokenizer, documents)
+    if vocab_size is not None and ids and max(ids) >= vocab_size:
+        raise HfgrowError(f"the tokenizer in {folder} gives token id {max(ids)}, but the model has only {vocab_size} "
+                          "embeddings; the tokenizer does not belong to this model.")
     count = len(ids) // seq_len
     if count < 2:
         raise HfgrowError(
             f"--data has {len(ids)} tokens, fewer than two sequences of --seq-len {seq_len}; give more text."
         )
     return torch.tensor(ids[: count * seq_len]).view(count, seq_len)
+
+
+def _renamed_global(name: str, layout: Layout, checkpoint: Checkpoint) -> str:
+    """The checkpoint tensor for an in-memory global that transformers renames on load (GPT-NeoX keeps
+    ``embed_out`` on disk, ``lm_head`` in memory): the one global of the same kind by the name rules."""
+    from hfgrow.roles import _GLOBAL_RULES, _classify, _module_of
+
+    kind = _classify(_module_of(name)[0], _GLOBAL_RULES)
+    param = _module_of(name)[1]
+    found = [g for g in layout.globals if kind and _module_of(g)[1] == param
+             and _classify(_module_of(g)[0], _GLOBAL_RULES) == kind]
+    if len(found) != 1:
+        raise HfgrowError(f"the grown model's {name} has no tensor in the source checkpoint; --op learn cannot "
+                          "build it.")
+    return found[0]
 
 
 def split_sequences(sequences: torch.Tensor, seed: int, eval_sequences: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,6 +335,9 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
 
     if steps < 0:
         raise HfgrowError(f"--learn-steps must be 0 or more, got {steps}.")
+    for flag, value in (("--seq-len", seq_len), ("--batch-size", batch_size)):
+        if value < 1:
+            raise HfgrowError(f"{flag} must be at least 1, got {value}.")
     torch.manual_seed(seed)
     compute = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with _quiet_transformers(), init_empty_weights():
@@ -336,8 +369,7 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
             continue
         source = name if name in checkpoint.tensors else (roles.tied.get(name) if roles is not None else None)
         if source is None or source not in checkpoint.tensors:
-            raise HfgrowError(f"the grown model's {name} has no tensor in the source checkpoint; "
-                              "--op learn cannot build it.")
+            source = _renamed_global(name, layout, checkpoint)
         global_sources[name] = source
 
     names = sorted(set(global_sources.values()) | {layout.layer_tensor(j, rest) for rest in block_names
@@ -406,7 +438,8 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
                     result[rest] = combined
                 return result
 
-            return lambda: cached(position, build)
+            # with a placement only one block's weights may exist at a time, in evaluation too
+            return build if checkpointing else (lambda: cached(position, build))
 
         for position in range(len(blocks)):
             blocks[position] = _GrownBlock(blocks[position], block_weights(position), checkpointing)
@@ -418,7 +451,8 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
             return torch.func.functional_call(grown, global_weights(), (batch,),
                                               {"labels": batch, "use_cache": False}).loss
 
-        eval_set, train_set = split_sequences(_sequences(checkpoint.folder, data, seq_len), seed, eval_sequences)
+        eval_set, train_set = split_sequences(_sequences(checkpoint.folder, data, seq_len, grown.config.vocab_size),
+                                               seed, eval_sequences)
         rng = random.Random(seed)
 
         def evaluate() -> float:
@@ -514,6 +548,9 @@ def learn(src: str, out: str | Path | None, *, data: list[str] | None = None, fa
 
     def make_plan(layout, checkpoint):
         layer_map = depth_map(layout, factor, layers, pattern, order) if depth else list(range(layout.num_layers))
+        if depth and pattern is None and len(layer_map) < layout.num_layers:
+            raise HfgrowError(f"--factor/--layers would shrink the model from {layout.num_layers} to "
+                              f"{len(layer_map)} layers; use --pattern to select layers on purpose.")
         base = stack_plan(layout, checkpoint.tensors, layer_map, out_dtype)
         roles = sizes = expansion = None
         notes = []
@@ -521,6 +558,8 @@ def learn(src: str, out: str | Path | None, *, data: list[str] | None = None, fa
             roles = derive_roles(layout, checkpoint.tensors)
             init_op = "direct" if width_init == "direct" else "zero"
             sizes = resolve_sizes(roles, hidden_size, intermediate_size, num_heads, num_kv_heads, op=init_op)
+            if not sizes.changed:
+                raise HfgrowError("the width options give the source's own sizes; nothing to grow in width.")
             expansion = WidthExpansion(roles, sizes, init=width_init, seed=seed)
             if width_matrices is not None:
                 try:
@@ -532,8 +571,9 @@ def learn(src: str, out: str | Path | None, *, data: list[str] | None = None, fa
             grown_config = base.config
         learned = coefficients
         if replaying:
-            missing = sorted(set(initial_coefficients(layout, layer_map)) - set(learned))
-            if missing or any(len(rows) != len(layer_map) for rows in learned.values()):
+            initial = initial_coefficients(layout, layer_map)
+            if set(initial) - set(learned) or any(len(learned[rest]) != len(rows) or any(
+                    len(a) != len(b) for a, b in zip(learned[rest], rows)) for rest, rows in initial.items()):
                 raise HfgrowError("the recipe's LiGO coefficients do not fit this source model and layer map.")
         elif dry_run:
             learned = initial_coefficients(layout, layer_map)

@@ -246,3 +246,69 @@ def test_learn_growth_reports_init_loss(trained):
     report = learn_growth(checkpoint, layout, config, layer_map, [str(data)], steps=0, seq_len=64, progress=False)
     assert report.coefficients == initial_coefficients(layout, layer_map)
     assert report.eval_before == report.eval_after and report.losses == []
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "phi3", "gemma", "falcon"])
+def test_learn_end_to_end_writes_the_model_it_trained(family, tmp_path):
+    """Depth+width LiGO on families with fused q|k|v, Conv1D, tied or renamed heads, (1 + w) norms: the written
+    model's held-out loss is the loss the learning phase reports."""
+    config = CONFIGS[family]()
+    config.vocab_size = 300  # room for the byte-level tokenizer
+    src = tmp_path / "src"
+    make_model(src, config, tokenizer=False)
+    docs = python_docs_corpus(max_chars=60_000)
+    make_tokenizer(src, text="\n".join(docs[:20]), vocab_size=300)
+    data = tmp_path / "data.txt"
+    data.write_text("\n\n".join(docs))
+    result = learn(str(src), tmp_path / "out", data=[str(data)], factor=2, hidden_size=48, learn_steps=2,
+                   learn_lr=1e-2, seq_len=32, batch_size=4, quiet=True)
+    _, after = note_losses(result)
+    assert after == pytest.approx(held_out_loss(tmp_path / "out", src, data, seq_len=32), abs=2e-4)
+
+
+def test_learn_bad_inputs_fail_in_one_line(trained, tmp_path, capsys):
+    src, data, _ = trained
+    base = ["grow", str(src), str(tmp_path / "out"), "--op", "learn", "--data", str(data)]
+    cases = [
+        (["--factor", "2", "--seq-len", "0"], "--seq-len must be at least 1"),
+        (["--factor", "2", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--hidden-size", "64"], "nothing to grow in width"),
+        (["--layers", "1"], "would shrink the model"),
+        (["--factor", "2", "--device-map", "cpu", "--max-memory", "cpu=1GB"], "a budget for --device-map auto"),
+        (["--factor", "2", "--device-map", '{"": null}'], "is not a device"),
+        (["--factor", "2", "--device-map", "meta"], "not supported"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--factor", "2", "--device-map", "cuda:0"], "which this machine does not have"))
+    for args, words in cases:
+        code, _, err = run_cli(base + args, capsys)
+        assert code != 0 and words in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
+    src = tmp_path / "src"
+    make_model(src, CONFIGS["llama"](), tokenizer=False)  # 128 embeddings
+    make_tokenizer(src, vocab_size=300)
+    data = tmp_path / "data.txt"
+    data.write_text("\n\n".join(python_docs_corpus(max_chars=20_000)))
+    with pytest.raises(HfgrowError, match="does not belong to this model"):
+        learn(str(src), tmp_path / "out", data=[str(data)], factor=2, learn_steps=1, seq_len=32, quiet=True)
+
+
+def test_offload_folder_is_cleaned_when_placement_fails(trained, tmp_path, monkeypatch):
+    """A failure while the source is being offloaded (here: a read error half way) leaves no copies behind."""
+    src, data, _ = trained
+    load = Checkpoint.load
+
+    def failing_load(self, name):
+        if name == "model.norm.weight":  # read after the embedding and every block tensor
+            raise HfgrowError("simulated read error")
+        return load(self, name)
+
+    monkeypatch.setattr(Checkpoint, "load", failing_load)
+    with pytest.raises(HfgrowError, match="simulated read error"):
+        learn(str(src), tmp_path / "out", data=[str(data)], factor=2, learn_steps=1, seq_len=64, quiet=True,
+              placement=Placement("disk", offload_folder=tmp_path / "off"))
+    assert (tmp_path / "off").is_dir() and list((tmp_path / "off").iterdir()) == []
+    assert not (tmp_path / "out").exists()

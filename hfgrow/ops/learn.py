@@ -9,6 +9,7 @@ whose transforms the executor streams like any other (nothing here does I/O).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import torch
@@ -204,11 +205,11 @@ class WidthExpansion(torch.nn.Module):
             return _contract(self.matrix(kind, side), heads, dim).flatten(dim, dim + 1)
         if kind == "qkv":  # fused q|k|v rows, each part expanded on its own
             (nh, nh2), (nkv, nkv2), hd = self.heads, self.kv_heads, self.head_dim
-            plain = x.index_select(dim, torch.argsort(fused_order(self.qkv_layout, nh, nkv, hd)))
+            plain = x.index_select(dim, torch.argsort(fused_order(self.qkv_layout, nh, nkv, hd)).to(x.device))
             q, k, v = plain.split([nh * hd, nkv * hd, nkv * hd], dim)
             grown = torch.cat([self._expand_dim(q, dim, "q", side), self._expand_dim(k, dim, "kv", side),
                                self._expand_dim(v, dim, "kv", side)], dim)
-            return grown.index_select(dim, fused_order(self.qkv_layout, nh2, nkv2, hd))
+            return grown.index_select(dim, fused_order(self.qkv_layout, nh2, nkv2, hd).to(x.device))
         return _contract(self.matrix(space, side), x, dim)
 
     def expand(self, x: torch.Tensor, role, factor: float = 1.0, norm: tuple[float, float] | None = None
@@ -222,7 +223,11 @@ class WidthExpansion(torch.nn.Module):
         y = x.float()
         if role.is_norm:
             unit_map = self.maps.get(role.dims[0])
-            return y if unit_map is None else _remap_norm(y, unit_map, (unit_map.src.numel(),), "F32", (*norm, 1.0))
+            if unit_map is None:
+                return y
+            if unit_map.src.device != y.device:  # the maps live on the CPU; the weights may not
+                unit_map = dataclasses.replace(unit_map, src=unit_map.src.to(y.device))
+            return _remap_norm(y, unit_map, (unit_map.src.numel(),), "F32", (*norm, 1.0))
         steps = [(dim, space, "write" if io == "out" else "read")
                  for dim, (space, io) in enumerate(zip(role.dims, role.io)) if space in self.maps and io in ("out", "in")]
         if len(steps) == 2:  # pick the order with fewer multiply-adds
