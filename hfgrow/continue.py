@@ -156,6 +156,8 @@ def sublayer_outputs(model, blocks, indices) -> dict[int, list | None]:
     from hfgrow.roles import adds_residual, kind_of
 
     found, calls, hooks = {}, {}, []
+    if any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3 partitioned weights: no probe
+        return {i: None for i in indices}
 
     def record(log, module, args, kwargs, output):
         log.append((module, args[0] if args else kwargs.get("hidden_states"),
@@ -235,6 +237,7 @@ class MaskRamp:
             raise HfgrowError(f"the recipe masks layer {bad[0]}, but the model has {len(blocks)} layers.")
         self.steps = max(1, int(steps))
         self.c = torch.zeros(())  # a tensor, so torch.compile does not recompile as c changes
+        self._c_on: dict = {(self.c.device, self.c.dtype): self.c}  # c per (device, dtype), filled in place
         self.handles: list = []
         self.new: dict[tuple[str, int], torch.Tensor] = {}  # (space, size) -> which units of that size are new
         width = dict(width or {})
@@ -249,7 +252,9 @@ class MaskRamp:
         for key, (old, new) in width.items():  # hidden_size and the FFN sizes: new units come last
             if new != old:
                 self.new["hidden" if key == "hidden_size" else "ffn", new] = torch.arange(new) >= old
-        self._on: dict = {}  # (space, size, device) -> (new units, fill pattern) on that device
+        # (space, size) -> (new units, fill pattern), built here so the hooks only look them up (no
+        # data-dependent Python in a compiled graph); copies on other devices are made once, on first use
+        self._on: dict = {(space, size, torch.device("cpu")): self._pattern(new) for (space, size), new in self.new.items()}
         spaces = {space for space, _ in self.new}
         layers = {int(i) for i in layers}
         outputs: dict = {}  # module -> what scales its output: "layer" (c) and/or spaces whose new units get c
@@ -275,7 +280,9 @@ class MaskRamp:
             weight = getattr(module, "weight", None)
             if kind in ("embedding", "positions", "proj_in") and "hidden" in spaces:
                 scale_output(module, "hidden")
-            elif norm_space and weight is not None and (norm_space, weight.numel()) in self.new:
+            elif norm_space in spaces and (weight is None or (norm_space, getattr(weight, "ds_numel", None)
+                                                               or weight.numel()) in self.new):
+                # a norm without weights (OLMo) is hooked too: its hooks skip inputs of another size
                 self.handles.append(module.register_forward_pre_hook(partial(self._norm_input, norm_space)))
                 if norm_space == "hidden":
                     scale_output(module, "hidden")
@@ -294,34 +301,44 @@ class MaskRamp:
 
     # -- hooks
 
-    def _units(self, space: str, x):
-        """(new units, fill pattern) for x's last dimension, on x's device; None when nothing there is new."""
+    @staticmethod
+    def _pattern(new):
+        """(new units, fill pattern): the pattern has mean 0 and mean square 1 over the new units."""
         import torch
 
+        k = int(new.sum())
+        pattern = torch.zeros(len(new))
+        if k > 1:
+            ramp = torch.arange(k) - (k - 1) / 2
+            pattern[new] = ramp / ramp.square().mean().sqrt()
+        return new, pattern
+
+    def _units(self, space: str, x):
+        """(new units, fill pattern) for x's last dimension, on x's device; None when nothing there is new."""
         key = (space, x.shape[-1], x.device)
         if key not in self._on:
-            new = self.new.get(key[:2])
-            if new is not None:
-                k = int(new.sum())
-                pattern = torch.zeros(len(new))  # over the new units: mean 0, mean square 1
-                if k > 1:
-                    ramp = torch.arange(k) - (k - 1) / 2
-                    pattern[new] = ramp / ramp.square().mean().sqrt()
-                new = (new.to(x.device), pattern.to(x.device))
-            self._on[key] = new
+            cpu = next((v for (s, n, _), v in self._on.items() if (s, n) == key[:2]), None)
+            self._on[key] = None if cpu is None else (cpu[0].to(x.device), cpu[1].to(x.device))
         return self._on[key]
+
+    def _c(self, x):
+        """c on x's device and dtype (one copy each, updated in place by set_step: no host sync per call)."""
+        key = (x.device, x.dtype)
+        if key not in self._c_on:
+            self._c_on[key] = self.c.to(x.device, x.dtype)
+        return self._c_on[key]
 
     def _mask(self, space: str, x):
         """x × (c on the new units of ``space``, 1 elsewhere)."""
         import torch
 
         units = self._units(space, x)
-        return x if units is None else x * torch.where(units[0], self.c.to(x.device, x.dtype), 1.0)
+        return x if units is None else x * torch.where(units[0], self._c(x), 1.0)
 
     def _scale_output(self, what, module, args, output):
         y = output[0] if isinstance(output, tuple) else output
         for space in what:
-            y = y * self.c.to(y.device, y.dtype) if space == "layer" else self._mask(space, y)
+            y = y * self._c(y) if space == "layer" else self._mask(space, y)
         return (y, *output[1:]) if isinstance(output, tuple) else y
 
     def _ramp_block(self, what, module, args, kwargs, output):
@@ -346,7 +363,7 @@ class MaskRamp:
         mean = (xf * old).sum(-1, keepdim=True) / old.sum()
         var = ((xf - mean).square() * old).sum(-1, keepdim=True) / old.sum()
         fill = mean + var.clamp_min(torch.finfo(torch.float32).tiny).sqrt() * pattern
-        blended = torch.where(new, fill + self.c.to(x.device) * (xf - fill), xf)
+        blended = torch.where(new, fill + self._c(xf) * (xf - fill), xf)
         return (blended.to(x.dtype), *args[1:])
 
     # -- the ramp
@@ -357,7 +374,8 @@ class MaskRamp:
 
     def set_step(self, step: int) -> float:
         value = min(1.0, step / self.steps)
-        self.c.fill_(value)
+        for c in self._c_on.values():
+            c.fill_(value)
         if value >= 1.0:
             self.remove()
         return value

@@ -36,6 +36,7 @@ FAMILIES = {
     "bloom": lambda n: tf.BloomConfig(n_layer=n, hidden_size=H, n_head=4, vocab_size=V),
     "mpt": lambda n: tf.MptConfig(n_layers=n, d_model=H, n_heads=4, vocab_size=V, max_seq_len=128),
     "starcoder2": lambda n: tf.Starcoder2Config(num_hidden_layers=n, **_attn()),
+    "olmo": lambda n: tf.OlmoConfig(num_hidden_layers=n, **_attn()),  # LayerNorm without weights
     "olmo2": lambda n: tf.Olmo2Config(num_hidden_layers=n, **_attn()),
     "mixtral": lambda n: tf.MixtralConfig(num_hidden_layers=n, num_local_experts=4, num_experts_per_tok=2, **_attn()),
     "qwen2_moe": lambda n: tf.Qwen2MoeConfig(num_hidden_layers=n, num_experts=4, num_experts_per_tok=2,

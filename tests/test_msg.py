@@ -109,7 +109,7 @@ def test_block_without_attention_found_ramps_whole(source, tmp_path, capsys):
     check_ends(model, ramp, plain)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "olmo2", "qwen2_moe"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "olmo", "olmo2", "qwen2_moe"])
 def test_width_at_c0_matches_source(source, tmp_path, family):
     # hidden 32 -> 64; heads and FFN sizes follow. The norms see the source units' statistics (not bit-exact:
     # their mean/variance are computed over the wider vector, ~1e-6)

@@ -339,7 +339,9 @@ def test_width_mask_ramp_starts_from_the_source_function(env):
 
     grow(str(env / "model"), env / "wide", op="random", hidden_size=48, num_heads=6, mask_steps=3, quiet=True)
     common = ("--batch-size", "2", "--eval-steps", "5")
-    run_continue(env, "wide-run", *common, "--max-steps", "5", "--save-steps", "5", model="wide")
+    # no weight decay: a weight then changes only where its gradient is non-zero
+    run_continue(env, "wide-run", *common, "--max-steps", "5", "--save-steps", "5", "--weight-decay", "0",
+                 model="wide")
     run_continue(env, "narrow-run", *common, "--max-steps", "1", "--save-steps", "1")
     log, narrow = train_log(env / "wide-run"), train_log(env / "narrow-run")
     assert [r.get("mask_c") for r in log] == [0.0, 1 / 3, 2 / 3, 1.0, None]
