@@ -411,9 +411,14 @@ def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], sha
     first = dim_maps[0]
     columns = dim_maps[1] if ndim > 1 else None
     source = x
+    post_scale = 1.0  # applied to each output chunk right after its rows are copied
     if first is not None and (per_unit or constant != 1.0):
-        # block matrices: scale the (smaller) source once; rows are then copied straight into the output
-        source = _scaled_source(x, per_unit, constant, out.dtype)
+        if not per_unit and x.dtype == out.dtype:
+            # one constant in the same dtype: scaling the copied rows rounds exactly like scaling the source,
+            # and needs no scaled copy of the source (peak memory: source + output)
+            post_scale = constant
+        else:  # per-unit scales: scale the (smaller) source once, in float32, then copy rows straight out
+            source = _scaled_source(x, per_unit, constant, out.dtype)
         per_unit, constant = [], 1.0
     for start, stop in row_chunks(shape):
         target = out[start:stop]
@@ -438,6 +443,8 @@ def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], sha
                 block = torch.empty((rest_dst.numel(), *shape[1:]), dtype=out.dtype)
                 _copy_columns(block, source.index_select(0, rest_src), columns)
                 target.index_copy_(0, rest_dst - start, block)
+            if post_scale != 1.0:
+                target.mul_(post_scale)
         new = zero = None
         for dim, unit_map in enumerate(dim_maps):
             if unit_map is None or not unit_map.has_new:
