@@ -77,8 +77,8 @@ def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, in
       hfgrow grow ./small ./msg --op random --layers 24 --mask-steps 2000
       hfgrow grow ./small ./noisy --factor 4 --noise 0.2         # Gstack + noise
       hfgrow grow ./small ./ligo --op learn --factor 4 --data corpus.txt --learn-steps 100   # LiGO
-      hfgrow grow ./small ./ligo-wide --op learn --factor 2 --hidden-size 4096 --data corpus.txt \
-          --device-map auto --max-memory 0=20GiB,cpu=32GiB --offload-folder /scratch/offload
+      hfgrow grow ./small ./ligo-wide --op learn --factor 2 --hidden-size 4096 --data corpus.txt
+      hfgrow grow ./small ./ligo-big --op learn --factor 4 --data corpus.txt --device-map auto --offload-folder /scratch/off
       hfgrow grow --recipe ./big/hfgrow.yaml ./big-again
     """
     from hfgrow.grow import grow as run_grow, replay
