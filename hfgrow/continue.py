@@ -253,8 +253,9 @@ class MaskRamp:
             if new != old:
                 self.new["hidden" if key == "hidden_size" else "ffn", new] = torch.arange(new) >= old
         # (space, size) -> (new units, fill pattern), built here so the hooks only look them up (no
-        # data-dependent Python in a compiled graph); copies on other devices are made once, on first use
-        self._on: dict = {(space, size, torch.device("cpu")): self._pattern(new) for (space, size), new in self.new.items()}
+        # data-dependent Python in a compiled graph); _on holds their copies per device, made on first use
+        self._patterns = {key: self._pattern(new) for key, new in self.new.items()}
+        self._on: dict = {}
         spaces = {space for space, _ in self.new}
         layers = {int(i) for i in layers}
         outputs: dict = {}  # module -> what scales its output: "layer" (c) and/or spaces whose new units get c
@@ -317,8 +318,8 @@ class MaskRamp:
         """(new units, fill pattern) for x's last dimension, on x's device; None when nothing there is new."""
         key = (space, x.shape[-1], x.device)
         if key not in self._on:
-            cpu = next((v for (s, n, _), v in self._on.items() if (s, n) == key[:2]), None)
-            self._on[key] = None if cpu is None else (cpu[0].to(x.device), cpu[1].to(x.device))
+            units = self._patterns.get(key[:2])
+            self._on[key] = None if units is None else (units[0].to(x.device), units[1].to(x.device))
         return self._on[key]
 
     def _c(self, x):

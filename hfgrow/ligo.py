@@ -140,15 +140,16 @@ def _device(name: Any) -> torch.device | str:
     return device
 
 
-def source_devices(names: list[str], config: dict[str, Any], placement: Placement) -> dict[str, torch.device | str]:
-    """The device (or ``"disk"``) of every source tensor under ``placement``."""
+def source_devices(names: list[str], skeleton, placement: Placement) -> dict[str, torch.device | str]:
+    """The device (or ``"disk"``) of every source tensor under ``placement``.
+
+    ``skeleton`` is the source model on the meta device (``layout.skeleton``): accelerate sizes it
+    for ``device_map="auto"`` without any weights.
+    """
     device_map = placement.device_map
     if device_map == "auto":
-        from accelerate import infer_auto_device_map, init_empty_weights
-        from transformers import AutoModelForCausalLM
+        from accelerate import infer_auto_device_map
 
-        with _quiet_transformers(), init_empty_weights():
-            skeleton = AutoModelForCausalLM.from_config(hf_config_from_dict(config))
         no_split = list(getattr(skeleton, "_no_split_modules", None) or [])
         try:
             device_map = infer_auto_device_map(skeleton, max_memory=placement.max_memory, dtype=torch.float32,
@@ -292,15 +293,15 @@ def _sequences(folder: Path, data: list[str], seq_len: int, vocab_size: int | No
     return torch.tensor(ids[: count * seq_len]).view(count, seq_len)
 
 
-def _renamed_global(name: str, layout: Layout, checkpoint: Checkpoint) -> str:
+def _renamed_global(name: str, layout: Layout) -> str:
     """The checkpoint tensor for an in-memory global that transformers renames on load (GPT-NeoX keeps
     ``embed_out`` on disk, ``lm_head`` in memory): the one global of the same kind by the name rules."""
-    from hfgrow.roles import _GLOBAL_RULES, _classify, _module_of
+    from hfgrow.roles import kind_of
 
-    kind = _classify(_module_of(name)[0], _GLOBAL_RULES)
-    param = _module_of(name)[1]
-    found = [g for g in layout.globals if kind and _module_of(g)[1] == param
-             and _classify(_module_of(g)[0], _GLOBAL_RULES) == kind]
+    module, _, param = name.rpartition(".")
+    kind = kind_of(module)
+    found = [g for g in layout.globals if kind and g.rpartition(".")[2] == param
+             and kind_of(g.rpartition(".")[0]) == kind]
     if len(found) != 1:
         raise HfgrowError(f"the grown model's {name} has no tensor in the source checkpoint; --op learn cannot "
                           "build it.")
@@ -369,18 +370,19 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
             continue
         source = name if name in checkpoint.tensors else (roles.tied.get(name) if roles is not None else None)
         if source is None or source not in checkpoint.tensors:
-            source = _renamed_global(name, layout, checkpoint)
+            source = _renamed_global(name, layout)
         global_sources[name] = source
 
     names = sorted(set(global_sources.values()) | {layout.layer_tensor(j, rest) for rest in block_names
                                                    for j in members[rest]})
     devices = None
     if placement is not None:
-        devices = source_devices(names, layout.config, placement)
+        devices = source_devices(names, layout.skeleton, placement)
     weights = SourceWeights(checkpoint.load, names, compute, devices, placement.offload_folder if placement else None)
+    stacking = initial_coefficients(layout, layer_map)
     try:
         coefficients = {rest: torch.nn.Parameter(torch.tensor(rows, device=compute), requires_grad=learn_depth)
-                        for rest, rows in initial_coefficients(layout, layer_map).items() if rest in block_names}
+                        for rest, rows in stacking.items() if rest in block_names}
         if expansion is not None:
             expansion.to(compute)
 
@@ -498,7 +500,6 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
         weights.close()
 
     report.coefficients = {rest: d.detach().cpu().tolist() for rest, d in coefficients.items()}
-    stacking = initial_coefficients(layout, layer_map)
     for rest in set(stacking) - set(coefficients):  # buffers stored in the checkpoint: plain stacking copies
         report.coefficients[rest] = stacking[rest]
     if expansion is not None:

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from cli_helpers import run_cli
 from hfgrow.errors import HfgrowError
+from hfgrow.tiny import tiny_llama_config
 from hfgrow.evaluate import (
     PAPER_TASKS,
     evaluate_loss,
@@ -32,18 +33,8 @@ WORDS = "the cat dog sat ran on a mat log and then slept barked quietly loudly t
 
 def tiny_model(vocab_size: int = 40, seed: int = 0):
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    config = tiny_llama_config(layers=2, vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                               max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
 

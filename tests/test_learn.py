@@ -195,7 +195,7 @@ def test_device_map_with_disk_offload_gives_the_same_result(trained, tmp_path):
     checkpoint, layout = open_model(src)
     # accelerate's auto map with a CPU budget smaller than the model: some blocks go to disk
     auto = Placement("auto", max_memory=parse_max_memory("cpu=300KB"), offload_folder=tmp_path / "offload")
-    devices = source_devices(sorted(checkpoint.tensors), layout.config, auto)
+    devices = source_devices(sorted(checkpoint.tensors), layout.skeleton, auto)
     assert "disk" in devices.values() and torch.device("cpu") in devices.values()
 
     kwargs = dict(data=[str(data)], factor=2, hidden_size=128, learn_steps=4, learn_lr=3e-3, seq_len=64,

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from cli_helpers import run_cli
+from hfgrow import tiny
 from hfgrow.errors import HfgrowError
 from hfgrow.planning import (
     count_params,
@@ -33,18 +34,8 @@ TABLE_4 = [
 
 
 def tiny_llama_config(**overrides) -> LlamaConfig:
-    kwargs = dict(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+    settings = dict(layers=8, vocab_size=97, hidden_size=32, intermediate_size=64, max_position_embeddings=64)
+    return tiny.tiny_llama_config(**{**settings, **overrides})
 
 
 # --------------------------------------------------------------------------- the law
