@@ -14,7 +14,7 @@ def make_checkpoint(folder: Path, scale: float) -> int:
     import torch
     from transformers import LlamaConfig
 
-    from hfgrow.executor import save_state_dict
+    from hfgrow.io.executor import save_state_dict
 
     heads, kv_heads = 32, 4
     hidden = int(2048 * scale) // heads * heads

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from hfgrow.ligo import Placement, learn_growth
-from hfgrow.layout import open_model
-from hfgrow.ops.depth import stack_plan
-from hfgrow.ops.learn import WidthExpansion
-from hfgrow.ops.width import resolve_sizes, width_plan
-from hfgrow.roles import derive_roles
-from hfgrow.tiny import make_model, make_tokenizer, python_docs_corpus, tiny_llama_config
+from hfgrow.growth.ligo.fit import Placement, learn_growth
+from hfgrow.arch.layout import open_model
+from hfgrow.growth.ops.depth import stack_plan
+from hfgrow.growth.ops.learn import WidthExpansion
+from hfgrow.growth.ops.width import resolve_sizes, width_plan
+from hfgrow.arch.roles import derive_roles
+from hfgrow.eval.tiny import make_model, make_tokenizer, python_docs_corpus, tiny_llama_config
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Throughput of `hfgrow mix entropy`'s counting (hfgrow.mix.count_domain), offline.
+"""Throughput of `hfgrow mix entropy`'s counting (hfgrow.mix.bimix.count_domain), offline.
 
 Builds ~50 MB of text from this Python's own standard library (.py sources plus the pydoc
 topics text), repeated if needed, trains a byte-level BPE tokenizer (vocab 32k) on a sample with
@@ -73,7 +73,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from transformers import AutoTokenizer
 
-    from hfgrow import mix
+    from hfgrow.mix import bimix as mix
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

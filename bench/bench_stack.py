@@ -50,7 +50,7 @@ def main() -> None:
         params = json.loads(made.strip().splitlines()[-1])["params"]
         files = sorted(str(p) for p in src.glob("*.safetensors"))
         cat_out, grown = root / "cat.bin", root / "grown"
-        hfgrow = [sys.executable, "-m", "hfgrow_cli.main", "stack", str(src), str(grown),
+        hfgrow = [sys.executable, "-m", "hfgrow.cli.main", "stack", str(src), str(grown),
                   "--factor", str(args.factor), "--quiet"]
         cats, grows = [], []
         dry = timed(hfgrow[:-1] + ["--dry-run", "--quiet"])[0]  # start-up: imports, config, skeleton, plan

@@ -83,7 +83,7 @@ def worker_trainer(a) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from hfgrow.data import build_data, parse_data_specs
+    from hfgrow.data.packing import build_data, parse_data_specs
 
     folder = Path(a.folder)
     tok = AutoTokenizer.from_pretrained(folder / "model")
@@ -123,7 +123,7 @@ def worker_continue(a) -> dict:
     out = Path(tempfile.mkdtemp(dir=folder, prefix="run-"))
     import importlib
 
-    cont = importlib.import_module("hfgrow.continue")
+    cont = importlib.import_module("hfgrow.train.loop")
     code = cont.main(["--model", str(folder / "model"), "--data", f"d={folder / 'data.jsonl'}",
                       "--output-dir", str(out), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size),
                       "--max-steps", str(a.steps), "--lr", "6e-4", "--warmup-steps", "4", "--eval-sequences", "0",

@@ -50,7 +50,7 @@ def main() -> None:
                               check=True, capture_output=True, text=True).stdout
         shape = json.loads(made.strip().splitlines()[-1])
         grown, cat_out = root / "grown", root / "cat.bin"
-        base = [sys.executable, "-m", "hfgrow_cli.main", "grow", str(src), str(grown),
+        base = [sys.executable, "-m", "hfgrow.cli.main", "grow", str(src), str(grown),
                 "--hidden-size", str(2 * shape["hidden"]), "--intermediate-size", str(2 * shape["ffn"]), "--quiet"]
         dry_s, overhead, dry_cpu = timed(base + ["--dry-run"])
         cats, grows = [], []

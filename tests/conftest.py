@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-from hub_server import HubServer
+from helpers.hub_server import HubServer
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The ``hfgrow`` command: one small module per command group, each importing its stage lazily."""

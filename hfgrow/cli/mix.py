@@ -1,0 +1,194 @@
+"""`hfgrow mix`: BiMix data mixtures — entropy mixtures, fitting the mixing law, optimising it."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import click
+
+from hfgrow.mix import bimix as bimix
+from hfgrow.errors import HfgrowError
+
+
+@click.group("mix")
+def mix() -> None:
+    """Data mixtures for pre-training (BiMix, arXiv 2405.14908).
+
+    \b
+    entropy   training-free mixture: r_i = softmax(entropy of domain i)
+    fit       fit L_i(r_i, s) = A_i / r_i^alpha_i * (B_i / s^beta_i + C_i) to eval logs
+    optimize  the mixture that minimises the fitted law's total loss at a step budget
+
+    \b
+    Examples:
+      hfgrow mix entropy --domain web=data/web.jsonl --domain code=data/code/ \\
+          --tokenizer TinyLlama/TinyLlama_v1.1 --out mix.json
+      hfgrow mix fit runs/*/eval.jsonl --holdout 0.2 --out law.json
+      hfgrow mix optimize law.json --steps 50000 --out mix.json
+    """
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for row in rows:
+        lines.append("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def _load_tokenizer(spec: str):
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        raise HfgrowError("Loading a tokenizer needs transformers: pip install transformers.") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except Exception as exc:  # transformers/hub raise OSError, ValueError, HTTP errors...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HfgrowError(f"Could not load tokenizer '{spec}': {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        click.echo(f"warning: '{spec}' is not a fast tokenizer; counting will be slow.", err=True)
+    return tokenizer
+
+
+@mix.command("entropy", short_help="Training-free mixture from each domain's token entropy.")
+@click.option("--domain", "domain_args", multiple=True, required=True, metavar="NAME=PATH",
+              help="A domain: a .txt/.md, .jsonl or .parquet file (.gz too), a folder of them, or hf:DATASET[:CONFIG][:SPLIT]. Repeat for each domain.")
+@click.option("--tokenizer", "tokenizer_spec", required=True, metavar="MODEL_OR_FOLDER",
+              help="Hub id or local folder of the tokenizer of the model you will train.")
+@click.option("--measure", type=click.Choice(bimix.MEASURES), default="ce", show_default=True,
+              help="Entropy that sets the proportions: unigram (se), joint bigram (je) or conditional (ce).")
+@click.option("--seq-len", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Tokens per sequence; bigrams are counted within sequences only.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="Count at most this many tokens per domain (default: all).")
+@click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/hf: rows.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the mixture JSON here.")
+def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_field, out) -> None:
+    """Training-free mixture from each domain's token entropy.
+
+    Tokenizes each domain, joins documents with EOS, cuts the stream into sequences of --seq-len
+    tokens, counts unigrams and within-sequence bigrams, and computes SE, JE and CE (nats). The
+    proportions are softmax(H) over domains for --measure.
+
+    \b
+    Examples:
+      hfgrow mix entropy --domain web=data/web.jsonl --domain code=data/code/ \\
+          --tokenizer TinyLlama/TinyLlama_v1.1 --out mix.json
+      hfgrow mix entropy --domain wiki=hf:wikitext:wikitext-103-raw-v1 --domain books=books.txt \\
+          --tokenizer ./my-model --measure se --max-tokens 50000000
+    """
+    domains: dict[str, str] = {}
+    for arg in domain_args:
+        name, source = bimix.parse_domain_arg(arg)
+        if name in domains:
+            raise HfgrowError(f"Domain name '{name}' is given twice.")
+        domains[name] = source
+    if len(domains) < 2:
+        raise HfgrowError(f"A mixture needs at least 2 domains (got {len(domains)}): repeat --domain NAME=PATH.")
+    texts = {name: bimix.iter_domain_texts(source, text_field=text_field) for name, source in domains.items()}
+    for name, source in domains.items():  # catch empty files before the (slow) tokenizing
+        if not source.startswith("hf:") and all(f.stat().st_size == 0 for f in bimix.domain_files(source)):
+            raise HfgrowError(f"Domain '{name}' is empty: '{source}' holds no text.")
+    tokenizer = _load_tokenizer(tokenizer_spec)
+
+    from tqdm import tqdm
+
+    stats = {}
+    for name, docs in texts.items():
+        with tqdm(total=max_tokens, desc=name, unit="tok", unit_scale=True, file=sys.stderr, disable=None, leave=False) as bar:
+            counts = bimix.count_domain(docs, tokenizer, seq_len=seq_len, max_tokens=max_tokens, progress=bar.update)
+        if counts.tokens == 0:
+            raise HfgrowError(f"Domain '{name}' is empty: '{domains[name]}' holds no text.")
+        try:
+            stats[name] = {**bimix.entropies(counts), "tokens": counts.tokens}
+        except HfgrowError as exc:
+            raise HfgrowError(f"Domain '{name}': {exc}") from None
+    mixture = bimix.entropy_mixture(stats, measure)
+    rows = [
+        [name, f"{d['tokens']:,}", f"{d['se']:.4f}", f"{d['je']:.4f}", f"{d['ce']:.4f}", f"{d['proportion']:.4f}"]
+        for name, d in mixture["domains"].items()
+    ]
+    click.echo(_table(["domain", "tokens", "SE", "JE", "CE", f"r ({measure})"], rows))
+    if out:
+        bimix.save_mixture(mixture, out)
+        click.echo(f"wrote {out}")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else str(x)
+
+
+@mix.command("fit", short_help="Fit the BiMix law to per-domain eval logs.")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the fitted law JSON here.")
+@click.option("--holdout", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="Keep this fraction out of the fit and report the error on it.")
+@click.option("--holdout-by", type=click.Choice(["mixture", "step", "random"]), default="mixture", show_default=True,
+              help="Hold out whole mixtures (unseen mixtures), the latest steps (extrapolation) or random points.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the holdout choice.")
+def fit(logs, out, holdout, holdout_by, seed) -> None:
+    """Fit the BiMix law to per-domain eval logs.
+
+    LOGS are JSONL files, one observation a line:
+    {"mixture": {"web": 0.7, "code": 0.3}, "step": 1000, "domain": "code", "loss": 2.31}.
+    Needs, per domain, at least 5 observations at 2+ proportions and 3+ steps.
+
+    \b
+    Examples:
+      hfgrow mix fit runs/mix-a/eval.jsonl runs/mix-b/eval.jsonl runs/mix-c/eval.jsonl --out law.json
+      hfgrow mix fit runs/*/eval.jsonl --holdout 0.25 --holdout-by step
+    """
+    observations = bimix.load_observations(logs)
+    law = bimix.fit_law(observations, holdout=holdout or 0.0, holdout_by=holdout_by, seed=seed)
+    header = ["domain", "n", "A", "alpha", "B", "beta", "C", "R2", "mean rel err"]
+    if holdout:
+        header += ["holdout n", "holdout R2", "holdout rel err"]
+    rows = []
+    for name, d in law.domains.items():
+        row = [name, str(d.fit["n"]), _fmt(d.A), _fmt(d.alpha), _fmt(d.B), _fmt(d.beta), _fmt(d.C), f"{d.fit['r2']:.4f}", f"{d.fit['mre']:.3%}"]
+        if holdout:
+            h = d.fit.get("holdout")
+            row += [str(h["n"]), f"{h['r2']:.4f}", f"{h['mre']:.3%}"] if h else ["0", "-", "-"]
+        rows.append(row)
+    click.echo(_table(header, rows))
+    skipped = sum(d.fit.get("skipped_r0", 0) for d in law.domains.values())
+    if skipped:
+        click.echo(f"left out {skipped} observations of domains with proportion 0 (the law is undefined there)")
+    if out:
+        bimix.save_law(law, out)
+        click.echo(f"wrote {out}")
+
+
+@mix.command("optimize", short_help="Mixture minimising the fitted law's total loss at --steps.")
+@click.argument("law_path", metavar="LAW", type=click.Path(dir_okay=False))
+@click.option("--steps", type=click.FloatRange(min=0, min_open=True), required=True, help="Training steps of the target run.")
+@click.option("--floor", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Smallest proportion a domain may get.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the mixture JSON here.")
+def optimize(law_path, steps, floor, out) -> None:
+    """The mixture minimising the law's summed loss after --steps steps.
+
+    r* = argmin sum_i L_i(r_i, S) subject to sum r_i = 1, r_i >= --floor (solved exactly).
+
+    \b
+    Examples:
+      hfgrow mix optimize law.json --steps 50000 --out mix.json
+      hfgrow mix optimize law.json --steps 2e5 --floor 0.02
+    """
+    law = bimix.load_law(law_path)
+    steps = int(steps) if float(steps).is_integer() else steps
+    r = bimix.optimize_mixture(law, steps, floor=floor)
+    uniform = {name: 1.0 / len(law.domains) for name in law.domains}
+    rows = [
+        [name, f"{r[name]:.4f}", f"{law.predict(name, r[name], steps):.4f}", f"{law.predict(name, uniform[name], steps):.4f}"]
+        for name in law.domains
+    ]
+    rows.append(["total", "1.0000", f"{law.total(r, steps):.4f}", f"{law.total(uniform, steps):.4f}"])
+    click.echo(_table(["domain", "r*", "loss at r*", "loss uniform"], rows))
+    if out:
+        bimix.save_mixture(bimix.law_mixture(law, steps, r, floor), out)
+        click.echo(f"wrote {out}")
+
+
+COMMANDS = [mix]

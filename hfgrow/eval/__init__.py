@@ -1,0 +1,1 @@
+"""Measure models and growth: held-out loss, lm-eval hand-off, and the grow-vs-scratch experiment."""

@@ -1,0 +1,439 @@
+"""Measure a causal LM: token-level loss / perplexity on your text, and benchmark tasks.
+
+Loss uses the sliding-window method of the Hugging Face perplexity guide: windows of ``seq_len``
+tokens start every ``stride`` tokens; each window scores only the tokens not scored by an earlier
+window, so every token is scored exactly once and, when ``stride < seq_len``, with at least
+``seq_len − stride`` tokens of context carried over from the previous window. With
+``stride == seq_len`` this is the plain chunked loss (each chunk independent; its first token has no
+context and is not scored). A stream of n tokens scores n − 1 tokens when ``stride < seq_len``.
+
+Text sources: the files :mod:`hfgrow.data.text` reads (``.txt``/``.md`` is one document per file,
+``.jsonl`` one per line with field ``"text"``, ``.parquet`` one per row of column ``"text"``;
+``.gz`` of the text types) or a folder of those. Each domain's documents are joined into one token
+stream: ``[BOS] doc1 EOS doc2 EOS … docN`` (BOS only if the tokenizer has one); every token of it
+after the first is scored.
+
+Benchmarks: :func:`run_tasks` hands off to lm-evaluation-harness (``pip install 'hfgrow[eval]'``).
+The Gstack paper evaluates on :data:`PAPER_TASKS`: lambada_openai, arc_challenge, arc_easy, logiqa,
+piqa, sciq, winogrande, plus wikitext perplexity.
+
+Example::
+
+    result = evaluate_loss("out/grown", {"web": "web.jsonl", "code": "code.txt"}, seq_len=2048)
+    print(result.loss, result.domains["code"].perplexity)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfgrow.errors import HfgrowError
+from hfgrow.data.text import TEXT_SUFFIXES, file_kind, read_documents
+
+__all__ = [
+    "PAPER_TASKS",
+    "TEXT_SUFFIXES",
+    "EvalResult",
+    "read_documents",
+    "parse_data_spec",
+    "token_stream",
+    "window_plan",
+    "sliding_window_nll",
+    "load_model",
+    "evaluate_loss",
+    "run_tasks",
+]
+
+#: Benchmarks the Gstack paper reports (lm-evaluation-harness task names); wikitext = perplexity.
+PAPER_TASKS: tuple[str, ...] = (
+    "lambada_openai",
+    "arc_challenge",
+    "arc_easy",
+    "logiqa",
+    "piqa",
+    "sciq",
+    "winogrande",
+    "wikitext",
+)
+#: Default context when the model's config does not say, and the cap on the default (paper: 2048).
+DEFAULT_SEQ_LEN = 2048
+
+
+@dataclass
+class EvalResult:
+    """Token-level loss of a model on some text.
+
+    Attributes:
+        loss: mean negative log-likelihood per scored token, in nats.
+        perplexity: exp(loss).
+        tokens: number of tokens scored.
+        domains: per-domain results when several named inputs were given (empty otherwise); the
+            top-level numbers are then the token-weighted aggregate over all domains.
+        seq_len, stride: the window settings used.
+    """
+
+    loss: float
+    perplexity: float
+    tokens: int
+    domains: dict[str, EvalResult] = field(default_factory=dict)
+    seq_len: int | None = None
+    stride: int | None = None
+
+    @classmethod
+    def from_sums(cls, nll_sum: float, tokens: int, **kwargs: Any) -> EvalResult:
+        """Build from a summed NLL and a token count."""
+        loss = nll_sum / tokens
+        return cls(loss=loss, perplexity=_safe_exp(loss), tokens=tokens, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (domains nested)."""
+        data: dict[str, Any] = {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
+        if self.seq_len is not None:
+            data["seq_len"] = self.seq_len
+            data["stride"] = self.stride
+        if self.domains:
+            data["domains"] = {name: r.to_dict() for name, r in self.domains.items()}
+        return data
+
+
+def _safe_exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+# --------------------------------------------------------------------------- data arguments
+# (the file readers, read_documents included, are in hfgrow.data.text)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def parse_data_spec(spec: str) -> tuple[str, Path]:
+    """Split a ``--data`` value ``[NAME=]FILE`` into (name, path); the name defaults to the file stem.
+
+    ``a=b.txt`` is a named input unless a file literally called ``a=b.txt`` exists.
+    """
+    name, sep, rest = spec.partition("=")
+    if sep and name and rest and _NAME_RE.match(name) and not Path(spec).expanduser().exists():
+        return name, Path(rest).expanduser()
+    path = Path(spec).expanduser()
+    return (path.stem or path.name or "data"), path
+
+
+# --------------------------------------------------------------------------- tokens and windows
+
+
+def token_stream(tokenizer: Any, documents: Sequence[str]) -> list[int]:
+    """Tokenize documents into one stream: ``[BOS] doc1 EOS doc2 EOS … docN``.
+
+    BOS is added only if the tokenizer defines one. Without an EOS token documents are joined with
+    a blank line instead.
+    """
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id
+    ids: list[int] = [bos] if bos is not None else []
+    if eos is None:
+        return ids + list(tokenizer("\n\n".join(documents), add_special_tokens=False)["input_ids"])
+    encoded = tokenizer(list(documents), add_special_tokens=False)["input_ids"] if documents else []
+    for i, doc_ids in enumerate(encoded):
+        if i:
+            ids.append(eos)
+        ids.extend(doc_ids)
+    return ids
+
+
+def window_plan(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """The sliding windows over a stream of ``n_tokens`` tokens.
+
+    Returns ``(begin, end, first)`` triples: the window is ``ids[begin:end]`` and it scores the
+    tokens at positions ``first … end−1`` (each predicted from the tokens before it in the window).
+    Windows start every ``stride`` tokens and stop at the first one reaching the end of the stream.
+
+    Raises:
+        HfgrowError: ``seq_len < 2``, ``stride < 1`` or ``stride > seq_len`` (tokens would be skipped).
+    """
+    if seq_len < 2:
+        raise HfgrowError(f"--seq-len must be at least 2 (got {seq_len}).")
+    if stride < 1 or stride > seq_len:
+        raise HfgrowError(f"--stride must be between 1 and --seq-len ({seq_len}) (got {stride}).")
+    windows = []
+    prev_end = 0
+    for begin in range(0, max(n_tokens - 1, 1), stride):
+        end = min(begin + seq_len, n_tokens)
+        first = max(prev_end, begin + 1)
+        if end > first:
+            windows.append((begin, end, first))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+def sliding_window_nll(
+    model: Any,
+    ids: Sequence[int] | Any,
+    seq_len: int,
+    stride: int | None = None,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) and number of scored tokens of one token stream.
+
+    ``model`` is any causal LM returning ``.logits``; ``ids`` a list or 1-D tensor of token ids.
+    Windows of equal length are batched ``batch_size`` at a time (the last, shorter window is padded
+    on the right and masked, which cannot change the earlier positions of a causal model).
+    Log-probabilities are computed in float32 whatever the model's dtype.
+    """
+    import torch
+
+    stride = seq_len if stride is None else stride
+    if batch_size < 1:
+        raise HfgrowError(f"--batch-size must be at least 1 (got {batch_size}).")
+    ids_t = torch.as_tensor(ids, dtype=torch.long).flatten()
+    windows = window_plan(len(ids_t), seq_len, stride)
+    device = next(model.parameters()).device
+    nll = 0.0
+    count = 0
+    batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    iterator: Iterable = batches
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(batches, desc="eval", unit="batch", leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in iterator:
+                width = max(end - begin for begin, end, _ in batch)
+                input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, (begin, end, _) in enumerate(batch):
+                    input_ids[row, : end - begin] = ids_t[begin:end]
+                    mask[row, : end - begin] = 1
+                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+                for row, (begin, end, first) in enumerate(batch):
+                    # token at relative position r is predicted by the logits at r − 1
+                    pred = logits[row, first - begin - 1 : end - begin - 1].float()
+                    target = ids_t[first:end].to(pred.device)
+                    logp = torch.log_softmax(pred, dim=-1).gather(1, target[:, None])
+                    nll -= float(logp.sum())
+                    count += end - first
+    finally:
+        model.train(was_training)
+    return nll, count
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _pick_device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(path: str | Path, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a folder or a Hub repo id.
+
+    ``dtype`` defaults to float32 on CPU and the checkpoint's own dtype ("auto") elsewhere.
+
+    Raises:
+        HfgrowError: the model or its tokenizer cannot be loaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = _pick_device(device)
+    dtype = dtype or ("float32" if device == "cpu" else "auto")
+    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise HfgrowError(f"unknown --dtype '{dtype}': use auto, float32, bfloat16 or float16.")
+    text = str(path)
+    local = Path(text).expanduser()
+    if not local.exists() and (text.startswith((".", "~", "/")) or text.count("/") > 1 or "\\" in text):
+        raise HfgrowError(f"model folder '{text}' does not exist.")
+    if local.is_file():
+        raise HfgrowError(f"'{text}' is a file; give the model's folder (with config.json).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001 - many loader exception types; one clear sentence
+        raise HfgrowError(f"cannot load a tokenizer from '{path}': {_first_line(exc)}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise HfgrowError(f"cannot load a causal LM from '{path}': {_first_line(exc)}") from None
+    return model.to(device), tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _default_seq_len(model: Any) -> int:
+    config = getattr(model, "config", None)
+    getter = getattr(config, "get_text_config", None)
+    config = getter() if callable(getter) else config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return min(int(limit), DEFAULT_SEQ_LEN) if limit else DEFAULT_SEQ_LEN
+
+
+def _documents_or_ids(value: Any) -> list[str] | list[int]:
+    """Normalise one domain's input: a file/folder, a text, a list of those, or token ids."""
+    if isinstance(value, Path):
+        return read_documents(value)
+    if isinstance(value, str):
+        if Path(value).expanduser().exists():
+            return read_documents(value)
+        if file_kind(value) and not any(c.isspace() for c in value):
+            raise HfgrowError(f"data file '{value}' does not exist.")
+        return [value]
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # tensor / array of ids
+        value = value.tolist()
+    if isinstance(value, Sequence):
+        items = list(value)
+        if items and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            return items
+        docs: list[str] = []
+        for item in items:
+            sub = _documents_or_ids(item)
+            if sub and isinstance(sub[0], int):
+                raise HfgrowError("mixing token ids with texts or files in one domain is not supported.")
+            docs.extend(sub)  # type: ignore[arg-type]
+        return docs
+    raise HfgrowError(f"cannot evaluate on a {type(value).__name__}: give files, texts or token ids.")
+
+
+def evaluate_loss(
+    model_or_path: Any,
+    texts_or_files: Any,
+    seq_len: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    *,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Token-level loss and perplexity of a causal LM with a sliding window (see module docstring).
+
+    Args:
+        model_or_path: a model folder / Hub repo id, or a loaded model (then pass ``tokenizer``
+            unless the inputs are token ids).
+        texts_or_files: one input or a mapping ``{domain name: input}``. An input is a file or folder
+            path (see :mod:`hfgrow.data.text`), a text, a list of those (one domain), or a
+            list/tensor of token ids (used as the stream as-is).
+        seq_len: window length; default min(model's max_position_embeddings, 2048).
+        stride: tokens between window starts; default ``seq_len // 2``. ``stride == seq_len`` gives
+            the plain chunked loss.
+        batch_size: windows per forward pass.
+        max_tokens: keep at most this many tokens of each domain's stream.
+
+    Returns:
+        The aggregate result; ``.domains`` holds per-domain results when a mapping with several
+        entries was given.
+
+    Raises:
+        HfgrowError: unreadable inputs, a domain with fewer than 2 tokens, bad window settings.
+    """
+    if isinstance(model_or_path, (str, Path)):
+        model, loaded_tokenizer = load_model(model_or_path, device=device, dtype=dtype)
+        tokenizer = tokenizer or loaded_tokenizer
+    else:
+        model = model_or_path
+    seq_len = seq_len or _default_seq_len(model)
+    stride = stride or max(seq_len // 2, 1)
+    window_plan(0, seq_len, stride)  # validate settings before reading anything
+
+    if isinstance(texts_or_files, Mapping):
+        inputs = dict(texts_or_files)
+        if not inputs:
+            raise HfgrowError("no data to evaluate on.")
+    else:
+        inputs = {"data": texts_or_files}
+
+    streams: dict[str, list[int]] = {}
+    for name, value in inputs.items():
+        content = _documents_or_ids(value)
+        if content and isinstance(content[0], int):
+            stream = list(content)  # type: ignore[arg-type]
+        else:
+            if tokenizer is None:
+                raise HfgrowError("a tokenizer is needed to evaluate texts with an in-memory model.")
+            stream = token_stream(tokenizer, content)  # type: ignore[arg-type]
+        if max_tokens is not None:
+            stream = stream[:max_tokens]
+        if len(stream) < 2:
+            raise HfgrowError(f"domain '{name}' has fewer than 2 tokens; nothing to score.")
+        streams[name] = stream
+
+    results: dict[str, EvalResult] = {}
+    total_nll, total_tokens = 0.0, 0
+    for name, stream in streams.items():
+        nll, count = sliding_window_nll(model, stream, seq_len, stride, batch_size, progress=progress)
+        results[name] = EvalResult.from_sums(nll, count, seq_len=seq_len, stride=stride)
+        total_nll += nll
+        total_tokens += count
+    overall = EvalResult.from_sums(total_nll, total_tokens, seq_len=seq_len, stride=stride)
+    if len(results) > 1:
+        overall.domains = results
+    return overall
+
+
+# --------------------------------------------------------------------------- benchmark tasks
+
+
+def run_tasks(
+    model_path: str | Path,
+    tasks: Sequence[str] | str,
+    batch_size: int | str = 4,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    limit: int | float | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run lm-evaluation-harness tasks on a saved model (``lm_eval.simple_evaluate``, model "hf").
+
+    ``tasks`` is a list or a comma-separated string; ``"paper"`` expands to :data:`PAPER_TASKS`.
+    Returns ``{task: {metric: value}}`` with the harness's metric names (e.g. ``"acc,none"``).
+    The harness downloads its datasets from the Hub on first use.
+
+    Raises:
+        HfgrowError: lm-evaluation-harness is not installed.
+    """
+    try:
+        import lm_eval
+    except ImportError:
+        raise HfgrowError(
+            "--tasks needs lm-evaluation-harness, which is not installed: pip install 'hfgrow[eval]'"
+        ) from None
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    expanded: list[str] = []
+    for name in names:
+        for task in PAPER_TASKS if name == "paper" else (name,):
+            if task not in expanded:
+                expanded.append(task)
+    if not expanded:
+        raise HfgrowError("--tasks is empty; e.g. --tasks piqa,arc_easy or --tasks paper.")
+    device = _pick_device(device)
+    model_args = f"pretrained={model_path},dtype={dtype or ('float32' if device == 'cpu' else 'auto')}"
+    output = lm_eval.simple_evaluate(
+        model="hf", model_args=model_args, tasks=expanded, batch_size=batch_size, device=device, limit=limit
+    )
+    results = (output or {}).get("results", {})
+    return {
+        task: {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for task, metrics in results.items()
+    }

@@ -1,0 +1,111 @@
+"""Tiny models built offline (random weights, a small trained tokenizer) for the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DEMO_TEXT = """\
+Growing a language model means building a larger model from a smaller trained one.
+Stacking repeats the layers of the small model, so the large model starts from what the small one learned.
+The grown model is then trained further on the same kind of text, and it reaches a given loss
+with less compute than a model of the same size trained from scratch.
+"""
+
+
+def make_tokenizer(folder: Path | None = None, text: str = DEMO_TEXT, vocab_size: int = 256):
+    """A byte-level BPE tokenizer trained on ``text`` in memory (no download), saved to ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([text] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    if folder is not None:
+        fast.save_pretrained(folder)
+    return fast
+
+
+def make_model(folder: Path, config: Any, seed: int = 0, dtype=None, tokenizer: bool = True,
+               safe_serialization: bool = True, max_shard_size: str = "5GB"):
+    """Save a randomly initialised causal LM for ``config`` (a transformers config) to ``folder``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval()
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    if not safe_serialization:  # transformers 5 only writes safetensors; make the legacy format by hand
+        import torch as _torch
+
+        from hfgrow.io.checkpoint import Checkpoint
+
+        ckpt = Checkpoint.open(Path(folder))
+        state = {name: ckpt.load(name).clone() for name in ckpt.tensors}
+        ckpt.close()
+        for path in list(Path(folder).glob("model*.safetensors*")):
+            path.unlink()
+        _torch.save(state, Path(folder) / "pytorch_model.bin")
+    if tokenizer:
+        make_tokenizer(folder, vocab_size=min(256, config.vocab_size))
+    return model
+
+
+def tiny_llama_config(layers: int = 4, **overrides):
+    from transformers import LlamaConfig
+
+    kwargs = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, tie_word_embeddings=False)
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def python_docs_corpus(max_chars: int | None = None) -> list[str]:
+    """Real English text that ships with every CPython: the pydoc help topics (~0.7 MB)."""
+    from pydoc_data.topics import topics
+
+    documents = [topics[key] for key in sorted(topics)]
+    if max_chars is not None:
+        kept, total = [], 0
+        for doc in documents:
+            if total >= max_chars:
+                break
+            kept.append(doc)
+            total += len(doc)
+        documents = kept
+    return documents
+
+
+def pretrain_tiny(folder: Path, documents: list[str], steps: int = 100, seq_len: int = 64, batch_size: int = 8,
+                  lr: float = 3e-3, seed: int = 0) -> float:
+    """Train the model in ``folder`` briefly with a plain loop (for tests and demos); returns the last loss."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = tokenizer(tokenizer.eos_token.join(documents), add_special_tokens=False)["input_ids"]
+    count = len(ids) // seq_len
+    data = torch.tensor(ids[: count * seq_len]).view(count, seq_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        batch = data[torch.randint(0, count, (batch_size,), generator=generator)]
+        loss = model(batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(folder)
+    return loss.item()

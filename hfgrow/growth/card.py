@@ -1,0 +1,45 @@
+"""Model cards (README.md) rendered from the templates in ``templates/`` via huggingface_hub."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+def template_path(name: str) -> Path:
+    """Path of a card template shipped in ``hfgrow/growth/templates/``."""
+    return Path(str(resources.files("hfgrow.growth").joinpath("templates", name)))
+
+
+def human(n: float) -> str:
+    """Short human form of a count: 1.1B, 350M, 12K.
+
+    Example:
+        >>> human(1_100_048_384)
+        '1.10B'
+    """
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def render_card(template: str, *, base_model: str | None, relation: str | None, tags: list[str],
+                extra_data: dict[str, Any] | None = None, **variables: Any) -> str:
+    """Render ``templates/<template>`` with YAML metadata the Hub understands.
+
+    ``base_model`` is only set for Hub ids (the Hub rejects local paths there).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=base_model,
+        tags=tags,
+        pipeline_tag="text-generation",
+        **({"base_model_relation": relation} if base_model and relation else {}),
+        **(extra_data or {}),
+    )
+    card = ModelCard.from_template(data, template_path=str(template_path(template)), **variables)
+    return str(card)

@@ -1,0 +1,1 @@
+"""G-up/right-learn (LiGO): fit a linear growth operator on text, then write it out through the pipeline."""

@@ -1,0 +1,1 @@
+"""Growth operators: pure functions from a source layout to a :class:`hfgrow.io.plan.Plan`."""

@@ -1,0 +1,63 @@
+"""G↑random: new blocks initialised like the architecture's own initializer (MSG-ready).
+
+Each new block gets fresh values the way transformers' ``_init_weights`` makes them:
+weight matrices (and embeddings) normal(0, initializer_range) — GPT-2's residual output
+projections scaled by 1/sqrt(2·layers) as its init does —, biases zero, norm weights at
+the norm's init value (ones, or zeros for Gemma's ``1 + w`` norms). Values are seeded per
+(seed, tensor name). The grown model is not function-preserving as written: MSG
+multiplies the new blocks' residual contribution by a mask ramping 0 → 1, so the recipe
+records the new layers and the ramp length (``mask: {layers, steps}``) for training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hfgrow.errors import HfgrowError
+from hfgrow.growth.ops.common import FLOAT_DTYPES, constant, normal, replace
+from hfgrow.io.plan import Plan, TensorPlan
+from hfgrow.arch.roles import Roles, TensorRole, block_index
+
+DEFAULT_MASK_STEPS = 5000  # the reference code ramps the mask over ~5000 steps
+
+
+def init_tensor(tensor: TensorPlan, role: TensorRole, roles: Roles, seed: int, num_layers: int) -> TensorPlan:
+    """``tensor`` replaced by its init values (computed at write time, seeded by its output name)."""
+    shape, dtype, name = tensor.shape, tensor.dtype, tensor.name
+    if dtype not in FLOAT_DTYPES:
+        return tensor
+    if role.is_norm:
+        value = 0.0 if role.is_bias else roles.norm_init
+        make, text = (lambda: constant(shape, dtype, value)), f"init {value:g} ({role.kind})"
+    elif role.is_bias or len(shape) < 2:
+        if role.kind == "unknown":
+            raise HfgrowError(f"cannot tell how transformers initialises {tensor.sources[0]} ({role.reason}).")
+        if role.kind == "fixed":
+            return tensor
+        make, text = (lambda: constant(shape, dtype, 0.0)), "init zeros (bias)"
+    else:
+        std = roles.init_std_for(role, num_layers)
+        make, text = (lambda: normal(shape, dtype, std, seed, "init", name)), f"init normal(0, {std:.4g})"
+    return dataclasses.replace(replace(tensor, make, text), sources=())
+
+
+def random_plan(plan: Plan, roles: Roles, *, seed: int = 0, mask_steps: int | None = None) -> Plan:
+    """Re-initialise every tensor of the plan's new layers; record the MSG mask in the recipe.
+
+    Example:
+        >>> plan = random_plan(stack_plan(layout, ckpt.tensors, interleave_map(4, 6)), roles, seed=1)
+        >>> plan.recipe["mask"]
+        {'layers': [2, 5], 'steps': 5000}
+    """
+    steps = DEFAULT_MASK_STEPS if mask_steps is None else mask_steps
+    if steps < 1:
+        raise HfgrowError(f"--mask-steps must be positive, got {steps}.")
+    new = set(plan.new_layers)
+    num_layers = len(plan.layer_map) if plan.layer_map else 1
+    tensors = []
+    for tensor in plan.tensors:
+        if block_index(tensor.name, roles.prefix) in new and tensor.sources:
+            tensor = init_tensor(tensor, roles.role(tensor.sources[0]), roles, seed, num_layers)
+        tensors.append(tensor)
+    mask = dict(plan.recipe.get("mask") or {}, layers=sorted(new), steps=steps)
+    return dataclasses.replace(plan, tensors=tensors, recipe=dict(plan.recipe, mask=mask))

@@ -1,0 +1,653 @@
+"""Widthwise growth (G→): wider hidden size, FFN and more attention heads (head_dim fixed).
+
+Every grown dimension gets a *unit map*: for each output unit, the source unit it copies
+(or -1 for a brand-new unit), a multiplier for the weights that *write* it and one for
+the weights that *read* it. :mod:`hfgrow.arch.roles` says which space each tensor dimension
+lives in and whether it writes or reads it; this module only applies the maps.
+
+``direct`` (function-preserving neuron splitting, HyperCloning / Net2Net)
+    Output unit j copies source unit g(j): the source units tiled ⌊new/old⌋ times, then a
+    seeded random subset of them once more. Weights that read a unit copied c times are
+    divided by c, so every sum is unchanged. For an integer factor this is HyperCloning's
+    exact rule (all linear layers tiled and divided by the input factor; embedding tiled
+    undivided; norm weights tiled — a tiled vector keeps its mean, variance and RMS, so
+    LayerNorm and RMSNorm outputs are tiled too; the LM head divided). For a non-integer
+    hidden size the residual copies are scaled by sqrt(k/c) (k = new/old): the RMS is then
+    unchanged and RMSNorm models stay exact; LayerNorm models are only approximately
+    preserved (mean and variance cannot both be kept), which the plan notes. Heads are
+    duplicated whole, query heads within their key/value group so grouped-query and
+    multi-query attention keep reading the right key/value head.
+``zero``
+    Source units keep their exact weights; new FFN units and heads get random fan-in
+    (up/gate, q/k/v rows) and zero fan-out (down/o columns), so they add nothing. New
+    hidden units are written by nothing (embedding columns, o/down rows and biases zero)
+    and read with random weights, so they stay exactly zero; RMSNorm weights are rescaled
+    by sqrt(old/new) to undo the smaller RMS. Exact for FFN and head growth on every
+    family and for hidden growth with RMSNorm; approximate for hidden growth with LayerNorm.
+``random``
+    Source units keep their weights, every new weight is drawn like transformers'
+    ``_init_weights`` (normal(0, initializer_range), biases zero, norms at their init);
+    the recipe lists the new units so continued training can ramp them in (MSG).
+
+Tied input/output embeddings are untied in the output (they need different values).
+Gemma-style embeddings scaled by sqrt(hidden_size) are rescaled by sqrt(old/new).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from hfgrow.errors import HfgrowError
+from hfgrow.io.checkpoint import DTYPES
+from hfgrow.growth.ops.common import FLOAT_DTYPES, compute_dtype, generator, row_chunks, then
+from hfgrow.io.plan import Plan, TensorPlan
+from hfgrow.arch.roles import Roles, TensorRole, check_output_shapes, embed_scale_for
+
+OPS = ("direct", "zero", "random")
+
+
+@dataclass(frozen=True)
+class WidthSizes:
+    """Source and target sizes of every grown space."""
+
+    hidden: tuple[int, int]
+    heads: tuple[int, int]
+    kv_heads: tuple[int, int]
+    ffn: dict[str, tuple[int, int]]  # config key -> (old, new)
+    head_dim: int
+
+    @property
+    def changed(self) -> bool:
+        pairs = [self.hidden, self.heads, self.kv_heads, *self.ffn.values()]
+        return any(a != b for a, b in pairs)
+
+    def as_dict(self, roles: Roles) -> dict[str, Any]:
+        result = {"hidden_size": list(self.hidden), "num_attention_heads": list(self.heads),
+                  "num_key_value_heads": list(self.kv_heads), "head_dim": self.head_dim}
+        for key, pair in self.ffn.items():
+            result[key] = list(pair)
+        return result
+
+
+def _scaled(value: int, new: int, old: int, what: str, flag: str, basis: str = "hidden size") -> int:
+    scaled = value * new / old
+    if abs(scaled - round(scaled)) > 1e-9:
+        raise HfgrowError(
+            f"{what} ({value}) does not scale to a whole number with the {basis} {old} -> {new}; give {flag}."
+        )
+    return int(round(scaled))
+
+
+def resolve_sizes(roles: Roles, hidden_size: int | None = None, intermediate_size: int | None = None,
+                  num_heads: int | None = None, num_kv_heads: int | None = None, op: str = "direct") -> WidthSizes:
+    """Target sizes from the requested ones; the rest follow the hidden size (head_dim stays fixed).
+
+    Query heads scale with the hidden size unless ``num_heads`` is given; key/value heads
+    scale with the query heads (multi-query stays at one) unless ``num_kv_heads`` is given;
+    every FFN size scales with the hidden size unless ``intermediate_size`` is given (other
+    FFN sizes of MoE models follow the main one).
+
+    Example:
+        >>> resolve_sizes(roles, hidden_size=4096).heads     # TinyLlama: 32 heads of 64
+        (32, 64)
+    """
+    H, nh, nkv, hd = roles.hidden_size, roles.num_heads, roles.num_kv_heads, roles.head_dim
+    if not nh:
+        raise HfgrowError(f"hfgrow has no width rule for {roles.model_type}: its blocks have no attention heads "
+                          "hfgrow can split.")
+    H2 = hidden_size if hidden_size is not None else H
+    for value, flag in ((hidden_size, "--hidden-size"), (intermediate_size, "--intermediate-size"),
+                        (num_heads, "--num-heads"), (num_kv_heads, "--num-kv-heads")):
+        if value is not None and value < 1:
+            raise HfgrowError(f"{flag} must be positive, got {value}.")
+    if H2 < H:
+        raise HfgrowError(f"--hidden-size {H2} is smaller than the source's {H}; hfgrow only grows models.")
+    nh2 = num_heads if num_heads is not None else _scaled(nh, H2, H, "the head count", "--num-heads")
+    if nh2 < nh:
+        raise HfgrowError(f"--num-heads {nh2} is fewer than the source's {nh} heads; hfgrow only grows models.")
+    if num_kv_heads is not None:
+        nkv2 = num_kv_heads
+    elif nkv == 1 and nh > 1:
+        nkv2 = 1  # multi-query attention stays multi-query
+    elif (nkv * nh2) % nh == 0:
+        nkv2 = nkv * nh2 // nh
+    else:
+        raise HfgrowError(
+            f"{nh2} query heads cannot keep the source's {nh // nkv} query heads per key/value head; "
+            f"give --num-kv-heads (a divisor of {nh2})."
+        )
+    if nkv2 < nkv:
+        raise HfgrowError(f"--num-kv-heads {nkv2} is fewer than the source's {nkv}; hfgrow only grows models.")
+    if nh2 % nkv2:
+        raise HfgrowError(f"{nh2} query heads cannot be split evenly over {nkv2} key/value heads.")
+    if nh2 != nh and roles.alibi:
+        raise HfgrowError(f"{roles.model_type} uses ALiBi, whose slopes depend on the head count; "
+                          "hfgrow cannot add heads to it exactly.")
+    if roles.qkv_layout == "per_head" and nkv2 != nh2:
+        raise HfgrowError(f"{roles.model_type} fuses q, k and v head by head, so it needs as many key/value heads "
+                          f"as query heads ({nh2}).")
+    implied = nh2 if nkv == nh else nkv  # families without a key/value head count: MHA, or fixed MQA
+    if not roles.keys.get("num_key_value_heads") and nkv2 != implied:
+        raise HfgrowError(f"{roles.model_type} has no separate key/value head count; --num-kv-heads must be "
+                          f"{implied}.")
+    if op != "direct" and nh2 // nkv2 < nh // nkv:
+        raise HfgrowError(
+            f"--op {op} keeps the source heads where they are, so each key/value head needs at least "
+            f"{nh // nkv} query heads; {nh2} heads over {nkv2} key/value heads give {nh2 // nkv2}."
+        )
+    main = roles.keys.get("intermediate_size")
+    ffn: dict[str, tuple[int, int]] = {}
+    if main in roles.ffn_sizes:
+        I = roles.ffn_sizes[main]
+        I2 = intermediate_size if intermediate_size is not None else _scaled(I, H2, H, "the FFN size",
+                                                                             "--intermediate-size")
+        if I2 < I:
+            raise HfgrowError(f"--intermediate-size {I2} is smaller than the source's {I}; hfgrow only grows models.")
+        ffn[main] = (I, I2)
+        for key, size in roles.ffn_sizes.items():
+            if key != main:
+                ffn[key] = (size, _scaled(size, I2, I, key, "an --intermediate-size that scales it evenly",
+                                          basis="FFN size"))
+    elif intermediate_size is not None:
+        raise HfgrowError(f"hfgrow cannot tell which {roles.model_type} config key holds the FFN size.")
+    return WidthSizes((H, H2), (nh, nh2), (nkv, nkv2), ffn, hd)
+
+
+# ---------------------------------------------------------------- unit maps
+
+
+@dataclass(frozen=True)
+class UnitMap:
+    """How the units of one space are grown (see the module docstring)."""
+
+    src: torch.Tensor  # int64 [new]: source unit, -1 for a new unit
+    read: torch.Tensor  # float64 [new]: multiplier for weights that read the unit
+    write: torch.Tensor  # float64 [new]: multiplier for weights that write the unit
+    fill_out: str = "zero"  # value of new units where a tensor writes them: "zero" or "random"
+    fill_in: str = "zero"  # ... where a tensor reads them
+
+    @property
+    def new(self) -> torch.Tensor:
+        return self.src < 0
+
+    @property
+    def has_new(self) -> bool:
+        return bool((self.src < 0).any())
+
+    def is_identity(self) -> bool:
+        n = self.src.numel()
+        return (torch.equal(self.src, torch.arange(n)) and bool((self.read == 1).all())
+                and bool((self.write == 1).all()))
+
+    def scale(self, io: str | None) -> torch.Tensor | None:
+        vec = self.write if io == "out" else self.read if io == "in" else None
+        return None if vec is None or bool((vec == 1).all()) else vec
+
+    def fill(self, io: str | None) -> str:
+        return self.fill_out if io == "out" else self.fill_in
+
+    def runs_between(self, start: int, stop: int) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor]:
+        """:attr:`runs` restricted to output units start..stop-1."""
+        runs, rest_dst, rest_src = self.runs
+        clipped = []
+        for dst, src, length in runs:
+            lo, hi = max(dst, start), min(dst + length, stop)
+            if lo < hi:
+                clipped.append((lo, src + lo - dst, hi - lo))
+        keep = (rest_dst >= start) & (rest_dst < stop)
+        return clipped, rest_dst[keep], rest_src[keep]
+
+    @cached_property
+    def runs(self) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor]:
+        """The map as (dst, src, length) runs of consecutive units, plus the short leftovers (dst, src).
+
+        Copying a run is a plain slice copy, many times faster than an element-wise gather;
+        tiling makes the whole map a few long runs. New units (-1) are skipped: they are filled later.
+        """
+        src = self.src.tolist()
+        runs, rest_dst, rest_src = [], [], []
+        i = 0
+        while i < len(src):
+            if src[i] < 0:
+                i += 1
+                continue
+            j = i + 1
+            while j < len(src) and src[j] == src[j - 1] + 1:
+                j += 1
+            if j - i >= 16:
+                runs.append((i, src[i], j - i))
+            else:
+                rest_dst.extend(range(i, j))
+                rest_src.extend(src[i:j])
+            i = j
+        return runs, torch.tensor(rest_dst, dtype=torch.long), torch.tensor(rest_src, dtype=torch.long)
+
+
+def grow_indices(old: int, new: int, seed: int, key: str) -> list[int]:
+    """Net2Net/HyperCloning source indices: 0..old-1 tiled, then a seeded random subset (sorted).
+
+    Example:
+        >>> grow_indices(4, 8, 0, "hidden")
+        [0, 1, 2, 3, 0, 1, 2, 3]
+        >>> len(grow_indices(4, 6, 0, "hidden"))
+        6
+    """
+    tiles, rest = divmod(new, old)
+    extra = torch.randperm(old, generator=generator(seed, "width-split", key))[:rest].sort().values.tolist()
+    return list(range(old)) * tiles + extra
+
+
+def _expand(head_map: list[int], head_dim: int) -> torch.Tensor:
+    """Head-level map -> element-level map (-1 stays -1)."""
+    heads = torch.tensor(head_map, dtype=torch.long)
+    offsets = torch.arange(head_dim)
+    elements = heads[:, None] * head_dim + offsets[None, :]
+    return torch.where(heads[:, None] < 0, -1, elements).reshape(-1)
+
+
+def head_maps(sizes: WidthSizes, op: str, seed: int) -> tuple[list[int], list[int]]:
+    """(query-head map, key/value-head map), each new head -> source head (-1: new).
+
+    ``direct``: key/value heads are split Net2Net-style; every new group's query slots are
+    filled with the query heads of the source group its key/value head copies (tiled, then
+    a seeded subset), so each query head still attends with (a copy of) its own key/value head.
+    ``zero``/``random``: source heads stay first in their groups; everything else is new.
+    """
+    (nh, nh2), (nkv, nkv2) = sizes.heads, sizes.kv_heads
+    G, G2 = nh // nkv, nh2 // nkv2
+    if op != "direct":
+        kv_map = list(range(nkv)) + [-1] * (nkv2 - nkv)
+        q_map = []
+        for position in range(nh2):
+            group, slot = divmod(position, G2)
+            q_map.append(group * G + slot if group < nkv and slot < G else -1)
+        return q_map, kv_map
+    kv_map = grow_indices(nkv, nkv2, seed, "kv_heads")
+    q_map = [0] * nh2
+    slots: dict[int, list[int]] = {s: [] for s in range(nkv)}
+    for m, s in enumerate(kv_map):
+        slots[s].extend(range(m * G2, (m + 1) * G2))
+    for s, positions in slots.items():
+        if len(positions) < G:
+            raise HfgrowError(
+                f"{nh2} query heads over {nkv2} key/value heads leave only {len(positions)} query slots for the "
+                f"{G} query heads of source key/value head {s}; choose more heads."
+            )
+        local = grow_indices(G, len(positions), seed, f"q_heads/{s}")
+        for position, head in zip(positions, local):
+            q_map[position] = s * G + head
+    return q_map, kv_map
+
+
+def _fused_qkv(layout: str, q_map: list[int], kv_map: list[int], sizes: WidthSizes) -> torch.Tensor:
+    """Element map of a fused q|k|v projection's output dimension."""
+    (nh, nh2), (nkv, nkv2), hd = sizes.heads, sizes.kv_heads, sizes.head_dim
+    q, kv = _expand(q_map, hd), _expand(kv_map, hd)
+    shift = lambda t, offset: torch.where(t < 0, -1, t + offset)  # noqa: E731
+    if layout == "concat":
+        return torch.cat([q, shift(kv, nh * hd), shift(kv, (nh + nkv) * hd)])
+    if layout == "per_head":  # [q_h, k_h, v_h] per head; q map == kv map
+        parts = []
+        for head in q_map:
+            base = head * 3 * hd
+            parts.append(torch.full((3 * hd,), -1) if head < 0 else torch.arange(base, base + 3 * hd))
+        return torch.cat(parts)
+    if layout == "per_group":  # per kv group: its q heads, then k, then v
+        G, G2 = nh // nkv, nh2 // nkv2
+        parts = []
+        for m, s in enumerate(kv_map):
+            block = (G + 2) * hd
+            for r in range(G2):
+                head = q_map[m * G2 + r]
+                if head < 0 or s < 0:
+                    parts.append(torch.full((hd,), -1))
+                else:
+                    parts.append(torch.arange(s * block + (head - s * G) * hd, s * block + (head - s * G + 1) * hd))
+            for k in (G, G + 1):
+                parts.append(torch.full((hd,), -1) if s < 0 else torch.arange(s * block + k * hd, s * block + (k + 1) * hd))
+        return torch.cat(parts)
+    raise HfgrowError(f"unknown fused q|k|v layout '{layout}'.")
+
+
+def _ones(n: int) -> torch.Tensor:
+    return torch.ones(n, dtype=torch.float64)
+
+
+def space_maps(roles: Roles, sizes: WidthSizes, op: str, seed: int) -> dict[str, UnitMap]:
+    """A UnitMap for every space that changes."""
+    if op not in OPS:
+        raise HfgrowError(f"unknown width operator '{op}'; use one of {', '.join(OPS)}.")
+    maps: dict[str, UnitMap] = {}
+    hidden_fill = ("zero", "random") if op == "zero" else ("random", "random")
+    inner_fill = ("random", "zero") if op == "zero" else ("random", "random")
+
+    def counts(src: torch.Tensor, old: int) -> torch.Tensor:
+        return torch.bincount(src.clamp(min=0), minlength=old).to(torch.float64)[src.clamp(min=0)]
+
+    def simple(old: int, new: int, key: str, fills) -> UnitMap:
+        if op == "direct":
+            src = torch.tensor(grow_indices(old, new, seed, key))
+            read = 1.0 / counts(src, old)
+            return UnitMap(src, read, _ones(new))
+        src = torch.cat([torch.arange(old), torch.full((new - old,), -1)])
+        return UnitMap(src, _ones(new), _ones(new), *fills)
+
+    H, H2 = sizes.hidden
+    if H2 != H:
+        hidden = simple(H, H2, "hidden", hidden_fill)
+        if op == "direct" and H2 % H and roles.norm_kind == "rms":
+            copies = 1.0 / hidden.read  # c per unit
+            s = torch.sqrt((H2 / H) / copies)  # RMS-preserving scaled copies
+            hidden = UnitMap(hidden.src, 1.0 / (copies * s), s)
+        maps["hidden"] = hidden
+    for key, (old, new) in sizes.ffn.items():
+        if new != old:
+            maps[f"ffn:{key}"] = ffn = simple(old, new, f"ffn:{key}", inner_fill)
+            src = torch.cat([ffn.src, torch.where(ffn.src < 0, -1, ffn.src + old)])
+            maps[f"gate_up:{key}"] = UnitMap(src, torch.cat([ffn.read, ffn.read]), _ones(2 * new),
+                                             ffn.fill_out, ffn.fill_in)
+    if sizes.heads[0] != sizes.heads[1] or sizes.kv_heads[0] != sizes.kv_heads[1]:
+        q_map, kv_map = head_maps(sizes, op, seed)
+        hd = sizes.head_dim
+        q = _expand(q_map, hd)
+        read = _ones(q.numel())
+        if op == "direct":
+            per_head = torch.bincount(torch.tensor(q_map), minlength=sizes.heads[0]).to(torch.float64)
+            read = (1.0 / per_head[torch.tensor(q_map)]).repeat_interleave(hd)
+        maps["q"] = UnitMap(q, read, _ones(q.numel()), *inner_fill)
+        kv = _expand(kv_map, hd)
+        maps["kv"] = UnitMap(kv, _ones(kv.numel()), _ones(kv.numel()), *inner_fill)
+        qkv = _fused_qkv(roles.qkv_layout, q_map, kv_map, sizes)
+        maps["qkv"] = UnitMap(qkv, _ones(qkv.numel()), _ones(qkv.numel()), *inner_fill)
+    return maps
+
+
+# ---------------------------------------------------------------- per-tensor transform
+
+
+def _view(vec: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return vec.view(shape)
+
+
+def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], shape: tuple[int, ...], dtype: str,
+          *, std: float, seed: int, key: str, factor: float = 1.0, norm: tuple[float, float, float] | None = None
+          ) -> torch.Tensor:
+    """Apply per-dimension unit maps to ``x``, one chunk of output rows at a time.
+
+    Each chunk is gathered straight into the output tensor (in the output dtype), then
+    multiplied in place by one combined scale (one rounding: the product is computed in
+    float32), then new units are filled. ``norm`` = (offset, init value, rescale) for a
+    norm weight: the effective weight ``w + offset`` of every unit (new units:
+    ``init + offset``) is multiplied by ``rescale``.
+    """
+    if norm is not None:
+        return _remap_norm(x, dim_maps[0], shape, dtype, norm)
+    ndim = len(shape)
+    out = torch.empty(shape, dtype=DTYPES[dtype][1])
+    # Each output unit's scale is a function of its source unit. A single constant (integer tiling,
+    # Gemma's embedding factor) is one multiplication in the source dtype; per-unit scales (non-integer
+    # splits) are applied in float32 and rounded once. Either way the scaled values are then only copied.
+    constant, per_unit = factor, []
+    for dim, unit_map in enumerate(dim_maps):
+        vec = unit_map.scale(role.io[dim]) if unit_map is not None else None
+        if vec is None:
+            continue
+        if bool((vec == vec[0]).all()):
+            constant *= float(vec[0])
+        else:
+            valid = unit_map.src >= 0
+            by_source = torch.ones(x.shape[dim], dtype=torch.float64)
+            by_source[unit_map.src[valid]] = vec[valid]
+            per_unit.append((dim, by_source.to(torch.float32)))
+    first = dim_maps[0]
+    columns = dim_maps[1] if ndim > 1 else None
+    source = x
+    post_scale = 1.0  # applied to each output chunk right after its rows are copied
+    if first is not None and (per_unit or constant != 1.0):
+        if not per_unit and x.dtype == out.dtype:
+            # one constant in the same dtype: scaling the copied rows rounds exactly like scaling the source,
+            # and needs no scaled copy of the source (peak memory: source + output)
+            post_scale = constant
+        else:  # per-unit scales: scale the (smaller) source once, in float32, then copy rows straight out
+            source = _scaled_source(x, per_unit, constant, out.dtype)
+        per_unit, constant = [], 1.0
+    for start, stop in row_chunks(shape):
+        target = out[start:stop]
+        if first is None:
+            rows = source[start:stop]
+            if per_unit:
+                rows = rows.to(torch.float32, copy=True)
+                for dim, by_source in per_unit:
+                    rows.mul_(_view(by_source[start:stop] if dim == 0 else by_source, dim, ndim))
+                if constant != 1.0:
+                    rows.mul_(constant)
+            elif constant != 1.0 and columns is not None:
+                rows = rows.mul(constant)  # scale the (smaller) rows before the column copies
+            _copy_columns(target, rows, columns)
+            if constant != 1.0 and not per_unit and columns is None:
+                target.mul_(constant)
+        else:
+            runs, rest_dst, rest_src = first.runs_between(start, stop)
+            for dst, src, length in runs:
+                _copy_columns(target[dst - start:dst - start + length], source[src:src + length], columns)
+            if rest_dst.numel():
+                block = torch.empty((rest_dst.numel(), *shape[1:]), dtype=out.dtype)
+                _copy_columns(block, source.index_select(0, rest_src), columns)
+                target.index_copy_(0, rest_dst - start, block)
+            if post_scale != 1.0:
+                target.mul_(post_scale)
+        new = zero = None
+        for dim, unit_map in enumerate(dim_maps):
+            if unit_map is None or not unit_map.has_new:
+                continue
+            mask = _view(unit_map.new[start:stop] if dim == 0 else unit_map.new, dim, ndim)
+            new = mask if new is None else new | mask
+            if role.is_bias or unit_map.fill(role.io[dim]) == "zero":
+                zero = mask if zero is None else zero | mask
+        if new is not None:
+            new = new.expand(target.shape)
+            random = new if zero is None else new & ~zero.expand(target.shape)
+            if bool(random.any()):
+                values = torch.randn(target.shape, generator=generator(seed, "width-init", key, start)) * std
+                target.copy_(torch.where(random, values.to(target.dtype), target))
+            if zero is not None:
+                target.masked_fill_(zero.expand(target.shape), 0.0)
+    return out
+
+
+def _is_tiling(unit_map: UnitMap) -> bool:
+    """The map repeats the whole source k times (a tiled vector keeps its mean, variance and RMS)."""
+    src = unit_map.src
+    old = int(src.max()) + 1 if src.numel() else 0
+    return old > 0 and src.numel() % old == 0 and torch.equal(src, torch.arange(old).repeat(src.numel() // old))
+
+
+def _copy_columns(target: torch.Tensor, rows: torch.Tensor, columns: UnitMap | None) -> None:
+    """target[:, j] = rows[:, src[j]] for every mapped column (slice copies for runs; casts as needed)."""
+    if columns is None:
+        target.copy_(rows)
+        return
+    runs, rest_dst, rest_src = columns.runs
+    for dst, src, length in runs:
+        target[:, dst:dst + length].copy_(rows[:, src:src + length])
+    if rest_dst.numel():
+        target.index_copy_(1, rest_dst, rows.index_select(1, rest_src).to(target.dtype))
+
+
+def _scaled_source(x: torch.Tensor, per_unit: list, constant: float, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` times its per-source-unit scales (float32, one rounding to ``dtype``) or times a constant."""
+    if not per_unit:
+        return x * constant
+    scaled = torch.empty(x.shape, dtype=dtype)
+    for start, stop in row_chunks(tuple(x.shape)):
+        rows = x[start:stop].to(torch.float32, copy=True)
+        for dim, by_source in per_unit:
+            rows.mul_(_view(by_source[start:stop] if dim == 0 else by_source, dim, x.dim()))
+        if constant != 1.0:
+            rows.mul_(constant)
+        scaled[start:stop] = rows
+    return scaled
+
+
+def _remap_norm(x: torch.Tensor, unit_map: UnitMap | None, shape: tuple[int, ...], dtype: str,
+                norm: tuple[float, float, float]) -> torch.Tensor:
+    offset, init, rescale = norm
+    cdt = compute_dtype(x.dtype)
+    values = x.to(cdt) if unit_map is None else x.index_select(0, unit_map.src.clamp(min=0)).to(cdt)
+    if unit_map is not None and unit_map.has_new:
+        values = torch.where(unit_map.new, torch.tensor(init, dtype=cdt), values)
+    if rescale != 1.0:
+        values = (values + offset) * rescale - offset
+    return values.to(DTYPES[dtype][1]).reshape(shape)
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0,
+               expansion=None) -> Plan:
+    """Grow the width of every tensor of ``plan`` (any depth plan: its tensors' sources are source tensors).
+
+    ``expansion`` (a :class:`hfgrow.growth.ops.learn.WidthExpansion`, with ``op="learn"``) computes
+    every grown tensor from learned matrices instead of the unit maps.
+
+    Example:
+        >>> sizes = resolve_sizes(roles, hidden_size=128, intermediate_size=512)
+        >>> wide = width_plan(stack_plan(layout, ckpt.tensors, [0, 1]), roles, sizes)
+        >>> wide.config["hidden_size"], wide.recipe["width"]["function_preserving"]
+        (128, True)
+    """
+    if not sizes.changed:
+        return plan
+    maps = expansion.maps if expansion is not None else space_maps(roles, sizes, op, seed)
+    H, H2 = sizes.hidden
+    config = json.loads(json.dumps(plan.config))
+    keys = roles.keys
+    config[keys["hidden_size"]] = H2
+    for alias in roles.hidden_aliases:
+        config[alias] = H2
+    config[keys["num_attention_heads"]] = sizes.heads[1]
+    if sizes.kv_heads[1] != sizes.kv_heads[0] and keys.get("num_key_value_heads"):
+        config[keys["num_key_value_heads"]] = sizes.kv_heads[1]
+    for key, (_, new) in sizes.ffn.items():
+        config[key] = new
+    if config.get("head_dim") is not None or H2 % sizes.heads[1] or H2 // sizes.heads[1] != sizes.head_dim:
+        config["head_dim"] = sizes.head_dim
+    ffn_text = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in sizes.ffn.items())
+    notes: list[str] = [
+        f"width ({op}): hidden {H} -> {H2}, heads {sizes.heads[0]} -> {sizes.heads[1]} (key/value "
+        f"{sizes.kv_heads[0]} -> {sizes.kv_heads[1]}, head_dim {sizes.head_dim})" + (f", {ffn_text}" if ffn_text else "")
+    ]
+    untie = {}
+    if H2 != H:
+        for target, source in roles.tied.items():
+            if roles.role(source).kind == "embedding":
+                untie[target] = source
+        if untie:
+            config["tie_word_embeddings"] = False
+            notes.append("input and output embeddings are untied (grown width needs different values)")
+    factor = 1.0
+    if H2 != H and roles.embed_scale != 1.0:
+        new_scale = embed_scale_for(config)
+        factor = roles.embed_scale / new_scale
+        if factor != 1.0:
+            notes.append(f"embedding rescaled by {factor:.6g}: the model multiplies it by {new_scale:.6g} instead of "
+                         f"{roles.embed_scale:.6g}")
+    layers_out = len(plan.layer_map) if plan.layer_map else 1
+    rescale = 1.0
+    if op == "zero" and H2 != H and roles.norm_kind == "rms":
+        # new hidden units stay zero: mean(x²) shrinks by H/H2. Norm weights x sqrt(H/H2) and eps x H/H2
+        # make every RMSNorm output exactly what it was.
+        rescale = math.sqrt(H / H2)
+        if roles.norm_eps_key and isinstance(config.get(roles.norm_eps_key), (int, float)):
+            config[roles.norm_eps_key] = config[roles.norm_eps_key] * H / H2
+            notes.append(f"{roles.norm_eps_key} scaled by {H}/{H2} and norm weights by sqrt({H}/{H2}) "
+                         "(the zero hidden units lower the mean square)")
+        else:
+            notes.append(f"norm weights scaled by sqrt({H}/{H2}); hfgrow found no epsilon to scale, so outputs match "
+                         "up to the norm's epsilon")
+
+    def grow_tensor(tensor: TensorPlan, role: TensorRole) -> TensorPlan:
+        if role.kind == "unknown" or not role.width_ok:
+            raise HfgrowError(
+                f"hfgrow has no width rule for {roles.model_type} tensor {tensor.sources[0]} "
+                f"({role.reason or 'unknown role'}); width growth is not supported for this architecture."
+            )
+        dim_maps = [maps.get(space) if space else None for space in role.dims]
+        dim_maps = [m if m is not None and not m.is_identity() else None for m in dim_maps]
+        tensor_factor = factor if role.kind == "embedding" else 1.0
+        norm = None
+        if role.is_norm:
+            scale = rescale if role.dims[0] == "hidden" and not role.is_bias else 1.0
+            norm = (roles.norm_offset, 0.0 if role.is_bias else roles.norm_init, scale)
+            if scale == 1.0 and dim_maps[0] is None:
+                return tensor
+        elif all(m is None for m in dim_maps) and tensor_factor == 1.0:
+            return tensor
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise HfgrowError(f"cannot grow the {tensor.dtype} tensor {tensor.name}; width growth needs float weights.")
+        shape = tuple(m.src.numel() if m is not None else size for m, size in zip(dim_maps, tensor.shape))
+        std = roles.init_std_for(role, layers_out)
+        name, dtype = tensor.name, tensor.dtype
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            if expansion is not None:
+                with torch.no_grad():
+                    return expansion.expand(x, role, tensor_factor, norm and norm[:2]).to(DTYPES[dtype][1])
+            return remap(x, role, dim_maps, shape, dtype, std=std, seed=seed, key=name, factor=tensor_factor, norm=norm)
+
+        spaces = ",".join(s or "-" for s in role.dims)
+        return then(tensor, fn, f"width {op} ({role.kind} [{spaces}])", shape)
+
+    tensors = []
+    for tensor in plan.tensors:
+        tensors.append(grow_tensor(tensor, roles.role(tensor.sources[0])) if tensor.sources else tensor)
+    names = {t.name for t in tensors}
+    for target, source in untie.items():
+        if target in names:
+            tensors = [t for t in tensors if t.name != target]
+        base = next(t for t in plan.tensors if t.name == source or t.sources[:1] == (source,))
+        head = TensorPlan(target, base.dtype, base.shape, (source,))
+        tensors.append(grow_tensor(head, roles.lm_head_role()))
+
+    preserving = op == "zero" or op == "direct"
+    if H2 != H and H2 % H and op == "direct" and roles.norm_kind != "rms":
+        preserving = False
+        notes.append(f"hidden size grown by a non-integer factor with {roles.norm_kind} norms: only approximately "
+                     "function-preserving (use a whole multiple for an exact copy)")
+    if H2 != H and op == "zero" and (roles.norm_kind != "rms"):
+        preserving = False
+        notes.append(f"G-right-zero with {roles.norm_kind} norms: new hidden units change the norm statistics; "
+                     "only approximately function-preserving")
+    for space in ("q", "kv"):  # norms over the whole query/key vector (OLMo 2) only survive plain tiling
+        normed = any(role.dims == (space,) and role.is_norm for role in roles.block.values())
+        if normed and space in maps and op != "random" and not _is_tiling(maps[space]):
+            preserving = False
+            notes.append(f"the {space} norm spans all heads and the heads were not grown by whole tiling: "
+                         "only approximately function-preserving (use a whole multiple of the heads)")
+    if op in ("random", "learn"):
+        preserving = False
+    check_output_shapes(config, {t.name: t.shape for t in tensors}, roles)
+    recipe = dict(plan.recipe)
+    width = {"op": op, **sizes.as_dict(roles), "function_preserving": preserving}
+    recipe["width"] = width
+    if op == "random":
+        q_map, kv_map = head_maps(sizes, op, seed) if "q" in maps else (None, None)
+        mask = dict(recipe.get("mask") or {})
+        mask["width"] = {
+            "hidden_size": list(sizes.hidden),
+            **{key: list(pair) for key, pair in sizes.ffn.items()},
+            "new_heads": [i for i, s in enumerate(q_map) if s < 0] if q_map else [],
+            "new_kv_heads": [i for i, s in enumerate(kv_map) if s < 0] if kv_map else [],
+        }
+        recipe["mask"] = mask
+    return dataclasses.replace(plan, tensors=tensors, config=config, notes=plan.notes + notes, recipe=recipe)

@@ -1,0 +1,82 @@
+"""G↑zero: insert identity blocks (LLaMA-Pro / LEMON style). Function-preserving.
+
+A new block is a copy of a neighbouring source block whose output projections — the
+attention output projection, the MLP down projection, every expert's (and a shared
+expert's) down projection, and the biases of those — are zero. Each sub-layer then adds
+exactly zero to the residual stream, so the block is the identity and the grown model
+computes the same function as the source. Post-sub-layer norms (Gemma 2/3) map zero to
+zero, so they keep the identity too.
+
+Placement follows LLaMA Pro by default: with N output and L source layers, one copy is
+inserted after every L/(N-L) source layers (spread as evenly as possible when that is
+not whole); a pattern can place them anywhere (every repeat of a source layer is new).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from hfgrow.errors import HfgrowError
+from hfgrow.growth.ops.common import constant, replace
+from hfgrow.io.plan import Plan
+from hfgrow.arch.roles import Roles, block_index
+
+
+def interleave_map(num_layers: int, target_layers: int) -> list[int]:
+    """LLaMA-Pro placement: after every L/(N-L) source layers, a copy of the last one.
+
+    Example:
+        >>> interleave_map(4, 6)
+        [0, 1, 1, 2, 3, 3]
+        >>> interleave_map(4, 12)
+        [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    """
+    if target_layers < num_layers:
+        raise HfgrowError(f"{target_layers} layers is fewer than the source's {num_layers}; hfgrow only grows models.")
+    extra = target_layers - num_layers
+    after = [0] * num_layers
+    for k in range(extra):
+        after[math.ceil((k + 1) * num_layers / extra) - 1] += 1
+    layer_map: list[int] = []
+    for layer in range(num_layers):
+        layer_map += [layer] * (1 + after[layer])
+    return layer_map
+
+
+def zero_plan(plan: Plan, roles: Roles) -> Plan:
+    """Zero the output projections of the plan's new layers (``plan.new_layers``).
+
+    Example:
+        >>> plan = zero_plan(stack_plan(layout, ckpt.tensors, interleave_map(4, 6)), roles)
+        >>> plan.new_layers
+        [2, 5]
+    """
+    new = set(plan.new_layers)
+    found: dict[int, set[str]] = {position: set() for position in new}
+    tensors = []
+    for tensor in plan.tensors:
+        position = block_index(tensor.name, roles.prefix)
+        if position in new and tensor.sources:
+            role = roles.role(tensor.sources[0])
+            if role.kind == "unknown" and len(tensor.shape) >= 2:
+                raise HfgrowError(
+                    f"cannot make an identity block of {roles.model_type}: the role of {tensor.sources[0]} is "
+                    f"unknown ({role.reason}), so hfgrow cannot tell whether it writes to the residual stream."
+                )
+            if role.output_projection:
+                found[position].add(role.kind)
+                shape, dtype = tensor.shape, tensor.dtype
+                tensor = replace(tensor, lambda shape=shape, dtype=dtype: constant(shape, dtype, 0.0),
+                                 f"zeros ({role.kind} projection of an identity block)")
+                tensor = dataclasses.replace(tensor, sources=())
+        tensors.append(tensor)
+    for position, kinds in found.items():
+        if not {"o", "down"} <= kinds:
+            missing = "attention output" if "o" not in kinds else "MLP down"
+            raise HfgrowError(
+                f"cannot make layer {position} an identity: hfgrow found no {missing} projection in "
+                f"{roles.model_type}'s blocks."
+            )
+    recipe = dict(plan.recipe, zeroed="attention output and MLP/expert down projections (+ biases) of new layers")
+    return dataclasses.replace(plan, tensors=tensors, recipe=recipe)

@@ -1,0 +1,288 @@
+"""Write any plan to a sharded safetensors folder, streaming, with bounded memory.
+
+The plan knows every output tensor's dtype and shape, so each shard's header is
+written first and the data follows in header order:
+
+* a tensor copied unchanged never passes through torch: its bytes go from the source
+  file to the shard with ``os.copy_file_range`` (an in-kernel copy);
+* any other tensor is materialised alone (sources loaded, transform applied, cast),
+  written, and dropped, so peak memory is about one output tensor plus its sources.
+
+Everything is written into a temporary sibling of the output folder, which is renamed
+into place only when complete: Ctrl-C, a crash or a full disk leave the output as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+from hfgrow.io.checkpoint import DTYPES, TORCH_TO_ST, Checkpoint, TensorInfo, nbytes_of
+from hfgrow.errors import HfgrowError
+from hfgrow.io.plan import Plan, TensorPlan
+
+SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+_COPY_CHUNK = 1 << 30
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from a size like ``"5GB"`` (10^9, as transformers does), ``"500MiB"`` or an int.
+
+    Example:
+        >>> parse_size("5GB"), parse_size("2MiB"), parse_size(1000)
+        (5000000000, 2097152, 1000)
+    """
+    if isinstance(size, int):
+        value = size
+    else:
+        match = _SIZE.match(size)
+        if not match or match[2].upper() not in _UNITS:
+            raise HfgrowError(f"'{size}' is not a size; write e.g. 5GB, 500MB or 2GiB.")
+        value = int(float(match[1]) * _UNITS[match[2].upper()])
+    if value <= 0:
+        raise HfgrowError(f"the shard size must be positive, got {size}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Shard:
+    filename: str
+    tensors: tuple[TensorPlan, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def split_shards(tensors: Iterable[TensorPlan], max_shard_size: int) -> list[Shard]:
+    """Cut tensors (in order) into shards of at most ``max_shard_size`` bytes of data.
+
+    A tensor larger than the limit gets a shard of its own, like transformers does.
+    One shard is named ``model.safetensors``; several ``model-0000i-of-0000n.safetensors``.
+    """
+    groups: list[list[TensorPlan]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if groups[-1] and size + tensor.nbytes > max_shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(tensor)
+        size += tensor.nbytes
+    if len(groups) == 1:
+        return [Shard(SAFETENSORS_SINGLE, tuple(groups[0]))]
+    n = len(groups)
+    return [Shard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups)]
+
+
+def safetensors_header(tensors: Iterable[TensorPlan], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The 8-byte length + JSON header for tensors stored back to back in the given order.
+
+    The JSON is padded with spaces to a multiple of 8 bytes so the data is aligned.
+    """
+    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for tensor in tensors:
+        end = offset + tensor.nbytes
+        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": [offset, end]}
+        offset = end
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's raw little-endian bytes, without a copy when it is contiguous."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _copy_range(src_path: Path, offset: int, length: int, dst) -> None:
+    with open(src_path, "rb") as src:
+        dst.flush()
+        done = 0
+        try:
+            while done < length:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), min(_COPY_CHUNK, length - done), offset + done)
+                if n == 0:
+                    raise HfgrowError(f"{src_path} ended early; the source checkpoint is truncated.")
+                done += n
+        except OSError:  # filesystems without copy_file_range: plain buffered copy
+            src.seek(offset + done)
+            dst.seek(0, os.SEEK_END)
+            remaining = length - done
+            while remaining:
+                chunk = src.read(min(1 << 24, remaining))
+                if not chunk:
+                    raise HfgrowError(f"{src_path} ended early; the source checkpoint is truncated.") from None
+                dst.write(chunk)
+                remaining -= len(chunk)
+            dst.flush()
+            return
+        dst.seek(0, os.SEEK_END)
+
+
+def materialize(tensor: TensorPlan, source: Checkpoint) -> torch.Tensor:
+    """Compute one output tensor in memory (sources loaded, transform applied, cast)."""
+    inputs = [source.load(name) for name in tensor.sources]
+    value = tensor.transform(*inputs) if tensor.transform is not None else inputs[0]
+    value = value.to(DTYPES[tensor.dtype][1])
+    if tuple(value.shape) != tuple(tensor.shape):
+        raise RuntimeError(f"plan bug: {tensor.name} computed as {tuple(value.shape)}, planned {tensor.shape}")
+    return value
+
+
+def _is_byte_copy(tensor: TensorPlan, info: TensorInfo) -> bool:
+    return (
+        tensor.transform is None
+        and info.file is not None
+        and info.dtype == tensor.dtype
+        and tuple(info.shape) == tuple(tensor.shape)
+    )
+
+
+def write_shard(shard: Shard, source: Checkpoint, path: Path, progress=None) -> None:
+    """Write one shard file: header first, then every tensor's bytes in header order."""
+    with open(path, "wb") as out:
+        out.write(safetensors_header(shard.tensors))
+        for tensor in shard.tensors:
+            info = source.tensors[tensor.sources[0]] if tensor.sources else None  # no sources: computed from scratch
+            if len(tensor.sources) == 1 and _is_byte_copy(tensor, info):
+                _copy_range(info.file, info.offset, info.nbytes, out)
+            else:
+                data = tensor_bytes(materialize(tensor, source))
+                out.write(data)
+                del data
+            if progress is not None:
+                progress.update(tensor.nbytes)
+        expected = len(safetensors_header(shard.tensors)) + shard.nbytes
+        if out.tell() != expected:
+            raise RuntimeError(f"plan bug: {path.name} has {out.tell()} bytes, expected {expected}")
+
+
+def index_json(shards: list[Shard]) -> dict:
+    return {
+        "metadata": {"total_size": sum(s.nbytes for s in shards)},
+        "weight_map": {t.name: s.filename for s in shards for t in s.tensors},
+    }
+
+
+def check_output_path(out: Path, sources: Iterable[Path], overwrite: bool) -> None:
+    """Refuse outputs that would clobber data: an existing OUT, OUT == SRC, one inside the other."""
+    out = out.resolve()
+    for src in sources:
+        src = Path(src).resolve()
+        if out == src or src in out.parents:
+            raise HfgrowError(f"the output {out} is the source folder or inside it; choose another output folder.")
+        if out in src.parents:
+            raise HfgrowError(f"the source {src} is inside the output {out}; choose another output folder.")
+    if out.exists():
+        if not out.is_dir():
+            raise HfgrowError(f"{out} exists and is not a folder.")
+        if not overwrite and any(out.iterdir()):
+            raise HfgrowError(f"{out} already exists and is not empty; pass --overwrite to replace it.")
+
+
+class OutputFolder:
+    """A temporary sibling of ``out``, renamed to ``out`` on success and deleted on failure.
+
+    Example:
+        >>> with OutputFolder(Path("big"), overwrite=False) as tmp:
+        ...     (tmp / "config.json").write_text("{}")
+    """
+
+    def __init__(self, out: Path, overwrite: bool = False):
+        self.out = Path(out).resolve()
+        self.overwrite = overwrite
+        self.tmp = self.out.parent / f".{self.out.name}.hfgrow-tmp-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        swap_into_place(self.tmp, self.out)
+
+
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted.
+
+    At every moment ``final`` is either the old complete folder or the new one, never a mix.
+    """
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.hfgrow-old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed + (64 << 20):
+        raise HfgrowError(
+            f"not enough disk space at {folder}: the output needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free."
+        )
+
+
+def write_weights(plan: Plan, source: Checkpoint, folder: Path, max_shard_size: int | str = "5GB",
+                  progress: bool = False) -> list[Shard]:
+    """Write the plan's tensors as safetensors shards (+ index when several) into ``folder``."""
+    shards = split_shards(plan.tensors, parse_size(max_shard_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="writing", leave=False)
+    try:
+        for shard in shards:
+            write_shard(shard, source, folder / shard.filename, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if len(shards) > 1:
+        (folder / SAFETENSORS_INDEX).write_text(json.dumps(index_json(shards), indent=2) + "\n")
+    return shards
+
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], out_dir: Path, max_shard_size: int | str = "5GB",
+                    progress: bool = False) -> list[Shard]:
+    """Write in-memory tensors with the same writer (used when exporting a trained model).
+
+    Tensors sharing storage are all written as real copies; drop tied duplicates first.
+
+    Example:
+        >>> save_state_dict(model.state_dict(), Path("out"), max_shard_size="2GB")
+    """
+    memory = {name: t.detach().cpu() for name, t in state_dict.items()}
+    infos = {}
+    plans = []
+    for name, tensor in memory.items():
+        dtype = TORCH_TO_ST.get(tensor.dtype)
+        if dtype is None:
+            raise HfgrowError(f"tensor {name} has dtype {tensor.dtype}, which safetensors cannot store here.")
+        shape = tuple(tensor.shape)
+        infos[name] = TensorInfo(name, dtype, shape, None, 0, nbytes_of(dtype, shape))
+        plans.append(TensorPlan(name, dtype, shape, (name,)))
+    return write_weights(Plan(plans), Checkpoint(Path(out_dir), infos, memory), Path(out_dir), max_shard_size, progress)

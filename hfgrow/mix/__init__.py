@@ -1,0 +1,1 @@
+"""BiMix (Ge et al. 2024): entropy-driven data mixtures, the bivariate mixing law, and its optimal mixture."""

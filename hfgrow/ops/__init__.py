@@ -1,1 +1,0 @@
-"""Growth operators: pure functions from a source layout to a :class:`hfgrow.plan.Plan`."""

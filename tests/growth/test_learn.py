@@ -1,0 +1,314 @@
+"""G↑learn (LiGO, depth and width): init equals Gstack / the direct widening, the math of the
+combinations and expansions, learning helps, replay, and big-model placement with disk offload."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import hfgrow
+from hfgrow.io.checkpoint import Checkpoint
+from hfgrow.errors import HfgrowError
+from hfgrow.io.executor import materialize
+from hfgrow.arch.layout import open_model
+from hfgrow.growth.ligo.fit import Placement, _sequences, learn, learn_growth, parse_device_map, parse_max_memory, \
+    source_devices, split_sequences
+from hfgrow.growth.ops.depth import stack_plan
+from hfgrow.growth.ops.learn import SIDECAR, WidthExpansion, fused_order, initial_coefficients, learned_plan
+from hfgrow.growth.ops.width import resolve_sizes, width_plan
+from hfgrow.arch.roles import derive_roles
+from hfgrow.eval.tiny import make_model, make_tokenizer, pretrain_tiny, python_docs_corpus, tiny_llama_config
+
+from helpers.cli import run_cli
+from helpers.families import OPERATOR_CONFIGS as CONFIGS
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-layer Llama (GQA) trained briefly on the pydoc topics, plus a text file to learn on."""
+    root = tmp_path_factory.mktemp("ligo")
+    docs = python_docs_corpus(max_chars=150_000)
+    src = root / "src"
+    make_model(src, tiny_llama_config(layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                      num_key_value_heads=2), tokenizer=False)
+    make_tokenizer(src, text="\n".join(docs[:40]), vocab_size=256)
+    pretrain_tiny(src, docs, steps=120)
+    data = root / "train.txt"
+    data.write_text("\n\n".join(docs[: len(docs) // 2]))
+    return src, data, root
+
+
+def same_tensors(a_folder, b_folder, atol: float = 0.0) -> None:
+    a, b = Checkpoint.open(a_folder), Checkpoint.open(b_folder)
+    assert set(a.tensors) == set(b.tensors)
+    for name in a.tensors:
+        if atol:
+            torch.testing.assert_close(a.load(name), b.load(name), rtol=0, atol=atol, msg=name)
+        else:
+            assert torch.equal(a.load(name), b.load(name)), name
+
+
+def held_out_loss(model_folder, src, data, seq_len: int = 64, batch: int = 4) -> float:
+    """The held-out loss learn_growth reports, computed independently on a saved model."""
+    model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32).eval()
+    eval_set, _ = split_sequences(_sequences(src, [str(data)], seq_len), seed=0)
+    with torch.no_grad():
+        return sum(model(eval_set[i:i + batch], labels=eval_set[i:i + batch]).loss.item() * len(eval_set[i:i + batch])
+                   for i in range(0, len(eval_set), batch)) / len(eval_set)
+
+
+def note_losses(result) -> tuple[float, float]:
+    note = next(n for n in result.plan.notes if n.startswith("LiGO:"))
+    before, after = note.split("held-out loss ")[1].split(" at step 0 -> ")
+    return float(before), float(after.split()[0])
+
+
+# ---------------------------------------------------------------- depth
+
+
+def test_initial_coefficients_are_gstack(trained, tmp_path):
+    src, data, _ = trained
+    ligo = learn(str(src), tmp_path / "ligo", data=[str(data)], factor=2, learn_steps=0, seq_len=64, quiet=True)
+    gstack = hfgrow.stack(str(src), tmp_path / "gstack", factor=2, quiet=True)
+    same_tensors(tmp_path / "ligo", tmp_path / "gstack")
+    assert ligo.plan.layer_map == gstack.plan.layer_map
+    # the parametrised grown model at D = stacking map computes exactly Gstack's loss
+    before, after = note_losses(ligo)
+    assert before == after == pytest.approx(held_out_loss(tmp_path / "gstack", src, data), abs=1e-4)
+
+
+def test_combination_math(trained):
+    src, _, _ = trained
+    checkpoint, layout = open_model(src)
+    layer_map = [0, 1, 0, 1]
+    coefficients = initial_coefficients(layout, layer_map)
+    rest = "self_attn.q_proj.weight"
+    coefficients[rest][2] = [0.25, 0.75]
+    plan = learned_plan(layout, checkpoint.tensors, layer_map, coefficients)
+    target = next(t for t in plan.tensors if t.name == f"model.layers.2.{rest}")
+    got = materialize(target, checkpoint)
+    w0, w1 = checkpoint.load(f"model.layers.0.{rest}"), checkpoint.load(f"model.layers.1.{rest}")
+    torch.testing.assert_close(got, 0.25 * w0 + 0.75 * w1, rtol=0, atol=1e-7)
+    untouched = next(t for t in plan.tensors if t.name == f"model.layers.3.{rest}")
+    assert untouched.transform is None and untouched.sources == (f"model.layers.1.{rest}",)
+
+
+def test_depth_learning_lowers_held_out_loss_and_replays(trained, tmp_path):
+    src, data, _ = trained
+    result = learn(str(src), tmp_path / "out", data=[str(data)], factor=2, learn_steps=30, learn_lr=1e-2,
+                   seq_len=64, batch_size=8, seed=0, quiet=True)
+    before, after = note_losses(result)
+    assert after < before - 0.01
+    assert after == pytest.approx(held_out_loss(tmp_path / "out", src, data), abs=1e-4)  # what was learned is written
+    model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+    recipe = hfgrow.growth.recipe.load_recipe(tmp_path / "out")
+    coefficients = recipe["operation"]["coefficients"]
+    assert any(row != [1.0, 0.0] and row != [0.0, 1.0] for rows in coefficients.values() for row in rows)
+    hfgrow.replay(tmp_path / "out", tmp_path / "replay", quiet=True)
+    same_tensors(tmp_path / "out", tmp_path / "replay")
+
+
+# ---------------------------------------------------------------- width
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_width_expansion_at_direct_init_is_the_direct_widening(family, tmp_path):
+    """B_out·W·B_inᵀ with B at the direct init gives every tensor of `grow --op direct` (fused qkv, Conv1D, MoE...)."""
+    src = tmp_path / "src"
+    make_model(src, CONFIGS[family]())
+    checkpoint, layout = open_model(src)
+    roles = derive_roles(layout, checkpoint.tensors)
+    sizes = resolve_sizes(roles, hidden_size=64)
+    base = stack_plan(layout, checkpoint.tensors, list(range(layout.num_layers)))
+    direct = width_plan(base, roles, sizes, op="direct", seed=3)
+    learned = width_plan(base, roles, sizes, op="learn", seed=3,
+                         expansion=WidthExpansion(roles, sizes, init="direct", seed=3))
+    assert learned.config == direct.config
+    assert [(t.name, t.shape) for t in learned.tensors] == [(t.name, t.shape) for t in direct.tensors]
+    for a, b in zip(direct.tensors, learned.tensors):
+        torch.testing.assert_close(materialize(b, checkpoint), materialize(a, checkpoint), rtol=0, atol=1e-6,
+                                   msg=a.name)
+
+
+def test_width_expansion_math_is_b_out_w_b_in(trained):
+    """Perturbed matrices: o_proj' = B_hidden,write · W · (B_q,read ⊗ I_head_dim)ᵀ, k_proj' uses the kv heads."""
+    src, _, _ = trained
+    checkpoint, layout = open_model(src)
+    roles = derive_roles(layout, checkpoint.tensors)
+    sizes = resolve_sizes(roles, hidden_size=128, op="zero")
+    expansion = WidthExpansion(roles, sizes, init="identity", seed=0)
+    with torch.no_grad():
+        for p in expansion.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.01)
+    hd = sizes.head_dim
+    o = checkpoint.load("model.layers.0.self_attn.o_proj.weight")
+    got = expansion.expand(o, roles.role("model.layers.0.self_attn.o_proj.weight"))
+    expected = expansion.matrix("hidden", "write") @ o @ torch.kron(expansion.matrix("q", "read"), torch.eye(hd)).T
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    k = checkpoint.load("model.layers.0.self_attn.k_proj.weight")
+    got = expansion.expand(k, roles.role("model.layers.0.self_attn.k_proj.weight"))
+    expected = torch.kron(expansion.matrix("kv", "write"), torch.eye(hd)) @ k @ expansion.matrix("hidden", "read").T
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # identity init: source units are copied exactly (before the perturbation above)
+    fresh = WidthExpansion(roles, sizes, init="identity", seed=0)
+    assert torch.equal(fresh.matrix("hidden", "write")[:64], torch.eye(64))
+    assert fresh.matrix("hidden", "write")[64:].abs().max() > 0  # small random new units
+
+
+def test_fused_order_layouts():
+    assert fused_order("concat", 2, 1, 1).tolist() == [0, 1, 2, 3]
+    assert fused_order("per_head", 2, 2, 1).tolist() == [0, 2, 4, 1, 3, 5]
+    # per group: q heads of the group, then its k, then its v (2 groups of 2 query heads)
+    assert fused_order("per_group", 4, 2, 1).tolist() == [0, 1, 4, 6, 2, 3, 5, 7]
+
+
+def test_width_learning_starts_at_direct_and_lowers_loss_and_replays(trained, tmp_path):
+    src, data, _ = trained
+    kwargs = dict(data=[str(data)], factor=2, hidden_size=128, seq_len=64, batch_size=8, seed=0, quiet=True)
+    start = learn(str(src), tmp_path / "start", learn_steps=0, **kwargs)
+    hfgrow.grow(str(src), tmp_path / "direct", factor=2, hidden_size=128, seed=0, quiet=True)
+    same_tensors(tmp_path / "start", tmp_path / "direct", atol=1e-6)
+    before, _ = note_losses(start)
+    assert before == pytest.approx(held_out_loss(tmp_path / "direct", src, data), abs=1e-4)
+
+    result = learn(str(src), tmp_path / "out", learn_steps=30, learn_lr=3e-3, **kwargs)
+    before, after = note_losses(result)
+    assert after < before - 0.01
+    assert after == pytest.approx(held_out_loss(tmp_path / "out", src, data), abs=1e-4)
+    assert (tmp_path / "out" / SIDECAR).is_file()
+    recipe = hfgrow.growth.recipe.load_recipe(tmp_path / "out")
+    assert recipe["operation"]["width"]["matrices"] == SIDECAR and recipe["params"]["hidden_size"] == 128
+    hfgrow.replay(tmp_path / "out", tmp_path / "replay", quiet=True)
+    same_tensors(tmp_path / "out", tmp_path / "replay")
+    # a model grown from a LiGO output does not mistake the matrices for weights
+    assert all(info.file.name != SIDECAR for info in Checkpoint.open(tmp_path / "out").tensors.values())
+
+
+# ---------------------------------------------------------------- placement (accelerate big-model tools)
+
+
+def test_device_map_with_disk_offload_gives_the_same_result(trained, tmp_path):
+    src, data, _ = trained
+    checkpoint, layout = open_model(src)
+    # accelerate's auto map with a CPU budget smaller than the model: some blocks go to disk
+    auto = Placement("auto", max_memory=parse_max_memory("cpu=300KB"), offload_folder=tmp_path / "offload")
+    devices = source_devices(sorted(checkpoint.tensors), layout.skeleton, auto)
+    assert "disk" in devices.values() and torch.device("cpu") in devices.values()
+
+    kwargs = dict(data=[str(data)], factor=2, hidden_size=128, learn_steps=4, learn_lr=3e-3, seq_len=64,
+                  batch_size=4, seed=0, quiet=True)
+    plain = learn(str(src), tmp_path / "plain", **kwargs)
+    placed = learn(str(src), tmp_path / "placed", placement=auto, **kwargs)
+    everything_on_disk = learn(str(src), tmp_path / "disk", **kwargs,
+                               placement=Placement("disk", offload_folder=tmp_path / "offload"))
+    assert note_losses(placed) == note_losses(plain) == note_losses(everything_on_disk)
+    same_tensors(tmp_path / "plain", tmp_path / "placed", atol=1e-6)
+    same_tensors(tmp_path / "plain", tmp_path / "disk", atol=1e-6)
+    assert list((tmp_path / "offload").iterdir()) == []  # offloaded copies are removed
+
+
+def test_placement_errors(trained, tmp_path, capsys):
+    src, data, _ = trained
+    with pytest.raises(HfgrowError, match="give --offload-folder"):
+        learn(str(src), tmp_path / "x", data=[str(data)], factor=2, learn_steps=1, seq_len=64, quiet=True,
+              placement=Placement("disk"))
+    assert not (tmp_path / "x").exists()
+    assert parse_device_map('{"": "cpu"}') == {"": "cpu"} and parse_device_map("auto") == "auto"
+    with pytest.raises(HfgrowError, match="DEVICE=SIZE"):
+        parse_max_memory("cpu:8GiB")
+    code, _, err = run_cli(["grow", str(src), str(tmp_path / "y"), "--op", "learn", "--factor", "2", "--data",
+                            str(data), "--device-map", "{not json"], capsys)
+    assert code != 0 and "--device-map is not a readable JSON object" in err and "Traceback" not in err
+    code, _, err = run_cli(["grow", str(src), str(tmp_path / "y"), "--factor", "2", "--device-map", "auto"], capsys)
+    assert code != 0 and "are for --op learn" in err
+
+
+def test_learn_needs_data(trained, tmp_path):
+    src, _, _ = trained
+    with pytest.raises(HfgrowError, match="needs --data"):
+        learn(str(src), tmp_path / "x", factor=2, quiet=True)
+    with pytest.raises(HfgrowError, match="fewer than two sequences"):
+        tiny = tmp_path / "tiny.txt"
+        tiny.write_text("too short")
+        learn(str(src), tmp_path / "y", data=[str(tiny)], factor=2, quiet=True)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_learn_growth_reports_init_loss(trained):
+    """learn_growth on its own: zero steps leave D at the stacking map and the loss unchanged."""
+    src, data, _ = trained
+    checkpoint, layout = open_model(src)
+    layer_map = [0, 1, 0, 1]
+    config = stack_plan(layout, checkpoint.tensors, layer_map).config
+    report = learn_growth(checkpoint, layout, config, layer_map, [str(data)], steps=0, seq_len=64, progress=False)
+    assert report.coefficients == initial_coefficients(layout, layer_map)
+    assert report.eval_before == report.eval_after and report.losses == []
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "phi3", "gemma", "falcon"])
+def test_learn_end_to_end_writes_the_model_it_trained(family, tmp_path):
+    """Depth+width LiGO on families with fused q|k|v, Conv1D, tied or renamed heads, (1 + w) norms: the written
+    model's held-out loss is the loss the learning phase reports."""
+    config = CONFIGS[family]()
+    config.vocab_size = 300  # room for the byte-level tokenizer
+    src = tmp_path / "src"
+    make_model(src, config, tokenizer=False)
+    docs = python_docs_corpus(max_chars=60_000)
+    make_tokenizer(src, text="\n".join(docs[:20]), vocab_size=300)
+    data = tmp_path / "data.txt"
+    data.write_text("\n\n".join(docs))
+    result = learn(str(src), tmp_path / "out", data=[str(data)], factor=2, hidden_size=48, learn_steps=2,
+                   learn_lr=1e-2, seq_len=32, batch_size=4, quiet=True)
+    _, after = note_losses(result)
+    assert after == pytest.approx(held_out_loss(tmp_path / "out", src, data, seq_len=32), abs=2e-4)
+
+
+def test_learn_bad_inputs_fail_in_one_line(trained, tmp_path, capsys):
+    src, data, _ = trained
+    base = ["grow", str(src), str(tmp_path / "out"), "--op", "learn", "--data", str(data)]
+    cases = [
+        (["--factor", "2", "--seq-len", "0"], "--seq-len must be at least 1"),
+        (["--factor", "2", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--hidden-size", "64"], "nothing to grow in width"),
+        (["--layers", "1"], "would shrink the model"),
+        (["--factor", "2", "--device-map", "cpu", "--max-memory", "cpu=1GB"], "a budget for --device-map auto"),
+        (["--factor", "2", "--device-map", '{"": null}'], "is not a device"),
+        (["--factor", "2", "--device-map", "meta"], "not supported"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--factor", "2", "--device-map", "cuda:0"], "which this machine does not have"))
+    for args, words in cases:
+        code, _, err = run_cli(base + args, capsys)
+        assert code != 0 and words in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
+    src = tmp_path / "src"
+    make_model(src, CONFIGS["llama"](), tokenizer=False)  # 128 embeddings
+    make_tokenizer(src, vocab_size=300)
+    data = tmp_path / "data.txt"
+    data.write_text("\n\n".join(python_docs_corpus(max_chars=20_000)))
+    with pytest.raises(HfgrowError, match="does not belong to this model"):
+        learn(str(src), tmp_path / "out", data=[str(data)], factor=2, learn_steps=1, seq_len=32, quiet=True)
+
+
+def test_offload_folder_is_cleaned_when_placement_fails(trained, tmp_path, monkeypatch):
+    """A failure while the source is being offloaded (here: a read error half way) leaves no copies behind."""
+    src, data, _ = trained
+    load = Checkpoint.load
+
+    def failing_load(self, name):
+        if name == "model.norm.weight":  # read after the embedding and every block tensor
+            raise HfgrowError("simulated read error")
+        return load(self, name)
+
+    monkeypatch.setattr(Checkpoint, "load", failing_load)
+    with pytest.raises(HfgrowError, match="simulated read error"):
+        learn(str(src), tmp_path / "out", data=[str(data)], factor=2, learn_steps=1, seq_len=64, quiet=True,
+              placement=Placement("disk", offload_folder=tmp_path / "off"))
+    assert (tmp_path / "off").is_dir() and list((tmp_path / "off").iterdir()) == []
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,214 @@
+"""`hfgrow plan` and hfgrow.growth.timing: the paper's growth law, parameter counts, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from helpers.cli import run_cli
+from hfgrow.eval import tiny
+from hfgrow.errors import HfgrowError
+from hfgrow.growth.timing import (
+    count_params,
+    format_count,
+    format_flops,
+    growth_tokens,
+    make_plan,
+    parse_size,
+)
+
+# Paper Table 4 (Du et al. 2024): (N, D) -> d in billions of tokens, with nominal N.
+TABLE_4 = [
+    ("8B", "15T", 6.58),
+    ("7B", "2T", 11.11),
+    ("13B", "2T", 15.84),
+    ("70B", "2T", 42.48),
+]
+
+
+
+
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    settings = dict(layers=8, vocab_size=97, hidden_size=32, intermediate_size=64, max_position_embeddings=64)
+    return tiny.tiny_llama_config(**{**settings, **overrides})
+
+
+# --------------------------------------------------------------------------- the law
+
+
+@pytest.mark.parametrize("n, d_total, expected_b", TABLE_4)
+def test_growth_tokens_reproduces_paper_table_4(n, d_total, expected_b):
+    N, D = parse_size(n), parse_size(d_total)
+    d = growth_tokens(N, 6 * N * D)
+    assert abs(d / 1e9 - expected_b) <= 0.01
+
+
+@pytest.mark.parametrize("n, d_total, expected_b", TABLE_4)
+def test_make_plan_reproduces_paper_table_4(n, d_total, expected_b):
+    plan = make_plan(n, d_total)
+    assert abs(plan.growth_tokens / 1e9 - expected_b) <= 0.01
+    assert plan.factor == 4
+    assert plan.compute == pytest.approx(6 * plan.params.total * plan.tokens, rel=1e-12)
+    assert plan.command == "hfgrow stack BASE_MODEL OUT --factor 4"
+    assert format_count(plan.growth_tokens, 2) == f"{expected_b:.2f}B"
+
+
+@pytest.mark.parametrize("argv_n, argv_d, expected_b", TABLE_4)
+def test_cli_plan_json_reproduces_table_4(argv_n, argv_d, expected_b, capsys):
+    code, out, _ = run_cli(["plan", "--target", argv_n, "--tokens", argv_d, "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert abs(data["growth_tokens"] / 1e9 - expected_b) <= 0.01
+    assert data["human"]["growth_tokens"] == f"{expected_b:.2f}B"
+
+
+# --------------------------------------------------------------------------- sizes and formatting
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("7B", 7_000_000_000), ("1.1b", 1_100_000_000), ("410M", 410_000_000), ("70e9", 70_000_000_000),
+     ("2T", 2 * 10**12), ("300B", 300 * 10**9), ("12k", 12_000), ("1_000", 1000), (" 8 B ", 8 * 10**9)],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["7Q", "", "B", "seven", "7BB", "1.2.3B", "nan"])
+def test_parse_size_rejects(text):
+    with pytest.raises(HfgrowError, match=r"unknown model size .*: use a number with K/M/B/T, e.g. 7B"):
+        parse_size(text)
+
+
+def test_formatting():
+    assert format_count(1.1e9) == "1.1B"
+    assert format_count(6.5814e9, 2) == "6.58B"
+    assert format_count(2e12, 2) == "2T"
+    assert format_count(410e6) == "410M"
+    assert format_flops(3.2e21) == "3.2e21"
+    assert format_flops(8.4e22) == "8.4e22"
+
+
+# --------------------------------------------------------------------------- parameter counts
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_count_params_matches_instantiated_model(tied):
+    config = tiny_llama_config(tie_word_embeddings=tied)
+    counted = count_params(config)
+    model = AutoModelForCausalLM.from_config(config)  # real random weights on CPU
+    assert counted.total == sum(p.numel() for p in model.parameters())
+    vocab_x_hidden = config.vocab_size * config.hidden_size
+    assert counted.embedding == (1 if tied else 2) * vocab_x_hidden
+    assert counted.non_embedding == counted.total - counted.embedding
+    assert counted.non_embedding == sum(
+        p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name and "lm_head" not in name
+    )
+
+
+def test_count_params_gpt2_counts_position_embeddings_as_embedding():
+    from transformers import GPT2Config
+
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    counted = count_params(config)
+    assert counted.embedding == (50 + 16) * 16  # wte + wpe; lm_head tied to wte
+    model = AutoModelForCausalLM.from_config(config)
+    assert counted.total == sum(p.numel() for p in model.parameters())
+
+
+def test_plan_from_config_file(tmp_path, capsys):
+    config = tiny_llama_config()
+    config.save_pretrained(tmp_path)
+    plan = make_plan(str(tmp_path / "config.json"), "1B", factor=4)
+    assert plan.target_layers == 8 and plan.base_layers == 2 and plan.hidden_size == 32
+    base = AutoModelForCausalLM.from_config(tiny_llama_config(num_hidden_layers=2))
+    assert plan.base_params == sum(p.numel() for p in base.parameters())
+    assert plan.base_params_exact
+    assert plan.base_flops == pytest.approx(6 * plan.base_params * plan.growth_tokens)
+    assert plan.grown_flops == pytest.approx(6 * plan.params.total * max(plan.tokens - plan.growth_tokens, 0))
+    assert plan.total_flops == pytest.approx(plan.base_flops + plan.grown_flops)
+    assert plan.saving_flops == pytest.approx(plan.scratch_flops - plan.total_flops)
+
+    # folder form, human report
+    code, out, _ = run_cli(["plan", "--target", str(tmp_path), "--tokens", "300B", "--factor", "2"], capsys)
+    assert code == 0
+    assert "4 layers, hidden 32" in out
+    assert "hfgrow stack BASE_MODEL OUT --factor 2" in out
+    assert "embedding" in out and "non-embedding" in out
+
+
+def test_plan_from_model_type_name_offline():
+    plan = make_plan("llama", "2T")  # transformers' default Llama config: 32 layers, 4096 wide
+    assert plan.target_layers == 32 and plan.base_layers == 8 and plan.hidden_size == 4096
+    assert plan.params.embedding == 2 * 32000 * 4096
+
+
+def test_plan_warns_when_growth_timing_exceeds_budget():
+    plan = make_plan("100M", "1B")
+    assert plan.growth_tokens > plan.tokens
+    assert plan.grown_flops == 0
+    assert plan.warnings
+
+
+# --------------------------------------------------------------------------- bad input via the CLI
+
+
+def _assert_one_line_error(code, out, err, *needles):
+    assert code == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_cli_unknown_size(capsys):
+    code, out, err = run_cli(["plan", "--target", "7Q", "--tokens", "2T"], capsys)
+    _assert_one_line_error(code, out, err, "unknown model size '7Q'", "K/M/B/T", "7B")
+
+
+@pytest.mark.parametrize("tokens", ["0", "-2T"])
+def test_cli_tokens_not_positive(tokens, capsys):
+    code, out, err = run_cli(["plan", "--target", "7B", "--tokens", tokens], capsys)
+    _assert_one_line_error(code, out, err, "--tokens must be > 0")
+
+
+def test_cli_bad_tokens_string(capsys):
+    code, out, err = run_cli(["plan", "--target", "7B", "--tokens", "lots"], capsys)
+    _assert_one_line_error(code, out, err, "unknown token count 'lots'")
+
+
+def test_cli_factor_not_dividing_layers_suggests_nearest(tmp_path, capsys):
+    tiny_llama_config(num_hidden_layers=24).save_pretrained(tmp_path)
+    code, out, err = run_cli(["plan", "--target", str(tmp_path), "--tokens", "1T", "--factor", "5"], capsys)
+    _assert_one_line_error(code, out, err, "factor 5 does not divide", "24 layers", "use 4 or 6")
+
+
+def test_cli_unknown_target(capsys):
+    code, out, err = run_cli(["plan", "--target", "no-such-model-type", "--tokens", "1T"], capsys)
+    _assert_one_line_error(code, out, err, "no-such-model-type")
+
+
+def test_cli_plan_human_report(capsys):
+    code, out, _ = run_cli(["plan", "--target", "7B", "--tokens", "2T"], capsys)
+    assert code == 0
+    assert "11.11B tokens" in out
+    assert "8.4e22" in out
+    assert "hfgrow stack BASE_MODEL OUT --factor 4" in out
+
+
+def test_meta_count_allocates_no_weights():
+    # 70B Llama shape: counting must be instant and not allocate 280 GB
+    config = tiny_llama_config(
+        vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+        num_attention_heads=64, num_key_value_heads=8,
+    )
+    counted = count_params(config)
+    assert 68e9 < counted.total < 70e9
+    assert torch.empty(0).device.type == "cpu"  # default device restored after the meta context

@@ -1,0 +1,424 @@
+"""Continued pre-training (hfgrow/continue.py), its data pipeline, export and CLI.
+
+Tiny random Llamas and an offline-trained tokenizer; every training run is a real subprocess
+(`python hfgrow/continue.py` or `accelerate launch` for 2 CPU processes). ~1-2 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTINUE = ROOT / "hfgrow" / "continue.py"
+
+from hfgrow.errors import HfgrowError
+
+WORDS = ("the cat dog bird sat ran flew on over under a mat log tree red small big quickly slowly "
+         "and then it was happy home away").split()
+
+
+def make_text(n_docs: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        sents = []
+        for _ in range(rng.randint(2, 6)):
+            subj, verb, prep, obj = rng.choice(WORDS[1:4]), rng.choice(WORDS[4:7]), rng.choice(WORDS[7:10]), rng.choice(WORDS[11:14])
+            sents.append(f"the {subj} {verb} {prep} the {obj}.")
+        docs.append(" ".join(sents))
+    return docs
+
+
+def continue_mod():
+    import importlib
+
+    return importlib.import_module("hfgrow.train.loop")
+
+
+def make_model(folder: Path, layers: int = 4, recipe: dict | None = None, tokenizer_text: str = "") -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([tokenizer_text], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|eos|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eos|>")
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(fast), max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    if recipe is not None:
+        import yaml
+
+        (folder / "hfgrow.yaml").write_text(yaml.safe_dump({"source": {"path": "small"}, "params": {}, **recipe}))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    docs_a, docs_b = make_text(300, 1), make_text(200, 2)
+    (root / "data").mkdir()
+    with open(root / "data" / "a.jsonl", "w") as fh:
+        for d in docs_a:
+            fh.write(json.dumps({"text": d}) + "\n")
+    (root / "data" / "b").mkdir()
+    (root / "data" / "b" / "one.txt").write_text("\n".join(docs_b[:100]))
+    (root / "data" / "b" / "two.md").write_text("\n".join(docs_b[100:]))
+    (root / "data" / "empty.jsonl").write_text("\n")
+    text = "\n".join(docs_a + docs_b)
+    make_model(root / "model", tokenizer_text=text)
+    make_model(root / "grown", recipe={"new_layers": [2, 3], "operation": {"op": "random", "mask": {"layers": [2, 3], "steps": 3}}},
+               tokenizer_text=text)
+    return root
+
+
+def run_continue(env: Path, out: str, *extra: str, model: str = "model", procs: int = 1,
+                 env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    args = ["--model", str(env / model), "--data", f"a={env / 'data' / 'a.jsonl'}",
+            "--data", f"b={env / 'data' / 'b'}", "--output-dir", str(env / out), "--seq-len", "32",
+            "--eval-sequences", "4", "--lr", "3e-3", "--warmup-steps", "2", *extra]
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    if procs == 1:
+        cmd = [sys.executable, str(CONTINUE), *args]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "multi_cpu.yaml"),
+               "--num_processes", str(procs), "--main_process_port", str(port), str(CONTINUE), *args]
+    proc = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def train_log(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["type"] == "train"]
+
+
+def eval_log(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["type"] == "eval"]
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def test_data_pipeline_mixture_determinism_and_resume(env):
+    from transformers import AutoTokenizer
+
+    from hfgrow.data.packing import build_data, parse_data_specs
+
+    tok = AutoTokenizer.from_pretrained(env / "model")
+    specs = parse_data_specs([f"a={env / 'data' / 'a.jsonl'}", f"b={env / 'data' / 'b'}"])
+    mix = env / "mix.json"
+    mix.write_text(json.dumps({"measure": "ce", "domains": {"a": {"proportion": 3}, "b": {"proportion": 1}}}))
+
+    def fresh():
+        return build_data(specs, tok, 32, seed=5, eval_sequences=3, mixture=mix)
+
+    d1 = fresh()
+    assert d1.weights == {"a": 0.75, "b": 0.25}
+    assert {k: len(v) for k, v in d1.eval.items()} == {"a": 3, "b": 3}
+    batches = [d1.train.next_batch(8) for _ in range(60)]
+    seqs = [s for b in batches for s in b]
+    assert all(len(s[2]) == 32 for s in seqs)  # packed, no padding
+    share_a = sum(s[1] == "a" for s in seqs) / len(seqs)
+    assert 0.68 < share_a < 0.82
+    eos = tok.eos_token_id
+    assert sum(t == eos for s in seqs for t in s[2]) > 50  # documents joined with EOS
+    held_out = {tuple(s) for v in d1.eval.values() for s in v}
+    assert not held_out & {tuple(s[2]) for s in seqs[:20]}  # eval never trained on (first epoch)
+
+    d2 = fresh()
+    for _ in range(25):
+        d2.train.next_batch(8)
+    state = json.loads(json.dumps(d2.train.state_dict()))  # JSON round trip, as in checkpoints
+    d3 = fresh()
+    d3.train.load_state_dict(state)
+    after = [d3.train.next_batch(8) for _ in range(35)]
+    assert after == batches[25:]  # loops over epochs too (b is small)
+    assert any(s.epoch > 0 for s in d3.train.streams.values())
+
+
+def test_parquet_source(env):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from hfgrow.data.packing import LocalSource
+
+    path = env / "data" / "p.parquet"
+    pq.write_table(pa.table({"text": ["one", "two", "three", "four"]}), path, row_group_size=3)
+    src = LocalSource(str(path))
+    assert [t for t, _, _ in src.iter_units([0, 0])] == ["one", "two", "three", "four"]
+    assert [t for t, _, _ in src.iter_units([0, 2])] == ["three", "four"]
+
+
+def test_hf_dataset_source_streams_and_skips(env, monkeypatch):
+    pytest.importorskip("datasets")
+    from hfgrow.data.packing import HFSource, parse_data_specs
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = env / "hfds"
+    folder.mkdir(exist_ok=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(7)))
+    spec = parse_data_specs([f"hf:{folder}"])[0]
+    assert spec.name == "hfds" and spec.is_hf
+    src = HFSource(spec.spec)
+    assert [t for t, _, _ in src.iter_units([0, 0])] == [f"doc {i}" for i in range(7)]
+    assert [(t, p) for t, _, p in src.iter_units([0, 5])] == [("doc 5", [0, 6]), ("doc 6", [0, 7])]
+
+
+def test_default_lr_and_schedule():
+    c = continue_mod()
+    assert c.default_lr(100e6) == 6e-4 and c.default_lr(70e9) == 1e-4
+    assert abs(c.default_lr(1.1e9) - 3e-4) < 1e-12 and abs(c.default_lr(3e9) - 1.6e-4) < 1e-12
+    assert 3e-4 > c.default_lr(2e9) > 1.6e-4
+    lrs = [c.lr_at(s, 1.0, 0.1, 10, 100) for s in range(100)]
+    assert lrs[0] == 0.1 and lrs[9] == 1.0 and abs(lrs[-1] - 0.1) < 1e-3
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def test_single_process_loss_decreases_and_export(env, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    run_continue(env, "run_a", "--batch-size", "4", "--max-steps", "16", "--save-steps", "8", "--eval-steps", "8")
+    run = env / "run_a"
+    log = train_log(run)
+    assert [r["step"] for r in log] == list(range(1, 17))
+    assert sum(r["loss"] for r in log[-3:]) / 3 < log[0]["loss"] - 0.3
+    for r in log:
+        assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(r)
+    assert log[-1]["tokens"] == 16 * 4 * 32
+    evals = eval_log(run)
+    assert [e["step"] for e in evals] == [8, 16] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    obs = [json.loads(line) for line in (run / "eval_observations.jsonl").read_text().splitlines()]
+    assert obs[0] == {"mixture": {"a": 0.5, "b": 0.5}, "step": 8, "domain": "a", "loss": obs[0]["loss"]}
+    assert len(obs) == 4
+
+    # (g) export: a normal HF folder, use_cache restored, card says finetune of the grown model
+    final = run / "final"
+    assert json.loads((final / "config.json").read_text())["use_cache"] is True
+    card = (final / "README.md").read_text()
+    # a local grown model is not a Hub id: the card names it in the text, not in base_model metadata
+    assert "base_model:" not in card and "# model (continued pre-training)" in card
+    from hfgrow.train.export import export_checkpoint
+
+    hub_named = export_checkpoint(run / "checkpoint-16", run / "hub-named", base_model_id="org/grown-model")
+    hub_card = (hub_named / "README.md").read_text()
+    assert "base_model: org/grown-model" in hub_card and "base_model_relation: finetune" in hub_card
+    assert "| steps | 16 |" in card
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.use_cache is True
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.isfinite(model(ids).logits).all()
+
+    # hfgrow export / plot through the CLI (in process)
+    from click.testing import CliRunner
+
+    cmd = pytest.importorskip("hfgrow.cli.train")
+    res = CliRunner().invoke(cmd.export, [str(run / "checkpoint-16"), str(env / "exp16")])
+    assert res.exit_code == 0, res.output
+    from safetensors.torch import load_file
+
+    a, b = load_file(final / "model.safetensors"), load_file(env / "exp16" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "lm_head.weight" not in a  # tied duplicate dropped
+    res = CliRunner().invoke(cmd.plot, [str(run), "--x", "flops", "--out", str(env / "loss.png")])
+    assert res.exit_code == 0, res.output
+    assert (env / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    res = CliRunner().invoke(cmd.export, [str(run / "checkpoint-16"), str(env / "exp16")])
+    assert res.exit_code != 0 and "already exists" in str(res.exception)
+    hub = pytest.importorskip("hfgrow.io.hub")
+    pushed = []
+    monkeypatch.setattr(hub, "push_folder", lambda folder, repo_id, **kw: pushed.append((Path(folder), repo_id)))
+    res = CliRunner().invoke(cmd.export, [str(run / "checkpoint-8"), str(env / "exp8"), "--push-to", "me/grown-cpt"])
+    assert res.exit_code == 0, res.output
+    assert pushed == [(env / "exp8", "me/grown-cpt")]
+    assert "| steps | 8 |" in (env / "exp8" / "README.md").read_text()
+
+
+def test_two_processes_match_one_and_resume_after_sigkill(env):
+    common = ("--grad-accum", "2", "--max-steps", "6", "--save-steps", "3", "--eval-steps", "3")
+    run_continue(env, "one", "--batch-size", "4", *common)
+    run_continue(env, "two", "--batch-size", "2", *common, procs=2)
+    one, two = train_log(env / "one"), train_log(env / "two")
+    assert json.loads((env / "two" / "run.json").read_text())["world_size"] == 2
+    assert len(one) == len(two) == 6
+    for x, y in zip(one, two):
+        assert abs(x["loss"] - y["loss"]) < 1e-5 * max(1.0, abs(x["loss"])), (x, y)
+        assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4
+        assert x["tokens"] == y["tokens"]
+    for x, y in zip(eval_log(env / "one"), eval_log(env / "two")):
+        assert all(abs(x["losses"][k] - y["losses"][k]) < 1e-5 for k in x["losses"])
+    ranks = [json.loads(p.read_text()) for p in sorted((env / "two" / "ranks").glob("rank-*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["sequences"] == 6 * 2 * 2 for r in ranks)
+    assert not set(ranks[0]["ids"]) & set(ranks[1]["ids"])  # each rank its own slice of the global batch
+    assert sorted(ranks[0]["ids"] + ranks[1]["ids"]) == list(range(6 * 2 * 4))
+
+    # SIGKILL while writing checkpoint-6 (after checkpoint-3 is complete), then --resume
+    proc = run_continue(env, "killed", "--batch-size", "4", *common,
+                        env_extra={"HFGROW_DEBUG_KILL_IN_SAVE": "6"}, check=False)
+    assert proc.returncode != 0
+    killed = env / "killed"
+    assert (killed / ".tmp-checkpoint-6").is_dir() and not (killed / "checkpoint-6").exists()
+    proc = run_continue(env, "killed", "--batch-size", "4", *common, check=False)
+    assert proc.returncode == 1 and "--resume" in proc.stderr  # never silently restarts over a run
+    run_continue(env, "killed", "--batch-size", "4", *common, "--resume")
+    resumed = train_log(killed)
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert [(r["loss"], r["grad_norm"], r["lr"]) for r in resumed] == [(r["loss"], r["grad_norm"], r["lr"]) for r in one]
+    assert [e["losses"] for e in eval_log(killed)] == [e["losses"] for e in eval_log(env / "one")]
+    assert (killed / "checkpoint-6").is_dir() and not (killed / ".tmp-checkpoint-6").exists()
+
+
+def test_train_new_only_updates_new_layers_with_mask_ramp(env):
+    from safetensors.torch import load_file
+
+    run_continue(env, "new", "--model", str(env / "grown"), "--train", "new", "--batch-size", "2",
+                 "--max-steps", "5", "--save-steps", "5", "--gradient-checkpointing")
+    log = train_log(env / "new")
+    assert [r.get("mask_c") for r in log] == [0.0, 1 / 3, 2 / 3, 1.0, None]
+    before = load_file(env / "grown" / "model.safetensors")
+    after = load_file(env / "new" / "final" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for k in before:
+        if ".layers.2." in k or ".layers.3." in k:
+            assert before[k].dim() < 2 or not torch.equal(before[k], after[k]), k
+        else:
+            assert torch.equal(before[k], after[k]), k  # bit-identical
+    assert json.loads((env / "new" / "final" / "config.json").read_text())["use_cache"] is True
+
+
+def test_mask_at_step_zero_equals_model_without_masked_layers(env):
+    from transformers import AutoModelForCausalLM
+
+    c = continue_mod()
+    model = AutoModelForCausalLM.from_pretrained(env / "grown").eval()
+    ramp = c.MaskRamp(model, [2, 3], steps=10)
+    ramp.set_step(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        masked = model(ids).logits
+        ramp.set_step(5)
+        half = model(ids).logits
+        ramp.remove()
+        full = model(ids).logits
+    short = AutoModelForCausalLM.from_pretrained(env / "grown").eval()
+    short.model.layers = torch.nn.ModuleList(list(short.model.layers)[:2])
+    with torch.no_grad():
+        ref = short(ids).logits
+    assert torch.equal(masked, ref)
+    assert not torch.allclose(half, ref) and not torch.allclose(half, full)
+    ramp2 = c.MaskRamp(model, [2, 3], steps=4)
+    assert ramp2.set_step(4) == 1.0 and not ramp2.active  # hooks dropped once c reaches 1
+
+
+def test_width_mask_ramp_starts_from_the_source_function(env):
+    from safetensors.torch import load_file
+
+    from hfgrow.growth.pipeline import grow
+
+    grow(str(env / "model"), env / "wide", op="random", hidden_size=48, num_heads=6, mask_steps=3, quiet=True)
+    common = ("--batch-size", "2", "--eval-steps", "5")
+    # no weight decay: a weight then changes only where its gradient is non-zero
+    run_continue(env, "wide-run", *common, "--max-steps", "5", "--save-steps", "5", "--weight-decay", "0",
+                 model="wide")
+    run_continue(env, "narrow-run", *common, "--max-steps", "1", "--save-steps", "1")
+    log, narrow = train_log(env / "wide-run"), train_log(env / "narrow-run")
+    assert [r.get("mask_c") for r in log] == [0.0, 1 / 3, 2 / 3, 1.0, None]
+    assert abs(log[0]["loss"] - narrow[0]["loss"]) < 1e-4  # c = 0: the source model's loss on the same batch
+    assert all(math.isfinite(r["loss"]) for r in log)
+    width = json.loads((env / "wide-run" / "run.json").read_text())["mask"]["width"]
+    assert width["hidden_size"] == [32, 48] and width["new_heads"] == [4, 5]
+    before = load_file(env / "wide" / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    after = load_file(env / "wide-run" / "final" / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    assert not torch.equal(before[:, 64:], after[:, 64:])  # the new FFN units trained once c > 0
+
+
+def test_lora_exports_merged_weights(env):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    run_continue(env, "lora", "--train", "lora", "--lora-r", "4", "--batch-size", "2", "--max-steps", "3",
+                 "--save-steps", "3")
+    final = env / "lora" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert not [k for k in model.state_dict() if "lora" in k]
+    base, merged = load_file(env / "model" / "model.safetensors"), load_file(final / "model.safetensors")
+    assert base.keys() == merged.keys()
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all("proj" in k for k in changed)  # LoRA on the linear layers only
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "c=/nonexistent/file.jsonl"], "does not exist"),
+    (["--data", "e={data}/empty.jsonl"], "contains no text"),
+    (["--seq-len", "65"], "larger than the model's context"),
+    (["--mixture", "{root}/badmix.json"], "unknown domain 'web'"),
+    (["--train", "new"], "no recorded new layers"),
+    ([], "give --max-steps or --max-tokens"),
+])
+def test_bad_input_one_clear_line(env, capsys, extra, message):
+    (env / "badmix.json").write_text(json.dumps({"domains": {"a": {"proportion": 1}, "web": {"proportion": 1}}}))
+    extra = [x.format(data=env / "data", root=env) for x in extra]
+    steps = [] if message.startswith("give") else ["--max-steps", "2"]
+    argv = ["--model", str(env / "model"), "--data", f"a={env / 'data' / 'a.jsonl'}", "--output-dir",
+            str(env / "bad"), "--seq-len", "32", "--eval-sequences", "2", *steps, *extra]
+    code = continue_mod().main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (env / "bad").exists()
+
+
+def test_corrupt_checkpoint_on_resume(env):
+    run_continue(env, "corrupt", "--batch-size", "2", "--max-steps", "2", "--save-steps", "2", "--no-export")
+    weights = env / "corrupt" / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    proc = run_continue(env, "corrupt", "--batch-size", "2", "--max-steps", "4", "--resume", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(lines) == 1 and "checkpoint" in lines[0] and "corrupt" in lines[0], proc.stderr[-2000:]
+    (env / "corrupt" / "checkpoint-2" / "hfgrow_state.json").write_text("{not json")
+    with pytest.raises(HfgrowError, match="corrupt"):
+        continue_mod().read_checkpoint_state(env / "corrupt" / "checkpoint-2")
+
+
+def test_hfgrow_train_cli_checks_then_launches(env):
+    from click.testing import CliRunner
+
+    cmd = pytest.importorskip("hfgrow.cli.train")
+    base = ["--model", str(env / "model"), "--data", f"a={env / 'data' / 'a.jsonl'}", "--seq-len", "32",
+            "--eval-sequences", "2", "--batch-size", "2", "--max-steps", "2"]
+    res = CliRunner().invoke(cmd.train, [*base, "--output-dir", str(env / "cli_bad"), "--train", "new"])
+    assert isinstance(res.exception, HfgrowError) and "no recorded new layers" in str(res.exception)
+    res = CliRunner().invoke(cmd.train, ["--config-file", str(env / "nope.yaml"), *base, "--output-dir", str(env / "x")])
+    assert isinstance(res.exception, HfgrowError) and "does not exist" in str(res.exception)
+    # a real launch through accelerate's launcher (1 process, CPU config)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from hfgrow.cli.train import train; train(sys.argv[1:])",
+         "--config-file", str(ROOT / "configs" / "cpu.yaml"), *base, "--output-dir", str(env / "cli_run"), "--no-export"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in train_log(env / "cli_run")] == [1, 2]
+    assert (env / "cli_run" / "checkpoint-2" / "hfgrow_state.json").is_file()
