@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.dtypes import OUTPUT_CHOICES
 
 
 def source_options(fn):
@@ -22,7 +23,7 @@ def source_options(fn):
 def output_options(fn):
     """Options every command that writes a grown model takes."""
     for decorator in reversed([
-        click.option("--dtype", type=click.Choice(["keep", "bfloat16", "float16", "float32"]), default="keep",
+        click.option("--dtype", type=click.Choice(["keep", *OUTPUT_CHOICES]), default="keep",
                      show_default=True, help="Dtype of floating-point tensors in OUT."),
         click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard."),
         click.option("--dry-run", is_flag=True, help="Print the plan (layer map, sizes); write nothing."),

@@ -12,19 +12,6 @@ def template_path(name: str) -> Path:
     return Path(str(resources.files("hfgrow.growth").joinpath("templates", name)))
 
 
-def human(n: float) -> str:
-    """Short human form of a count: 1.1B, 350M, 12K.
-
-    Example:
-        >>> human(1_100_048_384)
-        '1.10B'
-    """
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
-
-
 def render_card(template: str, *, base_model: str | None, relation: str | None, tags: list[str],
                 extra_data: dict[str, Any] | None = None, **variables: Any) -> str:
     """Render ``templates/<template>`` with YAML metadata the Hub understands.

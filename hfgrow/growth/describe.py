@@ -65,7 +65,7 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
 
 
 def format_inspect(info: dict[str, Any]) -> str:
-    from hfgrow.growth.card import human
+    from hfgrow.units import format_count
     from hfgrow.growth.pattern import compact
 
     kinds = Counter(info["layer_types"])
@@ -80,8 +80,8 @@ def format_inspect(info: dict[str, Any]) -> str:
         f"layers        {info['num_layers']} under '{info['layer_prefix']}' (config key {info['layer_count_key']}), "
         f"{info['tensors_per_layer']} tensors each" + (f", +{info['extra_blocks']} extra blocks" if info["extra_blocks"] else ""),
         f"layer types   {per_kind}",
-        f"params        {human(params['total'])} total: {human(params['embedding'])} embedding, "
-        f"{human(params['non_embedding'])} non-embedding ({params['total']:,})",
+        f"params        {format_count(params['total'])} total: {format_count(params['embedding'])} embedding, "
+        f"{format_count(params['non_embedding'])} non-embedding ({params['total']:,})",
         f"tied embed.   {'yes' if info['tied_embeddings'] else 'no'}",
         "dtypes        " + ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items()),
         f"on disk       {info['bytes_on_disk'] / 1e9:.3f} GB in {info['files']} {info['format']} file(s)",

@@ -17,10 +17,12 @@ from typing import Any, Callable
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hfgrow.growth.card import human, render_card
-from hfgrow.io.checkpoint import DTYPE_ALIASES, Checkpoint
+from hfgrow.growth.card import render_card
+from hfgrow.units import format_count, parse_bytes
+from hfgrow.io import dtypes
+from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.errors import HfgrowError
-from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, parse_size, write_weights
+from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, write_weights
 from hfgrow.arch.layout import Layout, check_layer_kinds, open_model
 from hfgrow.growth.ops.depth import stack_plan
 from hfgrow.growth.pattern import compact, interpolate_map, parse_pattern, stack_map, target_layer_count
@@ -65,7 +67,7 @@ class GrowResult:
         if plan.new_layers:
             lines.append(f"new layers {compact(plan.new_layers)}")
         lines += [
-            f"params     {human(self.source_params)} -> {human(plan.num_params)} ({plan.num_params:,})",
+            f"params     {format_count(self.source_params)} -> {format_count(plan.num_params)} ({plan.num_params:,})",
             f"bytes      {plan.total_bytes / 1e9:.3f} GB to write in {len(plan.tensors)} tensors "
             f"({byte_copies} byte copies, {len(plan.tensors) - byte_copies} computed)",
         ]
@@ -112,16 +114,6 @@ def describe_operation(plan: Plan) -> str:
     if isinstance(noise, dict) and noise.get("alpha"):
         text += f" + noise (alpha {noise['alpha']:g})"
     return text
-
-
-def resolve_dtype(dtype: str | None) -> str | None:
-    """``keep``/None -> None; bfloat16/float16/float32 -> safetensors dtype name."""
-    if dtype in (None, "keep"):
-        return None
-    key = dtype.lower()
-    if key not in DTYPE_ALIASES:
-        raise HfgrowError(f"unknown dtype '{dtype}'; use keep, bfloat16, float16 or float32.")
-    return DTYPE_ALIASES[key]
 
 
 def depth_map(layout: Layout, factor: float | None, layers: int | None, pattern: str | None,
@@ -182,8 +174,8 @@ def _card(result: GrowResult, out: Path) -> str:
         architecture=layout.architecture,
         source_layers=layout.num_layers,
         target_layers=len(plan.layer_map) if plan.layer_map else layout.num_layers,
-        source_params=human(result.source_params),
-        target_params=human(plan.num_params),
+        source_params=format_count(result.source_params),
+        target_params=format_count(plan.num_params),
         layer_pattern=compact(plan.layer_map) if plan.layer_map else None,
         notes=plan.notes,
         command=result.command,
@@ -199,7 +191,7 @@ def grow_model(src: str, out: str | Path | None, make_plan: Callable[[Layout, Ch
     ``options`` are the operator's parameters as CLI option names; they go into the
     recipe and the reproducing command.
     """
-    max_shard = parse_size(max_shard_size)
+    max_shard = parse_bytes(max_shard_size, "shard size")
     out_path = Path(out).expanduser() if out is not None else None
     with open_source(src, revision=revision, token=token, progress=not quiet) as source:
         if out_path is not None and not dry_run:
@@ -250,7 +242,7 @@ def stack(src: str, out: str | Path | None, *, factor: float | None = None, laye
         ([0, 1, 2], 88)
         >>> print(stack("./small", None, pattern="0-1,2-5*5,4-5", dry_run=True).report())
     """
-    out_dtype = resolve_dtype(dtype)
+    out_dtype = dtypes.from_option(dtype)
 
     def make_plan(layout: Layout, checkpoint: Checkpoint) -> Plan:
         layer_map = depth_map(layout, factor, layers, pattern, order)
@@ -322,7 +314,7 @@ def grow(src: str, out: str | Path | None, *, op: str = "direct", width_op: str 
             raise HfgrowError(f"--mask-steps must be positive, got {mask_steps}.")
     elif mask_steps is not None:
         raise HfgrowError("--mask-steps applies to --op random (new layers or units ramped in by an MSG mask).")
-    out_dtype = resolve_dtype(dtype)
+    out_dtype = dtypes.from_option(dtype)
 
     def make_plan(layout: Layout, checkpoint: Checkpoint) -> Plan:
         roles = derive_roles(layout, checkpoint.tensors)

@@ -39,15 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.units import format_count, format_flops, parse_count
 
 __all__ = [
     "GROWTH_LAW",
     "DEFAULT_FACTOR",
     "ParamCount",
     "GrowthPlan",
-    "parse_size",
-    "format_count",
-    "format_flops",
     "count_params",
     "load_target_config",
     "growth_tokens",
@@ -61,78 +59,6 @@ GROWTH_LAW = {"a": 0.88, "b": 163.27, "c": -5.74}
 #: The paper's recommended growth factor (optimum between 2 and 4).
 DEFAULT_FACTOR = 4
 
-_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
-_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------- numbers and formatting
-
-
-def parse_size(text: str | int | float, what: str = "model size", example: str = "7B") -> int:
-    """Parse a human count such as ``"7B"``, ``"1.1b"``, ``"410M"``, ``"2T"`` or ``"70e9"``.
-
-    Suffixes (case-insensitive): K = 1e3, M = 1e6, B = 1e9, T = 1e12. Underscores and commas used as
-    digit separators are accepted (``"7_000_000"``). A sign is accepted so that callers can give a
-    precise "must be > 0" message; this function does not check the sign.
-
-    Raises:
-        HfgrowError: ``unknown model size 'x': use a number with K/M/B/T, e.g. 7B``.
-
-    Example:
-        >>> parse_size("1.1B"), parse_size("410m"), parse_size("70e9")
-        (1100000000, 410000000, 70000000000)
-    """
-    if isinstance(text, bool):
-        raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
-    if isinstance(text, (int, float)):
-        if isinstance(text, float) and not math.isfinite(text):
-            raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
-        return int(round(text))
-    cleaned = str(text).replace("_", "").replace(",", "")
-    match = _SIZE_RE.match(cleaned)
-    if not match:
-        raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
-    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
-    if not math.isfinite(value):
-        raise HfgrowError(f"unknown {what} '{text}': use a number with K/M/B/T, e.g. {example}")
-    return int(round(value))
-
-
-def format_count(n: float, decimals: int | None = None) -> str:
-    """Format a count with a K/M/B/T suffix: ``1.1B``, ``6.58B``, ``2T``, ``410M``.
-
-    With ``decimals=None`` three significant digits are kept and trailing zeros dropped; with an
-    explicit ``decimals`` at most that many decimals are shown (``format_count(11.113e9, 2) == "11.11B"``,
-    ``format_count(2e12, 2) == "2T"``).
-    """
-    sign = "-" if n < 0 else ""
-    n = abs(float(n))
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            value = n / scale
-            break
-    else:
-        suffix, value = "", n
-    if decimals is None:
-        text = f"{value:.3g}" if value < 100 else f"{value:.0f}"
-        if "e" in text:  # e.g. 99.96 rounds to 1e+02
-            text = f"{value:.0f}"
-    else:
-        text = f"{value:.{decimals}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return f"{sign}{text}{suffix}"
-
-
-def format_flops(x: float) -> str:
-    """Format a FLOP count in compact scientific notation: ``3.2e21``."""
-    if x == 0:
-        return "0"
-    text = f"{x:.3g}"
-    if "e" not in text:
-        return text
-    mantissa, exponent = text.split("e")
-    return f"{mantissa}e{int(exponent)}"
 
 
 # --------------------------------------------------------------------------- parameter counts
@@ -425,7 +351,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         HfgrowError: unknown size, tokens ≤ 0, a factor that does not divide the layer count, or a
             target that cannot be resolved.
     """
-    D = parse_size(tokens, what="token count", example="2T")
+    D = parse_count(tokens, "token count", "2T")
     if D <= 0:
         raise HfgrowError(f"--tokens must be > 0 (got '{tokens}'); e.g. --tokens 2T.")
     if factor < 2:
@@ -436,7 +362,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
     if isinstance(target, (str, os.PathLike)):
         text = str(target)
         if _looks_like_size(text) and not Path(text).exists():
-            n_total = parse_size(text)
+            n_total = parse_count(text, "model size", "7B")
             if n_total <= 0:
                 raise HfgrowError(f"the model size must be > 0 (got '{text}').")
             params = ParamCount(embedding=None, non_embedding=None, total=n_total)

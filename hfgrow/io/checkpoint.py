@@ -17,43 +17,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io import dtypes
 
-# safetensors dtype string -> (bytes per element, torch dtype)
-DTYPES: dict[str, tuple[int, torch.dtype]] = {
-    "F64": (8, torch.float64),
-    "F32": (4, torch.float32),
-    "F16": (2, torch.float16),
-    "BF16": (2, torch.bfloat16),
-    "I64": (8, torch.int64),
-    "I32": (4, torch.int32),
-    "I16": (2, torch.int16),
-    "I8": (1, torch.int8),
-    "U8": (1, torch.uint8),
-    "BOOL": (1, torch.bool),
-    "F8_E4M3": (1, torch.float8_e4m3fn),
-    "F8_E5M2": (1, torch.float8_e5m2),
-}
-TORCH_TO_ST = {torch_dtype: name for name, (_, torch_dtype) in DTYPES.items()}
-# names accepted by --dtype
-DTYPE_ALIASES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-
-
-def nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
-    """Bytes a tensor of ``dtype`` (safetensors name) and ``shape`` occupies.
-
-    Example:
-        >>> nbytes_of("BF16", (2048, 5632))
-        23068672
-    """
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count * DTYPES[dtype][0]
-
+if TYPE_CHECKING:  # torch is imported where tensors are made, not to read a header
+    import torch
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -90,10 +60,10 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     for name, entry in entries:
         begin, end = entry["data_offsets"]
         dtype = entry["dtype"]
-        if dtype not in DTYPES:
+        if dtype not in dtypes.SUPPORTED:
             raise HfgrowError(f"tensor {name} in {path.name} has dtype {dtype}, which hfgrow does not support.")
         shape = tuple(entry["shape"])
-        if end - begin != nbytes_of(dtype, shape):
+        if end - begin != dtypes.nbytes(dtype, shape):
             raise HfgrowError(f"{path.name} is corrupt: tensor {name} has the wrong byte length.")
         infos[name] = TensorInfo(name, dtype, shape, path, data_start + begin, end - begin)
     return infos, metadata
@@ -139,6 +109,8 @@ class Checkpoint:
 
     @classmethod
     def _open_bin(cls, folder: Path, files: list[Path]) -> "Checkpoint":
+        import torch
+
         memory: dict[str, torch.Tensor] = {}
         for file in files:
             try:
@@ -160,11 +132,11 @@ class Checkpoint:
                 memory[name] = tensor
         tensors = {}
         for name, tensor in memory.items():
-            dtype = TORCH_TO_ST.get(tensor.dtype)
+            dtype = dtypes.from_torch(tensor.dtype)
             if dtype is None:
                 raise HfgrowError(f"tensor {name} has dtype {tensor.dtype}, which hfgrow does not support.")
             shape = tuple(tensor.shape)
-            tensors[name] = TensorInfo(name, dtype, shape, None, 0, nbytes_of(dtype, shape))
+            tensors[name] = TensorInfo(name, dtype, shape, None, 0, dtypes.nbytes(dtype, shape))
         return cls(folder, tensors, memory)
 
     def load(self, name: str) -> torch.Tensor:
@@ -185,7 +157,9 @@ class Checkpoint:
 
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Read one safetensors tensor from its file (little-endian data, as the format stores it)."""
-    torch_dtype = DTYPES[info.dtype][1]
+    import torch
+
+    torch_dtype = dtypes.to_torch(info.dtype)
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=torch_dtype)
     buffer = bytearray(info.nbytes)

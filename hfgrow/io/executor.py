@@ -25,35 +25,15 @@ from typing import Iterable, Mapping
 
 import torch
 
-from hfgrow.io.checkpoint import DTYPES, TORCH_TO_ST, Checkpoint, TensorInfo, nbytes_of
+from hfgrow.io import dtypes
+from hfgrow.io.checkpoint import Checkpoint, TensorInfo
 from hfgrow.errors import HfgrowError
+from hfgrow.units import parse_bytes
 from hfgrow.io.plan import Plan, TensorPlan
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 _COPY_CHUNK = 1 << 30
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from a size like ``"5GB"`` (10^9, as transformers does), ``"500MiB"`` or an int.
-
-    Example:
-        >>> parse_size("5GB"), parse_size("2MiB"), parse_size(1000)
-        (5000000000, 2097152, 1000)
-    """
-    if isinstance(size, int):
-        value = size
-    else:
-        match = _SIZE.match(size)
-        if not match or match[2].upper() not in _UNITS:
-            raise HfgrowError(f"'{size}' is not a size; write e.g. 5GB, 500MB or 2GiB.")
-        value = int(float(match[1]) * _UNITS[match[2].upper()])
-    if value <= 0:
-        raise HfgrowError(f"the shard size must be positive, got {size}.")
-    return value
 
 
 @dataclass(frozen=True)
@@ -137,7 +117,7 @@ def materialize(tensor: TensorPlan, source: Checkpoint) -> torch.Tensor:
     """Compute one output tensor in memory (sources loaded, transform applied, cast)."""
     inputs = [source.load(name) for name in tensor.sources]
     value = tensor.transform(*inputs) if tensor.transform is not None else inputs[0]
-    value = value.to(DTYPES[tensor.dtype][1])
+    value = value.to(dtypes.to_torch(tensor.dtype))
     if tuple(value.shape) != tuple(tensor.shape):
         raise RuntimeError(f"plan bug: {tensor.name} computed as {tuple(value.shape)}, planned {tensor.shape}")
     return value
@@ -249,7 +229,7 @@ def check_free_space(folder: Path, needed: int) -> None:
 def write_weights(plan: Plan, source: Checkpoint, folder: Path, max_shard_size: int | str = "5GB",
                   progress: bool = False) -> list[Shard]:
     """Write the plan's tensors as safetensors shards (+ index when several) into ``folder``."""
-    shards = split_shards(plan.tensors, parse_size(max_shard_size))
+    shards = split_shards(plan.tensors, parse_bytes(max_shard_size, "shard size"))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -279,10 +259,10 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], out_dir: Path, max_s
     infos = {}
     plans = []
     for name, tensor in memory.items():
-        dtype = TORCH_TO_ST.get(tensor.dtype)
+        dtype = dtypes.from_torch(tensor.dtype)
         if dtype is None:
             raise HfgrowError(f"tensor {name} has dtype {tensor.dtype}, which safetensors cannot store here.")
         shape = tuple(tensor.shape)
-        infos[name] = TensorInfo(name, dtype, shape, None, 0, nbytes_of(dtype, shape))
+        infos[name] = TensorInfo(name, dtype, shape, None, 0, dtypes.nbytes(dtype, shape))
         plans.append(TensorPlan(name, dtype, shape, (name,)))
     return write_weights(Plan(plans), Checkpoint(Path(out_dir), infos, memory), Path(out_dir), max_shard_size, progress)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import torch
+from hfgrow.io import dtypes
 
-from hfgrow.io.checkpoint import nbytes_of
+if TYPE_CHECKING:
+    import torch
 
 
 class Transform(Protocol):
@@ -53,7 +54,7 @@ class TensorPlan:
 
     @property
     def nbytes(self) -> int:
-        return nbytes_of(self.dtype, self.shape)
+        return dtypes.nbytes(self.dtype, self.shape)
 
 
 @dataclass

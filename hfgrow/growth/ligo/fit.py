@@ -529,13 +529,14 @@ def learn(src: str, out: str | Path | None, *, data: list[str] | None = None, fa
         'LiGO: 100 steps on corpus.txt; held-out loss 3.9120 at step 0 -> 3.7010 learned'
         >>> learn("./small", "./wide", data=["corpus.txt"], hidden_size=128, placement=Placement("auto"))
     """
-    from hfgrow.growth.pipeline import depth_map, grow_model, resolve_dtype
+    from hfgrow.growth.pipeline import depth_map, grow_model
+    from hfgrow.io import dtypes
     from hfgrow.growth.ops.depth import stack_plan
     from hfgrow.growth.ops.learn import WIDTH_INITS, learned_plan
     from hfgrow.growth.ops.width import resolve_sizes, width_plan
     from hfgrow.arch.roles import derive_roles
 
-    out_dtype = resolve_dtype(dtype)
+    out_dtype = dtypes.from_option(dtype)
     replaying = coefficients is not None
     if not replaying and not dry_run and not data:
         raise HfgrowError("--op learn needs --data: text to learn the growth on.")

@@ -16,12 +16,11 @@ from typing import Callable
 
 import torch
 
-from hfgrow.io.checkpoint import DTYPES
+from hfgrow.io import dtypes
 from hfgrow.io.plan import Fn, TensorPlan
 
 # elements per working chunk (float32: 16 MiB). Changing it changes random streams: keep it fixed.
 CHUNK_ELEMENTS = 1 << 22
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 def generator(seed: int, *keys: object) -> torch.Generator:
@@ -56,7 +55,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def build(shape: tuple[int, ...], dtype: str, rows: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
     """A tensor of ``shape``/``dtype`` (safetensors name) filled chunk by chunk from ``rows(start, stop)``."""
-    out = torch.empty(shape, dtype=DTYPES[dtype][1])
+    out = torch.empty(shape, dtype=dtypes.to_torch(dtype))
     if not shape:
         out.copy_(rows(0, 1).reshape(()))
         return out
@@ -74,7 +73,7 @@ def normal(shape: tuple[int, ...], dtype: str, std: float, seed: int, *keys: obj
 
 
 def constant(shape: tuple[int, ...], dtype: str, value: float) -> torch.Tensor:
-    return torch.full(shape, value, dtype=DTYPES[dtype][1])
+    return torch.full(shape, value, dtype=dtypes.to_torch(dtype))
 
 
 def then(tensor: TensorPlan, fn: Callable[[torch.Tensor], torch.Tensor], text: str,

@@ -10,16 +10,9 @@ from typing import Mapping
 
 from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.errors import HfgrowError
+from hfgrow.io import dtypes
 from hfgrow.arch.layout import Layout, grown_config
 from hfgrow.io.plan import Plan, TensorPlan
-
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-
-
-def output_dtype(info: TensorInfo, dtype: str | None) -> str:
-    """The output dtype for a source tensor: ``dtype`` for floating tensors, unchanged otherwise."""
-    return dtype if dtype and info.dtype in _FLOAT_DTYPES else info.dtype
-
 
 def repeated_layers(layer_map: list[int]) -> list[int]:
     """Output positions holding a block already placed earlier (the "new" copies).
@@ -44,11 +37,11 @@ def block_tensors(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: 
     for position, src in enumerate(layer_map):
         for rest in layout.layers[src]:
             info = tensors[layout.layer_tensor(src, rest)]
-            plans.append(TensorPlan(layout.layer_tensor(position, rest), output_dtype(info, dtype), info.shape, (info.name,)))
+            plans.append(TensorPlan(layout.layer_tensor(position, rest), dtypes.float_output(info.dtype, dtype), info.shape, (info.name,)))
     for k, names in enumerate(layout.extra_layers):  # e.g. multi-token-prediction blocks stay after the stack
         for rest in names:
             info = tensors[layout.layer_tensor(layout.num_layers + k, rest)]
-            plans.append(TensorPlan(layout.layer_tensor(len(layer_map) + k, rest), output_dtype(info, dtype), info.shape, (info.name,)))
+            plans.append(TensorPlan(layout.layer_tensor(len(layer_map) + k, rest), dtypes.float_output(info.dtype, dtype), info.shape, (info.name,)))
     return plans
 
 
@@ -62,7 +55,7 @@ def assemble(layout: Layout, tensors: Mapping[str, TensorInfo], blocks: list[Ten
         if name in globals_:
             if name in layout.tied or name in drop:
                 continue
-            result.append(TensorPlan(name, output_dtype(info, dtype), info.shape, (name,)))
+            result.append(TensorPlan(name, dtypes.float_output(info.dtype, dtype), info.shape, (name,)))
         elif not placed:
             result.extend(blocks)
             placed = True
@@ -73,7 +66,7 @@ def assemble(layout: Layout, tensors: Mapping[str, TensorInfo], blocks: list[Ten
 
 def config_dtype(config: dict, dtype: str | None) -> dict:
     if dtype:
-        name = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype]
+        name = dtypes.config_name(dtype)
         config["dtype"] = name
         if "torch_dtype" in config:
             config["torch_dtype"] = name

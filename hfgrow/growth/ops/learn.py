@@ -16,7 +16,8 @@ import torch
 
 from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.arch.layout import Layout
-from hfgrow.growth.ops.depth import output_dtype, stack_plan
+from hfgrow.growth.ops.depth import stack_plan
+from hfgrow.io import dtypes
 from hfgrow.io.plan import Fn, Plan, TensorPlan
 
 Coefficients = dict[str, list[list[float]]]  # weight kind -> D (grown layers x source layers of that kind)
@@ -82,7 +83,7 @@ def learned_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: l
             row = coefficients[rest][position]
             info = tensors[layout.layer_tensor(src, rest)]
             name = layout.layer_tensor(position, rest)
-            out_dtype = output_dtype(info, dtype)
+            out_dtype = dtypes.float_output(info.dtype, dtype)
             nonzero = [(c, j) for c, j in zip(row, members[rest]) if c != 0.0]
             if len(nonzero) == 1 and nonzero[0] == (1.0, src):
                 continue  # exactly the Gstack copy: stays a byte copy

@@ -14,7 +14,8 @@ import math
 import torch
 
 from hfgrow.errors import HfgrowError
-from hfgrow.growth.ops.common import FLOAT_DTYPES, build, compute_dtype, generator, then
+from hfgrow.growth.ops.common import build, compute_dtype, generator, then
+from hfgrow.io import dtypes
 from hfgrow.io.plan import Plan
 from hfgrow.arch.roles import Roles
 
@@ -44,7 +45,7 @@ def noise_plan(plan: Plan, roles: Roles, alpha: float, *, seed: int = 0, hidden_
     out_std, other_std = noise_stds(d, layers)
     tensors = []
     for tensor in plan.tensors:
-        if tensor.dtype in FLOAT_DTYPES and len(tensor.shape) >= 2:
+        if tensor.dtype in dtypes.FLOAT and len(tensor.shape) >= 2:
             std = out_std if roles.role(tensor.name).output_projection else other_std
             shape, dtype, name = tensor.shape, tensor.dtype, tensor.name
 

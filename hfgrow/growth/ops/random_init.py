@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 from hfgrow.errors import HfgrowError
-from hfgrow.growth.ops.common import FLOAT_DTYPES, constant, normal, replace
+from hfgrow.growth.ops.common import constant, normal, replace
+from hfgrow.io import dtypes
 from hfgrow.io.plan import Plan, TensorPlan
 from hfgrow.arch.roles import Roles, TensorRole, block_index
 
@@ -24,7 +25,7 @@ DEFAULT_MASK_STEPS = 5000  # the reference code ramps the mask over ~5000 steps
 def init_tensor(tensor: TensorPlan, role: TensorRole, roles: Roles, seed: int, num_layers: int) -> TensorPlan:
     """``tensor`` replaced by its init values (computed at write time, seeded by its output name)."""
     shape, dtype, name = tensor.shape, tensor.dtype, tensor.name
-    if dtype not in FLOAT_DTYPES:
+    if dtype not in dtypes.FLOAT:
         return tensor
     if role.is_norm:
         value = 0.0 if role.is_bias else roles.norm_init

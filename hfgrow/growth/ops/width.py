@@ -45,8 +45,8 @@ from typing import Any
 import torch
 
 from hfgrow.errors import HfgrowError
-from hfgrow.io.checkpoint import DTYPES
-from hfgrow.growth.ops.common import FLOAT_DTYPES, compute_dtype, generator, row_chunks, then
+from hfgrow.growth.ops.common import compute_dtype, generator, row_chunks, then
+from hfgrow.io import dtypes
 from hfgrow.io.plan import Plan, TensorPlan
 from hfgrow.arch.roles import Roles, TensorRole, check_output_shapes, embed_scale_for
 
@@ -392,7 +392,7 @@ def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], sha
     if norm is not None:
         return _remap_norm(x, dim_maps[0], shape, dtype, norm)
     ndim = len(shape)
-    out = torch.empty(shape, dtype=DTYPES[dtype][1])
+    out = torch.empty(shape, dtype=dtypes.to_torch(dtype))
     # Each output unit's scale is a function of its source unit. A single constant (integer tiling,
     # Gemma's embedding factor) is one multiplication in the source dtype; per-unit scales (non-integer
     # splits) are applied in float32 and rounded once. Either way the scaled values are then only copied.
@@ -507,7 +507,7 @@ def _remap_norm(x: torch.Tensor, unit_map: UnitMap | None, shape: tuple[int, ...
         values = torch.where(unit_map.new, torch.tensor(init, dtype=cdt), values)
     if rescale != 1.0:
         values = (values + offset) * rescale - offset
-    return values.to(DTYPES[dtype][1]).reshape(shape)
+    return values.to(dtypes.to_torch(dtype)).reshape(shape)
 
 
 # ---------------------------------------------------------------- the plan
@@ -593,7 +593,7 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
                 return tensor
         elif all(m is None for m in dim_maps) and tensor_factor == 1.0:
             return tensor
-        if tensor.dtype not in FLOAT_DTYPES:
+        if tensor.dtype not in dtypes.FLOAT:
             raise HfgrowError(f"cannot grow the {tensor.dtype} tensor {tensor.name}; width growth needs float weights.")
         shape = tuple(m.src.numel() if m is not None else size for m, size in zip(dim_maps, tensor.shape))
         std = roles.init_std_for(role, layers_out)
@@ -602,7 +602,7 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
         def fn(x: torch.Tensor) -> torch.Tensor:
             if expansion is not None:
                 with torch.no_grad():
-                    return expansion.expand(x, role, tensor_factor, norm and norm[:2]).to(DTYPES[dtype][1])
+                    return expansion.expand(x, role, tensor_factor, norm and norm[:2]).to(dtypes.to_torch(dtype))
             return remap(x, role, dim_maps, shape, dtype, std=std, seed=seed, key=name, factor=tensor_factor, norm=norm)
 
         spaces = ",".join(s or "-" for s in role.dims)
