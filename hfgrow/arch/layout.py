@@ -84,7 +84,8 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
+    """Silence transformers' logger (below ERROR) inside the block; restore its level after."""
     logger = logging.getLogger("transformers")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -105,7 +106,7 @@ def hf_config_from_dict(config: dict[str, Any]):
         raise HfgrowError(f"'{model_type}' is an encoder-decoder model; hfgrow grows decoder-only causal LMs.")
     kwargs = {k: v for k, v in config.items() if k != "model_type"}
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoConfig.for_model(model_type, **kwargs)
     except Exception as exc:  # noqa: BLE001 - unknown type or a config transformers' validation rejects
         first = " ".join(str(exc).split())[:200] or type(exc).__name__
@@ -118,7 +119,7 @@ def meta_model(hf_config):
     from transformers import AutoModelForCausalLM
 
     try:
-        with _quiet_transformers(), torch.device("meta"):
+        with quiet_transformers(), torch.device("meta"):
             return AutoModelForCausalLM.from_config(hf_config)
     except ValueError as exc:
         raise HfgrowError(
@@ -127,30 +128,46 @@ def meta_model(hf_config):
         ) from None
 
 
-def _layer_modules(model, num_layers: int, hint: str):
-    """The ModuleList of decoder blocks: length L, preferring the one named like the checkpoint's."""
+def decoder_blocks(model, num_layers: int | None = None, hint: str | None = None) -> tuple[str, Any]:
+    """The ModuleList of a model's decoder blocks and its qualified name in ``model``.
+
+    The list is the ``nn.ModuleList`` whose length is the layer count (``num_layers``, else the config's
+    ``num_hidden_layers``); when several have that length, the one named ``hint`` (the checkpoint's block
+    prefix, e.g. ``layers`` or ``h``) wins, then the decoder's own ``layers``. Works on PEFT-wrapped and
+    compiled models too (the name is then the one inside the wrapper).
+
+    Example:
+        >>> decoder_blocks(model)[0]
+        'model.layers'
+
+    Raises:
+        HfgrowError: no such list (not a stack of repeated blocks).
+    """
     import torch
 
-    candidates = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers
-    ]
+    if num_layers is None:
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        num_layers = getattr(config, "num_hidden_layers", None)
+    candidates = [(name, module) for name, module in model.named_modules()
+                  if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers]
     if not candidates:
-        return None
-    for name, module in candidates:
-        if name.split(".")[-1] == hint:
-            return module
-    return candidates[0][1]
+        raise HfgrowError(f"cannot find the {num_layers} decoder blocks of {type(model).__name__}.")
+    last = lambda name: name.rsplit(".", 1)[-1]  # noqa: E731
+    for wanted in (hint, "layers"):
+        named = [(name, module) for name, module in candidates if wanted and last(name) == wanted]
+        if named:
+            return named[0]
+    return candidates[0]
 
 
 def layer_signatures(hf_config, num_layers: int, hint: str) -> tuple[list[frozenset[str]] | None, dict[str, str], Any]:
     """Per-layer in-memory parameter names, the tied-weights map, and the skeleton itself."""
     model = meta_model(hf_config)
-    blocks = _layer_modules(model, num_layers, hint)
-    signatures = None
-    if blocks is not None:
+    try:
+        _, blocks = decoder_blocks(model, num_layers, hint)
         signatures = [frozenset(name for name, _ in block.named_parameters()) for block in blocks]
+    except HfgrowError:
+        signatures = None
     tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
     return signatures, tied, model
 

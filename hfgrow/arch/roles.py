@@ -224,6 +224,27 @@ def block_index(name: str, prefix: str) -> int | None:
 # ---------------------------------------------------------------- derivation
 
 
+def head_geometry(hf_config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head_dim) as a config declares them (0, 0, 0 without attention).
+
+    The checkpoint's own q/k shapes are authoritative (:func:`derive_roles` reads them); this is what a
+    loaded model's config says, for code that only has the model.
+
+    Example:
+        >>> head_geometry(LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2))
+        (4, 2, 16)
+    """
+    config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        return 0, 0, 0
+    kv = next((getattr(config, key) for key in _KV_KEYS if isinstance(getattr(config, key, None), int)), heads)
+    head_dim = getattr(config, "head_dim", None)
+    if not isinstance(head_dim, int) or head_dim < 1:
+        head_dim = config.hidden_size // heads
+    return heads, kv, head_dim
+
+
 def _attr(hf_config, key: str):
     return getattr(hf_config, key, None)
 

@@ -22,6 +22,7 @@ from hfgrow.units import format_count, parse_bytes
 from hfgrow.io import dtypes
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.errors import HfgrowError
+from hfgrow.io.files import copy_carry_over
 from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, write_weights
 from hfgrow.arch.layout import Layout, check_layer_kinds, open_model
 from hfgrow.growth.ops.depth import stack_plan
@@ -29,14 +30,6 @@ from hfgrow.growth.pattern import compact, interpolate_map, parse_pattern, stack
 from hfgrow.io.plan import Plan
 from hfgrow.growth.recipe import RECIPE_FILE, dump_recipe, make_recipe
 from hfgrow.io.source import Source, open_source
-
-# files carried over from SRC unchanged (tokenizer, chat template, generation settings)
-CARRY_OVER = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "merges.txt", "*.tiktoken",
-    "chat_template.jinja", "chat_template.json", "generation_config.json",
-)
-
 
 @dataclass
 class GrowResult:
@@ -131,16 +124,6 @@ def depth_map(layout: Layout, factor: float | None, layers: int | None, pattern:
     raise HfgrowError(f"unknown --order '{order}'; use stack or interpolate.")
 
 
-def _copy_carry_over(src: Path, dst: Path) -> list[str]:
-    copied = []
-    for pattern in CARRY_OVER:
-        for item in sorted(src.glob(pattern)):
-            if item.is_file():
-                shutil.copy2(item, dst / item.name)
-                copied.append(item.name)
-    return copied
-
-
 def canonical_command(name: str, source: Source, out: Path | str, options: dict[str, Any]) -> str:
     """The exact CLI command that reproduces a run (source pinned to its commit when known)."""
     argv = ["hfgrow", name, source.repo_id or str(source.path), str(out)]
@@ -213,7 +196,7 @@ def grow_model(src: str, out: str | Path | None, make_plan: Callable[[Layout, Ch
         with OutputFolder(out_path, overwrite=overwrite) as tmp:
             write_weights(plan, checkpoint, tmp, max_shard, progress=not quiet)
             (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
-            result.files = _copy_carry_over(source.path, tmp)
+            result.files = copy_carry_over(source.path, tmp)
             params = dict(options, max_shard_size=max_shard_size)
             recipe = make_recipe(source, params, plan, result.command)
             recipe["command_name"] = command_name

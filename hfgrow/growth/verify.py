@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfgrow.errors import HfgrowError
-from hfgrow.arch.layout import context_length
+from hfgrow.arch.layout import context_length, quiet_transformers
 
 SAMPLE_TEXT = """\
 The quick brown fox jumps over the lazy dog. A language model assigns a probability to every
@@ -83,7 +83,6 @@ def verify(src: str, out: str, *, text: str | None = None, tol: float = 1e-4, ma
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hfgrow.arch.layout import _quiet_transformers
     from hfgrow.io.source import open_source
 
     if tol <= 0:
@@ -97,7 +96,7 @@ def verify(src: str, out: str, *, text: str | None = None, tol: float = 1e-4, ma
 
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 model_src = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).to(device).eval()
                 model_out, info = AutoModelForCausalLM.from_pretrained(

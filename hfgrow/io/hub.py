@@ -21,26 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.files import CARRY_OVER
 
 # Small files fetched along with the weights (repo root only): what loading, tokenizing, chatting and describing
 # the model needs. Matched with fnmatch against paths in the repo.
 METADATA_PATTERNS: tuple[str, ...] = (
     "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "tokenizer*.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "*.tiktoken",
-    "chat_template.json",
-    "chat_template.jinja",
-    "additional_chat_templates/*.jinja",
+    *CARRY_OVER,
     "README.md",  # the source card: license and lineage for the grown model's card
     "LICENSE*",
     "adapter_config.json",  # PEFT adapter repos

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.files import copy_carry_over
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,8 @@ def _merge_adapter(adapter: Source, token, progress: bool, workdir: Path) -> Sou
         state.pop(target, None)
     with torch.no_grad():
         save_state_dict(state, workdir)
-    for item in base.path.iterdir():
-        if item.is_file() and not item.name.endswith((".safetensors", ".bin", ".index.json")):
-            shutil.copy2(item, workdir / item.name)
+    shutil.copy2(base.path / "config.json", workdir / "config.json")
+    copy_carry_over(base.path, workdir)
     return Source(base.spec, workdir, base.repo_id, base.revision, base.commit, adapter=adapter)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from hfgrow.errors import HfgrowError
 from hfgrow.io.executor import swap_into_place
-from hfgrow.arch.layout import context_length
+from hfgrow.arch.layout import context_length, decoder_blocks
 
 STATE_FILE = "hfgrow_state.json"  # written last into a checkpoint: its presence marks it complete
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -111,29 +111,6 @@ def read_recipe(model: str) -> dict:
     except yaml.YAMLError as exc:
         raise HfgrowError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
     return recipe if isinstance(recipe, dict) else {}
-
-
-def decoder_layers(model):
-    """The ModuleList of decoder blocks: model.model.layers, get_decoder().layers, or a search."""
-    import torch.nn as nn
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    n = getattr(cfg, "num_hidden_layers", None)
-    candidates = []
-    inner = getattr(base, "model", None)
-    candidates.append(getattr(inner, "layers", None))
-    try:
-        candidates.append(getattr(base.get_decoder(), "layers", None))
-    except Exception:  # noqa: BLE001 - not every model has get_decoder
-        pass
-    for c in candidates:
-        if isinstance(c, nn.ModuleList) and (n is None or len(c) == n):
-            return c
-    for _, module in base.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise HfgrowError(f"cannot find the decoder layers of {type(base).__name__}.")
 
 
 def sublayer_outputs(model, blocks, indices) -> dict[int, list | None]:
@@ -222,9 +199,9 @@ class MaskRamp:
     def __init__(self, model, layers: list[int], steps: int, width: dict | None = None):
         import torch
 
-        from hfgrow.arch.roles import _KV_KEYS, kind_of
+        from hfgrow.arch.roles import head_geometry, kind_of
 
-        blocks = decoder_layers(model)
+        _, blocks = decoder_blocks(model)
         bad = [i for i in layers if not 0 <= int(i) < len(blocks)]
         if bad:
             raise HfgrowError(f"the recipe masks layer {bad[0]}, but the model has {len(blocks)} layers.")
@@ -235,11 +212,10 @@ class MaskRamp:
         self.new: dict[tuple[str, int], torch.Tensor] = {}  # (space, size) -> which units of that size are new
         width = dict(width or {})
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        q_heads, kv_heads, head_dim = head_geometry(cfg)
         for space, listed in (("q", width.pop("new_heads", None)), ("kv", width.pop("new_kv_heads", None))):
             if listed:  # heads of head_dim units each
-                heads = cfg.num_attention_heads if space == "q" else next(
-                    (getattr(cfg, k) for k in _KV_KEYS if isinstance(getattr(cfg, k, None), int)), cfg.num_attention_heads)
-                head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+                heads = q_heads if space == "q" else kv_heads
                 units = torch.arange(heads * head_dim) // head_dim
                 self.new[space, heads * head_dim] = torch.isin(units, torch.tensor(listed))
         for key, (old, new) in width.items():  # hidden_size and the FFN sizes: new units come last
@@ -640,7 +616,7 @@ def run(args: argparse.Namespace) -> Path | None:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_cfg = None
     if args.train == "new":
-        blocks = decoder_layers(model)
+        _, blocks = decoder_blocks(model)
         bad = [i for i in new_layers if not 0 <= i < len(blocks)]
         if bad:
             raise HfgrowError(f"the recipe lists new layer {bad[0]}, but the model has {len(blocks)} layers.")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers.families import FAMILIES
 
+from hfgrow.arch.layout import decoder_blocks
 from hfgrow.growth.pipeline import grow
 from hfgrow.growth.recipe import load_recipe
 from hfgrow.eval.tiny import make_model
@@ -82,8 +83,8 @@ def test_ramp_scales_each_sublayers_residual_update(source, tmp_path):
     def tails(family):
         grow(str(source(family)), tmp_path / family, op="random", factor=2, quiet=True)
         model = load(tmp_path / family)
-        block = C.decoder_layers(model)[1]
-        return block, C.sublayer_outputs(model, C.decoder_layers(model), [1])[1]
+        block = decoder_blocks(model)[1][1]
+        return block, C.sublayer_outputs(model, decoder_blocks(model)[1], [1])[1]
 
     block, found = tails("llama")
     assert found == [block.self_attn, block.mlp]

@@ -44,7 +44,7 @@ import torch
 
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.errors import HfgrowError
-from hfgrow.arch.layout import Layout, _layer_modules, _quiet_transformers, context_length, hf_config_from_dict
+from hfgrow.arch.layout import Layout, context_length, decoder_blocks, hf_config_from_dict, quiet_transformers
 from hfgrow.arch.roles import embed_scale_for
 from hfgrow.growth.ops.learn import SIDECAR, Coefficients, WidthExpansion, initial_coefficients, kind_members
 
@@ -263,14 +263,6 @@ class _GrownBlock(torch.nn.Module):
         return self._run(*args, **kwargs)
 
 
-def _block_list(model, num_layers: int, hint: str) -> tuple[str, torch.nn.ModuleList]:
-    blocks = _layer_modules(model, num_layers, hint)
-    if blocks is None:
-        raise HfgrowError("could not find the decoder block list in the model; --op learn cannot run.")
-    name = next(name for name, module in model.named_modules() if module is blocks)
-    return name, blocks
-
-
 def _sequences(folder: Path, data: list[str], seq_len: int, vocab_size: int | None = None) -> torch.Tensor:
     from transformers import AutoTokenizer
 
@@ -341,7 +333,7 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
             raise HfgrowError(f"{flag} must be at least 1, got {value}.")
     torch.manual_seed(seed)
     compute = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    with _quiet_transformers(), init_empty_weights():
+    with quiet_transformers(), init_empty_weights():
         grown = AutoModelForCausalLM.from_config(hf_config_from_dict(grown_config)).eval()
     max_len = context_length(grown.config)
     if max_len and seq_len > max_len:
@@ -352,7 +344,7 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
                 module._buffers[key] = buffer.to(compute)
 
     hint = layout.prefix.rstrip(".").split(".")[-1]
-    blocks_name, blocks = _block_list(grown, len(layer_map), hint)
+    blocks_name, blocks = decoder_blocks(grown, len(layer_map), hint)
     members = kind_members(layout)
     block_names = {rest for block in blocks for rest, _ in block.named_parameters()}
     unknown = sorted(rest for rest in block_names if rest not in members)
