@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from hfgrow.growth.ligo.fit import Placement, learn_growth
+from hfgrow.growth.ligo.fit import FitSettings, learn_growth
+from hfgrow.growth.ligo.placement import Placement
 from hfgrow.arch.layout import open_model
 from hfgrow.growth.ops.depth import stack_plan
 from hfgrow.growth.ops.learn import WidthExpansion
-from hfgrow.growth.ops.width import resolve_sizes, width_plan
+from hfgrow.growth.ops.width import resolve_sizes, widen_config
 from hfgrow.arch.roles import derive_roles
 from hfgrow.eval.tiny import make_model, make_tokenizer, python_docs_corpus, tiny_llama_config
 
@@ -61,8 +62,7 @@ def main() -> None:
         layer_map = [i % args.layers for i in range(args.layers * args.factor)]
         base = stack_plan(layout, checkpoint.tensors, layer_map)
         sizes = resolve_sizes(roles, hidden_size=2 * args.hidden)
-        wide_config = width_plan(base, roles, sizes, op="learn",
-                                 expansion=WidthExpansion(roles, sizes)).config
+        wide_config = widen_config(base.config, roles, sizes, "learn").config
         hfgrow.stack(str(src), root / "deep", factor=args.factor, quiet=True)
         hfgrow.grow(str(src), root / "wide", factor=args.factor, hidden_size=2 * args.hidden, quiet=True)
         models = {name: AutoModelForCausalLM.from_pretrained(root / name, dtype=torch.float32)
@@ -80,10 +80,10 @@ def main() -> None:
         def ligo(mode: str) -> float:
             width = mode != "depth"
             placement = Placement("disk", offload_folder=root / "offload") if mode == "offload" else None
+            settings = FitSettings(steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, eval_sequences=0)
             report = learn_growth(checkpoint, layout, wide_config if width else base.config, layer_map, [str(data)],
-                                  roles=roles, expansion=WidthExpansion(roles, sizes) if width else None,
-                                  steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size,
-                                  placement=placement, progress=False, eval_sequences=0)
+                                  settings, roles=roles, expansion=WidthExpansion(roles, sizes) if width else None,
+                                  placement=placement, progress=False)
             return statistics.median(report.step_seconds)
 
         modes = {"depth": "deep", "depth+width": "wide", "offload": "wide"}

@@ -48,7 +48,8 @@ class Layout:
         count_key: the config.json key that holds L.
         per_layer_keys: config keys whose value is a list with one entry per layer.
         index_keys: config keys whose value is a list of layer indices.
-        tied: checkpoint tensors that are tied copies of another tensor (not rewritten).
+        tied: weights transformers ties to another (target -> source), e.g. ``lm_head.weight`` ->
+            ``model.embed_tokens.weight``; a checkpoint may or may not store the target (never rewritten).
         signatures: per block, the parameter names transformers builds for it in memory
             (None when transformers cannot build the architecture).
     """
@@ -272,7 +273,7 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
     hint = prefix.rstrip(".").split(".")[-1]
     signatures, tied, layout.skeleton = layer_signatures(hf_config, num_layers, hint)
     layout.signatures = signatures
-    layout.tied = {target: source for target, source in tied.items() if target in checkpoint.tensors}
+    layout.tied = tied
     return layout
 
 

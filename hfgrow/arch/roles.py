@@ -88,6 +88,35 @@ def _qkv_layout(config: Mapping[str, Any]) -> str:
     return "concat"
 
 
+def qkv_row_order(layout: str, heads: int, kv_heads: int, head_dim: int):
+    """For each row of a fused q|k|v projection in ``layout``, its row in the plain [q heads | k heads | v heads] order.
+
+    The one statement of the three fused layouts (see :func:`_qkv_layout`); width growth and LiGO both
+    convert through it.
+
+    Example:
+        >>> qkv_row_order("per_head", 2, 2, 1).tolist()     # rows [q0 k0 v0 q1 k1 v1]
+        [0, 2, 4, 1, 3, 5]
+        >>> qkv_row_order("per_group", 4, 2, 1).tolist()    # rows [q0 q1 k0 v0 q2 q3 k1 v1]
+        [0, 1, 4, 6, 2, 3, 5, 7]
+    """
+    import torch
+
+    q = lambda h: h * head_dim  # noqa: E731  (first row of query head h in the plain order)
+    k = lambda h: (heads + h) * head_dim  # noqa: E731
+    v = lambda h: (heads + kv_heads + h) * head_dim  # noqa: E731
+    if layout == "concat":
+        starts = [q(h) for h in range(heads)] + [k(h) for h in range(kv_heads)] + [v(h) for h in range(kv_heads)]
+    elif layout == "per_head":
+        starts = [s for h in range(heads) for s in (q(h), k(h), v(h))]
+    elif layout == "per_group":
+        group = heads // kv_heads
+        starts = [s for g in range(kv_heads) for s in [q(g * group + r) for r in range(group)] + [k(g), v(g)]]
+    else:
+        raise ValueError(f"unknown fused q|k|v layout '{layout}'")
+    return (torch.tensor(starts)[:, None] + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
 def _uses_alibi(config: Mapping[str, Any]) -> bool:
     """ALiBi slopes depend on the head count, so heads cannot be duplicated exactly."""
     return bool(

@@ -81,13 +81,12 @@ def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, in
       hfgrow grow ./small ./ligo-big --op learn --factor 4 --data corpus.txt --device-map auto --offload-folder /scratch/off
       hfgrow grow --recipe ./big/hfgrow.yaml ./big-again
     """
-    from hfgrow.growth.pipeline import grow as run_grow, replay
+    from hfgrow.growth.pipeline import grow as run_grow
+    from hfgrow.growth.replay import replay
 
     if recipe is not None:
-        if out is None:
+        if out is None:  # `grow --recipe R OUT`: the recipe names the source; `grow SRC OUT --recipe R` overrides it
             out, src = (Path(src) if src is not None else None), None
-        if src is not None:
-            raise click.UsageError("with --recipe give only OUT: the recipe names the source.")
         given = [name for name, value in (("--factor", factor), ("--layers", layers), ("--pattern", pattern),
                                           ("--hidden-size", hidden_size), ("--intermediate-size", intermediate_size),
                                           ("--num-heads", num_heads), ("--num-kv-heads", num_kv_heads),
@@ -98,7 +97,8 @@ def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, in
             raise click.UsageError(f"{given[0]} cannot be combined with --recipe: the recipe fixes every parameter.")
         if out is None and not dry_run:
             raise click.UsageError("OUT is required unless --dry-run is given.")
-        result = replay(recipe, out, token=token, max_shard_size=max_shard_size if max_shard_size != "5GB" else None,
+        result = replay(recipe, out, source=src, token=token,
+                        max_shard_size=max_shard_size if max_shard_size != "5GB" else None,
                         dry_run=dry_run, overwrite=overwrite, quiet=quiet, push_to=push_to)
         finish(result, dry_run, quiet)
         return
@@ -107,7 +107,8 @@ def grow(src, out, op, width_op, factor, layers, pattern, order, hidden_size, in
     if out is None and not dry_run:
         raise click.UsageError("OUT is required unless --dry-run is given.")
     if op == "learn":
-        from hfgrow.growth.ligo.fit import Placement, learn, parse_device_map, parse_max_memory
+        from hfgrow.growth.ligo.operator import learn
+        from hfgrow.growth.ligo.placement import Placement, parse_device_map, parse_max_memory
 
         if width_op or noise is not None or mask_steps is not None:
             raise click.UsageError("--width-op, --noise and --mask-steps do not apply to --op learn.")

@@ -16,6 +16,7 @@ Examples for a 6-layer source (0-based)::
 
 from __future__ import annotations
 
+import math
 import re
 
 from hfgrow.errors import HfgrowError
@@ -76,29 +77,65 @@ def interpolate_map(num_layers: int, target_layers: int) -> list[int]:
     return [i * num_layers // target_layers for i in range(target_layers)]
 
 
-def compact(layer_map: list[int]) -> str:
-    """Write a layer map back in the pattern language (shortest obvious form).
+def interleave_map(num_layers: int, target_layers: int) -> list[int]:
+    """LLaMA-Pro placement: after every L/(N-L) source layers, a copy of the last one (spread evenly).
 
     Example:
-        >>> compact([0, 1, 2, 0, 1, 2])
-        '0-2*2'
+        >>> interleave_map(4, 6)
+        [0, 1, 1, 2, 3, 3]
+        >>> interleave_map(4, 12)
+        [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     """
-    runs: list[tuple[int, int]] = []
-    for index in layer_map:
-        if runs and index == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], index)
+    if target_layers < num_layers:
+        raise HfgrowError(f"{target_layers} layers is fewer than the source's {num_layers}; hfgrow only grows models.")
+    extra = target_layers - num_layers
+    after = [0] * num_layers
+    for k in range(extra):
+        after[math.ceil((k + 1) * num_layers / extra) - 1] += 1
+    layer_map: list[int] = []
+    for layer in range(num_layers):
+        layer_map += [layer] * (1 + after[layer])
+    return layer_map
+
+
+def compact(layer_map: list[int]) -> str:
+    """Write a layer map back in the pattern language, in the form a person reads fastest.
+
+    A layer repeated in place is ``a*n``, an ascending run ``a-b``, and a run repeated back to back ``a-b*n``.
+
+    Example:
+        >>> compact([0, 1, 2, 0, 1, 2]), compact([0, 0, 1, 1, 2, 2]), compact([0, 1, 1, 2, 3, 3])
+        ('0-2*2', '0*2,1*2,2*2', '0,1*2,2,3*2')
+    """
+    items: list[tuple[int, int, int]] = []  # (start, end, repeats): start..end, or start repeated in place
+    i, n = 0, len(layer_map)
+    while i < n:
+        start = layer_map[i]
+        same = i
+        while same + 1 < n and layer_map[same + 1] == start:
+            same += 1
+        if same > i:  # one layer repeated in place
+            items.append((start, start, same - i + 1))
+            i = same + 1
+            continue
+        j = i
+        while j + 1 < n and layer_map[j + 1] == layer_map[j] + 1 and not (j + 2 < n and layer_map[j + 2] == layer_map[j + 1]):
+            j += 1
+        items.append((start, layer_map[j], 1))
+        i = j + 1
+    merged: list[tuple[tuple[int, int, int], int]] = []  # identical ranges back to back -> one item *n
+    for item in items:
+        if merged and merged[-1][0] == item and item[2] == 1 and item[0] != item[1]:
+            merged[-1] = (item, merged[-1][1] + 1)
         else:
-            runs.append((index, index))
-    items: list[tuple[tuple[int, int], int]] = []
-    for run in runs:
-        if items and items[-1][0] == run:
-            items[-1] = (run, items[-1][1] + 1)
-        else:
-            items.append((run, 1))
+            merged.append((item, 1))
     parts = []
-    for (start, end), count in items:
-        text = str(start) if start == end else f"{start}-{end}"
-        parts.append(text if count == 1 else f"{text}*{count}")
+    for (start, end, repeats), times in merged:
+        if repeats > 1:
+            parts.append(f"{start}*{repeats}")
+        else:
+            text = str(start) if start == end else f"{start}-{end}"
+            parts.append(text if times == 1 else f"{text}*{times}")
     return ",".join(parts)
 
 

@@ -1,21 +1,45 @@
-"""The machine-readable recipe written into every grown folder (``hfgrow.yaml``).
+"""The recipe (``hfgrow.yaml``): what a grown folder was made from and how.
 
-It records the source (Hub id and commit, or path), the operator and every parameter,
-and the resulting layer map, so ``hfgrow grow --recipe OUT/hfgrow.yaml NEW`` rebuilds
-the same model, and training can find which layers are new.
+It is the contract between ``grow`` (which writes it), ``grow --recipe`` (which replays it bit for
+bit) and training (which reads which layers are new and how to ramp them in). This module is its only
+reader and writer: everything else sees the typed :class:`Recipe`.
+
+Format 2 (hfgrow 0.2)::
+
+    format: 2
+    hfgrow_version: 0.2.0
+    created: 2026-11-27T12:00:00+00:00
+    command: grow                      # the growth function that replays it: stack or grow
+    command_line: hfgrow grow org/small OUT --op zero --pattern 0,0-1,1 --revision 3f2a...
+    source: {repo_id: org/small, revision: main, commit: 3f2a...}   # or {name: small} for a folder
+    params: {op: zero, pattern: '0,0-1,1', seed: 0}                  # keyword arguments of `command`
+    operation: {op: zero, direction: depth, style: hfgrow, seed: 0, function_preserving: true,
+                mask: {layers: [1, 3], steps: 500, form: sublayer}, width: ..., noise: ..., coefficients: ...}
+    layer_map: [0, 0, 1, 1]
+    new_layers: [1, 3]
+
+A local source is recorded by its folder's *name*, never its path (recipes are published with the
+model). Recipes written by hfgrow 0.1 (no ``format`` key, absolute source paths) are read too.
+
+Example:
+    >>> recipe = Recipe.read(Path("grown"))
+    >>> recipe.layer_map[:4], recipe.operation.function_preserving
+    ([0, 1, 2, 3], False)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from hfgrow.errors import HfgrowError
 
 RECIPE_FILE = "hfgrow.yaml"
+FORMAT = 2
+_HEADER = "# hfgrow recipe: `hfgrow grow --recipe hfgrow.yaml OUT` rebuilds this model.\n"
 
 
 def hfgrow_version() -> str:
@@ -27,49 +51,255 @@ def hfgrow_version() -> str:
         return "0+unknown"
 
 
-def make_recipe(source, params: dict[str, Any], plan, command: str) -> dict[str, Any]:
-    src: dict[str, Any] = {"spec": source.spec}
-    if source.repo_id:
-        src.update(repo_id=source.repo_id, revision=source.revision, commit=source.commit)
-    else:
-        src["path"] = str(source.path)
-    if source.adapter is not None:
-        src["adapter"] = {"spec": source.adapter.spec, "commit": source.adapter.commit}
-    recipe = {
-        "hfgrow_version": hfgrow_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "source": src,
-        "operation": dict(plan.recipe),
-        "params": {k: v for k, v in params.items() if v is not None},
-        "layer_map": plan.layer_map,
-        "new_layers": plan.new_layers,
-    }
-    return recipe
+def _pair(value: Any) -> tuple[int, int]:
+    old, new = value
+    return int(old), int(new)
 
 
-def dump_recipe(recipe: dict[str, Any]) -> str:
-    return "# hfgrow recipe: `hfgrow grow --recipe hfgrow.yaml OUT` rebuilds this model.\n" + yaml.safe_dump(
-        recipe, sort_keys=False, default_flow_style=None, width=120
-    )
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a model came from: a Hub repo (pinned to a commit) or a local folder, by name."""
+
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    name: str | None = None  # a local folder's name: never its path
+    adapter: SourceRef | None = None  # a PEFT adapter that was merged into this base first
+    path: str | None = None  # only read from 0.1 recipes, which recorded absolute paths; never written
+
+    @property
+    def display(self) -> str:
+        return self.repo_id or self.name or "a local folder"
+
+    @classmethod
+    def from_source(cls, source) -> SourceRef:
+        """From a resolved :class:`hfgrow.io.source.Source`."""
+        adapter = cls.from_source(source.adapter) if source.adapter is not None else None
+        if source.repo_id:
+            return cls(repo_id=source.repo_id, revision=source.revision, commit=source.commit, adapter=adapter)
+        return cls(name=Path(source.path).name, adapter=adapter)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in (("repo_id", self.repo_id), ("revision", self.revision), ("commit", self.commit),
+                                  ("name", self.name)) if v is not None}
+        if self.adapter is not None:
+            data["adapter"] = self.adapter.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SourceRef:
+        adapter = data.get("adapter")
+        if isinstance(adapter, dict) and "spec" in adapter:  # 0.1: {spec, commit} of a Hub adapter
+            adapter = {"repo_id": adapter["spec"], "commit": adapter.get("commit")}
+        path = data.get("path")
+        return cls(repo_id=data.get("repo_id"), revision=data.get("revision"), commit=data.get("commit"),
+                   name=data.get("name") or (Path(path).name if path else None),
+                   adapter=cls.from_dict(adapter) if isinstance(adapter, dict) else None, path=path)
 
 
-def load_recipe(path: Path) -> dict[str, Any] | None:
-    """Read a recipe from a file or from ``folder/hfgrow.yaml``; None when a folder has none.
+@dataclass(frozen=True)
+class WidthMask:
+    """The new width units a MSG ramp scales: each grown space's (old, new) size and the new heads."""
 
-    Example:
-        >>> load_recipe(Path("grown"))["layer_map"][:4]
-        [0, 1, 2, 3]
+    hidden: tuple[int, int] | None = None
+    ffn: dict[str, tuple[int, int]] = field(default_factory=dict)  # FFN config key -> (old, new)
+    new_heads: tuple[int, ...] = ()
+    new_kv_heads: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"hidden_size": list(self.hidden)} if self.hidden else {}
+        data.update({key: list(pair) for key, pair in self.ffn.items()})
+        return data | {"new_heads": list(self.new_heads), "new_kv_heads": list(self.new_kv_heads)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WidthMask:
+        rest = {k: v for k, v in data.items() if k not in ("hidden_size", "new_heads", "new_kv_heads")}
+        return cls(hidden=_pair(data["hidden_size"]) if data.get("hidden_size") else None,
+                   ffn={key: _pair(pair) for key, pair in rest.items()},
+                   new_heads=tuple(int(h) for h in data.get("new_heads") or ()),
+                   new_kv_heads=tuple(int(h) for h in data.get("new_kv_heads") or ()))
+
+
+@dataclass(frozen=True)
+class Mask:
+    """MSG: new structure is scaled by c, which ramps 0 -> 1 over ``steps`` training steps.
+
+    ``form`` is where c applies to new layers: ``sublayer`` (each attention/MLP residual update) or
+    ``block`` (the whole block, ``y = x + c·(block(x) − x)``).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / RECIPE_FILE
-        if not path.is_file():
-            return None
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise HfgrowError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(recipe, dict) or "source" not in recipe or "params" not in recipe:
-        raise HfgrowError(f"{path} is not an hfgrow recipe (no source/params).")
-    return recipe
+
+    layers: tuple[int, ...] = ()
+    steps: int = 0
+    width: WidthMask | None = None
+    form: str = "sublayer"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"layers": list(self.layers), "steps": self.steps, "form": self.form}
+        if self.width is not None:
+            data["width"] = self.width.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Mask:
+        width = data.get("width")
+        return cls(layers=tuple(int(i) for i in data.get("layers") or ()), steps=int(data.get("steps") or 0),
+                   width=WidthMask.from_dict(width) if isinstance(width, dict) else None,
+                   form=str(data.get("form") or "sublayer"))
+
+
+@dataclass(frozen=True)
+class WidthRecord:
+    """How the width grew: the operator, each space's (old, new) size, and LiGO's start and matrices file."""
+
+    op: str
+    sizes: dict[str, tuple[int, int]]  # hidden_size, num_attention_heads, num_key_value_heads, FFN keys
+    head_dim: int
+    function_preserving: bool
+    init: str | None = None
+    matrices: str | None = None  # the sidecar file with LiGO's learned width matrices
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"op": self.op, **{key: list(pair) for key, pair in self.sizes.items()},
+                                "head_dim": self.head_dim, "function_preserving": self.function_preserving}
+        return data | {k: v for k, v in (("init", self.init), ("matrices", self.matrices)) if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WidthRecord:
+        scalars = ("op", "head_dim", "function_preserving", "init", "matrices")
+        return cls(op=str(data.get("op", "direct")), head_dim=int(data.get("head_dim") or 0),
+                   sizes={key: _pair(pair) for key, pair in data.items() if key not in scalars},
+                   function_preserving=bool(data.get("function_preserving")), init=data.get("init"),
+                   matrices=data.get("matrices"))
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Symmetry-breaking noise W <- (1-alpha)·W + alpha·eps and the two standard deviations used."""
+
+    alpha: float
+    std_output_projections: float
+    std_other: float
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the operators did to the source. Operators fill it in as they transform a plan."""
+
+    op: str = "direct"
+    direction: str = "depth"  # depth, width or depth+width
+    style: str = "hfgrow"  # hfgrow (this tool's variants) or prts (the papers' reference code)
+    seed: int = 0
+    function_preserving: bool = False
+    width: WidthRecord | None = None
+    mask: Mask | None = None
+    noise: Noise | None = None
+    coefficients: dict[str, list[list[float]]] | None = None  # LiGO depth: D per weight kind
+
+    def replace(self, **changes: Any) -> Operation:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"op": self.op, "direction": self.direction, "style": self.style, "seed": self.seed,
+                                "function_preserving": self.function_preserving}
+        if self.width is not None:
+            data["width"] = self.width.to_dict()
+        if self.mask is not None:
+            data["mask"] = self.mask.to_dict()
+        if self.noise is not None:
+            data["noise"] = dataclasses.asdict(self.noise)
+        if self.coefficients is not None:
+            data["coefficients"] = self.coefficients
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Operation:
+        width, mask, noise = data.get("width"), data.get("mask"), data.get("noise")
+        return cls(op=str(data.get("op", "direct")), direction=str(data.get("direction", "depth")),
+                   style=str(data.get("style", "hfgrow")), seed=int(data.get("seed") or 0),
+                   function_preserving=bool(data.get("function_preserving")),
+                   width=WidthRecord.from_dict(width) if isinstance(width, dict) else None,
+                   mask=Mask.from_dict(mask) if isinstance(mask, dict) else None,
+                   noise=Noise(**noise) if isinstance(noise, dict) else None,
+                   coefficients=data.get("coefficients"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A grown folder's recipe. ``params`` are the keyword arguments of ``command`` that replay it."""
+
+    command: str  # "stack" or "grow": the growth function
+    params: dict[str, Any]
+    source: SourceRef
+    operation: Operation
+    layer_map: list[int] | None = None
+    new_layers: list[int] = field(default_factory=list)
+    command_line: str = ""
+    hfgrow_version: str = field(default_factory=hfgrow_version)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    format: int = FORMAT
+
+    # ------------------------------------------------------------------ writing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "hfgrow_version": self.hfgrow_version, "created": self.created,
+            "command": self.command, "command_line": self.command_line, "source": self.source.to_dict(),
+            "params": {k: v for k, v in self.params.items() if v is not None},
+            "operation": self.operation.to_dict(), "layer_map": self.layer_map, "new_layers": list(self.new_layers),
+        }
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return _HEADER + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / RECIPE_FILE
+        path.write_text(self.to_yaml())
+        return path
+
+    # ------------------------------------------------------------------ reading
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "recipe") -> Recipe:
+        """Parse format 2, or a 0.1 recipe (``command_name``, width sizes flat in ``operation.width``)."""
+        try:
+            if not isinstance(data.get("source"), dict) or not isinstance(data.get("params"), dict):
+                raise ValueError("no source/params")
+            command = data.get("command") if data.get("format") else data.get("command_name", "stack")
+            operation = dict(data.get("operation") or {})
+            if not data.get("format") and isinstance(operation.get("mask"), dict) and "layers" not in operation["mask"]:
+                operation["mask"] = dict(operation["mask"], layers=[])  # 0.1 width-only masks
+            return cls(
+                command=str(command), params=dict(data["params"]), source=SourceRef.from_dict(data["source"]),
+                operation=Operation.from_dict(operation),
+                layer_map=[int(i) for i in data["layer_map"]] if data.get("layer_map") is not None else None,
+                new_layers=[int(i) for i in data.get("new_layers") or []],
+                command_line=str(data.get("command_line") or data.get("command") or ""),
+                hfgrow_version=str(data.get("hfgrow_version", "0.1")), created=str(data.get("created", "")),
+                format=int(data.get("format") or 1),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise HfgrowError(f"{where} is not an hfgrow recipe ({exc}).") from None
+
+    @classmethod
+    def read(cls, path: Path) -> Recipe | None:
+        """The recipe in a file, or in ``folder/hfgrow.yaml``; None when a folder has none.
+
+        Raises:
+            HfgrowError: the file exists but is not a recipe.
+        """
+        import yaml
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECIPE_FILE
+            if not path.is_file():
+                return None
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise HfgrowError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise HfgrowError(f"{path} is not an hfgrow recipe.")
+        return cls.from_dict(data, str(path))

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -29,7 +28,7 @@ from hfgrow.io import dtypes
 from hfgrow.io.checkpoint import Checkpoint, TensorInfo
 from hfgrow.errors import HfgrowError
 from hfgrow.units import parse_bytes
-from hfgrow.io.plan import Plan, TensorPlan
+from hfgrow.io.plan import TensorPlan, total_bytes
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -123,13 +122,16 @@ def materialize(tensor: TensorPlan, source: Checkpoint) -> torch.Tensor:
     return value
 
 
-def _is_byte_copy(tensor: TensorPlan, info: TensorInfo) -> bool:
-    return (
-        tensor.transform is None
-        and info.file is not None
-        and info.dtype == tensor.dtype
-        and tuple(info.shape) == tuple(tensor.shape)
-    )
+def copies_bytes(tensor: TensorPlan, source: Checkpoint) -> bool:
+    """Whether the executor writes ``tensor`` as a byte copy of its source (no torch), as opposed to computing it.
+
+    True for a tensor without transform whose single source is a safetensors tensor of the same dtype and
+    shape. ``--dry-run`` summaries ask this function, so they report what the writer really does.
+    """
+    if tensor.transform is not None or len(tensor.sources) != 1:
+        return False
+    info = source.tensors[tensor.sources[0]]
+    return info.file is not None and info.dtype == tensor.dtype and tuple(info.shape) == tuple(tensor.shape)
 
 
 def write_shard(shard: Shard, source: Checkpoint, path: Path, progress=None) -> None:
@@ -137,8 +139,8 @@ def write_shard(shard: Shard, source: Checkpoint, path: Path, progress=None) -> 
     with open(path, "wb") as out:
         out.write(safetensors_header(shard.tensors))
         for tensor in shard.tensors:
-            info = source.tensors[tensor.sources[0]] if tensor.sources else None  # no sources: computed from scratch
-            if len(tensor.sources) == 1 and _is_byte_copy(tensor, info):
+            if copies_bytes(tensor, source):
+                info = source.tensors[tensor.sources[0]]
                 _copy_range(info.file, info.offset, info.nbytes, out)
             else:
                 data = tensor_bytes(materialize(tensor, source))
@@ -226,15 +228,15 @@ def check_free_space(folder: Path, needed: int) -> None:
         )
 
 
-def write_weights(plan: Plan, source: Checkpoint, folder: Path, max_shard_size: int | str = "5GB",
-                  progress: bool = False) -> list[Shard]:
-    """Write the plan's tensors as safetensors shards (+ index when several) into ``folder``."""
-    shards = split_shards(plan.tensors, parse_bytes(max_shard_size, "shard size"))
+def write_weights(tensors: Sequence[TensorPlan], source: Checkpoint, folder: Path,
+                  max_shard_size: int | str = "5GB", progress: bool = False) -> list[Shard]:
+    """Write the planned tensors as safetensors shards (+ index when several) into ``folder``."""
+    shards = split_shards(tensors, parse_bytes(max_shard_size, "shard size"))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="writing", leave=False)
+        bar = tqdm(total=total_bytes(tensors), unit="B", unit_scale=True, desc="writing", leave=False)
     try:
         for shard in shards:
             write_shard(shard, source, folder / shard.filename, bar)
@@ -265,4 +267,4 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], out_dir: Path, max_s
         shape = tuple(tensor.shape)
         infos[name] = TensorInfo(name, dtype, shape, None, 0, dtypes.nbytes(dtype, shape))
         plans.append(TensorPlan(name, dtype, shape, (name,)))
-    return write_weights(Plan(plans), Checkpoint(Path(out_dir), infos, memory), Path(out_dir), max_shard_size, progress)
+    return write_weights(plans, Checkpoint(Path(out_dir), infos, memory), Path(out_dir), max_shard_size, progress)

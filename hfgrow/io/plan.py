@@ -1,20 +1,20 @@
-"""A plan: for every output tensor, which source tensors and what transform.
+"""The write plan: for every output tensor, which source tensors and what transform.
 
-Operators build plans and do no I/O; :mod:`hfgrow.io.executor` writes any plan.
-A tensor with ``transform=None`` and the same dtype as its single source is copied
-as raw bytes; anything else goes through torch, one tensor at a time.
+This is the seam between the pure growth operators (:mod:`hfgrow.growth.ops`, which build lists of
+``TensorPlan`` and do no I/O) and :mod:`hfgrow.io.executor` (which writes any such list). A tensor with
+``transform=None`` and the same dtype and shape as its single source is copied as raw bytes; anything
+else goes through torch, one tensor at a time.
 
 Example:
-    >>> plan = Plan(tensors=[TensorPlan("model.norm.weight", "BF16", (2048,), ("model.norm.weight",))])
-    >>> plan.total_bytes
-    4096
+    >>> tensor = TensorPlan("model.norm.weight", "BF16", (2048,), ("model.norm.weight",))
+    >>> tensor.nbytes, total_bytes([tensor, tensor])
+    (4096, 8192)
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from hfgrow.io import dtypes
 
@@ -57,24 +57,6 @@ class TensorPlan:
         return dtypes.nbytes(self.dtype, self.shape)
 
 
-@dataclass
-class Plan:
-    """Everything the executor needs, plus what the card, recipe and --dry-run report."""
-
-    tensors: list[TensorPlan]
-    config: dict[str, Any] = field(default_factory=dict)
-    layer_map: list[int] | None = None
-    new_layers: list[int] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # recipe fields specific to the operator (op name, parameters, mask metadata, ...)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    # extra safetensors files written next to the recipe (file name -> tensors), e.g. learned LiGO matrices
-    sidecars: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    @property
-    def num_params(self) -> int:
-        return sum(math.prod(t.shape) for t in self.tensors)
+def total_bytes(tensors: Iterable[TensorPlan]) -> int:
+    """Bytes of data the tensors occupy once written."""
+    return sum(t.nbytes for t in tensors)

@@ -82,35 +82,19 @@ def lr_at(step: int, max_lr: float, min_lr: float, warmup: int, max_steps: int) 
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
 
 
-def read_recipe(model: str) -> dict:
-    """The grown model's hfgrow.yaml as a dict ({} when there is none)."""
+def read_recipe(model: str):
+    """The grown model's recipe (None when it has none); a Hub model's travels with it."""
+    from hfgrow.growth.recipe import RECIPE_FILE, Recipe
+
     folder = Path(model)
     if not folder.is_dir():
-        try:  # a Hub repo id: the recipe travels with the model
+        try:
             from huggingface_hub import hf_hub_download
 
-            folder = Path(hf_hub_download(model, "hfgrow.yaml")).parent
+            folder = Path(hf_hub_download(model, RECIPE_FILE)).parent
         except Exception:  # noqa: BLE001 - offline, no such file, not a repo: no recipe
-            return {}
-    try:
-        from hfgrow.growth.recipe import load_recipe
-    except ImportError:  # pragma: no cover - the lead's module is always there in releases
-        load_recipe = None
-    if load_recipe is not None:
-        try:
-            return load_recipe(folder) or {}
-        except HfgrowError:
-            pass  # a partial recipe (e.g. only new_layers/mask): read it plainly below
-    path = folder / "hfgrow.yaml"
-    if not path.is_file():
-        return {}
-    import yaml
-
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise HfgrowError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
-    return recipe if isinstance(recipe, dict) else {}
+            return None
+    return Recipe.read(folder)
 
 
 def sublayer_outputs(model, blocks, indices) -> dict[int, list | None]:
@@ -520,14 +504,13 @@ def preflight(args: argparse.Namespace) -> dict:
     if context and seq_len > context:
         raise HfgrowError(f"--seq-len {seq_len} is larger than the model's context ({context} positions).")
     recipe = read_recipe(args.model)
-    new_layers = [int(i) for i in (recipe.get("new_layers") or [])]
+    new_layers = list(recipe.new_layers) if recipe else []
     if args.train == "new" and not new_layers:
         raise HfgrowError(
             f"this model has no recorded new layers (no new_layers in {args.model}/hfgrow.yaml), "
             "so --train new has nothing to train; use --train all or lora."
         )
-    # hfgrow grow --op random records the MSG ramp under operation.mask (top-level mask accepted too)
-    mask_cfg = recipe.get("mask") or (recipe.get("operation") or {}).get("mask") or {}
+    mask = recipe.operation.mask if recipe else None
     specs = parse_data_specs(args.data)
     if not specs:
         raise HfgrowError("no training data: give at least one --data PATH or NAME=PATH.")
@@ -561,8 +544,8 @@ def preflight(args: argparse.Namespace) -> dict:
             resume_state = read_checkpoint_state(resume_from)
     return {
         "config": config, "seq_len": seq_len, "new_layers": new_layers,
-        "mask_layers": [int(i) for i in (mask_cfg.get("layers") or [])],
-        "mask_steps": int(mask_cfg.get("steps") or 0), "mask_width": mask_cfg.get("width") or None,
+        "mask_layers": list(mask.layers) if mask else [],
+        "mask_steps": mask.steps if mask else 0, "mask_width": mask.width.to_dict() if mask and mask.width else None,
         "specs": specs, "eval_specs": eval_specs, "resume_from": resume_from, "resume_state": resume_state,
     }
 

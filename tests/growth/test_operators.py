@@ -17,11 +17,12 @@ import torch
 import transformers as T
 from safetensors.torch import load_file
 
-from hfgrow.growth.pipeline import grow, replay
+from hfgrow.growth.pipeline import grow
+from hfgrow.growth.replay import replay
 from hfgrow.growth.ops.noise import noise_stds
 from hfgrow.growth.ops.width import grow_indices
-from hfgrow.growth.ops.zero import interleave_map
-from hfgrow.growth.recipe import load_recipe
+from hfgrow.growth.pattern import interleave_map
+from hfgrow.growth.recipe import Mask, Recipe, WidthMask
 from hfgrow.eval.tiny import make_model
 from hfgrow.growth.verify import verify
 from helpers.cli import run_cli
@@ -91,7 +92,7 @@ def test_zero_depth_is_identity(family, seed, models, tmp_path):
     out = tmp_path / "out"
     result = grow(str(src), out, op="zero", factor=2, seed=seed, quiet=True)
     assert result.plan.layer_map == [0, 0, 1, 1] and result.plan.new_layers == [1, 3]
-    assert result.plan.recipe["function_preserving"] is True
+    assert result.plan.operation.function_preserving is True
     check_preserved(src, out)
     grown, source = tensors(out), tensors(src)
     prefix = result.layout.prefix
@@ -122,7 +123,7 @@ def test_zero_depth_pattern_places_identity_copies(models, tmp_path):
     result = grow(str(src), out, op="zero", pattern="0,1,1,1", quiet=True)
     assert result.plan.new_layers == [2, 3]
     check_preserved(src, out)
-    assert load_recipe(out)["params"]["pattern"] == "0-1,1*2"
+    assert Recipe.read(out).params["pattern"] == "0,1*3"
 
 
 # --------------------------------------------------------------------------- G-right-direct
@@ -137,7 +138,7 @@ def test_direct_width_x2_preserves(family, seed, models, tmp_path):
     config = json.loads((out / "config.json").read_text())
     roles_key = {"gpt2": "n_embd"}.get(family, "hidden_size")
     assert config[roles_key] == 64
-    assert result.plan.recipe["function_preserving"] is True
+    assert result.plan.operation.function_preserving is True
     check_preserved(src, out)
     if family in ("gpt2", "gemma", "opt"):
         assert config["tie_word_embeddings"] is False  # untied: the LM head is divided, the embedding is not
@@ -152,7 +153,7 @@ def test_direct_width_non_integer_preserves(family, models, tmp_path):
     if family == "falcon":  # LayerNorm: keep the hidden size, grow FFN and heads (head_dim explicit is not
         sizes = dict(intermediate_size=192)  # supported by Falcon, so heads need the hidden size to grow)
     result = grow(str(src), out, seed=3, quiet=True, **sizes)
-    assert result.plan.recipe["function_preserving"] is True
+    assert result.plan.operation.function_preserving is True
     check_preserved(src, out)
 
 
@@ -160,7 +161,7 @@ def test_direct_width_non_integer_preserves(family, models, tmp_path):
 def test_direct_width_non_integer_layernorm_is_flagged(family, models, tmp_path):
     result = grow(str(models(family)), None, hidden_size=48, num_heads=6, intermediate_size=144 if family == "gpt2"
                   else 96, dry_run=True, quiet=True)
-    assert result.plan.recipe["function_preserving"] is False
+    assert result.plan.operation.function_preserving is False
     assert any("non-integer" in note for note in result.plan.notes)
 
 
@@ -169,9 +170,9 @@ def test_norm_over_all_heads_is_flagged_unless_tiled(tmp_path):
     src = tmp_path / "olmo2"
     make_model(src, T.Olmo2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   num_key_value_heads=2, **COMMON), tokenizer=False)
-    assert grow(str(src), None, hidden_size=64, dry_run=True, quiet=True).plan.recipe["function_preserving"]
+    assert grow(str(src), None, hidden_size=64, dry_run=True, quiet=True).plan.operation.function_preserving
     result = grow(str(src), None, hidden_size=48, num_heads=6, dry_run=True, quiet=True)
-    assert result.plan.recipe["function_preserving"] is False
+    assert result.plan.operation.function_preserving is False
     assert any("q norm spans all heads" in note for note in result.plan.notes)
 
 
@@ -219,7 +220,7 @@ def test_zero_depth_plus_direct_width_preserves(family, seed, models, tmp_path):
     src = models(family, seed)
     out = tmp_path / "out"
     result = grow(str(src), out, op="zero", width_op="direct", layers=3, hidden_size=64, seed=seed, quiet=True)
-    assert result.plan.recipe["direction"] == "depth+width"
+    assert result.plan.operation.direction == "depth+width"
     assert "G-up-zero" in result.report() and "G-right-direct" in result.report()
     check_preserved(src, out)
 
@@ -230,7 +231,7 @@ def test_zero_width_preserves_with_rmsnorm(family, seed, models, tmp_path):
     src = models(family, seed)
     out = tmp_path / "out"
     result = grow(str(src), out, op="zero", hidden_size=64, seed=seed, quiet=True)
-    assert result.plan.recipe["function_preserving"] is True
+    assert result.plan.operation.function_preserving is True
     check_preserved(src, out)
     a, b = tensors(src), tensors(out)
     prefix = "model.layers.0."
@@ -269,9 +270,9 @@ def test_random_depth_initialises_and_records_mask(models, tmp_path):
     src = models("llama")
     out = tmp_path / "out"
     result = grow(str(src), out, op="random", factor=2, seed=5, quiet=True)
-    recipe = load_recipe(out)
-    assert recipe["operation"]["mask"] == {"layers": [1, 3], "steps": 5000}
-    assert recipe["new_layers"] == [1, 3] and result.plan.recipe["function_preserving"] is False
+    recipe = Recipe.read(out)
+    assert recipe.operation.mask == Mask(layers=(1, 3), steps=5000)
+    assert recipe.new_layers == [1, 3] and result.plan.operation.function_preserving is False
     state = tensors(out)
     for name in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "mlp.up_proj.weight"):
         std = state[f"model.layers.1.{name}"].std().item()
@@ -284,7 +285,7 @@ def test_random_depth_initialises_and_records_mask(models, tmp_path):
 def test_random_depth_mask_steps_and_family_inits(models, tmp_path):
     gemma, gpt2 = tmp_path / "gemma", tmp_path / "gpt2"
     grow(str(models("gemma")), gemma, op="random", layers=3, mask_steps=123, quiet=True)
-    assert load_recipe(gemma)["operation"]["mask"]["steps"] == 123
+    assert Recipe.read(gemma).operation.mask.steps == 123
     assert torch.count_nonzero(tensors(gemma)["model.layers.1.input_layernorm.weight"]) == 0  # (1 + w) norms
     grow(str(models("gpt2")), gpt2, op="random", layers=4, pattern=None, quiet=True)
     state = tensors(gpt2)
@@ -297,10 +298,9 @@ def test_random_width_keeps_source_units_and_records_new_units(models, tmp_path)
     src = models("llama")
     out = tmp_path / "out"
     grow(str(src), out, op="random", hidden_size=48, num_heads=6, quiet=True)
-    assert load_recipe(out)["operation"]["mask"]["steps"] == 5000
-    mask = load_recipe(out)["operation"]["mask"]["width"]
-    assert mask["hidden_size"] == [32, 48] and mask["intermediate_size"] == [64, 96]
-    assert mask["new_heads"] == [4, 5] and mask["new_kv_heads"] == [2]
+    assert Recipe.read(out).operation.mask.steps == 5000
+    mask = Recipe.read(out).operation.mask.width
+    assert mask == WidthMask(hidden=(32, 48), ffn={"intermediate_size": (64, 96)}, new_heads=(4, 5), new_kv_heads=(2,))
     a, b = tensors(src), tensors(out)
     q = b["model.layers.0.self_attn.q_proj.weight"]
     assert torch.equal(q[:32, :32], a["model.layers.0.self_attn.q_proj.weight"])
@@ -337,10 +337,13 @@ def test_recipe_replay_is_bit_for_bit(args, models, tmp_path, capsys):
     src = models("qwen2")
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli(["grow", src, first, "-q", *args], capsys)[0] == 0
-    assert run_cli(["grow", "--recipe", first / "hfgrow.yaml", second, "-q"], capsys)[0] == 0
+    # the recipe names a local source by its folder name only, so it is found beside the grown folder or given
+    code, _, err = run_cli(["grow", "--recipe", first / "hfgrow.yaml", second, "-q"], capsys)
+    assert code == 1 and f"a local folder named '{src.name}'" in err and "--source" in err
+    assert run_cli(["grow", src, second, "--recipe", first / "hfgrow.yaml", "-q"], capsys)[0] == 0
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     assert json.loads((first / "config.json").read_text()) == json.loads((second / "config.json").read_text())
-    third = replay(first, tmp_path / "third", quiet=True)  # library form, from the folder
+    third = replay(first, tmp_path / "third", source=str(src), quiet=True)  # library form, from the folder
     assert (third.out / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
 
 
@@ -358,9 +361,10 @@ def test_replay_of_a_stack_recipe(models, tmp_path, capsys):
     from hfgrow.growth.pipeline import stack
 
     src = models("llama")
-    stack(str(src), tmp_path / "g", factor=2, quiet=True)
-    assert run_cli(["grow", "--recipe", tmp_path / "g", tmp_path / "g2", "-q"], capsys)[0] == 0
-    assert (tmp_path / "g" / "model.safetensors").read_bytes() == (tmp_path / "g2" / "model.safetensors").read_bytes()
+    grown = src.parent / f"{tmp_path.name}-stacked"  # beside its source: the recipe's folder name finds it
+    stack(str(src), grown, factor=2, quiet=True)
+    assert run_cli(["grow", "--recipe", grown, tmp_path / "g2", "-q"], capsys)[0] == 0
+    assert (grown / "model.safetensors").read_bytes() == (tmp_path / "g2" / "model.safetensors").read_bytes()
 
 
 # --------------------------------------------------------------------------- CLI: verify, card, bad input
@@ -417,6 +421,6 @@ def test_bad_input_fails_in_one_line(family, args, words, models, tmp_path, caps
 def test_zero_with_reordered_pattern_is_not_called_preserving(models, tmp_path):
     src = models("llama")
     result = grow(str(src), tmp_path / "out", op="zero", pattern="1,0,0", quiet=True)
-    assert result.plan.recipe["function_preserving"] is False
+    assert result.plan.operation.function_preserving is False
     in_order = grow(str(src), tmp_path / "out2", op="zero", pattern="0,0,1", quiet=True)
-    assert in_order.plan.recipe["function_preserving"] is True
+    assert in_order.plan.operation.function_preserving is True

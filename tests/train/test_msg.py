@@ -15,7 +15,7 @@ from helpers.families import FAMILIES
 
 from hfgrow.arch.layout import decoder_blocks
 from hfgrow.growth.pipeline import grow
-from hfgrow.growth.recipe import load_recipe
+from hfgrow.growth.recipe import Recipe
 from hfgrow.eval.tiny import make_model
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -54,10 +54,10 @@ def grown(source, tmp_path, family: str, **kwargs):
     """(source logits, grown model with its MaskRamp over 10 steps at c = 0, plain grown logits)."""
     out = tmp_path / "grown"
     grow(str(source(family)), out, op="random", quiet=True, **kwargs)
-    mask = load_recipe(out)["operation"]["mask"]
+    mask = Recipe.read(out).operation.mask
     model = load(out)
     plain = logits(model).logits
-    ramp = C.MaskRamp(model, mask.get("layers") or [], 10, mask.get("width"))
+    ramp = C.MaskRamp(model, list(mask.layers), 10, mask.width.to_dict() if mask.width else None)
     ramp.set_step(0)
     return logits(load(source(family))).logits, model, ramp, plain
 

@@ -12,7 +12,9 @@ from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.errors import HfgrowError
 from hfgrow.io import dtypes
 from hfgrow.arch.layout import Layout, grown_config
-from hfgrow.io.plan import Plan, TensorPlan
+from hfgrow.growth.plan import Plan
+from hfgrow.growth.recipe import Operation
+from hfgrow.io.plan import TensorPlan
 
 def repeated_layers(layer_map: list[int]) -> list[int]:
     """Output positions holding a block already placed earlier (the "new" copies).
@@ -93,5 +95,5 @@ def stack_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: lis
         config=config_dtype(grown_config(layout, layer_map), dtype),
         layer_map=list(layer_map),
         new_layers=repeated_layers(layer_map),
-        recipe={"op": "direct", "direction": "depth"},
+        operation=Operation(op="direct", direction="depth"),
     )

@@ -17,8 +17,14 @@ import torch
 from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.arch.layout import Layout
 from hfgrow.growth.ops.depth import stack_plan
+from hfgrow.arch.roles import qkv_row_order
+from hfgrow.growth.ops.common import then
+from hfgrow.growth.ops.width import (WidthSizes, check_widenable, head_maps, remap_norm, space_maps,
+                                     widen_config, widen_tensors)
 from hfgrow.io import dtypes
-from hfgrow.io.plan import Fn, Plan, TensorPlan
+from hfgrow.growth.plan import Plan
+from hfgrow.growth.recipe import Operation, WidthRecord
+from hfgrow.io.plan import Fn, TensorPlan
 
 Coefficients = dict[str, list[list[float]]]  # weight kind -> D (grown layers x source layers of that kind)
 
@@ -96,7 +102,7 @@ def learned_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: l
         config=base.config,
         layer_map=base.layer_map,
         new_layers=base.new_layers,
-        recipe={"op": "learn", "direction": "depth", "coefficients": coefficients},
+        operation=Operation(op="learn", direction="depth", coefficients=coefficients),
     )
 
 
@@ -104,28 +110,6 @@ def learned_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: l
 
 WIDTH_INITS = ("direct", "identity")
 SIDECAR = "hfgrow_ligo.safetensors"  # the learned width matrices, next to hfgrow.yaml, for replay
-
-
-def fused_order(layout: str, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
-    """For each row of a fused q|k|v projection, its row in the plain [q heads | k heads | v heads] order.
-
-    Example:
-        >>> fused_order("per_head", 2, 2, 1).tolist()     # [q0 k0 v0 q1 k1 v1]
-        [0, 2, 4, 1, 3, 5]
-    """
-    q = lambda h: h * head_dim  # noqa: E731  (row of query head h in the plain order)
-    k = lambda h: (heads + h) * head_dim  # noqa: E731
-    v = lambda h: (heads + kv_heads + h) * head_dim  # noqa: E731
-    if layout == "concat":
-        starts = [q(h) for h in range(heads)] + [k(h) for h in range(kv_heads)] + [v(h) for h in range(kv_heads)]
-    elif layout == "per_head":
-        starts = [s for h in range(heads) for s in (q(h), k(h), v(h))]
-    elif layout == "per_group":
-        group = heads // kv_heads
-        starts = [s for g in range(kv_heads) for s in [q(g * group + r) for r in range(group)] + [k(g), v(g)]]
-    else:
-        raise ValueError(f"unknown fused q|k|v layout '{layout}'")
-    return (torch.tensor(starts)[:, None] + torch.arange(head_dim)[None, :]).reshape(-1)
 
 
 def _contract(matrix: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -157,8 +141,6 @@ class WidthExpansion(torch.nn.Module):
     """
 
     def __init__(self, roles, sizes, init: str = "direct", seed: int = 0):
-        from hfgrow.growth.ops.width import head_maps, space_maps
-
         super().__init__()
         if init not in WIDTH_INITS:
             raise ValueError(f"unknown width init '{init}'")
@@ -206,11 +188,11 @@ class WidthExpansion(torch.nn.Module):
             return _contract(self.matrix(kind, side), heads, dim).flatten(dim, dim + 1)
         if kind == "qkv":  # fused q|k|v rows, each part expanded on its own
             (nh, nh2), (nkv, nkv2), hd = self.heads, self.kv_heads, self.head_dim
-            plain = x.index_select(dim, torch.argsort(fused_order(self.qkv_layout, nh, nkv, hd)).to(x.device))
+            plain = x.index_select(dim, torch.argsort(qkv_row_order(self.qkv_layout, nh, nkv, hd)).to(x.device))
             q, k, v = plain.split([nh * hd, nkv * hd, nkv * hd], dim)
             grown = torch.cat([self._expand_dim(q, dim, "q", side), self._expand_dim(k, dim, "kv", side),
                                self._expand_dim(v, dim, "kv", side)], dim)
-            return grown.index_select(dim, fused_order(self.qkv_layout, nh2, nkv2, hd).to(x.device))
+            return grown.index_select(dim, qkv_row_order(self.qkv_layout, nh2, nkv2, hd).to(x.device))
         return _contract(self.matrix(space, side), x, dim)
 
     def expand(self, x: torch.Tensor, role, factor: float = 1.0, norm: tuple[float, float] | None = None
@@ -219,8 +201,6 @@ class WidthExpansion(torch.nn.Module):
 
         ``norm`` = (offset, init) of a norm weight (``w`` or Gemma's ``1 + w``): its new units get ``init``.
         """
-        from hfgrow.growth.ops.width import _remap_norm
-
         y = x.float()
         if role.is_norm:
             unit_map = self.maps.get(role.dims[0])
@@ -228,7 +208,7 @@ class WidthExpansion(torch.nn.Module):
                 return y
             if unit_map.src.device != y.device:  # the maps live on the CPU; the weights may not
                 unit_map = dataclasses.replace(unit_map, src=unit_map.src.to(y.device))
-            return _remap_norm(y, unit_map, (unit_map.src.numel(),), "F32", (*norm, 1.0))
+            return remap_norm(y, unit_map, (unit_map.src.numel(),), "F32", (*norm, 1.0))
         steps = [(dim, space, "write" if io == "out" else "read")
                  for dim, (space, io) in enumerate(zip(role.dims, role.io)) if space in self.maps and io in ("out", "in")]
         if len(steps) == 2:  # pick the order with fewer multiply-adds
@@ -251,3 +231,40 @@ class WidthExpansion(torch.nn.Module):
         with torch.no_grad():
             for name, p in mine.items():
                 p.copy_(tensors[name])
+
+
+def learned_width_plan(plan: Plan, roles, sizes: WidthSizes, expansion: WidthExpansion, init: str) -> Plan:
+    """Grow the width of every tensor of ``plan`` with LiGO's expansion matrices (their current values).
+
+    The matrices go to the ``SIDECAR`` file next to the recipe, so a replay rebuilds the same tensors.
+    """
+    from hfgrow.arch.roles import check_output_shapes
+
+    widened = widen_config(plan.config, roles, sizes, "learn")
+
+    def grow(tensor: TensorPlan, role) -> TensorPlan:
+        if role.is_norm and role.dims[0] not in expansion.maps:
+            return tensor
+        if not role.is_norm and not any(space in expansion.maps for space in role.dims if space) \
+                and not (role.kind == "embedding" and widened.embed_factor != 1.0):
+            return tensor
+        check_widenable(tensor, role, roles)
+        factor = widened.embed_factor if role.kind == "embedding" else 1.0
+        norm = (roles.norm_offset, 0.0 if role.is_bias else roles.norm_init) if role.is_norm else None
+        shape = tuple(expansion.maps[space].src.numel() if space in expansion.maps else size
+                      for space, size in zip(role.dims, tensor.shape))
+        dtype = tensor.dtype
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return expansion.expand(x, role, factor, norm).to(dtypes.to_torch(dtype))
+
+        spaces = ",".join(s or "-" for s in role.dims)
+        return then(tensor, fn, f"width learn ({role.kind} [{spaces}])", shape)
+
+    tensors = widen_tensors(plan.tensors, roles, widened.untie, grow)
+    check_output_shapes(widened.config, {t.name: t.shape for t in tensors}, roles)
+    record = WidthRecord("learn", sizes.pairs(), sizes.head_dim, False, init=init, matrices=SIDECAR)
+    return dataclasses.replace(plan, tensors=tensors, config=widened.config, notes=plan.notes + widened.notes,
+                               operation=plan.operation.replace(width=record),
+                               sidecars={**plan.sidecars, SIDECAR: expansion.state()})

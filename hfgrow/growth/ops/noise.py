@@ -16,7 +16,8 @@ import torch
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.ops.common import build, compute_dtype, generator, then
 from hfgrow.io import dtypes
-from hfgrow.io.plan import Plan
+from hfgrow.growth.plan import Plan
+from hfgrow.growth.recipe import Noise
 from hfgrow.arch.roles import Roles
 
 
@@ -60,7 +61,6 @@ def noise_plan(plan: Plan, roles: Roles, alpha: float, *, seed: int = 0, hidden_
 
             tensor = then(tensor, fn, f"noise α={alpha:g} (std {std:.3g})")
         tensors.append(tensor)
-    recipe = dict(plan.recipe, noise={"alpha": alpha, "std_output_projections": out_std, "std_other": other_std},
-                  function_preserving=False)
-    return dataclasses.replace(plan, tensors=tensors, recipe=recipe,
+    operation = plan.operation.replace(noise=Noise(alpha, out_std, other_std), function_preserving=False)
+    return dataclasses.replace(plan, tensors=tensors, operation=operation,
                                notes=plan.notes + [f"noise α={alpha:g} added to every weight matrix"])

@@ -16,11 +16,10 @@ import dataclasses
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.ops.common import constant, normal, replace
 from hfgrow.io import dtypes
-from hfgrow.io.plan import Plan, TensorPlan
+from hfgrow.growth.plan import Plan
+from hfgrow.growth.recipe import Mask
+from hfgrow.io.plan import TensorPlan
 from hfgrow.arch.roles import Roles, TensorRole, block_index
-
-DEFAULT_MASK_STEPS = 5000  # the reference code ramps the mask over ~5000 steps
-
 
 def init_tensor(tensor: TensorPlan, role: TensorRole, roles: Roles, seed: int, num_layers: int) -> TensorPlan:
     """``tensor`` replaced by its init values (computed at write time, seeded by its output name)."""
@@ -42,17 +41,14 @@ def init_tensor(tensor: TensorPlan, role: TensorRole, roles: Roles, seed: int, n
     return dataclasses.replace(replace(tensor, make, text), sources=())
 
 
-def random_plan(plan: Plan, roles: Roles, *, seed: int = 0, mask_steps: int | None = None) -> Plan:
-    """Re-initialise every tensor of the plan's new layers; record the MSG mask in the recipe.
+def random_plan(plan: Plan, roles: Roles, *, seed: int, mask_steps: int) -> Plan:
+    """Re-initialise every tensor of the plan's new layers; record the MSG mask (ramp over ``mask_steps``).
 
     Example:
-        >>> plan = random_plan(stack_plan(layout, ckpt.tensors, interleave_map(4, 6)), roles, seed=1)
-        >>> plan.recipe["mask"]
-        {'layers': [2, 5], 'steps': 5000}
+        >>> plan = random_plan(stack_plan(layout, ckpt.tensors, interleave_map(4, 6)), roles, seed=1, mask_steps=5000)
+        >>> plan.operation.mask
+        Mask(layers=(2, 5), steps=5000, width=None, form='sublayer')
     """
-    steps = DEFAULT_MASK_STEPS if mask_steps is None else mask_steps
-    if steps < 1:
-        raise HfgrowError(f"--mask-steps must be positive, got {steps}.")
     new = set(plan.new_layers)
     num_layers = len(plan.layer_map) if plan.layer_map else 1
     tensors = []
@@ -60,5 +56,6 @@ def random_plan(plan: Plan, roles: Roles, *, seed: int = 0, mask_steps: int | No
         if block_index(tensor.name, roles.prefix) in new and tensor.sources:
             tensor = init_tensor(tensor, roles.role(tensor.sources[0]), roles, seed, num_layers)
         tensors.append(tensor)
-    mask = dict(plan.recipe.get("mask") or {}, layers=sorted(new), steps=steps)
-    return dataclasses.replace(plan, tensors=tensors, recipe=dict(plan.recipe, mask=mask))
+    previous = plan.operation.mask or Mask()
+    mask = dataclasses.replace(previous, layers=tuple(sorted(new)), steps=mask_steps)
+    return dataclasses.replace(plan, tensors=tensors, operation=plan.operation.replace(op="random", mask=mask))

@@ -40,15 +40,17 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.ops.common import compute_dtype, generator, row_chunks, then
 from hfgrow.io import dtypes
-from hfgrow.io.plan import Plan, TensorPlan
-from hfgrow.arch.roles import Roles, TensorRole, check_output_shapes, embed_scale_for
+from hfgrow.growth.plan import Plan
+from hfgrow.growth.recipe import Mask, WidthMask, WidthRecord
+from hfgrow.io.plan import TensorPlan
+from hfgrow.arch.roles import Roles, TensorRole, check_output_shapes, embed_scale_for, qkv_row_order
 
 OPS = ("direct", "zero", "random")
 
@@ -68,12 +70,10 @@ class WidthSizes:
         pairs = [self.hidden, self.heads, self.kv_heads, *self.ffn.values()]
         return any(a != b for a, b in pairs)
 
-    def as_dict(self, roles: Roles) -> dict[str, Any]:
-        result = {"hidden_size": list(self.hidden), "num_attention_heads": list(self.heads),
-                  "num_key_value_heads": list(self.kv_heads), "head_dim": self.head_dim}
-        for key, pair in self.ffn.items():
-            result[key] = list(pair)
-        return result
+    def pairs(self) -> dict[str, tuple[int, int]]:
+        """(old, new) of every grown size, by config meaning (``hidden_size``, heads, FFN config keys)."""
+        return {"hidden_size": self.hidden, "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads,
+                **self.ffn}
 
 
 def _scaled(value: int, new: int, old: int, what: str, flag: str, basis: str = "hidden size") -> int:
@@ -287,33 +287,14 @@ def head_maps(sizes: WidthSizes, op: str, seed: int) -> tuple[list[int], list[in
 
 
 def _fused_qkv(layout: str, q_map: list[int], kv_map: list[int], sizes: WidthSizes) -> torch.Tensor:
-    """Element map of a fused q|k|v projection's output dimension."""
+    """Element map of a fused q|k|v projection's output rows: through the plain [q | k | v] order and back."""
     (nh, nh2), (nkv, nkv2), hd = sizes.heads, sizes.kv_heads, sizes.head_dim
     q, kv = _expand(q_map, hd), _expand(kv_map, hd)
     shift = lambda t, offset: torch.where(t < 0, -1, t + offset)  # noqa: E731
-    if layout == "concat":
-        return torch.cat([q, shift(kv, nh * hd), shift(kv, (nh + nkv) * hd)])
-    if layout == "per_head":  # [q_h, k_h, v_h] per head; q map == kv map
-        parts = []
-        for head in q_map:
-            base = head * 3 * hd
-            parts.append(torch.full((3 * hd,), -1) if head < 0 else torch.arange(base, base + 3 * hd))
-        return torch.cat(parts)
-    if layout == "per_group":  # per kv group: its q heads, then k, then v
-        G, G2 = nh // nkv, nh2 // nkv2
-        parts = []
-        for m, s in enumerate(kv_map):
-            block = (G + 2) * hd
-            for r in range(G2):
-                head = q_map[m * G2 + r]
-                if head < 0 or s < 0:
-                    parts.append(torch.full((hd,), -1))
-                else:
-                    parts.append(torch.arange(s * block + (head - s * G) * hd, s * block + (head - s * G + 1) * hd))
-            for k in (G, G + 1):
-                parts.append(torch.full((hd,), -1) if s < 0 else torch.arange(s * block + k * hd, s * block + (k + 1) * hd))
-        return torch.cat(parts)
-    raise HfgrowError(f"unknown fused q|k|v layout '{layout}'.")
+    plain = torch.cat([q, shift(kv, nh * hd), shift(kv, (nh + nkv) * hd)])  # new plain row -> source plain row
+    wanted = plain[qkv_row_order(layout, nh2, nkv2, hd)]  # new fused row -> source plain row
+    fused_of_plain = torch.argsort(qkv_row_order(layout, nh, nkv, hd))  # source plain row -> source fused row
+    return torch.where(wanted < 0, -1, fused_of_plain[wanted.clamp(min=0)])
 
 
 def _ones(n: int) -> torch.Tensor:
@@ -390,7 +371,7 @@ def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], sha
     ``init + offset``) is multiplied by ``rescale``.
     """
     if norm is not None:
-        return _remap_norm(x, dim_maps[0], shape, dtype, norm)
+        return remap_norm(x, dim_maps[0], shape, dtype, norm)
     ndim = len(shape)
     out = torch.empty(shape, dtype=dtypes.to_torch(dtype))
     # Each output unit's scale is a function of its source unit. A single constant (integer tiling,
@@ -498,7 +479,7 @@ def _scaled_source(x: torch.Tensor, per_unit: list, constant: float, dtype: torc
     return scaled
 
 
-def _remap_norm(x: torch.Tensor, unit_map: UnitMap | None, shape: tuple[int, ...], dtype: str,
+def remap_norm(x: torch.Tensor, unit_map: UnitMap | None, shape: tuple[int, ...], dtype: str,
                 norm: tuple[float, float, float]) -> torch.Tensor:
     offset, init, rescale = norm
     cdt = compute_dtype(x.dtype)
@@ -513,24 +494,25 @@ def _remap_norm(x: torch.Tensor, unit_map: UnitMap | None, shape: tuple[int, ...
 # ---------------------------------------------------------------- the plan
 
 
-def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0,
-               expansion=None) -> Plan:
-    """Grow the width of every tensor of ``plan`` (any depth plan: its tensors' sources are source tensors).
+@dataclass
+class Widened:
+    """What widening changes besides the tensors, for any width operator (unit maps or LiGO).
 
-    ``expansion`` (a :class:`hfgrow.growth.ops.learn.WidthExpansion`, with ``op="learn"``) computes
-    every grown tensor from learned matrices instead of the unit maps.
-
-    Example:
-        >>> sizes = resolve_sizes(roles, hidden_size=128, intermediate_size=512)
-        >>> wide = width_plan(stack_plan(layout, ckpt.tensors, [0, 1]), roles, sizes)
-        >>> wide.config["hidden_size"], wide.recipe["width"]["function_preserving"]
-        (128, True)
+    ``config`` is the grown config; ``untie`` the tied output embeddings that must become tensors of their
+    own (target -> the embedding they were tied to); ``embed_factor`` what the embedding is multiplied by
+    (Gemma scales its output by sqrt(hidden), which changes with the width).
     """
-    if not sizes.changed:
-        return plan
-    maps = expansion.maps if expansion is not None else space_maps(roles, sizes, op, seed)
+
+    config: dict[str, Any]
+    untie: dict[str, str]
+    embed_factor: float
+    notes: list[str]
+
+
+def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: str) -> Widened:
+    """The grown config and the model-level changes every width operator shares."""
     H, H2 = sizes.hidden
-    config = json.loads(json.dumps(plan.config))
+    config = json.loads(json.dumps(config))
     keys = roles.keys
     config[keys["hidden_size"]] = H2
     for alias in roles.hidden_aliases:
@@ -543,15 +525,11 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
     if config.get("head_dim") is not None or H2 % sizes.heads[1] or H2 // sizes.heads[1] != sizes.head_dim:
         config["head_dim"] = sizes.head_dim
     ffn_text = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in sizes.ffn.items())
-    notes: list[str] = [
-        f"width ({op}): hidden {H} -> {H2}, heads {sizes.heads[0]} -> {sizes.heads[1]} (key/value "
-        f"{sizes.kv_heads[0]} -> {sizes.kv_heads[1]}, head_dim {sizes.head_dim})" + (f", {ffn_text}" if ffn_text else "")
-    ]
+    notes = [f"width ({op}): hidden {H} -> {H2}, heads {sizes.heads[0]} -> {sizes.heads[1]} (key/value "
+             f"{sizes.kv_heads[0]} -> {sizes.kv_heads[1]}, head_dim {sizes.head_dim})" + (f", {ffn_text}" if ffn_text else "")]
     untie = {}
     if H2 != H:
-        for target, source in roles.tied.items():
-            if roles.role(source).kind == "embedding":
-                untie[target] = source
+        untie = {target: source for target, source in roles.tied.items() if roles.role(source).kind == "embedding"}
         if untie:
             config["tie_word_embeddings"] = False
             notes.append("input and output embeddings are untied (grown width needs different values)")
@@ -562,92 +540,130 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
         if factor != 1.0:
             notes.append(f"embedding rescaled by {factor:.6g}: the model multiplies it by {new_scale:.6g} instead of "
                          f"{roles.embed_scale:.6g}")
-    layers_out = len(plan.layer_map) if plan.layer_map else 1
-    rescale = 1.0
-    if op == "zero" and H2 != H and roles.norm_kind == "rms":
-        # new hidden units stay zero: mean(x²) shrinks by H/H2. Norm weights x sqrt(H/H2) and eps x H/H2
-        # make every RMSNorm output exactly what it was.
-        rescale = math.sqrt(H / H2)
-        if roles.norm_eps_key and isinstance(config.get(roles.norm_eps_key), (int, float)):
-            config[roles.norm_eps_key] = config[roles.norm_eps_key] * H / H2
-            notes.append(f"{roles.norm_eps_key} scaled by {H}/{H2} and norm weights by sqrt({H}/{H2}) "
-                         "(the zero hidden units lower the mean square)")
-        else:
-            notes.append(f"norm weights scaled by sqrt({H}/{H2}); hfgrow found no epsilon to scale, so outputs match "
-                         "up to the norm's epsilon")
+    return Widened(config, untie, factor, notes)
 
-    def grow_tensor(tensor: TensorPlan, role: TensorRole) -> TensorPlan:
-        if role.kind == "unknown" or not role.width_ok:
-            raise HfgrowError(
-                f"hfgrow has no width rule for {roles.model_type} tensor {tensor.sources[0]} "
-                f"({role.reason or 'unknown role'}); width growth is not supported for this architecture."
-            )
-        dim_maps = [maps.get(space) if space else None for space in role.dims]
+
+def check_widenable(tensor: TensorPlan, role: TensorRole, roles: Roles) -> None:
+    """Refuse, in one sentence, a tensor no width rule covers."""
+    if role.kind == "unknown" or not role.width_ok:
+        raise HfgrowError(
+            f"hfgrow has no width rule for {roles.model_type} tensor {tensor.sources[0]} "
+            f"({role.reason or 'unknown role'}); width growth is not supported for this architecture."
+        )
+    if tensor.dtype not in dtypes.FLOAT:
+        raise HfgrowError(f"cannot grow the {tensor.dtype} tensor {tensor.name}; width growth needs float weights.")
+
+
+def widen_tensors(tensors: list[TensorPlan], roles: Roles, untie: dict[str, str],
+                  grow: Callable[[TensorPlan, TensorRole], TensorPlan]) -> list[TensorPlan]:
+    """Every planned tensor through ``grow`` (by its source's role); untied output embeddings added as tensors."""
+    grown = [grow(tensor, roles.role(tensor.sources[0])) if tensor.sources else tensor for tensor in tensors]
+    for target, source in untie.items():
+        grown = [t for t in grown if t.name != target]
+        base = next(t for t in tensors if t.name == source or t.sources[:1] == (source,))
+        grown.append(grow(TensorPlan(target, base.dtype, base.shape, (source,)), roles.lm_head_role()))
+    return grown
+
+
+class _UnitMapWidening:
+    """Grows one tensor by the unit maps of its dimensions (the direct, zero and random operators)."""
+
+    def __init__(self, roles: Roles, maps: dict[str, UnitMap], op: str, seed: int, embed_factor: float,
+                 norm_rescale: float, layers_out: int):
+        self.roles, self.maps, self.op, self.seed = roles, maps, op, seed
+        self.embed_factor, self.norm_rescale, self.layers_out = embed_factor, norm_rescale, layers_out
+
+    def __call__(self, tensor: TensorPlan, role: TensorRole) -> TensorPlan:
+        roles = self.roles
+        dim_maps = [self.maps.get(space) if space else None for space in role.dims]
         dim_maps = [m if m is not None and not m.is_identity() else None for m in dim_maps]
-        tensor_factor = factor if role.kind == "embedding" else 1.0
+        factor = self.embed_factor if role.kind == "embedding" else 1.0
         norm = None
         if role.is_norm:
-            scale = rescale if role.dims[0] == "hidden" and not role.is_bias else 1.0
+            scale = self.norm_rescale if role.dims[0] == "hidden" and not role.is_bias else 1.0
             norm = (roles.norm_offset, 0.0 if role.is_bias else roles.norm_init, scale)
             if scale == 1.0 and dim_maps[0] is None:
                 return tensor
-        elif all(m is None for m in dim_maps) and tensor_factor == 1.0:
+        elif all(m is None for m in dim_maps) and factor == 1.0:
             return tensor
-        if tensor.dtype not in dtypes.FLOAT:
-            raise HfgrowError(f"cannot grow the {tensor.dtype} tensor {tensor.name}; width growth needs float weights.")
+        check_widenable(tensor, role, roles)
         shape = tuple(m.src.numel() if m is not None else size for m, size in zip(dim_maps, tensor.shape))
-        std = roles.init_std_for(role, layers_out)
-        name, dtype = tensor.name, tensor.dtype
+        std, seed, name, dtype = roles.init_std_for(role, self.layers_out), self.seed, tensor.name, tensor.dtype
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            if expansion is not None:
-                with torch.no_grad():
-                    return expansion.expand(x, role, tensor_factor, norm and norm[:2]).to(dtypes.to_torch(dtype))
-            return remap(x, role, dim_maps, shape, dtype, std=std, seed=seed, key=name, factor=tensor_factor, norm=norm)
+            return remap(x, role, dim_maps, shape, dtype, std=std, seed=seed, key=name, factor=factor, norm=norm)
 
         spaces = ",".join(s or "-" for s in role.dims)
-        return then(tensor, fn, f"width {op} ({role.kind} [{spaces}])", shape)
+        return then(tensor, fn, f"width {self.op} ({role.kind} [{spaces}])", shape)
 
-    tensors = []
-    for tensor in plan.tensors:
-        tensors.append(grow_tensor(tensor, roles.role(tensor.sources[0])) if tensor.sources else tensor)
-    names = {t.name for t in tensors}
-    for target, source in untie.items():
-        if target in names:
-            tensors = [t for t in tensors if t.name != target]
-        base = next(t for t in plan.tensors if t.name == source or t.sources[:1] == (source,))
-        head = TensorPlan(target, base.dtype, base.shape, (source,))
-        tensors.append(grow_tensor(head, roles.lm_head_role()))
 
-    preserving = op == "zero" or op == "direct"
+def _zero_norm_rescale(widened: Widened, roles: Roles, sizes: WidthSizes) -> float:
+    """G-right-zero with RMSNorm: new hidden units stay zero, so mean(x²) shrinks by H/H2. Norm weights x
+    sqrt(H/H2) and eps x H/H2 make every RMSNorm output exactly what it was."""
+    H, H2 = sizes.hidden
+    key = roles.norm_eps_key
+    if key and isinstance(widened.config.get(key), (int, float)):
+        widened.config[key] = widened.config[key] * H / H2
+        widened.notes.append(f"{key} scaled by {H}/{H2} and norm weights by sqrt({H}/{H2}) "
+                             "(the zero hidden units lower the mean square)")
+    else:
+        widened.notes.append(f"norm weights scaled by sqrt({H}/{H2}); hfgrow found no epsilon to scale, so outputs "
+                             "match up to the norm's epsilon")
+    return math.sqrt(H / H2)
+
+
+def _preservation(op: str, roles: Roles, sizes: WidthSizes, maps: dict[str, UnitMap]) -> tuple[bool, list[str]]:
+    """Whether the unit-map operator keeps the source's function exactly, and notes saying why not."""
+    if op == "random":
+        return False, []
+    H, H2 = sizes.hidden
+    notes = []
     if H2 != H and H2 % H and op == "direct" and roles.norm_kind != "rms":
-        preserving = False
         notes.append(f"hidden size grown by a non-integer factor with {roles.norm_kind} norms: only approximately "
                      "function-preserving (use a whole multiple for an exact copy)")
-    if H2 != H and op == "zero" and (roles.norm_kind != "rms"):
-        preserving = False
+    if H2 != H and op == "zero" and roles.norm_kind != "rms":
         notes.append(f"G-right-zero with {roles.norm_kind} norms: new hidden units change the norm statistics; "
                      "only approximately function-preserving")
     for space in ("q", "kv"):  # norms over the whole query/key vector (OLMo 2) only survive plain tiling
         normed = any(role.dims == (space,) and role.is_norm for role in roles.block.values())
-        if normed and space in maps and op != "random" and not _is_tiling(maps[space]):
-            preserving = False
+        if normed and space in maps and not _is_tiling(maps[space]):
             notes.append(f"the {space} norm spans all heads and the heads were not grown by whole tiling: "
                          "only approximately function-preserving (use a whole multiple of the heads)")
-    if op in ("random", "learn"):
-        preserving = False
-    check_output_shapes(config, {t.name: t.shape for t in tensors}, roles)
-    recipe = dict(plan.recipe)
-    width = {"op": op, **sizes.as_dict(roles), "function_preserving": preserving}
-    recipe["width"] = width
+    return not notes, notes
+
+
+def _width_mask(sizes: WidthSizes, maps: dict[str, UnitMap], seed: int) -> WidthMask:
+    """The new units an MSG ramp scales after G-right-random."""
+    q_map, kv_map = head_maps(sizes, "random", seed) if "q" in maps else ([], [])
+    return WidthMask(hidden=sizes.hidden, ffn=dict(sizes.ffn),
+                     new_heads=tuple(i for i, s in enumerate(q_map) if s < 0),
+                     new_kv_heads=tuple(i for i, s in enumerate(kv_map) if s < 0))
+
+
+def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0) -> Plan:
+    """Grow the width of every tensor of ``plan`` (any depth plan: its tensors' sources are source tensors).
+
+    Example:
+        >>> sizes = resolve_sizes(roles, hidden_size=128, intermediate_size=512)
+        >>> wide = width_plan(stack_plan(layout, ckpt.tensors, [0, 1]), roles, sizes)
+        >>> wide.config["hidden_size"], wide.operation.width.function_preserving
+        (128, True)
+    """
+    if not sizes.changed:
+        return plan
+    maps = space_maps(roles, sizes, op, seed)
+    widened = widen_config(plan.config, roles, sizes, op)
+    rescale = 1.0
+    if op == "zero" and sizes.hidden[1] != sizes.hidden[0] and roles.norm_kind == "rms":
+        rescale = _zero_norm_rescale(widened, roles, sizes)
+    layers_out = len(plan.layer_map) if plan.layer_map else 1
+    widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out)
+    tensors = widen_tensors(plan.tensors, roles, widened.untie, widen)
+    preserving, caveats = _preservation(op, roles, sizes, maps)
+    check_output_shapes(widened.config, {t.name: t.shape for t in tensors}, roles)
+    operation = plan.operation.replace(width=WidthRecord(op, sizes.pairs(), sizes.head_dim, preserving))
     if op == "random":
-        q_map, kv_map = head_maps(sizes, op, seed) if "q" in maps else (None, None)
-        mask = dict(recipe.get("mask") or {})
-        mask["width"] = {
-            "hidden_size": list(sizes.hidden),
-            **{key: list(pair) for key, pair in sizes.ffn.items()},
-            "new_heads": [i for i, s in enumerate(q_map) if s < 0] if q_map else [],
-            "new_kv_heads": [i for i, s in enumerate(kv_map) if s < 0] if kv_map else [],
-        }
-        recipe["mask"] = mask
-    return dataclasses.replace(plan, tensors=tensors, config=config, notes=plan.notes + notes, recipe=recipe)
+        mask = plan.operation.mask or Mask()
+        operation = operation.replace(mask=dataclasses.replace(mask, width=_width_mask(sizes, maps, seed)))
+    return dataclasses.replace(plan, tensors=tensors, config=widened.config, operation=operation,
+                               notes=plan.notes + widened.notes + caveats)

@@ -15,40 +15,18 @@ not whole); a pattern can place them anywhere (every repeat of a source layer is
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.ops.common import constant, replace
-from hfgrow.io.plan import Plan
+from hfgrow.growth.plan import Plan
 from hfgrow.arch.roles import Roles, block_index
-
-
-def interleave_map(num_layers: int, target_layers: int) -> list[int]:
-    """LLaMA-Pro placement: after every L/(N-L) source layers, a copy of the last one.
-
-    Example:
-        >>> interleave_map(4, 6)
-        [0, 1, 1, 2, 3, 3]
-        >>> interleave_map(4, 12)
-        [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    """
-    if target_layers < num_layers:
-        raise HfgrowError(f"{target_layers} layers is fewer than the source's {num_layers}; hfgrow only grows models.")
-    extra = target_layers - num_layers
-    after = [0] * num_layers
-    for k in range(extra):
-        after[math.ceil((k + 1) * num_layers / extra) - 1] += 1
-    layer_map: list[int] = []
-    for layer in range(num_layers):
-        layer_map += [layer] * (1 + after[layer])
-    return layer_map
 
 
 def zero_plan(plan: Plan, roles: Roles) -> Plan:
     """Zero the output projections of the plan's new layers (``plan.new_layers``).
 
     Example:
-        >>> plan = zero_plan(stack_plan(layout, ckpt.tensors, interleave_map(4, 6)), roles)
+        >>> plan = zero_plan(stack_plan(layout, ckpt.tensors, interleave_map(4, 6)), roles)  # pattern.interleave_map
         >>> plan.new_layers
         [2, 5]
     """
@@ -78,5 +56,4 @@ def zero_plan(plan: Plan, roles: Roles) -> Plan:
                 f"cannot make layer {position} an identity: hfgrow found no {missing} projection in "
                 f"{roles.model_type}'s blocks."
             )
-    recipe = dict(plan.recipe, zeroed="attention output and MLP/expert down projections (+ biases) of new layers")
-    return dataclasses.replace(plan, tensors=tensors, recipe=recipe)
+    return dataclasses.replace(plan, tensors=tensors, operation=plan.operation.replace(op="zero"))

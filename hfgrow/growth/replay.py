@@ -1,0 +1,85 @@
+"""Rebuild a grown model from its recipe (``hfgrow grow --recipe hfgrow.yaml OUT``), bit for bit.
+
+The recipe names the growth function (``command``) and its keyword arguments (``params``), so a replay
+is a plain call of :func:`hfgrow.growth.pipeline.stack`, :func:`~hfgrow.growth.pipeline.grow` or, for
+LiGO, :func:`hfgrow.growth.ligo.operator.learn` with the learned operator read back instead of trained.
+This module sits above both, so neither imports the other.
+
+Example:
+    >>> replay("grown/hfgrow.yaml", "grown-again").out
+    PosixPath('/abs/grown-again')
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from hfgrow.errors import HfgrowError
+from hfgrow.growth.pipeline import GrowResult, WriteOptions, grow, stack
+from hfgrow.growth.recipe import RECIPE_FILE, Recipe
+
+_WRITE_FIELDS = set(WriteOptions.__dataclass_fields__)
+
+
+def resolve_source(recipe: Recipe, recipe_path: Path, source: str | None = None) -> tuple[str, str | None]:
+    """(SRC, revision) to replay from: ``source`` if given, else the recipe's Hub repo at its commit, else the
+    local folder it names, looked up beside the grown folder and in the current folder."""
+    ref = recipe.source
+    if source is not None:
+        return source, None
+    if ref.adapter is not None and ref.adapter.repo_id:
+        return ref.adapter.repo_id, ref.adapter.commit or ref.adapter.revision
+    if ref.repo_id:
+        return ref.repo_id, ref.commit or ref.revision
+    if ref.path and Path(ref.path).is_dir():  # a 0.1 recipe recorded the absolute path
+        return ref.path, None
+    if ref.name:
+        grown = recipe_path if recipe_path.is_dir() else recipe_path.parent
+        for candidate in (grown.parent / ref.name, Path.cwd() / ref.name):
+            if candidate.is_dir():
+                return str(candidate), None
+        raise HfgrowError(f"the recipe was grown from a local folder named '{ref.name}', which is neither beside "
+                          f"{grown} nor in the current folder; give its path with --source.")
+    raise HfgrowError(f"{recipe_path} does not say which model it was grown from; give it with --source.")
+
+
+def _call(function, src: str, out, params: dict[str, Any], extra: dict[str, Any], options: dict[str, Any]):
+    accepted = set(inspect.signature(function).parameters)
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise HfgrowError(f"the recipe gives '{unknown[0]}', which `hfgrow {function.__name__}` does not take; "
+                          "was it written by a newer hfgrow?")
+    return function(src, out, **params, **extra, **options)
+
+
+def replay(recipe_path: str | Path, out: str | Path | None, *, source: str | None = None,
+           **options: Any) -> GrowResult:
+    """Rebuild the model ``recipe_path`` (an ``hfgrow.yaml`` or a grown folder) describes, into ``out``.
+
+    ``source`` overrides where the source model is taken from; ``options`` are
+    :class:`~hfgrow.growth.pipeline.WriteOptions` fields (``max_shard_size`` defaults to the recipe's).
+    """
+    recipe_path = Path(recipe_path)
+    recipe = Recipe.read(recipe_path)
+    if recipe is None:
+        raise HfgrowError(f"{recipe_path} holds no hfgrow recipe ({RECIPE_FILE}).")
+    src, revision = resolve_source(recipe, recipe_path, source)
+    params = {k: v for k, v in recipe.params.items() if k not in _WRITE_FIELDS}
+    options = dict(options, revision=revision)
+    if options.get("max_shard_size") is None:
+        options["max_shard_size"] = recipe.params.get("max_shard_size") or "5GB"
+    if recipe.command == "stack":
+        return _call(stack, src, out, params, {}, options)
+    if recipe.command == "grow" and recipe.operation.op == "learn":
+        from hfgrow.growth.ligo.operator import learn, read_matrices
+
+        folder = recipe_path if recipe_path.is_dir() else recipe_path.parent
+        width = recipe.operation.width
+        extra = {"coefficients": recipe.operation.coefficients,
+                 "width_matrices": read_matrices(folder / width.matrices) if width and width.matrices else None}
+        return _call(learn, src, out, params, extra, options)
+    if recipe.command == "grow":
+        return _call(grow, src, out, params, {}, options)
+    raise HfgrowError(f"the recipe was written by `hfgrow {recipe.command}`; replay supports stack and grow.")

@@ -1,0 +1,218 @@
+"""What to grow: the validated options of ``stack`` and ``grow``, and the plan they build.
+
+A :class:`GrowSpec` is checked once, when it is made (the library and the CLI share these checks), and
+then turns any source layout into a :class:`~hfgrow.growth.plan.Plan` by chaining the pure operators
+of :mod:`hfgrow.growth.ops`. ``params(plan)`` gives the keyword arguments that replay it, with the
+layer map pinned as a pattern.
+
+Example:
+    >>> spec = GrowSpec(op="zero", depth=Depth(factor=2))
+    >>> plan = spec.plan(layout, checkpoint)
+    >>> plan.layer_map, plan.operation.function_preserving
+    ([0, 0, 1, 1], True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hfgrow.errors import HfgrowError
+from hfgrow.growth.pattern import compact, interleave_map, interpolate_map, parse_pattern, stack_map, target_layer_count
+from hfgrow.io import dtypes
+
+OPS = ("direct", "zero", "random")
+ORDERS = ("stack", "interpolate", "interleave")
+STYLES = ("hfgrow", "prts")
+DEFAULT_MASK_STEPS = 5000  # the reference code ramps the MSG mask over ~5000 steps
+
+
+@dataclass(frozen=True)
+class Depth:
+    """Depth growth: exactly one of ``factor``, ``layers`` or ``pattern``, and where copies go (``order``)."""
+
+    factor: float | None = None
+    layers: int | None = None
+    pattern: str | None = None
+    order: str | None = None  # None: the operator's own default
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None and (self.factor is not None or self.layers is not None):
+            raise HfgrowError("give a --pattern or a --factor/--layers, not both.")
+        if self.factor is not None and self.layers is not None:
+            raise HfgrowError("give either --factor or --layers, not both.")
+        if self.factor is not None and (not math.isfinite(self.factor) or self.factor <= 0):
+            raise HfgrowError(f"--factor must be a positive number, got {self.factor}.")
+        if self.layers is not None and self.layers < 1:
+            raise HfgrowError(f"--layers must be positive, got {self.layers}.")
+        if self.order is not None and self.order not in ORDERS:
+            raise HfgrowError(f"unknown --order '{self.order}'; use one of {', '.join(ORDERS)}.")
+
+    @property
+    def given(self) -> bool:
+        return self.factor is not None or self.layers is not None or self.pattern is not None
+
+    def layer_map(self, num_layers: int, default_order: str = "stack") -> list[int]:
+        """Output layer -> source layer. Identity when no depth growth is asked for."""
+        if not self.given:
+            return list(range(num_layers))
+        if self.pattern is not None:
+            return parse_pattern(self.pattern, num_layers)
+        target = target_layer_count(num_layers, self.factor, self.layers)
+        if target < num_layers:
+            raise HfgrowError(f"--factor/--layers would shrink the model from {num_layers} to {target} layers; "
+                              "use --pattern to select layers on purpose.")
+        order = self.order or default_order
+        if order == "interleave":
+            return interleave_map(num_layers, target)
+        return (interpolate_map if order == "interpolate" else stack_map)(num_layers, target)
+
+
+@dataclass(frozen=True)
+class Width:
+    """Width growth targets; sizes not given follow the hidden size (head_dim stays fixed)."""
+
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value in self.flags().items():
+            if value is not None and value < 1:
+                raise HfgrowError(f"{flag} must be positive, got {value}.")
+
+    def flags(self) -> dict[str, int | None]:
+        return {"--hidden-size": self.hidden_size, "--intermediate-size": self.intermediate_size,
+                "--num-heads": self.num_heads, "--num-kv-heads": self.num_kv_heads}
+
+    @property
+    def given(self) -> bool:
+        return any(value is not None for value in self.flags().values())
+
+    def params(self) -> dict[str, int | None]:
+        return {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+                "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads}
+
+
+def nothing_to_grow() -> HfgrowError:
+    return HfgrowError("nothing to grow: give --factor, --layers or --pattern (depth) and/or --hidden-size, "
+                       "--intermediate-size, --num-heads or --num-kv-heads (width).")
+
+
+@dataclass(frozen=True)
+class GrowSpec:
+    """One growth: the operator for depth (``op``) and width (``width_op``, default ``op``), their targets,
+    optional noise, the seed of everything random, the MSG ramp length for random parts, the output dtype.
+
+    ``command`` is the function that replays it: ``stack`` (Gstack only) or ``grow``.
+    """
+
+    op: str = "direct"
+    width_op: str | None = None
+    depth: Depth = field(default_factory=Depth)
+    width: Width = field(default_factory=Width)
+    noise: float | None = None
+    seed: int = 0
+    mask_steps: int | None = None
+    style: str = "hfgrow"
+    dtype: str = "keep"
+    command: str = "grow"
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--op", self.op), ("--width-op", self.width_op or self.op)):
+            if value not in OPS:
+                raise HfgrowError(f"unknown {flag} '{value}'; use one of {', '.join(OPS)}.")
+        if self.style not in STYLES:
+            raise HfgrowError(f"unknown --style '{self.style}'; use one of {', '.join(STYLES)}.")
+        if self.noise is not None and not (0.0 <= self.noise < 1.0):
+            raise HfgrowError(f"--noise must be in [0, 1), got {self.noise}.")
+        if not self.depth.given and not self.width.given:
+            raise nothing_to_grow()
+        if self.masked:
+            if self.mask_steps is not None and self.mask_steps < 1:
+                raise HfgrowError(f"--mask-steps must be positive, got {self.mask_steps}.")
+        elif self.mask_steps is not None:
+            raise HfgrowError("--mask-steps applies to --op random (new layers or units ramped in by an MSG mask).")
+        dtypes.from_option(self.dtype)
+
+    @property
+    def masked(self) -> bool:
+        """Whether the result has random parts that training ramps in (MSG)."""
+        return (self.op == "random" and self.depth.given) or (self.width.given and self.resolved_width_op == "random")
+
+    @property
+    def resolved_width_op(self) -> str:
+        return self.width_op or self.op
+
+    @property
+    def default_order(self) -> str:
+        return "stack" if self.op == "direct" else "interleave"
+
+    def params(self, plan) -> dict[str, Any]:
+        """The keyword arguments of ``command`` that rebuild ``plan`` (the layer map pinned as a pattern)."""
+        params: dict[str, Any] = {}
+        if self.command == "grow":
+            params["op"] = self.op
+            if self.width.given and self.resolved_width_op != self.op:
+                params["width_op"] = self.width_op
+        if self.depth.given:
+            params["pattern"] = compact(plan.layer_map)
+        if self.command == "grow":
+            params.update({k: v for k, v in self.width.params().items() if v is not None})
+            params.update(noise=self.noise or None, seed=self.seed,
+                          mask_steps=plan.operation.mask.steps if plan.operation.mask else None,
+                          style=self.style if self.style != "hfgrow" else None)
+        params["dtype"] = self.dtype if self.dtype != "keep" else None
+        return {k: v for k, v in params.items() if v is not None}
+
+    def plan(self, layout, checkpoint):
+        """The plan for ``layout`` (a :class:`hfgrow.arch.layout.Layout`) and its checkpoint's tensor table."""
+        from hfgrow.growth.ops.depth import stack_plan
+
+        layer_map = self.depth.layer_map(layout.num_layers, self.default_order)
+        plan = stack_plan(layout, checkpoint.tensors, layer_map, dtypes.from_option(self.dtype))
+        if self.op == "direct" and not self.width.given and not self.noise:
+            return plan  # Gstack and friends: whole blocks copied, no roles needed
+        return self._transform(plan, layout, checkpoint)
+
+    def _transform(self, plan, layout, checkpoint):
+        from hfgrow.arch.roles import derive_roles
+        from hfgrow.growth.ops.noise import noise_plan
+        from hfgrow.growth.ops.random_init import random_plan
+        from hfgrow.growth.ops.width import resolve_sizes, width_plan
+        from hfgrow.growth.ops.zero import zero_plan
+
+        roles = derive_roles(layout, checkpoint.tensors)
+        depth, width = self.depth.given, self.width.given
+        # identity blocks keep the function iff the original layers still appear in their order
+        originals = [src for i, src in enumerate(plan.layer_map) if src not in plan.layer_map[:i]]
+        preserving = not depth or (self.op == "zero" and originals == list(range(layout.num_layers)))
+        steps = self.mask_steps if self.mask_steps is not None else DEFAULT_MASK_STEPS
+        sizes = None
+        if width:
+            w = self.width
+            sizes = resolve_sizes(roles, w.hidden_size, w.intermediate_size, w.num_heads, w.num_kv_heads,
+                                  op=self.resolved_width_op)
+            plan = width_plan(plan, roles, sizes, op=self.resolved_width_op, seed=self.seed)
+            preserving = preserving and plan.operation.width.function_preserving
+        if depth and self.op == "zero":
+            plan = zero_plan(plan, roles)
+        elif depth and self.op == "random":
+            plan = random_plan(plan, roles, seed=self.seed, mask_steps=steps)
+            plan.notes.append(f"new layers {compact(plan.new_layers)} are random: ramp their residual contribution "
+                              f"0 -> 1 over {steps} steps (MSG; recorded in hfgrow.yaml)")
+        if self.noise:
+            plan = noise_plan(plan, roles, self.noise, seed=self.seed, hidden_size=sizes.hidden[1] if sizes else None)
+        if width and self.resolved_width_op == "random":
+            from dataclasses import replace
+
+            mask = plan.operation.mask
+            plan.operation = plan.operation.replace(mask=replace(mask, steps=steps))
+            plan.notes.append(f"new width units are random; training ramps them in over {steps} steps "
+                              "(MSG; mask.width in hfgrow.yaml)")
+        direction = "+".join(d for d, on in (("depth", depth), ("width", width)) if on)
+        plan.operation = plan.operation.replace(op=self.op, direction=direction, seed=self.seed, style=self.style,
+                                                function_preserving=bool(preserving and not self.noise))
+        return plan
