@@ -10,8 +10,8 @@ from hfgrow.errors import HfgrowError
 
 # module name -> command names it defines; imported lazily so `hfgrow --help` stays fast
 COMMAND_MODULES = [
-    "hfgrow.cli.stack",
     "hfgrow.cli.grow",
+    "hfgrow.cli.inspect",
     "hfgrow.cli.train",
     "hfgrow.cli.plan",
     "hfgrow.cli.compare",

@@ -218,7 +218,7 @@ def test_placement_errors(trained, tmp_path, capsys):
                             str(data), "--device-map", "{not json"], capsys)
     assert code != 0 and "--device-map is not a readable JSON object" in err and "Traceback" not in err
     code, _, err = run_cli(["grow", str(src), str(tmp_path / "y"), "--factor", "2", "--device-map", "auto"], capsys)
-    assert code != 0 and "are for --op learn" in err
+    assert code != 0 and "--device-map is for --op learn" in err
 
 
 def test_learn_needs_data(trained, tmp_path):

@@ -78,6 +78,24 @@ def parse_device_map(text: str | None) -> str | dict[str, Any] | None:
     return text
 
 
+def placement_from_options(device_map: str | None, max_memory: str | None = None,
+                           offload_folder: Path | None = None) -> Placement | None:
+    """The placement ``--device-map``/``--max-memory``/``--offload-folder`` ask for (None: everything on one device).
+
+    Example:
+        >>> placement_from_options("auto", "0=20GiB,cpu=64GiB").max_memory
+        {0: '20GiB', 'cpu': '64GiB'}
+    """
+    if device_map is None:
+        if max_memory or offload_folder:
+            raise HfgrowError("--max-memory and --offload-folder go with --device-map.")
+        return None
+    parsed = parse_device_map(device_map)
+    if max_memory and parsed != "auto":
+        raise HfgrowError("--max-memory is a budget for --device-map auto; an explicit map places every module itself.")
+    return Placement(parsed, parse_max_memory(max_memory), offload_folder)
+
+
 def _device(name: Any) -> torch.device | str:
     """A device-map value as a torch device (or ``"disk"``); devices this machine lacks are refused."""
     if name == "disk":

@@ -1,0 +1,129 @@
+"""One vocabulary for the options of every command: counts, byte sizes, dtypes, Hub access, output.
+
+Options that mean the same thing are declared once here, so they are spelled, typed and explained the
+same way in every command: a token or parameter count accepts ``2T``/``500M``/``1e9`` (:data:`COUNT`),
+a size in bytes ``5GB``/``2GiB`` (:data:`BYTES`), and every command that reaches the Hub takes
+``--revision`` and ``--token``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from hfgrow.errors import HfgrowError
+from hfgrow.io.dtypes import OUTPUT_CHOICES
+
+
+class _Count(click.ParamType):
+    """A count written like 2T, 500M, 250k, 1e9 or 1000 (hfgrow.units.parse_count)."""
+
+    name = "count"
+
+    def convert(self, value: Any, param, ctx) -> int:
+        from hfgrow.units import parse_count
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_count(value, "count", "2T")
+        except HfgrowError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Bytes(click.ParamType):
+    """A size in bytes written like 5GB, 500MB or 2GiB (hfgrow.units.parse_bytes)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param, ctx) -> int | str:
+        from hfgrow.units import parse_bytes
+
+        try:
+            parse_bytes(value, "size")
+        except HfgrowError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+COUNT = _Count()
+BYTES = _Bytes()
+
+
+def apply(fn: Callable, decorators: list[Callable]) -> Callable:
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def hub_options(fn: Callable) -> Callable:
+    """--revision and --token: every command that reads a model from the Hub takes both."""
+    return apply(fn, [
+        click.option("--revision", default=None, help="Hub branch, tag or commit of the model read from the Hub."),
+        click.option("--token", default=None, envvar="HF_TOKEN", show_envvar=True,
+                     help="Hub token for private/gated repos (default: your `hf auth login` token)."),
+    ])
+
+
+def output_options(fn: Callable) -> Callable:
+    """How a grown folder OUT is written."""
+    return apply(fn, [
+        click.option("--dtype", type=click.Choice(["keep", *OUTPUT_CHOICES]), default="keep", show_default=True,
+                     help="Dtype of floating-point tensors in OUT."),
+        click.option("--max-shard-size", type=BYTES, default="5GB", show_default=True,
+                     help="Largest safetensors shard, e.g. 5GB or 2GiB."),
+        click.option("--dry-run", is_flag=True, help="Print the plan (layer map, sizes); write nothing."),
+        click.option("--overwrite", is_flag=True, help="Replace OUT if it exists."),
+        click.option("--push-to", metavar="ORG/NAME", default=None, help="Push OUT to this Hub repo when done."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary."),
+    ])
+
+
+def depth_options(orders: tuple[str, ...] = ("stack", "interpolate"), order_default: str | None = "stack",
+                  order_help: str = "How --factor/--layers place copies: whole-model repeats or each layer in place."
+                  ) -> Callable[[Callable], Callable]:
+    """--factor, --layers, --pattern and --order (its choices and default differ between stack and grow)."""
+    return lambda fn: apply(fn, [
+        click.option("--factor", "-g", type=float, default=None, help="Depth growth factor g: L*g output layers."),
+        click.option("--layers", "-n", type=int, default=None, help="Number of output layers (instead of --factor)."),
+        click.option("--pattern", "-p", default=None,
+                     help="Exact layer map, e.g. '0-5*4' (Gstack), '0*2,1*2' (interpolate), '0-23,8-31' (SOLAR)."),
+        click.option("--order", type=click.Choice(list(orders)), default=order_default,
+                     show_default=order_default is not None, help=order_help),
+    ])
+
+
+def width_options(fn: Callable) -> Callable:
+    return apply(fn, [
+        click.option("--hidden-size", type=int, default=None,
+                     help="Width: new hidden size (heads and FFN follow it unless given; head_dim stays fixed)."),
+        click.option("--intermediate-size", type=int, default=None, help="Width: new FFN size."),
+        click.option("--num-heads", type=int, default=None, help="Width: new number of query heads."),
+        click.option("--num-kv-heads", type=int, default=None,
+                     help="Width: new number of key/value heads [default: grow with the query heads; MQA stays 1]."),
+    ])
+
+
+def given(ctx: click.Context, names) -> list[str]:
+    """The options among ``names`` the user typed (command line or environment), as ``--flag`` strings."""
+    from click.core import ParameterSource
+
+    typed = [name for name in names
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    return ["--" + name.replace("_", "-") for name in typed]
+
+
+def refuse(flags: list[str], reason: str) -> None:
+    """A usage error naming the first offending option, e.g. ``--noise does not apply to --op learn``."""
+    if flags:
+        raise click.UsageError(f"{flags[0]} {reason}")
+
+
+def report(result, dry_run: bool, quiet: bool) -> None:
+    """What every growth command prints: the plan summary (always with --dry-run)."""
+    if dry_run:
+        click.echo(result.report())
+        click.echo("dry run: nothing written.")
+    elif not quiet:
+        click.echo(result.report())
