@@ -25,7 +25,7 @@ import copy
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -213,14 +213,6 @@ class Roles:
         if kind == "gate_up":
             return 2 * self.ffn_sizes[key]
         raise KeyError(space)
-
-    def output_projections(self, rests) -> list[str]:
-        return [rest for rest in rests if self.block.get(rest, TensorRole("unknown")).output_projection]
-
-    def unknown(self) -> list[str]:
-        """Tensors (full names for globals, relative for blocks) whose role could not be determined."""
-        found = [f"{self.prefix}<i>.{rest}" for rest, role in self.block.items() if role.kind == "unknown"]
-        return found + [name for name, role in self.globals.items() if role.kind == "unknown"]
 
     def init_std_for(self, role: TensorRole, num_layers: int) -> float:
         """Std of transformers' normal init for a weight of this role in a model of ``num_layers``."""
@@ -467,6 +459,41 @@ def _global_role(name: str, shape: tuple[int, ...], transposed: bool, hidden: in
     return TensorRole(kind, dims, io)
 
 
+def _conv1d_modules(model) -> set[str]:
+    """In-memory module paths (with and without the base-model prefix) of GPT-2-style transposed Conv1D layers."""
+    return {name for name, module in _in_memory_modules(model).items() if type(module).__name__ == "Conv1D"}
+
+
+def _attention_shape(hf_config, layout: Layout, tensors: Mapping[str, TensorInfo],
+                     transposed: Callable[[str], bool]) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head_dim): the config's, corrected by the first block's q/k/qkv rows."""
+    num_heads, num_kv, head_dim = head_geometry(hf_config)
+    if not num_heads:
+        return 0, 0, head_dim  # no attention (state-space and other attention-free blocks): no width rule
+    rows: dict[str, int] = {}
+    for rest in layout.layers[0]:
+        module, param = _module_of(rest)
+        kind, info = _classify(module, _BLOCK_RULES), tensors[layout.layer_tensor(0, rest)]
+        if kind in ("q", "k", "qkv") and param == "weight" and len(info.shape) == 2:
+            rows[kind] = info.shape[1] if transposed(layout.layer_tensor(0, rest)) else info.shape[0]
+    if "q" in rows and rows["q"] % num_heads == 0:
+        head_dim = rows["q"] // num_heads
+    if "k" in rows and rows["k"] % head_dim == 0:
+        num_kv = rows["k"] // head_dim
+    elif "qkv" in rows and rows["qkv"] % head_dim == 0 and (rows["qkv"] // head_dim - num_heads) % 2 == 0:
+        num_kv = (rows["qkv"] // head_dim - num_heads) // 2
+    return num_heads, num_kv, head_dim
+
+
+def _ffn_keys(hf_config) -> tuple[str, str | None, str | None]:
+    """Config keys of the dense FFN size, the routed experts' and the shared expert's (attribute_map applied)."""
+    def first_key(candidates) -> str | None:
+        return next((_mapped(hf_config, key) for key in candidates if hasattr(hf_config, _mapped(hf_config, key))),
+                    None)
+
+    return first_key(_FFN_KEYS) or "intermediate_size", first_key(_EXPERT_FFN_KEYS), first_key(_SHARED_FFN_KEYS)
+
+
 def derive_roles(layout: Layout, tensors: Mapping[str, TensorInfo]) -> Roles:
     """Work out every tensor's role for the model described by ``layout``.
 
@@ -480,107 +507,44 @@ def derive_roles(layout: Layout, tensors: Mapping[str, TensorInfo]) -> Roles:
     config = layout.config
     hf_config = hf_config_from_dict(config)
     model = layout.skeleton if layout.skeleton is not None else meta_model(hf_config)
-    modules = _in_memory_modules(model)
     hidden = _attr(hf_config, "hidden_size")
-    num_heads = _attr(hf_config, "num_attention_heads")
     if not isinstance(hidden, int):
         raise HfgrowError(f"the {layout.model_type} config has no hidden size hfgrow can read.")
-    if not isinstance(num_heads, int) or num_heads < 1:
-        num_heads = 0  # no attention (state-space and other attention-free blocks): no width rule
-
-    def transposed(name: str) -> bool:
-        module = modules.get(_module_of(name)[0])
-        return module is not None and type(module).__name__ == "Conv1D"
-
-    # head geometry from the first block's attention tensors
-    explicit_hd = _attr(hf_config, "head_dim")
-    head_dim = explicit_hd if isinstance(explicit_hd, int) and explicit_hd > 0 else hidden // max(num_heads, 1)
-    first = {rest: tensors[layout.layer_tensor(0, rest)] for rest in layout.layers[0]}
-    rows: dict[str, int] = {}
-    for rest, info in first.items():
-        module, param = _module_of(rest)
-        kind = _classify(module, _BLOCK_RULES)
-        if kind in ("q", "k", "qkv") and param == "weight" and len(info.shape) == 2:
-            rows[kind] = info.shape[1] if transposed(layout.layer_tensor(0, rest)) else info.shape[0]
-    if "q" in rows and num_heads and rows["q"] % num_heads == 0:
-        head_dim = rows["q"] // num_heads
-    num_kv = None
-    if "k" in rows and rows["k"] % head_dim == 0:
-        num_kv = rows["k"] // head_dim
-    elif "qkv" in rows and rows["qkv"] % head_dim == 0 and (rows["qkv"] // head_dim - num_heads) % 2 == 0:
-        num_kv = (rows["qkv"] // head_dim - num_heads) // 2
-    if not num_heads:
-        num_kv = 0
-    elif not num_kv:
-        for key in _KV_KEYS:
-            if isinstance(_attr(hf_config, key), int):
-                num_kv = _attr(hf_config, key)
-                break
-        else:
-            num_kv = num_heads
-    kv_key = next((key for key in _KV_KEYS if hasattr(hf_config, key)), None)
-
-    # FFN spaces: config key -> size (from the config, or from the tensors when the key is None)
-    def first_key(candidates) -> str | None:
-        for key in candidates:
-            mapped = _mapped(hf_config, key)
-            if hasattr(hf_config, mapped):
-                return mapped
-        return None
-
-    ffn_key = first_key(_FFN_KEYS) or "intermediate_size"
-    expert_key = first_key(_EXPERT_FFN_KEYS)
-    shared_key = first_key(_SHARED_FFN_KEYS)
-    ffn_sizes: dict[str, int] = {}
-    for key in (ffn_key, expert_key, shared_key):
-        if key and isinstance(_attr(hf_config, key), int):
-            ffn_sizes[key] = _attr(hf_config, key)
-    sizes = {"hidden": hidden, "q": num_heads * head_dim, "kv": num_kv * head_dim}
+    conv1d = _conv1d_modules(model)
+    transposed = lambda name: _module_of(name)[0] in conv1d  # noqa: E731  (GPT-2 Conv1D stores [in, out])
+    num_heads, num_kv, head_dim = _attention_shape(hf_config, layout, tensors, transposed)
+    ffn_key, expert_key, shared_key = _ffn_keys(hf_config)
+    ffn_sizes = {key: _attr(hf_config, key) for key in (ffn_key, expert_key, shared_key)
+                 if key and isinstance(_attr(hf_config, key), int)}
     ctx = {"hidden": hidden, "ffn_key": ffn_key, "expert_key": expert_key, "shared_key": shared_key,
-           "sizes": sizes, "head_dim": head_dim}
-
+           "sizes": {"hidden": hidden, "q": num_heads * head_dim, "kv": num_kv * head_dim}, "head_dim": head_dim}
     where = _block_names(layout)
     block = {rest: _block_role(rest, tensors[name].shape, transposed(name), ctx) for rest, name in where.items()}
-    globals_ = {name: _global_role(name, tensors[name].shape, transposed(name), hidden) for name in layout.globals}
-
     # FFN sizes the config leaves implicit (GPT-2's n_inner=None means 4 * n_embd): read them off the tensors
     for rest, role in block.items():
         for dim, space in enumerate(role.dims):
             if space and space.startswith("ffn:") and len(role.dims) == 2:
                 ffn_sizes.setdefault(space.split(":", 1)[1], tensors[where[rest]].shape[dim])
-
-    params = set(modules_params(model))
     norm_kind, norm_offset, norm_init, has_norm_weights = _probe_norm(model, hidden)
     init_std = (_attr(hf_config, "initializer_range") or _attr(hf_config, "init_std")
                 or _attr(hf_config, "initializer_factor") or 0.02)
     roles = Roles(
-        model_type=layout.model_type,
-        config=config,
-        prefix=layout.prefix,
-        hidden_size=hidden,
-        num_heads=num_heads,
-        num_kv_heads=num_kv,
-        head_dim=head_dim,
-        ffn_sizes=ffn_sizes,
+        model_type=layout.model_type, config=config, prefix=layout.prefix, hidden_size=hidden,
+        num_heads=num_heads, num_kv_heads=num_kv, head_dim=head_dim, ffn_sizes=ffn_sizes,
         keys={"hidden_size": _mapped(hf_config, "hidden_size"),
               "num_attention_heads": _mapped(hf_config, "num_attention_heads"),
-              "num_key_value_heads": kv_key,
+              "num_key_value_heads": next((key for key in _KV_KEYS if hasattr(hf_config, key)), None),
               "intermediate_size": ffn_key},
         hidden_aliases=[key for key in _HIDDEN_ALIASES if config.get(key) == hidden],
-        qkv_layout=_qkv_layout(config),
-        alibi=_uses_alibi(config),
-        norm_kind=norm_kind,
-        norm_offset=norm_offset,
-        norm_init=norm_init,
-        norm_eps_key=_norm_eps(model, hidden, config),
-        has_norm_weights=has_norm_weights,
-        embed_scale=_embed_scale(model),
-        init_std=float(init_std),
+        qkv_layout=_qkv_layout(config), alibi=_uses_alibi(config),
+        norm_kind=norm_kind, norm_offset=norm_offset, norm_init=norm_init,
+        norm_eps_key=_norm_eps(model, hidden, config), has_norm_weights=has_norm_weights,
+        embed_scale=_embed_scale(model), init_std=float(init_std),
         tied=dict(getattr(model, "all_tied_weights_keys", None) or {}),
         block=block,
-        globals=globals_,
+        globals={name: _global_role(name, tensors[name].shape, transposed(name), hidden) for name in layout.globals},
     )
-    _check_sizes(roles, layout, tensors, params)
+    _check_sizes(roles, layout, tensors, set(modules_params(model)))
     return roles
 
 
