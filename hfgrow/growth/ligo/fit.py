@@ -266,7 +266,8 @@ class _GrownBlock(torch.nn.Module):
 def _sequences(folder: Path, data: list[str], seq_len: int, vocab_size: int | None = None) -> torch.Tensor:
     from transformers import AutoTokenizer
 
-    from hfgrow.eval.loss import read_documents, token_stream
+    from hfgrow.data.packing import token_stream
+    from hfgrow.data.text import read_documents
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
