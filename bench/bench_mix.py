@@ -1,4 +1,4 @@
-"""Throughput of `hfgrow mix entropy`'s counting (hfgrow.mix.bimix.count_domain), offline.
+"""Throughput of `hfgrow mix entropy`'s counting (hfgrow.mix.counts.count_domain), offline.
 
 Builds ~50 MB of text from this Python's own standard library (.py sources plus the pydoc
 topics text), repeated if needed, trains a byte-level BPE tokenizer (vocab 32k) on a sample with
@@ -73,7 +73,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from transformers import AutoTokenizer
 
-    from hfgrow.mix import bimix as mix
+    from hfgrow.data.specs import DomainSpec, open_domain
+    from hfgrow.mix import counts as mix
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -91,8 +92,11 @@ def main() -> None:
     mb = corpus.stat().st_size / 1e6
     print(f"text: {mb:.1f} MB, tokenizer: byte-level BPE, {len(tokenizer)} ids, cores: {os.cpu_count()}")
 
+    def texts():
+        return open_domain(DomainSpec("corpus", str(corpus))).texts()
+
     # the exact batches count_domain tokenizes
-    batches = list(mix._text_batches(mix.iter_domain_texts(str(corpus)), 1 << 20))
+    batches = list(mix._text_batches(texts(), 1 << 20))
     backend = tokenizer.backend_tokenizer
 
     def tok_call() -> int:
@@ -102,7 +106,7 @@ def main() -> None:
         return sum(len(e.ids) for b in batches for e in backend.encode_batch_fast(b, add_special_tokens=False))
 
     def count() -> int:
-        return mix.count_domain(mix.iter_domain_texts(str(corpus)), tokenizer, seq_len=args.seq_len).tokens
+        return mix.count_domain(texts(), tokenizer, seq_len=args.seq_len).tokens
 
     fns = {
         "tokenize only (HF __call__)": tok_call,
@@ -131,7 +135,7 @@ def main() -> None:
     print(f"cpu-bound ceiling on {ncpu} idle cores (perfect scaling): count_domain {ncpu * mb / cpu[ours]:.2f} MB/s, "
           f"tokenize only {ncpu * mb / cpu['tokenize only (backend)']:.2f} MB/s")
     print(f"load average after: {os.getloadavg()[0]:.2f} (wall figures are only meaningful when it is below the core count)")
-    counts = mix.count_domain(mix.iter_domain_texts(str(corpus)), tokenizer, seq_len=args.seq_len)
+    counts = mix.count_domain(texts(), tokenizer, seq_len=args.seq_len)
     h = mix.entropies(counts)
     print(f"entropies: SE {h['se']:.4f}  JE {h['je']:.4f}  CE {h['ce']:.4f}; distinct bigrams {counts.bigram_keys.size:,}")
 

@@ -83,12 +83,13 @@ def worker_trainer(a) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from hfgrow.data.packing import build_data, parse_data_specs
+    from hfgrow.data.packing import build_data
+    from hfgrow.data.specs import parse_specs
 
     folder = Path(a.folder)
     tok = AutoTokenizer.from_pretrained(folder / "model")
     # the same packed sequences continue.py trains on, prepared up front (the usual group_texts way)
-    data = build_data(parse_data_specs([f"d={folder / 'data.jsonl'}"]), tok, a.seq_len, seed=0, eval_sequences=0)
+    data = build_data(parse_specs([f"d={folder / 'data.jsonl'}"]), tok, a.seq_len, seed=0, eval_sequences=0)
     seqs = [s for _, _, s in data.train.next_batch(a.batch_size * a.steps)]
 
     class DS(torch.utils.data.Dataset):

@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "hfgrow.cli.inspect",
     "hfgrow.cli.train",
     "hfgrow.cli.plan",
+    "hfgrow.cli.eval",
     "hfgrow.cli.compare",
     "hfgrow.cli.mix",
     "hfgrow.cli.hub",

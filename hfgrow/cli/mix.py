@@ -7,8 +7,11 @@ import sys
 
 import click
 
-from hfgrow.mix import bimix as bimix
 from hfgrow.errors import HfgrowError
+
+# the choices of --measure, here so `hfgrow --help` imports no numpy; tests check they equal
+# hfgrow.mix.counts.MEASURES
+MEASURE_CHOICES = ("se", "je", "ce")
 
 
 @click.group("mix")
@@ -41,12 +44,12 @@ def _load_tokenizer(spec: str):
     try:
         from transformers import AutoTokenizer
     except ImportError:  # pragma: no cover - transformers is a dependency
-        raise HfgrowError("Loading a tokenizer needs transformers: pip install transformers.") from None
+        raise HfgrowError("loading a tokenizer needs transformers: pip install transformers.") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except Exception as exc:  # transformers/hub raise OSError, ValueError, HTTP errors...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise HfgrowError(f"Could not load tokenizer '{spec}': {first}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise HfgrowError(f"could not load the tokenizer '{spec}': {first}.") from None
     if not getattr(tokenizer, "is_fast", False):
         click.echo(f"warning: '{spec}' is not a fast tokenizer; counting will be slow.", err=True)
     return tokenizer
@@ -57,7 +60,7 @@ def _load_tokenizer(spec: str):
               help="A domain: a .txt/.md, .jsonl or .parquet file (.gz too), a folder of them, or hf:DATASET[:CONFIG][:SPLIT]. Repeat for each domain.")
 @click.option("--tokenizer", "tokenizer_spec", required=True, metavar="MODEL_OR_FOLDER",
               help="Hub id or local folder of the tokenizer of the model you will train.")
-@click.option("--measure", type=click.Choice(bimix.MEASURES), default="ce", show_default=True,
+@click.option("--measure", type=click.Choice(MEASURE_CHOICES), default="ce", show_default=True,
               help="Entropy that sets the proportions: unigram (se), joint bigram (je) or conditional (ce).")
 @click.option("--seq-len", type=click.IntRange(min=2), default=1024, show_default=True,
               help="Tokens per sequence; bigrams are counted within sequences only.")
@@ -79,40 +82,41 @@ def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_fiel
       hfgrow mix entropy --domain wiki=hf:wikitext:wikitext-103-raw-v1 --domain books=books.txt \\
           --tokenizer ./my-model --measure se --max-tokens 50000000
     """
-    domains: dict[str, str] = {}
-    for arg in domain_args:
-        name, source = bimix.parse_domain_arg(arg)
-        if name in domains:
-            raise HfgrowError(f"Domain name '{name}' is given twice.")
-        domains[name] = source
-    if len(domains) < 2:
-        raise HfgrowError(f"A mixture needs at least 2 domains (got {len(domains)}): repeat --domain NAME=PATH.")
-    texts = {name: bimix.iter_domain_texts(source, text_field=text_field) for name, source in domains.items()}
-    for name, source in domains.items():  # catch empty files before the (slow) tokenizing
-        if not source.startswith("hf:") and all(f.stat().st_size == 0 for f in bimix.domain_files(source)):
-            raise HfgrowError(f"Domain '{name}' is empty: '{source}' holds no text.")
+    from hfgrow.data.specs import LocalSource, open_domain, parse_specs
+
+    specs = parse_specs(list(domain_args), require_name=True)
+    if len(specs) < 2:
+        raise HfgrowError(f"a mixture needs at least 2 domains (got {len(specs)}): repeat --domain NAME=PATH.")
+    sources = {spec.name: open_domain(spec, text_field) for spec in specs}
+    for name, source in sources.items():  # catch empty files before the (slow) tokenizing
+        if isinstance(source, LocalSource) and all(f.stat().st_size == 0 for f in source.files):
+            raise HfgrowError(f"domain '{name}' is empty: '{source.spec}' holds no text.")
     tokenizer = _load_tokenizer(tokenizer_spec)
 
     from tqdm import tqdm
 
+    from hfgrow.mix.counts import count_domain, entropies, entropy_mixture
+
     stats = {}
-    for name, docs in texts.items():
+    for name, source in sources.items():
         with tqdm(total=max_tokens, desc=name, unit="tok", unit_scale=True, file=sys.stderr, disable=None, leave=False) as bar:
-            counts = bimix.count_domain(docs, tokenizer, seq_len=seq_len, max_tokens=max_tokens, progress=bar.update)
+            counts = count_domain(source.texts(), tokenizer, seq_len=seq_len, max_tokens=max_tokens, progress=bar.update)
         if counts.tokens == 0:
-            raise HfgrowError(f"Domain '{name}' is empty: '{domains[name]}' holds no text.")
+            raise HfgrowError(f"domain '{name}' is empty: '{source.spec}' holds no text.")
         try:
-            stats[name] = {**bimix.entropies(counts), "tokens": counts.tokens}
+            stats[name] = {**entropies(counts), "tokens": counts.tokens}
         except HfgrowError as exc:
-            raise HfgrowError(f"Domain '{name}': {exc}") from None
-    mixture = bimix.entropy_mixture(stats, measure)
+            raise HfgrowError(f"domain '{name}': {exc}") from None
+    mixture = entropy_mixture(stats, measure)
     rows = [
         [name, f"{d['tokens']:,}", f"{d['se']:.4f}", f"{d['je']:.4f}", f"{d['ce']:.4f}", f"{d['proportion']:.4f}"]
         for name, d in mixture["domains"].items()
     ]
     click.echo(_table(["domain", "tokens", "SE", "JE", "CE", f"r ({measure})"], rows))
     if out:
-        bimix.save_mixture(mixture, out)
+        from hfgrow.data.mixture import write_mixture
+
+        write_mixture(mixture, out)
         click.echo(f"wrote {out}")
 
 
@@ -140,8 +144,10 @@ def fit(logs, out, holdout, holdout_by, seed) -> None:
       hfgrow mix fit runs/mix-a/eval.jsonl runs/mix-b/eval.jsonl runs/mix-c/eval.jsonl --out law.json
       hfgrow mix fit runs/*/eval.jsonl --holdout 0.25 --holdout-by step
     """
-    observations = bimix.load_observations(logs)
-    law = bimix.fit_law(observations, holdout=holdout or 0.0, holdout_by=holdout_by, seed=seed)
+    from hfgrow.mix.law import fit_law, load_observations, save_law
+
+    observations = load_observations(logs)
+    law = fit_law(observations, holdout=holdout or 0.0, holdout_by=holdout_by, seed=seed)
     header = ["domain", "n", "A", "alpha", "B", "beta", "C", "R2", "mean rel err"]
     if holdout:
         header += ["holdout n", "holdout R2", "holdout rel err"]
@@ -157,7 +163,7 @@ def fit(logs, out, holdout, holdout_by, seed) -> None:
     if skipped:
         click.echo(f"left out {skipped} observations of domains with proportion 0 (the law is undefined there)")
     if out:
-        bimix.save_law(law, out)
+        save_law(law, out)
         click.echo(f"wrote {out}")
 
 
@@ -176,9 +182,12 @@ def optimize(law_path, steps, floor, out) -> None:
       hfgrow mix optimize law.json --steps 50000 --out mix.json
       hfgrow mix optimize law.json --steps 2e5 --floor 0.02
     """
-    law = bimix.load_law(law_path)
+    from hfgrow.mix.law import load_law
+    from hfgrow.mix.optimize import law_mixture, optimize_mixture
+
+    law = load_law(law_path)
     steps = int(steps) if float(steps).is_integer() else steps
-    r = bimix.optimize_mixture(law, steps, floor=floor)
+    r = optimize_mixture(law, steps, floor=floor)
     uniform = {name: 1.0 / len(law.domains) for name in law.domains}
     rows = [
         [name, f"{r[name]:.4f}", f"{law.predict(name, r[name], steps):.4f}", f"{law.predict(name, uniform[name], steps):.4f}"]
@@ -187,7 +196,9 @@ def optimize(law_path, steps, floor, out) -> None:
     rows.append(["total", "1.0000", f"{law.total(r, steps):.4f}", f"{law.total(uniform, steps):.4f}"])
     click.echo(_table(["domain", "r*", "loss at r*", "loss uniform"], rows))
     if out:
-        bimix.save_mixture(bimix.law_mixture(law, steps, r, floor), out)
+        from hfgrow.data.mixture import write_mixture
+
+        write_mixture(law_mixture(law, steps, r, floor), out)
         click.echo(f"wrote {out}")
 
 

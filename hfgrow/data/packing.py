@@ -1,259 +1,174 @@
-"""Training data for continued pre-training: read, tokenize, pack, mix.
+"""Token streams and packed training data: the one rule that turns documents into tokens.
 
-A *domain* is one named source of documents: a local file, a local folder (every .txt/.md/.text,
-.jsonl/.ndjson and .parquet file under it, sorted, hidden entries skipped; .gz variants of the text
-formats too; see :mod:`hfgrow.data.text`), or a Hugging Face dataset ``hf:name[:config][:split]``
-(needs the optional ``datasets`` package; read with ``streaming=True`` so large datasets are
-never downloaded whole).
+**The token-stream rule** (used by training, ``hfgrow eval``, ``hfgrow mix entropy`` and LiGO):
+every document is tokenized without special tokens and followed by EOS; no BOS is added::
 
-Documents are tokenized with the model's tokenizer (no special tokens), each followed by EOS,
-and the token stream is cut into full ``seq_len`` sequences: no padding anywhere. A .txt file is
-one document (read in line-aligned chunks so a large file streams); a JSONL line or a parquet row
-is one document (its ``text`` field). Empty documents are skipped.
+    d1 EOS d2 EOS ... dN EOS
 
+A :class:`~hfgrow.data.text.DocPart` (a piece of a long plain-text file) goes on in the next
+item, so it gets no EOS. Why no BOS: training cuts this stream into fixed-length sequences, so a
+BOS would not mark where the model's inputs start anyway; EOS between documents is the signal the
+model learns, and measuring loss (or entropies) on the same stream the model trains on keeps the
+numbers comparable. :func:`token_stream` is the rule for a list of documents, :class:`Tokenize`
+the same rule for batches of a longer stream.
+
+**Packing.** A domain's stream is cut into full ``seq_len`` sequences: no padding anywhere.
 Several domains are mixed by drawing, for every sequence slot, a domain with probability equal
 to its mixture weight. The draw for global sequence number k depends only on (seed, k), so a
 run is deterministic and the whole data position is a small JSON dict (``state_dict()``):
-sequences drawn so far plus, per domain, the epoch, the reader position (file index and byte
-offset or row) and the few tokens waiting in the packing buffer.
+sequences drawn so far plus, per domain, the epoch, the reader position (see
+:mod:`hfgrow.data.specs`) and the few tokens waiting in the packing buffer.
 
 Held-out evaluation data: the first documents of each domain, enough for ``eval_sequences``
 sequences, are set aside and never trained on (unless the domain has explicit eval data).
 
 Example:
-    >>> tok = AutoTokenizer.from_pretrained("out/")
-    >>> domains = parse_data_specs(["web=data/web.jsonl", "code=data/code/"])
-    >>> data = build_data(domains, tok, seq_len=2048, seed=0, eval_sequences=16)
-    >>> batch = data.train.next_batch(8)        # 8 (global index, domain, token list) tuples
+    >>> tok = AutoTokenizer.from_pretrained("out/")                                   # doctest: +SKIP
+    >>> domains = parse_specs(["web=data/web.jsonl", "code=data/code/"])              # doctest: +SKIP
+    >>> data = build_data(domains, tok, seq_len=2048, seed=0, eval_sequences=16)      # doctest: +SKIP
+    >>> batch = data.train.next_batch(8)   # 8 (global index, domain, token list)     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
+from hfgrow.data.mixture import read_mixture
+from hfgrow.data.specs import DomainSpec, open_domain
+from hfgrow.data.text import DocPart
 from hfgrow.errors import HfgrowError
-from hfgrow.data.text import file_kind, iter_jsonl_from, iter_parquet_from, list_files, open_binary
 
-TXT_CHUNK_BYTES = 1 << 16  # a .txt file is read (and tokenized) in line-aligned chunks of ~64 KiB
 READ_BATCH_UNITS = 16  # documents tokenized together (fast tokenizers batch in Rust)
+_EOS_NAMES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>")  # for a bare tokenizers.Tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
-# Specs
+# The token-stream rule
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class DomainSpec:
-    """One ``--data`` / ``--eval-data`` argument: a name and where its documents are."""
+def eos_id(tokenizer: Any) -> int:
+    """The EOS id that ends every document.
 
-    name: str
-    spec: str  # local path or "hf:name[:config][:split]"
+    A Hugging Face tokenizer's ``eos_token_id``; a bare ``tokenizers.Tokenizer`` (which has no
+    such attribute) gets the first of ``</s>``, ``<|endoftext|>``, ``<eos>``, ``<|end_of_text|>``
+    it knows.
 
-    @property
-    def is_hf(self) -> bool:
-        return self.spec.startswith("hf:")
-
-
-def parse_data_specs(values: list[str]) -> list[DomainSpec]:
-    """Parse ``name=path`` / ``path`` / ``hf:...`` arguments; unnamed ones get the file stem.
+    Raises:
+        HfgrowError: the tokenizer has no EOS token.
 
     Example:
-        >>> [d.name for d in parse_data_specs(["a.txt", "web=hf:HuggingFaceFW/fineweb"])]
-        ['a', 'web']
+        >>> eos_id(AutoTokenizer.from_pretrained("gpt2"))                 # doctest: +SKIP
+        50256
     """
-    out: list[DomainSpec] = []
-    for value in values:
-        name, spec = "", value
-        head, sep, tail = value.partition("=")
-        if sep and head and not head.startswith("hf:") and "/" not in head and os.sep not in head:
-            name, spec = head, tail
-        if not spec:
-            raise HfgrowError(f"data argument {value!r} names no file, folder or hf: dataset.")
-        if not name:
-            if spec.startswith("hf:"):
-                name = spec[3:].split(":")[0].rstrip("/").split("/")[-1] or "data"
-            else:
-                name = Path(spec.rstrip("/")).name.split(".")[0] or "data"
-        if any(d.name == name for d in out):
-            raise HfgrowError(f"two data sources are both named {name!r}; name them with NAME=PATH.")
-        out.append(DomainSpec(name, spec))
-    return out
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None and hasattr(tokenizer, "token_to_id"):
+        eos = next((i for i in map(tokenizer.token_to_id, _EOS_NAMES) if i is not None), None)
+    if eos is None:
+        raise HfgrowError("the tokenizer has no EOS token to end documents with; give it one (eos_token).")
+    return int(eos)
 
 
-def load_mixture(path: str | Path, domain_names: list[str]) -> dict[str, float]:
-    """Read a mixture JSON (``{"domains": {"name": {"proportion": r}}}``) and normalise it.
+def batch_encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
+    """A function list[str] -> id lists, identical to ``tokenizer(texts, add_special_tokens=False)``.
 
-    Every domain of the mixture must be one of ``domain_names`` and every training domain must
-    have a proportion.
+    For Hugging Face fast tokenizers (and bare ``tokenizers.Tokenizer`` objects) this calls the
+    Rust backend's ``encode_batch_fast`` directly (no offsets, no BatchEncoding), with the same
+    special-token handling as ``__call__``; a backend with truncation or padding switched on, and
+    anything else, goes through ``__call__``.
+
+    Example:
+        >>> batch_encoder(tok)(["a b", "c"])                                # doctest: +SKIP
+        [[64, 275], [66]]
     """
-    path = Path(path)
-    if not path.is_file():
-        raise HfgrowError(f"mixture file {str(path)!r} does not exist.")
-    try:
-        raw = json.loads(path.read_text())
-        domains = raw["domains"]
-        props = {
-            str(k): float(v["proportion"] if isinstance(v, dict) else v) for k, v in domains.items()
-        }
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise HfgrowError(
-            f"mixture file {str(path)!r} is not of the form "
-            '{"domains": {"NAME": {"proportion": R}}} '
-            f"({type(exc).__name__}: {exc})."
-        ) from None
-    unknown = [k for k in props if k not in domain_names]
-    if unknown:
-        raise HfgrowError(
-            f"mixture file {str(path)!r} names unknown domain {unknown[0]!r}; "
-            f"the --data domains are {', '.join(map(repr, domain_names))}."
-        )
-    missing = [k for k in domain_names if k not in props]
-    if missing:
-        raise HfgrowError(f"mixture file {str(path)!r} gives no proportion for domain {missing[0]!r}.")
-    if any(not math.isfinite(v) or v < 0 for v in props.values()) or sum(props.values()) <= 0:
-        raise HfgrowError(f"mixture file {str(path)!r} has negative or all-zero proportions.")
-    total = sum(props.values())
-    return {k: props[k] / total for k in domain_names}
+    backend = None
+    if hasattr(tokenizer, "encode_batch_fast"):  # a tokenizers.Tokenizer
+        backend = tokenizer
+    elif getattr(tokenizer, "is_fast", False) and hasattr(tokenizer, "backend_tokenizer"):
+        backend = tokenizer.backend_tokenizer
+        split = bool(getattr(tokenizer, "split_special_tokens", False))
+        if backend.encode_special_tokens != split:
+            backend.encode_special_tokens = split
+    # __call__ switches a backend's own truncation/padding off for the call; the fast path cannot
+    if backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None \
+            and backend.padding is None:
 
+        def encode(texts: list[str]) -> list[list[int]]:
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
-# ---------------------------------------------------------------------------------------------
-# Readers: yield (text, ends_document, position_after) from a saved position
-# ---------------------------------------------------------------------------------------------
+        return encode
 
+    def encode_slow(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
-class LocalSource:
-    """Documents from local files (see :mod:`hfgrow.data.text`). Position = [file index, byte offset or parquet row]."""
-
-    def __init__(self, spec: str, text_field: str = "text"):
-        self.spec = spec
-        self.files = list_files(spec)
-        self.text_field = text_field
-
-    def start(self) -> list:
-        return [0, 0]
-
-    def iter_units(self, pos: list) -> Iterator[tuple[str, bool, list]]:
-        file_idx, offset = int(pos[0]), int(pos[1])
-        while file_idx < len(self.files):
-            path = self.files[file_idx]
-            kind = file_kind(path)
-            if kind == "txt":
-                with open_binary(path) as fh:
-                    if offset:
-                        fh.seek(offset)
-                    yield from self._text(fh, file_idx)
-            else:
-                read = iter_jsonl_from if kind == "jsonl" else iter_parquet_from
-                for text, after in read(path, offset, self.text_field):
-                    yield text, True, [file_idx, after]
-            file_idx, offset = file_idx + 1, 0
-
-    @staticmethod
-    def _text(fh, file_idx: int):
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            line = fh.readline()
-            if line:
-                parts.append(line)
-                size += len(line)
-            if size >= TXT_CHUNK_BYTES or (not line and parts):
-                end = not line
-                if not end:  # peek: is this the last chunk of the file?
-                    here = fh.tell()
-                    end = not fh.read(1)
-                    fh.seek(here)
-                yield b"".join(parts).decode("utf-8", errors="replace"), end, [file_idx, fh.tell()]
-                parts, size = [], 0
-                if end:
-                    return
-            if not line:
-                return
-
-
-class HFSource:
-    """A Hugging Face dataset read with ``streaming=True``. Position = [0, records read]."""
-
-    def __init__(self, spec: str, text_field: str = "text"):
-        parts = spec[3:].split(":")
-        if not parts[0]:
-            raise HfgrowError(f"data spec {spec!r} names no dataset (use hf:NAME[:CONFIG][:SPLIT]).")
-        self.spec = spec
-        self.name = parts[0]
-        self.config = parts[1] if len(parts) > 1 and parts[1] else None
-        self.split = parts[2] if len(parts) > 2 and parts[2] else "train"
-        self.text_field = text_field
-        try:
-            import datasets  # noqa: F401
-        except ImportError:
-            raise HfgrowError(
-                f"data {spec!r} needs the 'datasets' package: pip install 'hfgrow[data]'."
-            ) from None
-
-    def start(self) -> list:
-        return [0, 0]
-
-    def iter_units(self, pos: list):
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True)
-        except Exception as exc:  # noqa: BLE001 - many failure types (network, missing config)
-            raise HfgrowError(f"cannot open dataset {self.spec!r}: {str(exc).splitlines()[0]}") from None
-        n = int(pos[1])
-        if n:
-            ds = ds.skip(n)
-        for record in ds:
-            n += 1
-            text = record.get(self.text_field)
-            if not isinstance(text, str):
-                raise HfgrowError(
-                    f"dataset {self.spec!r} has a record without a string {self.text_field!r} "
-                    "field; choose the field with --text-field."
-                )
-            if text:
-                yield text, True, [0, n]
-
-
-def open_source(spec: DomainSpec, text_field: str = "text"):
-    return HFSource(spec.spec, text_field) if spec.is_hf else LocalSource(spec.spec, text_field)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenize + pack
-# ---------------------------------------------------------------------------------------------
+    return encode_slow
 
 
 class Tokenize:
-    """Tokenize a list of texts without special tokens, appending EOS where a document ends."""
+    """The token-stream rule for batches: each text's ids, with EOS after every document.
 
-    def __init__(self, tokenizer):
-        eos = tokenizer.eos_token_id
-        if eos is None:
-            raise HfgrowError("the model's tokenizer has no EOS token to separate documents with.")
-        self.tokenizer = tokenizer
-        self.eos = int(eos)
+    A text ends its document unless it is a :class:`~hfgrow.data.text.DocPart` (or ``ends`` says
+    otherwise).
 
-    def __call__(self, texts: list[str], ends: list[bool]) -> list[int]:
-        out: list[int] = []
-        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        for seq, end in zip(ids, ends):
-            out.extend(seq)
-            if end:
-                out.append(self.eos)
-        return out
+    Example:
+        >>> tokenize = Tokenize(tok)                                        # doctest: +SKIP
+        >>> tokenize(["a b", DocPart("c "), "d"])   # a b EOS c d EOS        # doctest: +SKIP
+        [64, 275, 0, 66, 220, 67, 0]
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.eos = eos_id(tokenizer)
+        self.encode = batch_encoder(tokenizer)
+
+    def per_text(self, texts: list[str], ends: Sequence[bool] | None = None) -> list[list[int]]:
+        """The ids of every text, EOS appended where a document ends."""
+        if ends is None:
+            ends = [not isinstance(t, DocPart) for t in texts]
+        ids = self.encode(list(texts)) if texts else []
+        return [seq + [self.eos] if end else seq for seq, end in zip(ids, ends)]
+
+    def __call__(self, texts: list[str], ends: Sequence[bool] | None = None) -> list[int]:
+        return [t for seq in self.per_text(texts, ends) for t in seq]
+
+
+def token_stream(tokenizer: Any, documents: Iterable[str], *, max_tokens: int | None = None) -> list[int]:
+    """The token stream of documents: ``d1 EOS d2 EOS ... dN EOS`` (no BOS; see the module docstring).
+
+    Documents are tokenized in batches; with ``max_tokens`` reading stops once that many tokens are
+    there and the stream is cut to exactly ``max_tokens``.
+
+    Example:
+        >>> ids = token_stream(tok, ["the cat", "a dog"])                    # doctest: +SKIP
+        >>> ids == tok("the cat", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] \\
+        ...        + tok("a dog", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]  # doctest: +SKIP
+        True
+    """
+    tokenize = Tokenize(tokenizer)
+    out: list[int] = []
+    batch: list[str] = []
+    for doc in documents:
+        batch.append(doc)
+        if len(batch) >= READ_BATCH_UNITS:
+            out.extend(tokenize(batch))
+            batch = []
+            if max_tokens is not None and len(out) >= max_tokens:
+                return out[:max_tokens]
+    out.extend(tokenize(batch))
+    return out if max_tokens is None else out[:max_tokens]
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+# ---------------------------------------------------------------------------------------------
 
 
 class DomainStream:
-    """Endless stream of packed ``seq_len`` sequences from one source (loops over epochs)."""
+    """Endless stream of packed ``seq_len`` sequences from one opened domain (loops over epochs)."""
 
     def __init__(self, name: str, source, tokenize: Tokenize, seq_len: int, train_start: list,
                  prefix: list[int] | None = None):
@@ -415,12 +330,18 @@ def build_data(
     """Open every domain, set eval data aside, and return the training mixture.
 
     ``eval_domains`` with the name of a training domain replace its held-out split (the domain
-    then trains on all of its data); other names are evaluation-only domains.
+    then trains on all of its data); other names are evaluation-only domains. A domain whose
+    mixture proportion is 0 is not trained on: it only gives held-out sequences.
+
+    Example:
+        >>> data = build_data(parse_specs(["web=web.jsonl"]), tok, seq_len=32, eval_sequences=2)  # doctest: +SKIP
+        >>> [len(s) for s in data.eval["web"]]                                                    # doctest: +SKIP
+        [32, 32]
     """
     if not domains:
         raise HfgrowError("no training data: give at least one --data PATH or NAME=PATH.")
     names = [d.name for d in domains]
-    weights = load_mixture(mixture, names) if mixture else {n: 1.0 / len(names) for n in names}
+    weights = read_mixture(mixture, names) if mixture else {n: 1.0 / len(names) for n in names}
     tokenize = Tokenize(tokenizer)
     if hasattr(tokenizer, "model_max_length"):
         tokenizer.model_max_length = int(1e30)  # we pack ourselves; silence the length warning
@@ -428,7 +349,7 @@ def build_data(
     streams: dict[str, DomainStream] = {}
     evals: dict[str, list[list[int]]] = {}
     for d in domains:
-        src = open_source(d, text_field)
+        src = open_domain(d, text_field)
         if weights[d.name] == 0:  # not trained on: all of it is held out
             if d.name not in explicit and eval_sequences > 0:
                 evals[d.name] = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=False)[0]
@@ -443,7 +364,7 @@ def build_data(
     for d in eval_domains or []:
         if eval_sequences <= 0:
             break
-        src = open_source(d, text_field)
+        src = open_domain(d, text_field)
         evals[d.name] = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=False)[0]
     return TrainData(
         train=Mixture(streams, {n: weights[n] for n in streams}, seed),

@@ -15,7 +15,8 @@ the supported files under it, recursively, in sorted order; hidden entries (a na
 sentence.
 
 The ``*_from`` readers start at a saved position (a byte offset, a row index) and yield the
-position after every document, so a reader can resume exactly (see :mod:`hfgrow.data.packing`).
+position after every document (or piece of a plain-text file), so a reader can resume exactly
+(see :mod:`hfgrow.data.specs`); :func:`iter_documents_from` picks the reader from the file name.
 
 Example:
     >>> from hfgrow.data.text import list_files, iter_documents
@@ -43,11 +44,13 @@ __all__ = [
     "file_kind",
     "open_binary",
     "list_files",
+    "iter_txt_from",
     "iter_txt",
     "iter_jsonl_from",
     "iter_jsonl",
     "iter_parquet_from",
     "iter_parquet",
+    "iter_documents_from",
     "iter_documents",
     "read_documents",
 ]
@@ -75,8 +78,8 @@ SUPPORTED_FILES = ".txt/.md/.text, .jsonl/.ndjson, .parquet or .gz of the text a
 class DocPart(str):
     """A piece of a document that goes on in the next item: no EOS is put after it.
 
-    :func:`iter_txt` cuts a long file into pieces so memory stays bounded; every other ``str`` a
-    reader yields is a whole document.
+    :func:`iter_txt_from` cuts a long file into pieces so memory stays bounded; every other ``str``
+    a reader yields is a whole document.
 
     Example:
         >>> isinstance(DocPart("def f():\\n"), str)
@@ -124,7 +127,7 @@ def _open_text(path: PathLike) -> IO[str]:
 
 
 def _unknown_type(path: PathLike) -> HfgrowError:
-    return HfgrowError(f"Unknown file type '{path}': use {SUPPORTED_FILES}, or a folder of them.")
+    return HfgrowError(f"unknown file type '{path}': use {SUPPORTED_FILES}, or a folder of them.")
 
 
 def list_files(path: PathLike) -> list[Path]:
@@ -149,67 +152,110 @@ def list_files(path: PathLike) -> list[Path]:
             if p.is_file() and file_kind(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         if not files:
-            raise HfgrowError(f"Folder '{path}' holds no {SUPPORTED_FILES} files.")
+            raise HfgrowError(f"folder '{path}' holds no {SUPPORTED_FILES} files.")
         return files
     if not root.exists():
-        raise HfgrowError(f"Data file or folder '{path}' does not exist.")
+        raise HfgrowError(f"data file or folder '{path}' does not exist.")
     if file_kind(root) is None:
         raise _unknown_type(path)
     return [root]
 
 
-def _cut_point(buf: str, start: int) -> int:
-    """Index at which to cut ``buf`` (at or after ``start``), or -1 if there is no safe place.
+def _space_before(buf: bytes, i: int) -> bool:
+    """Whether the character that ends just before byte ``i`` is whitespace (as ``str.isspace``)."""
+    byte = buf[i - 1]
+    if byte < 0x80:
+        return chr(byte).isspace()
+    return buf[max(0, i - 4) : i].decode("utf-8", errors="replace")[-1].isspace()
+
+
+def _space_at(buf: bytes, i: int) -> bool:
+    """Whether the character that starts at byte ``i`` is whitespace; a character cut off by the end
+    of ``buf`` counts as whitespace, so no cut is made next to it."""
+    byte = buf[i]
+    if byte < 0x80:
+        return chr(byte).isspace()
+    char = buf[i : i + 4].decode("utf-8", errors="replace")[0]
+    return char.isspace() or (char == "\ufffd" and i + 4 > len(buf))
+
+
+def _cut_point(buf: bytes, start: int) -> int:
+    """Byte index at which to cut ``buf`` (at or after ``start``), or -1 if there is no safe place.
 
     Preferred: right after a single newline between two non-space characters; fallback: before a
     single space between two non-space characters. GPT-2 and Llama-3 style byte-level
     pre-tokenizers (and whitespace splitters) split the whole text there too, so such a cut
     changes no token; runs of whitespace are never cut (their regexes treat a run at the end of a
-    text differently).
+    text differently). Both separators are ASCII, so a cut never splits a UTF-8 character.
     """
     end = len(buf) - 1
-    for sep in ("\n", " "):
+    for sep in (b"\n", b" "):
         i = end
         while True:
             i = buf.rfind(sep, start, i)
             if i <= 0:
                 break
-            if not buf[i - 1].isspace() and not buf[i + 1].isspace():
-                return i + 1 if sep == "\n" else i
+            if not _space_before(buf, i) and not _space_at(buf, i + 1):
+                return i + 1 if sep == b"\n" else i
     return -1
 
 
-def iter_txt(path: PathLike, piece_chars: int = 1 << 16) -> Iterator[str]:
-    """Yield one plain-text file (or its .gz) as a single document, in pieces of about ``piece_chars``.
+def _char_start(buf: bytes, i: int) -> int:
+    """The largest index ≤ ``i`` that does not fall inside a UTF-8 character."""
+    for _ in range(3):
+        if i <= 0 or buf[i] & 0xC0 != 0x80:
+            break
+        i -= 1
+    return i
 
-    All pieces but the last are :class:`DocPart`. Pieces are cut at a single newline (or, failing
+
+def iter_txt_from(path: PathLike, offset: int = 0, piece_bytes: int = 1 << 16) -> Iterator[tuple[str, int]]:
+    """Yield ``(piece, byte offset after it)`` for a plain-text file (or its .gz) from byte ``offset``.
+
+    The file is one document, read in pieces of about ``piece_bytes`` bytes so memory stays bounded;
+    all pieces but the last are :class:`DocPart`. Pieces are cut at a single newline (or, failing
     that, a single space) between two non-space characters, where byte-level BPE pre-tokenizers
     split anyway, so for them the token stream is the same as for the whole file (tokenizers that
     prepend a space to every text, e.g. SentencePiece "Metaspace", may differ by a token per
-    piece). An empty file yields nothing.
+    piece). Offsets count uncompressed bytes for .gz files; invalid UTF-8 becomes U+FFFD. An empty
+    file yields nothing.
+
+    Example:
+        >>> list(iter_txt_from("a.txt"))                                # doctest: +SKIP
+        [('the whole file\\n', 15)]
+    """
+    with open_binary(path) as fh:
+        if offset:
+            fh.seek(offset)
+        pos, buf = offset, b""
+        while True:
+            block = fh.read(piece_bytes)
+            if not block:
+                break
+            buf += block
+            if len(buf) < 2 * piece_bytes:
+                continue
+            cut = _cut_point(buf, len(buf) // 4)
+            if cut < 0:
+                if len(buf) < 64 * piece_bytes:
+                    continue
+                cut = _char_start(buf, len(buf) - piece_bytes)  # no word boundary at all: cut anywhere
+            pos += cut
+            yield DocPart(buf[:cut].decode("utf-8", errors="replace")), pos
+            buf = buf[cut:]
+        if buf:
+            yield buf.decode("utf-8", errors="replace"), pos + len(buf)
+
+
+def iter_txt(path: PathLike, piece_bytes: int = 1 << 16) -> Iterator[str]:
+    """Yield one plain-text file (or its .gz) as a single document, in pieces (see :func:`iter_txt_from`).
 
     Example:
         >>> "".join(iter_txt("corpus/a.txt"))                        # doctest: +SKIP
         'the whole file\\n'
     """
-    with _open_text(path) as f:
-        buf = ""
-        while True:
-            block = f.read(piece_chars)
-            if not block:
-                break
-            buf += block
-            if len(buf) < 2 * piece_chars:
-                continue
-            cut = _cut_point(buf, len(buf) // 4)
-            if cut < 0:
-                if len(buf) < 64 * piece_chars:
-                    continue
-                cut = len(buf) - piece_chars  # no word boundary at all: cut anywhere
-            yield DocPart(buf[:cut])
-            buf = buf[cut:]
-        if buf:
-            yield buf
+    for piece, _ in iter_txt_from(path, 0, piece_bytes):
+        yield piece
 
 
 def _line_number(path: PathLike, offset: int) -> int:
@@ -295,7 +341,7 @@ def iter_parquet_from(
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise HfgrowError(f"Reading '{path}' needs pyarrow: pip install pyarrow.") from None
+        raise HfgrowError(f"reading '{path}' needs pyarrow: pip install pyarrow.") from None
     try:
         pf = pq.ParquetFile(path)
     except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
@@ -336,14 +382,40 @@ def iter_parquet(path: PathLike, text_field: str = "text", batch_rows: int = 102
         yield text
 
 
-def iter_documents(path: PathLike, text_field: str = "text", *, piece_chars: int | None = None) -> Iterator[str]:
+def iter_documents_from(
+    path: PathLike, position: int = 0, text_field: str = "text"
+) -> Iterator[tuple[str, int]]:
+    """Yield ``(text, position after it)`` for one supported file, from a saved ``position``.
+
+    The position is a byte offset (plain text, JSON lines) or a row index (parquet); a plain-text
+    file comes in :class:`DocPart` pieces (see :func:`iter_txt_from`).
+
+    Raises:
+        HfgrowError: unsupported file type, or a reader's error (bad JSON line, no pyarrow, ...).
+
+    Example:
+        >>> list(iter_documents_from("web.jsonl", 32))                 # doctest: +SKIP
+        [('second document', 65)]
+    """
+    kind = file_kind(path)
+    if kind == "txt":
+        yield from iter_txt_from(path, position)
+    elif kind == "jsonl":
+        yield from iter_jsonl_from(path, position, text_field)
+    elif kind == "parquet":
+        yield from iter_parquet_from(path, position, text_field)
+    else:
+        raise _unknown_type(path)
+
+
+def iter_documents(path: PathLike, text_field: str = "text", *, piece_bytes: int | None = None) -> Iterator[str]:
     """Yield the documents of one supported file.
 
     Args:
         path: a .txt/.md/.text, .jsonl/.ndjson or .parquet file, or .gz of a text type.
         text_field: the JSON field / parquet column holding the text.
-        piece_chars: if given, a plain-text file comes in :class:`DocPart` pieces of about this
-            many characters (see :func:`iter_txt`); otherwise as one string.
+        piece_bytes: if given, a plain-text file comes in :class:`DocPart` pieces of about this
+            many bytes (see :func:`iter_txt_from`); otherwise as one string.
 
     Raises:
         HfgrowError: unsupported file type, or a reader's error (bad JSON line, no pyarrow, ...).
@@ -354,8 +426,8 @@ def iter_documents(path: PathLike, text_field: str = "text", *, piece_chars: int
     """
     kind = file_kind(path)
     if kind == "txt":
-        if piece_chars:
-            yield from iter_txt(path, piece_chars)
+        if piece_bytes:
+            yield from iter_txt(path, piece_bytes)
         else:
             with _open_text(path) as f:
                 text = f.read()

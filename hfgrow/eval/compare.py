@@ -98,7 +98,7 @@ def _count_params(config: dict[str, Any]) -> int:
 
 def _split_corpus(data: list[str] | None, folder: Path, seed: int) -> tuple[Path, Path, str]:
     """Train/held-out text files (by document) and the text the tokenizer is trained on."""
-    from hfgrow.eval.loss import read_documents
+    from hfgrow.data.text import read_documents
     from hfgrow.eval.tiny import python_docs_corpus
 
     documents = [doc for path in data for doc in read_documents(path)] if data else python_docs_corpus()

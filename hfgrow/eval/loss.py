@@ -1,4 +1,4 @@
-"""Measure a causal LM: token-level loss / perplexity on your text, and benchmark tasks.
+"""Held-out loss of a causal LM: the sliding-window token-level loss / perplexity, and model loading.
 
 Loss uses the sliding-window method of the Hugging Face perplexity guide: windows of ``seq_len``
 tokens start every ``stride`` tokens; each window scores only the tokens not scored by an earlier
@@ -7,15 +7,12 @@ window, so every token is scored exactly once and, when ``stride < seq_len``, wi
 ``stride == seq_len`` this is the plain chunked loss (each chunk independent; its first token has no
 context and is not scored). A stream of n tokens scores n − 1 tokens when ``stride < seq_len``.
 
-Text sources: the files :mod:`hfgrow.data.text` reads (``.txt``/``.md`` is one document per file,
-``.jsonl`` one per line with field ``"text"``, ``.parquet`` one per row of column ``"text"``;
-``.gz`` of the text types) or a folder of those. Each domain's documents are joined into one token
-stream: ``[BOS] doc1 EOS doc2 EOS … docN`` (BOS only if the tokenizer has one); every token of it
-after the first is scored.
+Text: a domain's documents are opened through :mod:`hfgrow.data.specs` (the files
+:mod:`hfgrow.data.text` reads, or a folder of them) and become one token stream by the project's
+one rule (:func:`hfgrow.data.packing.token_stream`: ``doc1 EOS doc2 EOS … docN EOS``, no BOS), the
+stream the model is trained on; every token of it after the first is scored.
 
-Benchmarks: :func:`run_tasks` hands off to lm-evaluation-harness (``pip install 'hfgrow[eval]'``).
-The Gstack paper evaluates on :data:`PAPER_TASKS`: lambada_openai, arc_challenge, arc_easy, logiqa,
-piqa, sciq, winogrande, plus wikitext perplexity.
+Benchmarks (lm-evaluation-harness) are in :mod:`hfgrow.eval.tasks`.
 
 Example::
 
@@ -26,41 +23,24 @@ Example::
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-from hfgrow.data.text import TEXT_SUFFIXES, file_kind, read_documents
 
 __all__ = [
-    "PAPER_TASKS",
-    "TEXT_SUFFIXES",
+    "DEFAULT_SEQ_LEN",
     "EvalResult",
-    "read_documents",
-    "parse_data_spec",
-    "token_stream",
     "window_plan",
     "sliding_window_nll",
+    "pick_device",
     "load_model",
     "evaluate_loss",
-    "run_tasks",
 ]
 
-#: Benchmarks the Gstack paper reports (lm-evaluation-harness task names); wikitext = perplexity.
-PAPER_TASKS: tuple[str, ...] = (
-    "lambada_openai",
-    "arc_challenge",
-    "arc_easy",
-    "logiqa",
-    "piqa",
-    "sciq",
-    "winogrande",
-    "wikitext",
-)
-#: Default context when the model's config does not say, and the cap on the default (paper: 2048).
+#: Default window when the model's config does not say, and the cap on the default (paper: 2048).
 DEFAULT_SEQ_LEN = 2048
 
 
@@ -108,44 +88,7 @@ def _safe_exp(x: float) -> float:
         return math.inf
 
 
-# --------------------------------------------------------------------------- data arguments
-# (the file readers, read_documents included, are in hfgrow.data.text)
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-def parse_data_spec(spec: str) -> tuple[str, Path]:
-    """Split a ``--data`` value ``[NAME=]FILE`` into (name, path); the name defaults to the file stem.
-
-    ``a=b.txt`` is a named input unless a file literally called ``a=b.txt`` exists.
-    """
-    name, sep, rest = spec.partition("=")
-    if sep and name and rest and _NAME_RE.match(name) and not Path(spec).expanduser().exists():
-        return name, Path(rest).expanduser()
-    path = Path(spec).expanduser()
-    return (path.stem or path.name or "data"), path
-
-
-# --------------------------------------------------------------------------- tokens and windows
-
-
-def token_stream(tokenizer: Any, documents: Sequence[str]) -> list[int]:
-    """Tokenize documents into one stream: ``[BOS] doc1 EOS doc2 EOS … docN``.
-
-    BOS is added only if the tokenizer defines one. Without an EOS token documents are joined with
-    a blank line instead.
-    """
-    eos = tokenizer.eos_token_id
-    bos = tokenizer.bos_token_id
-    ids: list[int] = [bos] if bos is not None else []
-    if eos is None:
-        return ids + list(tokenizer("\n\n".join(documents), add_special_tokens=False)["input_ids"])
-    encoded = tokenizer(list(documents), add_special_tokens=False)["input_ids"] if documents else []
-    for i, doc_ids in enumerate(encoded):
-        if i:
-            ids.append(eos)
-        ids.extend(doc_ids)
-    return ids
+# --------------------------------------------------------------------------- windows
 
 
 def window_plan(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
@@ -157,6 +100,10 @@ def window_plan(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int
 
     Raises:
         HfgrowError: ``seq_len < 2``, ``stride < 1`` or ``stride > seq_len`` (tokens would be skipped).
+
+    Example:
+        >>> window_plan(10, seq_len=6, stride=3)   # tokens 1..5, then 6..8, then 9
+        [(0, 6, 1), (3, 9, 6), (6, 10, 9)]
     """
     if seq_len < 2:
         raise HfgrowError(f"--seq-len must be at least 2 (got {seq_len}).")
@@ -189,6 +136,11 @@ def sliding_window_nll(
     Windows of equal length are batched ``batch_size`` at a time (the last, shorter window is padded
     on the right and masked, which cannot change the earlier positions of a causal model).
     Log-probabilities are computed in float32 whatever the model's dtype.
+
+    Example:
+        >>> nll, n = sliding_window_nll(model, token_stream(tok, docs), seq_len=2048, stride=1024)  # doctest: +SKIP
+        >>> math.exp(nll / n)                                                                       # doctest: +SKIP
+        14.2
     """
     import torch
 
@@ -233,7 +185,13 @@ def sliding_window_nll(
 # --------------------------------------------------------------------------- models
 
 
-def _pick_device(device: str | None) -> str:
+def pick_device(device: str | None = None) -> str:
+    """The device to run on: ``device`` if given, else ``"cuda"`` when available, else ``"cpu"``.
+
+    Example:
+        >>> pick_device("cpu")
+        'cpu'
+    """
     if device:
         return device
     import torch
@@ -248,55 +206,68 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
 
     Raises:
         HfgrowError: the model or its tokenizer cannot be loaded.
+
+    Example:
+        >>> model, tok = load_model("out/grown", device="cpu")              # doctest: +SKIP
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = _pick_device(device)
+    device = pick_device(device)
     dtype = dtype or ("float32" if device == "cpu" else "auto")
     if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise HfgrowError(f"unknown --dtype '{dtype}': use auto, float32, bfloat16 or float16.")
     text = str(path)
     local = Path(text).expanduser()
     if not local.exists() and (text.startswith((".", "~", "/")) or text.count("/") > 1 or "\\" in text):
-        raise HfgrowError(f"model folder '{text}' does not exist.")
+        raise HfgrowError(f"the model folder '{text}' does not exist.")
     if local.is_file():
         raise HfgrowError(f"'{text}' is a file; give the model's folder (with config.json).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001 - many loader exception types; one clear sentence
-        raise HfgrowError(f"cannot load a tokenizer from '{path}': {_first_line(exc)}") from None
+        raise HfgrowError(f"cannot load a tokenizer from '{path}': {_first_line(exc)}.") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype if dtype == "auto" else getattr(torch, dtype)
         )
     except Exception as exc:  # noqa: BLE001
-        raise HfgrowError(f"cannot load a causal LM from '{path}': {_first_line(exc)}") from None
+        raise HfgrowError(f"cannot load a causal LM from '{path}': {_first_line(exc)}.") from None
     return model.to(device), tokenizer
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def _default_seq_len(model: Any) -> int:
+    """The model's context (:func:`hfgrow.arch.layout.context_length`), capped at :data:`DEFAULT_SEQ_LEN`."""
+    from hfgrow.arch.layout import context_length
+
     config = getattr(model, "config", None)
-    getter = getattr(config, "get_text_config", None)
-    config = getter() if callable(getter) else config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return min(int(limit), DEFAULT_SEQ_LEN) if limit else DEFAULT_SEQ_LEN
+    context = context_length(config) if config is not None else None
+    return min(context, DEFAULT_SEQ_LEN) if context else DEFAULT_SEQ_LEN
+
+
+def _file_texts(path: str | Path) -> list[str]:
+    """The texts of a file or folder, opened like every other data spec (pieces of long plain text included)."""
+    from hfgrow.data.specs import DomainSpec, open_domain
+
+    return list(open_domain(DomainSpec("data", str(path))).texts())
 
 
 def _documents_or_ids(value: Any) -> list[str] | list[int]:
     """Normalise one domain's input: a file/folder, a text, a list of those, or token ids."""
+    from hfgrow.data.text import file_kind
+
     if isinstance(value, Path):
-        return read_documents(value)
+        return _file_texts(value)
     if isinstance(value, str):
         if Path(value).expanduser().exists():
-            return read_documents(value)
+            return _file_texts(value)
         if file_kind(value) and not any(c.isspace() for c in value):
-            raise HfgrowError(f"data file '{value}' does not exist.")
+            raise HfgrowError(f"the data file '{value}' does not exist.")
         return [value]
     if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # tensor / array of ids
         value = value.tolist()
@@ -335,7 +306,7 @@ def evaluate_loss(
         texts_or_files: one input or a mapping ``{domain name: input}``. An input is a file or folder
             path (see :mod:`hfgrow.data.text`), a text, a list of those (one domain), or a
             list/tensor of token ids (used as the stream as-is).
-        seq_len: window length; default min(model's max_position_embeddings, 2048).
+        seq_len: window length; default min(the model's context length, 2048).
         stride: tokens between window starts; default ``seq_len // 2``. ``stride == seq_len`` gives
             the plain chunked loss.
         batch_size: windows per forward pass.
@@ -347,6 +318,10 @@ def evaluate_loss(
 
     Raises:
         HfgrowError: unreadable inputs, a domain with fewer than 2 tokens, bad window settings.
+
+    Example:
+        >>> evaluate_loss("out/grown", {"web": "web.jsonl", "code": "code/"}).domains["code"].loss  # doctest: +SKIP
+        2.31
     """
     if isinstance(model_or_path, (str, Path)):
         model, loaded_tokenizer = load_model(model_or_path, device=device, dtype=dtype)
@@ -372,6 +347,8 @@ def evaluate_loss(
         else:
             if tokenizer is None:
                 raise HfgrowError("a tokenizer is needed to evaluate texts with an in-memory model.")
+            from hfgrow.data.packing import token_stream
+
             stream = token_stream(tokenizer, content)  # type: ignore[arg-type]
         if max_tokens is not None:
             stream = stream[:max_tokens]
@@ -390,50 +367,3 @@ def evaluate_loss(
     if len(results) > 1:
         overall.domains = results
     return overall
-
-
-# --------------------------------------------------------------------------- benchmark tasks
-
-
-def run_tasks(
-    model_path: str | Path,
-    tasks: Sequence[str] | str,
-    batch_size: int | str = 4,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    limit: int | float | None = None,
-) -> dict[str, dict[str, float]]:
-    """Run lm-evaluation-harness tasks on a saved model (``lm_eval.simple_evaluate``, model "hf").
-
-    ``tasks`` is a list or a comma-separated string; ``"paper"`` expands to :data:`PAPER_TASKS`.
-    Returns ``{task: {metric: value}}`` with the harness's metric names (e.g. ``"acc,none"``).
-    The harness downloads its datasets from the Hub on first use.
-
-    Raises:
-        HfgrowError: lm-evaluation-harness is not installed.
-    """
-    try:
-        import lm_eval
-    except ImportError:
-        raise HfgrowError(
-            "--tasks needs lm-evaluation-harness, which is not installed: pip install 'hfgrow[eval]'"
-        ) from None
-    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
-    expanded: list[str] = []
-    for name in names:
-        for task in PAPER_TASKS if name == "paper" else (name,):
-            if task not in expanded:
-                expanded.append(task)
-    if not expanded:
-        raise HfgrowError("--tasks is empty; e.g. --tasks piqa,arc_easy or --tasks paper.")
-    device = _pick_device(device)
-    model_args = f"pretrained={model_path},dtype={dtype or ('float32' if device == 'cpu' else 'auto')}"
-    output = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=expanded, batch_size=batch_size, device=device, limit=limit
-    )
-    results = (output or {}).get("results", {})
-    return {
-        task: {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for task, metrics in results.items()
-    }

@@ -477,7 +477,8 @@ def preflight(args: argparse.Namespace) -> dict:
     """
     from transformers import AutoConfig
 
-    from hfgrow.data.packing import load_mixture, open_source, parse_data_specs
+    from hfgrow.data.mixture import read_mixture
+    from hfgrow.data.specs import open_domain, parse_specs
 
     out = Path(args.output_dir)
     positive = {"--batch-size": args.batch_size, "--grad-accum": args.grad_accum,
@@ -511,14 +512,14 @@ def preflight(args: argparse.Namespace) -> dict:
             "so --train new has nothing to train; use --train all or lora."
         )
     mask = recipe.operation.mask if recipe else None
-    specs = parse_data_specs(args.data)
+    specs = parse_specs(args.data)
     if not specs:
         raise HfgrowError("no training data: give at least one --data PATH or NAME=PATH.")
-    eval_specs = parse_data_specs(args.eval_data) if args.eval_data else []
+    eval_specs = parse_specs(args.eval_data) if args.eval_data else []
     for spec in specs + eval_specs:
-        open_source(spec, args.text_field)  # missing files, empty folders, missing `datasets`
+        open_domain(spec, args.text_field)  # missing files, empty folders, missing `datasets`
     if args.mixture:
-        load_mixture(args.mixture, [d.name for d in specs])
+        read_mixture(args.mixture, [d.name for d in specs])
 
     trackers = report_to(args)
     if trackers:

@@ -17,8 +17,10 @@ from hfgrow.data.text import (
     DocPart,
     file_kind,
     iter_documents,
+    iter_documents_from,
     iter_jsonl_from,
     iter_parquet_from,
+    iter_txt_from,
     list_files,
     read_documents,
 )
@@ -72,19 +74,19 @@ def test_list_files_errors(tmp_path):
     (tmp_path / "notes.csv").write_text("a,b\n")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "data.csv").write_text("a,b\n")
-    with raises(f"Data file or folder '{tmp_path / 'missing.txt'}' does not exist."):
+    with raises(f"data file or folder '{tmp_path / 'missing.txt'}' does not exist."):
         list_files(tmp_path / "missing.txt")
     with raises(
-        f"Unknown file type '{tmp_path / 'notes.csv'}': use .txt/.md/.text, .jsonl/.ndjson, .parquet "
+        f"unknown file type '{tmp_path / 'notes.csv'}': use .txt/.md/.text, .jsonl/.ndjson, .parquet "
         "or .gz of the text and JSON-lines types, or a folder of them."
     ):
         list_files(tmp_path / "notes.csv")
     with raises(
-        f"Folder '{tmp_path / 'empty'}' holds no .txt/.md/.text, .jsonl/.ndjson, .parquet "
+        f"folder '{tmp_path / 'empty'}' holds no .txt/.md/.text, .jsonl/.ndjson, .parquet "
         "or .gz of the text and JSON-lines types files."
     ):
         list_files(tmp_path / "empty")
-    with pytest.raises(HfgrowError, match="^Unknown file type"):
+    with pytest.raises(HfgrowError, match="^unknown file type"):
         list(iter_documents(tmp_path / "notes.csv"))
 
 
@@ -107,7 +109,7 @@ def test_txt_is_one_document_read_exactly(tmp_path):
 def test_txt_pieces_are_docparts_that_join_to_the_file(tmp_path):
     body = "".join(f"line {i} of the file\n" for i in range(400))
     (tmp_path / "a.txt").write_text(body)
-    pieces = list(iter_documents(tmp_path / "a.txt", piece_chars=100))
+    pieces = list(iter_documents(tmp_path / "a.txt", piece_bytes=100))
     assert len(pieces) > 10 and "".join(pieces) == body
     assert all(type(p) is DocPart for p in pieces[:-1]) and type(pieces[-1]) is str
     assert all(p.endswith("\n") for p in pieces)  # cut right after a newline
@@ -190,38 +192,60 @@ def test_parquet_errors(tmp_path, monkeypatch):
         read_documents(fake)
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with raises(f"Reading '{path}' needs pyarrow: pip install pyarrow."):
+    with raises(f"reading '{path}' needs pyarrow: pip install pyarrow."):
         read_documents(path)
 
 
-def test_old_import_paths_share_the_readers(tmp_path):
-    from hfgrow.eval import loss as evaluate
-    from hfgrow.mix import bimix as mix
-
-    assert evaluate.read_documents is read_documents and evaluate.TEXT_SUFFIXES is TEXT_SUFFIXES
-    assert mix.TEXT_SUFFIXES is TEXT_SUFFIXES and mix.DocPart is DocPart and mix.domain_files is list_files
-    assert (mix.iter_txt, mix.iter_jsonl, mix.iter_parquet) == (text.iter_txt, text.iter_jsonl, text.iter_parquet)
+# --------------------------------------------------------------------------- resumable plain text
 
 
-def test_all_three_users_read_a_folder_alike(tmp_path):
-    """mix, evaluate and data (training) see the same documents of the same folder."""
-    from hfgrow.eval import loss as evaluate
-    from hfgrow.mix import bimix as mix
-    from hfgrow.data.packing import LocalSource
+def test_txt_pieces_resume_from_every_offset_and_join_to_the_file(tmp_path):
+    # multi-byte characters next to the separators, a CRLF stretch (never cut inside), a long run
+    # without any space (the cut-anywhere fallback must not split a UTF-8 character)
+    body = "".join(f"línea {i} — ünïcode\n" for i in range(60)) + "x\r\ny " * 30 + "é" * 700 + "\nend"
+    path = tmp_path / "a.txt"
+    path.write_bytes(body.encode())
+    raw = body.encode()
+    pieces = list(iter_txt_from(path, 0, piece_bytes=8))
+    assert len(pieces) > 20 and "".join(t for t, _ in pieces) == body
+    assert all(type(t) is DocPart for t, _ in pieces[:-1]) and type(pieces[-1][0]) is str
+    assert [off for _, off in pieces] == [len("".join(t for t, _ in pieces[: k + 1]).encode()) for k in range(len(pieces))]
+    assert pieces[-1][1] == len(raw)
+    for k, (_, offset) in enumerate(pieces[:-1]):  # resuming after any piece gives the rest of the file
+        rest = "".join(t for t, _ in iter_txt_from(path, offset, piece_bytes=8))
+        assert rest == raw[offset:].decode()
+    with gzip.open(tmp_path / "a.txt.gz", "wb") as f:
+        f.write(raw)
+    assert list(iter_txt_from(tmp_path / "a.txt.gz", 0, piece_bytes=8)) == pieces  # offsets in uncompressed bytes
 
-    (tmp_path / "a.txt").write_text("a text file\n")
-    (tmp_path / "b.md").write_text("markdown")
-    (tmp_path / "c.jsonl").write_text(jsonl({"text": "j1"}, {"text": ""}, {"text": "j2"}))
-    with gzip.open(tmp_path / "d.NDJSON.GZ", "wt") as f:
-        f.write(jsonl({"text": "g1"}))
-    (tmp_path / ".hidden.txt").write_text("hidden")
-    (tmp_path / "skip.csv").write_text("x")
-    write_parquet(tmp_path / "e.parquet", {"text": ["p1", None, "p2"]})
-    expected = ["a text file\n", "markdown", "j1", "j2", "g1", "p1", "p2"]
-    assert evaluate.read_documents(tmp_path) == expected
-    assert list(mix.iter_domain_texts(str(tmp_path))) == expected
-    units = list(LocalSource(str(tmp_path)).iter_units([0, 0]))
-    assert [t for t, _, _ in units] == expected and all(end for _, end, _ in units)
-    # resuming the training reader from any saved position gives the rest
-    for k, (_, _, pos) in enumerate(units):
-        assert [t for t, _, _ in LocalSource(str(tmp_path)).iter_units(pos)] == expected[k + 1 :]
+
+def test_txt_cuts_only_at_a_single_separator_between_non_spaces(tmp_path):
+    # independent check of the cut rule on the decoded text (str.isspace): a cut is right after a
+    # newline or right before a space, with a non-space character on both sides. The text offers
+    # tempting wrong places: "\n" before U+3000 (a 3-byte space), "\n\n" runs, "  " runs.
+    body = "".join(f"w{i}\n\u3000z{i}  q\n\nr{i}\n" for i in range(300))
+    (tmp_path / "t.txt").write_text(body)
+    texts = [t for t, _ in iter_txt_from(tmp_path / "t.txt", 0, piece_bytes=16)]
+    assert len(texts) > 10 and "".join(texts) == body
+    at, after_newline = 0, 0
+    for piece in texts[:-1]:
+        at += len(piece)
+        if piece.endswith("\n"):
+            left, right = body[at - 2], body[at]
+            after_newline += 1
+        else:
+            assert body[at] == " ", repr(body[at - 3 : at + 3])
+            left, right = body[at - 1], body[at + 1]
+        assert not left.isspace() and not right.isspace(), repr(body[at - 3 : at + 3])
+    assert after_newline > 5
+
+
+def test_iter_documents_from_picks_the_reader(tmp_path):
+    (tmp_path / "a.txt").write_text("one text\n")
+    (tmp_path / "b.jsonl").write_text(jsonl({"text": "x"}, {"text": "y"}))
+    write_parquet(tmp_path / "c.parquet", {"text": ["p", "q"]})
+    assert list(iter_documents_from(tmp_path / "a.txt")) == [("one text\n", 9)]
+    assert list(iter_documents_from(tmp_path / "b.jsonl", 14)) == [("y", 28)]
+    assert list(iter_documents_from(tmp_path / "c.parquet", 1)) == [("q", 2)]
+    with pytest.raises(HfgrowError, match="^unknown file type"):
+        list(iter_documents_from(tmp_path / "d.csv"))

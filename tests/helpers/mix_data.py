@@ -76,3 +76,41 @@ if __name__ == "__main__":
     for p, d in walk(sys.argv[1]):
         print("  " * d + p)
 '''
+
+
+# --------------------------------------------------------------------------- a known BiMix law
+
+#: True coefficients (A, alpha, B, beta, C) of three domains.
+TRUE_LAW = {
+    "web": (2.0, 0.08, 30.0, 0.45, 1.0),
+    "code": (1.2, 0.20, 12.0, 0.60, 1.3),
+    "books": (2.6, 0.05, 50.0, 0.35, 0.8),
+}
+MIXTURES = [
+    (1 / 3, 1 / 3, 1 / 3), (0.6, 0.2, 0.2), (0.2, 0.6, 0.2), (0.2, 0.2, 0.6), (0.5, 0.4, 0.1),
+    (0.1, 0.3, 0.6), (0.4, 0.1, 0.5), (0.7, 0.15, 0.15), (0.15, 0.7, 0.15), (0.3, 0.5, 0.2),
+]  # fmt: skip
+STEPS = [round(100 * 2 ** (k / 2)) for k in range(19)]  # 100 ... 51200
+
+
+def true_loss(domain: str, r: float, s: float) -> float:
+    """L(r, s) = A / r^alpha * (B / s^beta + C) with the coefficients of :data:`TRUE_LAW`."""
+    A, a, B, b, C = TRUE_LAW[domain]
+    return A / r**a * (B / s**b + C)
+
+
+def synthetic_observations(noise: float = 0.01, seed: int = 0) -> list:
+    """Every mixture evaluated on every domain at every step, loss × (1 + noise·N(0, 1))."""
+    import numpy as np
+
+    from hfgrow.mix.law import Observation
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in MIXTURES:
+        mixture = dict(zip(TRUE_LAW, m))
+        for s in STEPS:
+            for d in TRUE_LAW:
+                loss = true_loss(d, mixture[d], s) * (1 + noise * rng.standard_normal())
+                out.append(Observation(mixture, float(s), d, float(loss)))
+    return out

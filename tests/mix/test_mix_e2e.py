@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hfgrow.mix.bimix import load_observations
+from hfgrow.mix.law import load_observations
 from hfgrow.eval.tiny import make_model, make_tokenizer, python_docs_corpus, tiny_llama_config
 from hfgrow.cli.main import main
 

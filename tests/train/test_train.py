@@ -1,4 +1,4 @@
-"""Continued pre-training (hfgrow/continue.py), its data pipeline, export and CLI.
+"""Continued pre-training (hfgrow/continue.py), export and CLI (the data pipeline: tests/data/test_packing.py).
 
 Tiny random Llamas and an offline-trained tokenizer; every training run is a real subprocess
 (`python hfgrow/continue.py` or `accelerate launch` for 2 CPU processes). ~1-2 minutes on 2 cores.
@@ -115,72 +115,7 @@ def eval_log(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["type"] == "eval"]
 
 
-# --------------------------------------------------------------------------------------------- data
-
-
-def test_data_pipeline_mixture_determinism_and_resume(env):
-    from transformers import AutoTokenizer
-
-    from hfgrow.data.packing import build_data, parse_data_specs
-
-    tok = AutoTokenizer.from_pretrained(env / "model")
-    specs = parse_data_specs([f"a={env / 'data' / 'a.jsonl'}", f"b={env / 'data' / 'b'}"])
-    mix = env / "mix.json"
-    mix.write_text(json.dumps({"measure": "ce", "domains": {"a": {"proportion": 3}, "b": {"proportion": 1}}}))
-
-    def fresh():
-        return build_data(specs, tok, 32, seed=5, eval_sequences=3, mixture=mix)
-
-    d1 = fresh()
-    assert d1.weights == {"a": 0.75, "b": 0.25}
-    assert {k: len(v) for k, v in d1.eval.items()} == {"a": 3, "b": 3}
-    batches = [d1.train.next_batch(8) for _ in range(60)]
-    seqs = [s for b in batches for s in b]
-    assert all(len(s[2]) == 32 for s in seqs)  # packed, no padding
-    share_a = sum(s[1] == "a" for s in seqs) / len(seqs)
-    assert 0.68 < share_a < 0.82
-    eos = tok.eos_token_id
-    assert sum(t == eos for s in seqs for t in s[2]) > 50  # documents joined with EOS
-    held_out = {tuple(s) for v in d1.eval.values() for s in v}
-    assert not held_out & {tuple(s[2]) for s in seqs[:20]}  # eval never trained on (first epoch)
-
-    d2 = fresh()
-    for _ in range(25):
-        d2.train.next_batch(8)
-    state = json.loads(json.dumps(d2.train.state_dict()))  # JSON round trip, as in checkpoints
-    d3 = fresh()
-    d3.train.load_state_dict(state)
-    after = [d3.train.next_batch(8) for _ in range(35)]
-    assert after == batches[25:]  # loops over epochs too (b is small)
-    assert any(s.epoch > 0 for s in d3.train.streams.values())
-
-
-def test_parquet_source(env):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    from hfgrow.data.packing import LocalSource
-
-    path = env / "data" / "p.parquet"
-    pq.write_table(pa.table({"text": ["one", "two", "three", "four"]}), path, row_group_size=3)
-    src = LocalSource(str(path))
-    assert [t for t, _, _ in src.iter_units([0, 0])] == ["one", "two", "three", "four"]
-    assert [t for t, _, _ in src.iter_units([0, 2])] == ["three", "four"]
-
-
-def test_hf_dataset_source_streams_and_skips(env, monkeypatch):
-    pytest.importorskip("datasets")
-    from hfgrow.data.packing import HFSource, parse_data_specs
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    folder = env / "hfds"
-    folder.mkdir(exist_ok=True)
-    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(7)))
-    spec = parse_data_specs([f"hf:{folder}"])[0]
-    assert spec.name == "hfds" and spec.is_hf
-    src = HFSource(spec.spec)
-    assert [t for t, _, _ in src.iter_units([0, 0])] == [f"doc {i}" for i in range(7)]
-    assert [(t, p) for t, _, p in src.iter_units([0, 5])] == [("doc 5", [0, 6]), ("doc 6", [0, 7])]
+# --------------------------------------------------------------------------------------------- schedule
 
 
 def test_default_lr_and_schedule():

@@ -1,10 +1,11 @@
-"""`hfgrow eval` and hfgrow.eval.loss: sliding-window loss checked against independent computations."""
+"""hfgrow.eval.loss and `hfgrow eval --data`: sliding-window loss checked against independent computations."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+import types
 
 import pytest
 import torch
@@ -13,22 +14,10 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from helpers.cli import run_cli
 from hfgrow.errors import HfgrowError
 from hfgrow.eval.tiny import tiny_llama_config
-from hfgrow.eval.loss import (
-    PAPER_TASKS,
-    evaluate_loss,
-    parse_data_spec,
-    read_documents,
-    run_tasks,
-    sliding_window_nll,
-    token_stream,
-    window_plan,
-)
+from hfgrow.data.packing import token_stream
+from hfgrow.eval.loss import evaluate_loss, sliding_window_nll, window_plan
 
 WORDS = "the cat dog sat ran on a mat log and then slept barked quietly loudly today".split()
-
-
-
-
 
 
 def tiny_model(vocab_size: int = 40, seed: int = 0):
@@ -161,39 +150,6 @@ def test_context_changes_loss(model):
 # --------------------------------------------------------------------------- documents and domains
 
 
-def test_token_stream_joins_documents_with_eos():
-    tok = tiny_tokenizer()
-    ids = token_stream(tok, ["the cat", "a dog sat"])
-    assert ids == [1, tok.convert_tokens_to_ids("the"), tok.convert_tokens_to_ids("cat"), 2,
-                   *tok.convert_tokens_to_ids(["a", "dog", "sat"])]
-
-
-def test_read_documents_formats(tmp_path):
-    (tmp_path / "a.txt").write_text("the cat sat")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "a dog"}) + "\n\n" + json.dumps({"text": "ran"}) + "\n")
-    assert read_documents(tmp_path / "a.txt") == ["the cat sat"]
-    assert read_documents(tmp_path / "b.jsonl") == ["a dog", "ran"]
-    assert read_documents(tmp_path) == ["the cat sat", "a dog", "ran"]
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
-    with pytest.raises(HfgrowError, match=r'bad.jsonl:1 has no "text" field'):
-        read_documents(tmp_path / "bad.jsonl")
-    with pytest.raises(HfgrowError, match="does not exist"):
-        read_documents(tmp_path / "missing.txt")
-
-
-def test_read_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"text": ["the cat", "a dog"]}), tmp_path / "c.parquet")
-    assert read_documents(tmp_path / "c.parquet") == ["the cat", "a dog"]
-
-
-def test_parse_data_spec(tmp_path):
-    assert parse_data_spec("web=data/web.jsonl") == ("web", tmp_path.__class__("data/web.jsonl"))
-    assert parse_data_spec("data/valid.txt")[0] == "valid"
-
-
 def test_evaluate_loss_per_domain_counts_every_token_once(model, tmp_path):
     tok = tiny_tokenizer()
     web = [sentence(i) for i in range(6)]
@@ -220,6 +176,8 @@ def test_evaluate_loss_token_ids_and_errors(model):
     ids = random_ids(20, seed=5)
     result = evaluate_loss(model, ids, seq_len=8, stride=8)
     assert result.tokens == 20 - 3 and not result.domains
+    # default window: the model's context (max_position_embeddings 128, via arch.layout.context_length)
+    assert evaluate_loss(model, ids).seq_len == 128
     with pytest.raises(HfgrowError, match="fewer than 2 tokens"):
         evaluate_loss(model, [7], seq_len=8)
     with pytest.raises(HfgrowError, match="tokenizer"):
@@ -242,8 +200,9 @@ def test_cli_eval_json_per_domain(saved_model, tmp_path, capsys):
     assert code == 0, err
     data = json.loads(out)
     assert set(data["domains"]) == {"web", "code"}
-    assert data["domains"]["code"]["tokens"] == 1 + 40 - 1  # BOS + 40 words, first token unscored
-    assert data["domains"]["web"]["tokens"] == 1 + 5 * 12 + 4 - 1  # BOS, 5 docs, 4 EOS separators
+    # the token-stream rule: every document followed by EOS, no BOS; the first token is unscored
+    assert data["domains"]["code"]["tokens"] == 40 + 1 - 1  # 40 words, EOS
+    assert data["domains"]["web"]["tokens"] == 5 * (12 + 1) - 1  # 5 docs of 12 words, each with its EOS
     assert data["tokens"] == data["domains"]["web"]["tokens"] + data["domains"]["code"]["tokens"]
     assert data["seq_len"] == 16 and data["stride"] == 8
 
@@ -256,39 +215,14 @@ def test_cli_eval_human_table(saved_model, tmp_path, capsys):
     assert "seq_len 8, stride 4" in out
 
 
-def test_cli_eval_tasks_without_lm_eval(saved_model, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` raise ImportError
-    code, out, err = run_cli(["eval", str(saved_model), "--tasks", "piqa"], capsys)
-    assert code == 1 and out == ""
-    assert err.strip().count("\n") == 0
-    assert "pip install 'hfgrow[eval]'" in err
-    with pytest.raises(HfgrowError, match=r"hfgrow\[eval\]"):
-        run_tasks(saved_model, "paper")
-
-
-def test_run_tasks_hands_off_to_lm_eval(monkeypatch):
-    calls = {}
-
-    class FakeLmEval:
-        @staticmethod
-        def simple_evaluate(**kwargs):
-            calls.update(kwargs)
-            return {"results": {t: {"alias": t, "acc,none": 0.5, "acc_stderr,none": 0.01} for t in kwargs["tasks"]}}
-
-    monkeypatch.setitem(sys.modules, "lm_eval", FakeLmEval)
-    results = run_tasks("some/model", "paper,piqa", batch_size=2, device="cpu")
-    assert calls["model"] == "hf"
-    assert calls["model_args"].startswith("pretrained=some/model")
-    assert calls["tasks"] == list(PAPER_TASKS)
-    assert results["piqa"] == {"acc,none": 0.5, "acc_stderr,none": 0.01}
-
-
 @pytest.mark.parametrize(
     "argv, needle",
     [
         (["--data", "missing.txt"], "does not exist"),
         ([], "nothing to do"),
         (["--data", "{txt}", "--seq-len", "8", "--stride", "9"], "--stride"),
+        (["--data", "{txt}", "--data", "{txt}"], "the data name 'v' is given twice"),
+        (["--data", "hf:"], "is not of the form hf:DATASET"),
     ],
 )
 def test_cli_eval_bad_input(saved_model, tmp_path, capsys, argv, needle):
@@ -299,8 +233,29 @@ def test_cli_eval_bad_input(saved_model, tmp_path, capsys, argv, needle):
     assert len(err.strip().splitlines()) == 1 and needle in err
 
 
+def test_cli_eval_names_and_opens_data_through_the_one_spec_parser(saved_model, tmp_path, capsys, monkeypatch):
+    import gzip
+
+    with gzip.open(tmp_path / "web.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"story": sentence(i)}) + "\n" for i in range(3)))  # --text-field is for every --data
+
+    def load_dataset(name, config, split, streaming):
+        assert (name, config, split, streaming) == ("org/stories", None, "test", True)
+        return [{"story": sentence(7)}, {"story": sentence(8)}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    code, out, err = run_cli(["eval", str(saved_model), "--data", str(tmp_path / "web.jsonl.gz"), "--data",
+                              "hf:org/stories::test", "--text-field", "story", "--seq-len", "16", "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert set(data["domains"]) == {"web", "stories"}  # web.jsonl.gz -> web, hf:org/stories -> stories
+    assert data["domains"]["web"]["tokens"] == 3 * (12 + 1) - 1
+    assert data["domains"]["stories"]["tokens"] == 2 * (12 + 1) - 1
+
+
 def test_cli_document_text_that_looks_like_a_file_name_is_text(saved_model, tmp_path, capsys):
     (tmp_path / "odd.jsonl").write_text(json.dumps({"text": "notes.txt"}) + "\n" + json.dumps({"text": "the cat"}) + "\n")
     code, out, err = run_cli(["eval", str(saved_model), "--data", str(tmp_path / "odd.jsonl"), "--seq-len", "8", "--json"], capsys)
     assert code == 0, err
-    assert json.loads(out)["tokens"] == 1 + 3 + 1 + 2 - 1  # BOS, "notes" "." "txt" (unk), EOS, "the cat"
+    # "notes" "." "txt" (unk), EOS, "the" "cat", EOS; the first token is unscored
+    assert json.loads(out)["tokens"] == 3 + 1 + 2 + 1 - 1

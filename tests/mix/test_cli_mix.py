@@ -1,0 +1,123 @@
+"""`hfgrow mix entropy|fit|optimize`: outputs, one-line errors, and what `mix fit --help` imports."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import mix_data as helpers
+from helpers.cli import run_cli
+from helpers.mix_data import TRUE_LAW, synthetic_observations
+from hfgrow.data.mixture import read_mixture
+from hfgrow.mix.law import load_law, save_observations
+from hfgrow.mix.optimize import optimize_mixture
+
+VOCAB = [f"w{i}" for i in range(300)]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def domains(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a = helpers.words_text(0, 3000, VOCAB[:80])
+    b = helpers.words_text(1, 3000, VOCAB, zipf=0.5)
+    (tmp_path / "a.txt").write_text(a)
+    with open(tmp_path / "b.jsonl", "w") as f:
+        for i in range(0, len(b), 400):
+            f.write(json.dumps({"text": b[i : i + 400]}) + "\n")
+    helpers.save_tokenizer(tmp_path / "tok", [a, b])
+    return tmp_path
+
+
+def test_cli_entropy_writes_a_valid_mixture(domains, capsys):
+    out = domains / "mix.json"
+    code, stdout, err = run_cli(["mix", "entropy", "--domain", f"a={domains / 'a.txt'}", "--domain", f"b={domains / 'b.jsonl'}",
+                                 "--tokenizer", str(domains / "tok"), "--seq-len", "128", "--out", str(out)], capsys)
+    assert code == 0, err
+    m = json.loads(out.read_text())
+    assert m["measure"] == "ce" and set(m["domains"]) == {"a", "b"}
+    a, b = m["domains"]["a"], m["domains"]["b"]
+    assert b["se"] > a["se"]  # b draws from more words, more evenly
+    assert a["proportion"] == pytest.approx(1 / (1 + math.exp(b["ce"] - a["ce"])), rel=1e-12)
+    assert read_mixture(out, ["a", "b"]) == pytest.approx({"a": a["proportion"], "b": b["proportion"]}, rel=1e-15)
+    for name in ("a", "b"):
+        d = m["domains"][name]
+        assert set(d) == {"proportion", "se", "je", "ce", "tokens"} and d["tokens"] > 3000
+        assert f"{d['ce']:.4f}" in stdout
+    assert "SE" in stdout and "proportion" not in err
+
+
+def test_cli_fit_and_optimize(tmp_path, capsys):
+    log = tmp_path / "eval.jsonl"
+    save_observations(synthetic_observations(), log)
+    code, stdout, err = run_cli(["mix", "fit", str(log), "--holdout", "0.3", "--out", str(tmp_path / "law.json")], capsys)
+    assert code == 0, err
+    assert "holdout R2" in stdout and all(d in stdout for d in TRUE_LAW)
+    code, stdout, err = run_cli(["mix", "optimize", str(tmp_path / "law.json"), "--steps", "20000", "--out", str(tmp_path / "opt.json")], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "opt.json").read_text())
+    assert m["measure"] == "law" and set(m["domains"]) == set(TRUE_LAW)
+    law = load_law(tmp_path / "law.json")
+    assert m["domains"]["code"]["proportion"] == pytest.approx(optimize_mixture(law, 20000)["code"], abs=1e-12)
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _obs_line(mixture, step, domain, loss):
+    return json.dumps({"mixture": mixture, "step": step, "domain": domain, "loss": loss}) + "\n"
+
+
+BAD = {
+    "empty domain": (lambda d: write(d / "e.txt", "") or ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"e={d / 'e.txt'}"], "empty"),
+    "single domain": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}"], "at least 2 domains"),
+    "duplicate names": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"a={d / 'b.jsonl'}"], "twice"),
+    "no name": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", str(d / "b.jsonl")], "has no name"),
+    "unknown file type": (lambda d: write(d / "x.csv", "a,b") or ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"x={d / 'x.csv'}"], "unknown file type"),
+    "missing file": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"m={d / 'missing.txt'}"], "does not exist"),
+    "too few observations": (
+        lambda d: write(d / "few.jsonl", "".join(_obs_line({"a": 0.5, "b": 0.5}, s, "a", 3.0 - s / 1e4) for s in (100, 200, 300, 400)))
+        or ["fit", str(d / "few.jsonl")],
+        "at least 5",
+    ),
+    "proportions not summing to 1": (
+        lambda d: write(d / "sum.jsonl", _obs_line({"a": 0.5, "b": 0.4}, 100, "a", 3.0)) or ["fit", str(d / "sum.jsonl")],
+        "sum to 0.9",
+    ),
+    "law with a single domain": (
+        lambda d: write(d / "law.json", json.dumps({"domains": {"a": {"A": 1, "alpha": 0.1, "B": 1, "beta": 0.5, "C": 1}}}))
+        or ["optimize", str(d / "law.json"), "--steps", "100"],
+        "at least 2 domains",
+    ),
+    "missing log": (lambda d: ["fit", str(d / "nope.jsonl")], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_cli_bad_input_is_one_line_and_exit_1(case, domains, capsys):
+    make_args, needle = BAD[case]
+    args = make_args(domains)
+    if args[0] == "entropy":
+        args += ["--tokenizer", str(domains / "tok")]
+    code, stdout, err = run_cli(["mix", *args], capsys)
+    assert code == 1, (case, stdout, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (case, err)
+    message = lines[0][len("error: "):]
+    assert not message[0].isupper() and message.endswith("."), message  # the project's error style
+
+
+@pytest.mark.parametrize("command", ["fit", "optimize"])
+def test_fit_and_optimize_help_import_neither_torch_nor_transformers(command):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "hfgrow.cli.main", "mix", command, "--help"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "click" in imported  # the import log was read
+    assert not {name for name in imported if name.split(".")[0] in ("torch", "transformers")}
