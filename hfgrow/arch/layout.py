@@ -292,14 +292,33 @@ def grown_config(layout: Layout, layer_map: list[int], extra: dict[str, Any] | N
         >>> grown_config(layout, [0, 1, 0, 1])["layer_types"]
         ['sliding_attention', 'full_attention', 'sliding_attention', 'full_attention']
     """
-    config = json.loads(json.dumps(layout.config))
-    config[layout.count_key] = len(layer_map)
-    for key, values in layout.per_layer_keys.items():
+    config = _remap_layers(layout.config, layout.count_key, layout.per_layer_keys, layout.index_keys, layer_map)
+    config.update(extra or {})
+    return config
+
+
+def config_for_layers(config: dict[str, Any], layer_map: list[int]) -> dict[str, Any]:
+    """Like :func:`grown_config`, from a config alone (no checkpoint): what planning needs for a base model.
+
+    Example:
+        >>> config_for_layers(gemma3_config, [0, 1])["layer_types"]      # the first two of the target's
+        ['sliding_attention', 'sliding_attention']
+    """
+    hf_config = hf_config_from_dict(config)
+    num_layers = getattr(hf_config, "num_hidden_layers")
+    per_layer, index_lists = _classify_lists(hf_config.to_dict(), num_layers)
+    return _remap_layers(config, _count_key(config, hf_config), per_layer, index_lists, layer_map)
+
+
+def _remap_layers(config: dict[str, Any], count_key: str, per_layer: dict[str, list], index_lists: dict[str, list[int]],
+                  layer_map: list[int]) -> dict[str, Any]:
+    config = json.loads(json.dumps(config))
+    config[count_key] = len(layer_map)
+    for key, values in per_layer.items():
         config[key] = [values[src] for src in layer_map]
-    for key, indices in layout.index_keys.items():
+    for key, indices in index_lists.items():
         chosen = set(indices)
         config[key] = [i for i, src in enumerate(layer_map) if src in chosen]
-    config.update(extra or {})
     return config
 
 

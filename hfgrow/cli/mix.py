@@ -41,10 +41,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _load_tokenizer(spec: str):
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        raise HfgrowError("loading a tokenizer needs transformers: pip install transformers.") from None
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except Exception as exc:  # transformers/hub raise OSError, ValueError, HTTP errors...

@@ -428,12 +428,14 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
 
 
 def _base_config(config: Any, base_layers: int) -> Any:
-    """A copy of ``config`` with ``base_layers`` layers (per-layer lists truncated to match)."""
-    base = copy.deepcopy(config)
-    text = _text_config(base)
-    layers = text.num_hidden_layers
-    for name, value in list(vars(text).items()):
-        if isinstance(value, (list, tuple)) and len(value) == layers and "layer" in name:
-            setattr(text, name, type(value)(value[:base_layers]))
-    text.num_hidden_layers = base_layers
+    """The target's config with its first ``base_layers`` layers: every per-layer list follows, by the layout's rule."""
+    from hfgrow.arch.layout import config_for_layers
+
+    text = _text_config(config)
+    base_text = type(text).from_dict(config_for_layers(text.to_dict(), list(range(base_layers))))
+    if text is config:
+        return base_text
+    base = copy.copy(config)  # a multimodal config: swap in the base text config, keep the rest
+    name = next(name for name, value in vars(config).items() if value is text)
+    setattr(base, name, base_text)
     return base
