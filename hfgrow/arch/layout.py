@@ -337,7 +337,7 @@ def check_layer_kinds(layout: Layout, config: dict[str, Any], layer_map: list[in
         return
     for position, src in enumerate(layer_map):
         if signatures[position] != layout.signatures[src]:
-            from hfgrow.growth.pattern import compact
+            from hfgrow.arch.pattern import compact
 
             hint = ""
             suggestion = kind_preserving_map(layout.signatures, signatures)

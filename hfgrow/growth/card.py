@@ -34,7 +34,7 @@ def render_card(template: str, *, base_model: str | None, relation: str | None, 
 
 def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, source_params: int) -> str:
     """The card of a grown folder: what it was grown from, by which operator, and how to reproduce it."""
-    from hfgrow.growth.pattern import compact
+    from hfgrow.arch.pattern import compact
     from hfgrow.units import format_count
 
     source = recipe.source

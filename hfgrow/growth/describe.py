@@ -66,7 +66,7 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
 
 def format_inspect(info: dict[str, Any]) -> str:
     from hfgrow.units import format_count
-    from hfgrow.growth.pattern import compact
+    from hfgrow.arch.pattern import compact
 
     kinds = Counter(info["layer_types"])
     per_kind = ", ".join(

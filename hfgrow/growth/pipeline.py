@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from hfgrow.arch.layout import Layout, check_layer_kinds, open_model
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.card import grown_card
-from hfgrow.growth.pattern import compact
+from hfgrow.arch.pattern import compact
 from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-from hfgrow.growth.pattern import compact, interleave_map, interpolate_map, parse_pattern, stack_map, target_layer_count
+from hfgrow.arch.pattern import compact, interleave_map, interpolate_map, parse_pattern, stack_map, target_layer_count
 from hfgrow.io import dtypes
 
 OPS = ("direct", "zero", "random")

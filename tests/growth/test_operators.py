@@ -21,7 +21,7 @@ from hfgrow.growth.pipeline import grow
 from hfgrow.growth.replay import replay
 from hfgrow.growth.ops.noise import noise_stds
 from hfgrow.growth.ops.width import grow_indices
-from hfgrow.growth.pattern import interleave_map
+from hfgrow.arch.pattern import interleave_map
 from hfgrow.growth.recipe import Mask, Recipe, WidthMask
 from hfgrow.eval.tiny import make_model
 from hfgrow.growth.verify import verify

@@ -18,7 +18,7 @@ from helpers.families import FAMILIES
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.errors import HfgrowError
 from hfgrow.arch.layout import read_layout
-from hfgrow.growth.pattern import compact, interpolate_map, parse_pattern
+from hfgrow.arch.pattern import compact, interpolate_map, parse_pattern
 from hfgrow.growth.recipe import Recipe
 from hfgrow.eval.tiny import make_model, tiny_llama_config
 from hfgrow.cli.main import main

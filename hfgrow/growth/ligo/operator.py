@@ -21,7 +21,7 @@ from hfgrow.growth.ligo.fit import FitSettings, learn_growth
 from hfgrow.growth.ligo.placement import Placement
 from hfgrow.growth.ops.learn import (SIDECAR, WIDTH_INITS, Coefficients, WidthExpansion, initial_coefficients,
                                      learned_plan, learned_width_plan)
-from hfgrow.growth.pattern import compact
+from hfgrow.arch.pattern import compact
 from hfgrow.growth.pipeline import GrowResult, WriteOptions, grow_model
 from hfgrow.growth.spec import Depth, Width, nothing_to_grow
 from hfgrow.io import dtypes
