@@ -40,8 +40,14 @@ def compare(out, config, data, factor, ops, scratch_tokens, base_fraction, seq_l
       hfgrow compare runs/cmp --op direct --op zero --tokens 3000000
       hfgrow compare runs/cmp --config my-target/config.json --data corpus.jsonl --factor 2
     """
+    from hfgrow.data.tokens import is_token_folder
     from hfgrow.eval.compare import compare as run_compare, markdown
+    from hfgrow.errors import HfgrowError
 
+    for path in data:
+        if is_token_folder(path):  # its ids belong to another tokenizer than the one compare trains
+            raise HfgrowError(f"'{path}' is a token folder; compare trains its own tokenizer on the text, so give "
+                              "it the text files the folder was made from.")
     report = run_compare(out, config=config, data=list(data) or None, factor=factor, ops=tuple(ops),
                          scratch_tokens=scratch_tokens, base_fraction=base_fraction, seq_len=seq_len,
                          batch_size=batch_size, lr=lr, seed=seed, include_untrained=not no_untrained,

@@ -50,8 +50,9 @@ def _check_window_options(seq_len: int | None, stride: int | None, batch_size: i
     multiple=True,
     metavar="[NAME=]PATH",
     help="Text to score: .txt/.md, .jsonl (\"text\" field), .parquet (\"text\" column), .gz of the first two, a "
-    "folder of them, or hf:DATASET[:CONFIG][:SPLIT]. Repeat for several domains; NAME defaults to the file name "
-    "without its suffix (web.jsonl.gz -> web).",
+    "folder of them, hf:DATASET[:CONFIG][:SPLIT], or a token folder from hfgrow tokenize (its domains, made with "
+    "MODEL's tokenizer). Repeat for several domains; NAME defaults to the file name without its suffix "
+    "(web.jsonl.gz -> web).",
 )
 @click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/hf: rows.")
 @click.option("--seq-len", type=int, default=None, help="Window length [default: min(model context, 2048)].")
@@ -108,7 +109,7 @@ def eval_(
     result = None
     label = "data"
     if data:
-        from hfgrow.data.packing import token_stream
+        from hfgrow.data.packing import source_tokens
         from hfgrow.data.specs import open_domain, parse_specs
         from hfgrow.eval.loss import evaluate_loss, load_model
 
@@ -116,8 +117,9 @@ def eval_(
         specs = parse_specs(list(data))
         sources = {spec.name: open_domain(spec, text_field) for spec in specs}  # missing files: before the model
         loaded, tokenizer = load_model(model, device=device, dtype=dtype)
-        # tokenized here, so a document's text is never taken for a file name
-        streams = {name: token_stream(tokenizer, src.texts(), max_tokens=max_tokens) for name, src in sources.items()}
+        # tokenized here (or read from a token folder), so a document's text is never taken for a file name
+        streams = {name: source_tokens(src, tokenizer, max_tokens) for name, src in sources.items()}
+        streams = {name: s.tolist() if hasattr(s, "tolist") else s for name, s in streams.items()}
         result = evaluate_loss(
             loaded,
             streams,

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "hfgrow.cli.eval",
     "hfgrow.cli.compare",
     "hfgrow.cli.mix",
+    "hfgrow.cli.tokenize",
     "hfgrow.cli.hub",
 ]
 

@@ -55,7 +55,7 @@ def _load_tokenizer(spec: str):
 
 @mix.command("entropy", short_help="Training-free mixture from each domain's token entropy.")
 @click.option("--domain", "domain_args", multiple=True, required=True, metavar="NAME=PATH",
-              help="A domain: a .txt/.md, .jsonl or .parquet file (.gz too), a folder of them, or hf:DATASET[:CONFIG][:SPLIT]. Repeat for each domain.")
+              help="A domain: a .txt/.md, .jsonl or .parquet file (.gz too), a folder of them, hf:DATASET[:CONFIG][:SPLIT], or a token folder (hfgrow tokenize; its domains). Repeat for each domain.")
 @click.option("--tokenizer", "tokenizer_spec", required=True, metavar="MODEL_OR_FOLDER",
               help="Hub id or local folder of the tokenizer of the model you will train.")
 @click.option("--measure", type=click.Choice(MEASURE_CHOICES), default="ce", show_default=True,
@@ -93,12 +93,18 @@ def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_fiel
 
     from tqdm import tqdm
 
-    from hfgrow.mix.counts import count_domain, entropies, entropy_mixture
+    from hfgrow.data.tokens import TokenSource
+    from hfgrow.mix.counts import count_domain, count_ids, entropies, entropy_mixture, tokenizer_vocab_size
 
     stats = {}
     for name, source in sources.items():
         with tqdm(total=max_tokens, desc=name, unit="tok", unit_scale=True, file=sys.stderr, disable=None, leave=False) as bar:
-            counts = count_domain(source.texts(), tokenizer, seq_len=seq_len, max_tokens=max_tokens, progress=bar.update)
+            if isinstance(source, TokenSource):  # a token folder: the stored stream, no tokenizing
+                source.folder.check_tokenizer(tokenizer)
+                counts = count_ids(source.domain.chunks(max_tokens), tokenizer_vocab_size(tokenizer), seq_len)
+            else:
+                counts = count_domain(source.texts(), tokenizer, seq_len=seq_len, max_tokens=max_tokens,
+                                      progress=bar.update)
         if counts.tokens == 0:
             raise HfgrowError(f"domain '{name}' is empty: '{source.spec}' holds no text.")
         try:

@@ -3,6 +3,9 @@
     text.py      the one reader of local .txt/.md/.jsonl/.parquet (and .gz) files
     specs.py     the one ``[NAME=]PATH|hf:NAME[:CONFIG][:SPLIT]`` parser and opener of a spec's documents
     mixture.py   the one mixture-file reader, validator and writer
-    packing.py   the one token-stream rule (EOS after every document, no BOS) and packing into sequences
+    packing.py   the one token-stream rule (EOS after every document, no BOS), shuffling and packing text into
+                 sequences, the per-sequence domain draws, and build_data (text or token folder) for training
+    tokens.py    token folders (hfgrow tokenize): the format, the parallel writer, memory-mapped reading and the
+                 rank-local sampler
     jsonfile.py  strict JSON reading and atomic writes of the small JSON files data and mix own
 """

@@ -12,12 +12,16 @@ model learns, and measuring loss (or entropies) on the same stream the model tra
 numbers comparable. :func:`token_stream` is the rule for a list of documents, :class:`Tokenize`
 the same rule for batches of a longer stream.
 
-**Packing.** A domain's stream is cut into full ``seq_len`` sequences: no padding anywhere.
-Several domains are mixed by drawing, for every sequence slot, a domain with probability equal
-to its mixture weight. The draw for global sequence number k depends only on (seed, k), so a
-run is deterministic and the whole data position is a small JSON dict (``state_dict()``):
-sequences drawn so far plus, per domain, the epoch, the reader position (see
-:mod:`hfgrow.data.specs`) and the few tokens waiting in the packing buffer.
+**Packing.** A domain's documents are shuffled in seeded buffers (:class:`DomainStream`) and
+their stream is cut into full ``seq_len`` sequences: no padding anywhere. Several domains are
+mixed by drawing, for every sequence slot, a domain with probability equal to its mixture weight.
+The draw for global sequence number k depends only on (seed, k) (:func:`draw_domains`), so a run
+is deterministic whatever the number of processes, and the whole data position is a small JSON
+dict (``state_dict()``): sequences drawn so far plus, per domain, the epoch, the shuffle block
+being read (its reader position, see :mod:`hfgrow.data.specs`, and how much of it was used) and
+the few tokens waiting in the packing buffer. ``next_batch(n, rank, world)`` returns this rank's
+part of the next n global sequences. At scale, a token folder (:mod:`hfgrow.data.tokens`) does
+the same from memory-mapped tokens, and each rank reads only its own part.
 
 Held-out evaluation data: the first documents of each domain, enough for ``eval_sequences``
 sequences, are set aside and never trained on (unless the domain has explicit eval data).
@@ -27,10 +31,13 @@ Example:
     >>> domains = parse_specs(["web=data/web.jsonl", "code=data/code/"])              # doctest: +SKIP
     >>> data = build_data(domains, tok, seq_len=2048, seed=0, eval_sequences=16)      # doctest: +SKIP
     >>> batch = data.train.next_batch(8)   # 8 (global index, domain, token list)     # doctest: +SKIP
+    >>> mine = data.train.next_batch(8, rank=1, world=2)   # global sequences 12..15  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import itertools
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,44 +174,156 @@ def token_stream(tokenizer: Any, documents: Iterable[str], *, max_tokens: int | 
 # ---------------------------------------------------------------------------------------------
 
 
+SHUFFLE_DOCS = 4096  # documents per shuffle buffer of the text path
+SHUFFLE_CHARS = 32_000_000  # ... and at most about this much text in it (memory stays bounded)
+DRAW_BLOCK = 1024  # domain draws are made in fixed blocks of global sequence numbers
+
+
+def domain_key(name: str) -> int:
+    """A stable 32-bit number for a domain name: it seeds the domain's own shuffles.
+
+    Example:
+        >>> domain_key("web")
+        365508689
+    """
+    return zlib.crc32(name.encode())
+
+
+def draw_domains(seed: int, p: np.ndarray, start: int, n: int) -> np.ndarray:
+    """The domain (index into ``p``) of global sequences ``start .. start+n-1``.
+
+    Sequence k's draw depends only on (seed, k): draws are made in fixed blocks of
+    ``DRAW_BLOCK`` sequences, block b with ``default_rng([seed, b])``, so it does not matter how
+    the sequences are grouped into batches or split over processes.
+
+    Example:
+        >>> d = draw_domains(0, np.array([0.5, 0.5]), 0, 8)
+        >>> bool((draw_domains(0, np.array([0.5, 0.5]), 3, 5) == d[3:]).all())
+        True
+    """
+    if len(p) == 1 or n <= 0:
+        return np.zeros(max(n, 0), dtype=np.int64)
+    first, last = start // DRAW_BLOCK, (start + n - 1) // DRAW_BLOCK
+    blocks = [np.random.default_rng([int(seed) & 0xFFFFFFFF, b]).choice(len(p), size=DRAW_BLOCK, p=p)
+              for b in range(first, last + 1)]
+    flat = np.concatenate(blocks)
+    lo = start - first * DRAW_BLOCK
+    return flat[lo : lo + n].astype(np.int64)
+
+
 class DomainStream:
-    """Endless stream of packed ``seq_len`` sequences from one opened domain (loops over epochs)."""
+    """Endless stream of packed ``seq_len`` sequences from one opened domain (loops over epochs).
+
+    Documents are shuffled in a seeded buffer: consecutive blocks of ``shuffle_docs`` documents (at
+    most about ``SHUFFLE_CHARS`` of text) are read, and block b of epoch e is put in the order
+    ``default_rng([seed, domain_key(name), e, b]).permutation``. A document longer than the buffer
+    passes through alone, in order, piece by piece. ``shuffle_docs=1`` keeps the file order.
+
+    The position (``state_dict``) is the epoch, where the current block starts, its number, how
+    many of its units (documents or pieces) were tokenized, and the tokens waiting: a resumed
+    stream re-reads the block, puts it in the same order and skips what was used, so resuming is
+    exact and the state stays small.
+    """
 
     def __init__(self, name: str, source, tokenize: Tokenize, seq_len: int, train_start: list,
-                 prefix: list[int] | None = None):
+                 prefix: list[int] | None = None, *, seed: int = 0, shuffle_docs: int = SHUFFLE_DOCS):
         self.name = name
         self.prefix = list(prefix or [])  # tokens left over from the eval split: start of every epoch
         self.source = source
         self.tokenize = tokenize
         self.seq_len = seq_len
         self.train_start = list(train_start)
+        self.seed = int(seed)
+        self.shuffle_docs = max(1, int(shuffle_docs))
         self.epoch = 0
-        self.pos = list(train_start)
+        self.block_start = list(train_start)
+        self.block = 0  # blocks finished this epoch
+        self.taken = 0  # units of the current block already tokenized
         self.buffer: list[int] = list(self.prefix)
-        self._it = None
+        self._units = None  # the current block's (text, end) units in order, from ``taken`` on
+        self._reader = None  # the source, read up to where the blocks read so far ended
+        self._carry: list = []  # units read past the end of the last block (they start the next)
+        self._next_start: list | None = None  # the position after the current block
+
+    # -- reading blocks
+
+    def _next_unit(self):
+        if self._carry:
+            return self._carry.pop(0)
+        return next(self._reader, None)
+
+    def _load_block(self) -> bool:
+        """Read the block at ``block_start`` and put it in order; False when the epoch is over."""
+        if self._reader is None:
+            self._reader = iter(self.source.iter_units(self.block_start))
+            self._carry = []
+        docs: list[list] = []
+        doc: list = []
+        size = 0
+        while len(docs) < self.shuffle_docs and size <= SHUFFLE_CHARS:
+            unit = self._next_unit()
+            if unit is None:
+                break
+            doc.append(unit)
+            size += len(unit[0])
+            if unit[1]:
+                docs.append(doc)
+                doc = []
+        if doc and docs:  # a document cut by the size limit starts the next block
+            self._carry = doc + self._carry
+            doc = []
+        if not docs and not doc:
+            return False
+        if doc:  # the first document alone is longer than the buffer: it streams through in order
+            self._units = self._stream(doc)
+        else:
+            order = np.random.default_rng([self.seed, domain_key(self.name), self.epoch, self.block]).permutation(
+                len(docs)) if len(docs) > 1 else [0]
+            units = [(text, end) for i in order for text, end, _ in docs[int(i)]]
+            self._next_start = list(docs[-1][-1][2])
+            self._units = iter(units[self.taken :])
+        return True
+
+    def _stream(self, head: list):
+        """The units of one long document from its first pieces ``head`` on, skipping ``taken``."""
+        skip = self.taken
+
+        def units():
+            for text, end, pos in head:
+                yield text, end, pos
+            while True:
+                unit = self._next_unit()
+                if unit is None:
+                    return
+                yield unit
+                if unit[1]:
+                    return
+
+        for n, (text, end, pos) in enumerate(units()):
+            self._next_start = list(pos)
+            if n >= skip:
+                yield text, end
 
     def _fill(self) -> None:
-        empty_epochs = 0
         while len(self.buffer) < self.seq_len:
-            if self._it is None:
-                self._it = self.source.iter_units(self.pos)
-            texts, ends, pos = [], [], None
-            for text, end, pos in self._it:
-                texts.append(text)
-                ends.append(end)
-                if len(texts) >= READ_BATCH_UNITS:
-                    break
-            if not texts:  # the source is exhausted: next epoch
-                empty_epochs = empty_epochs + 1 if self.pos == self.train_start else 0
-                if empty_epochs > 1 and not self.prefix:
+            if self._units is None and not self._load_block():
+                if self.block == 0 and not self.prefix:  # a whole epoch without a document
                     raise HfgrowError(f"domain {self.name!r} has no training data left after the eval split.")
                 self.epoch += 1
-                self.pos = list(self.train_start)
+                self.block, self.taken = 0, 0
+                self.block_start = list(self.train_start)
                 self.buffer.extend(self.prefix)
-                self._it = None
+                self._reader = None
                 continue
-            self.buffer.extend(self.tokenize(texts, ends))
-            self.pos = pos
+            batch = list(itertools.islice(self._units, READ_BATCH_UNITS))
+            if batch:
+                self.buffer.extend(self.tokenize([t for t, _ in batch], [e for _, e in batch]))
+                self.taken += len(batch)
+            if len(batch) < READ_BATCH_UNITS:  # the block is used up
+                self._units = None
+                self.block_start = list(self._next_start)
+                self.block += 1
+                self.taken = 0
 
     def next_sequence(self) -> list[int]:
         self._fill()
@@ -213,13 +332,20 @@ class DomainStream:
         return seq
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": list(self.pos), "buffer": list(self.buffer)}
+        return {"epoch": self.epoch, "block_start": list(self.block_start), "block": self.block,
+                "taken": self.taken, "buffer": list(self.buffer)}
 
     def load_state_dict(self, state: dict) -> None:
+        if "block_start" not in state:
+            raise HfgrowError("the checkpoint's data position is from an older hfgrow (documents were not "
+                              "shuffled then); start a new run.")
         self.epoch = int(state["epoch"])
-        self.pos = list(state["pos"])
+        self.block_start = list(state["block_start"])
+        self.block = int(state["block"])
+        self.taken = int(state["taken"])
         self.buffer = [int(t) for t in state["buffer"]]
-        self._it = None
+        self._units = self._reader = None
+        self._carry = []
 
 
 def take_eval(source, tokenize: Tokenize, seq_len: int, n_sequences: int, name: str,
@@ -266,11 +392,28 @@ def take_eval(source, tokenize: Tokenize, seq_len: int, n_sequences: int, name: 
     return seqs, pos, leftover
 
 
-class Mixture:
-    """Draw sequences from several domains in fixed proportions, deterministically.
+class Batch(list):
+    """This rank's part of a global batch: (global index, domain, token list) items.
 
-    The domains of global sequences k..k+n-1 are drawn with ``default_rng([seed, k])``, so the
-    data depend only on (seed, number drawn so far) and never on how many processes share them.
+    ``ids`` holds the same tokens as one int64 array (rows in item order), ready for
+    ``torch.from_numpy`` without building a tensor from Python lists.
+
+    Example:
+        >>> batch = data.train.next_batch(8, rank=0, world=2)      # doctest: +SKIP
+        >>> batch.ids.shape, [i for i, _, _ in batch]                 # doctest: +SKIP
+        ((4, 2048), [0, 1, 2, 3])
+    """
+
+    ids: np.ndarray
+
+
+class Mixture:
+    """Draw sequences from several text domains in fixed proportions, deterministically.
+
+    The domain of global sequence k depends only on (seed, k) (:func:`draw_domains`), so the data
+    never depend on how many processes share them. Every process tokenizes the whole global batch
+    (the streams must advance alike) and keeps its part; a token folder
+    (:class:`hfgrow.data.tokens.TokenMixture`) reads only its own part.
     """
 
     def __init__(self, streams: dict[str, DomainStream], weights: dict[str, float], seed: int):
@@ -281,23 +424,31 @@ class Mixture:
         self.seed = int(seed)
         self.drawn = 0
 
-    def next_batch(self, n: int) -> list[tuple[int, str, list[int]]]:
-        """The next ``n`` sequences as (global index, domain name, tokens)."""
-        if len(self.names) == 1:
-            choice = np.zeros(n, dtype=np.int64)
-        else:
-            choice = np.random.default_rng([self.seed, self.drawn]).choice(len(self.names), size=n, p=self.p)
+    def next_batch(self, n: int, rank: int = 0, world: int = 1) -> Batch:
+        """This rank's part of the next ``n`` global sequences, as (global index, domain name, tokens).
+
+        Rank r of ``world`` gets global sequences ``drawn + r·n/world`` .. ``drawn + (r+1)·n/world - 1``.
+        """
+        if n % world:
+            raise HfgrowError(f"a global batch of {n} sequences does not split over {world} processes.")
+        choice = draw_domains(self.seed, self.p, self.drawn, n)
         out = []
         for j, c in enumerate(choice):
             name = self.names[int(c)]
             out.append((self.drawn + j, name, self.streams[name].next_sequence()))
         self.drawn += n
-        return out
+        per = n // world
+        mine = Batch(out[rank * per : (rank + 1) * per])
+        mine.ids = np.array([seq for _, _, seq in mine], dtype=np.int64).reshape(len(mine), -1)
+        return mine
 
     def state_dict(self) -> dict:
-        return {"drawn": self.drawn, "domains": {n: s.state_dict() for n, s in self.streams.items()}}
+        return {"kind": "text", "drawn": self.drawn, "domains": {n: s.state_dict() for n, s in self.streams.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("kind", "text") != "text":
+            raise HfgrowError("the checkpoint was trained on a token folder, not text data; resume it with the "
+                              "same --data it was started with.")
         if sorted(state["domains"]) != sorted(self.streams):
             raise HfgrowError(
                 "the checkpoint's data domains "
@@ -311,7 +462,7 @@ class Mixture:
 
 @dataclass
 class TrainData:
-    train: Mixture
+    train: Any  # Mixture (text) or hfgrow.data.tokens.TokenMixture: next_batch(n, rank, world), state_dict()
     eval: dict[str, list[list[int]]] = field(default_factory=dict)  # domain -> held-out sequences
     weights: dict[str, float] = field(default_factory=dict)
     specs: list[DomainSpec] = field(default_factory=list)
@@ -326,12 +477,19 @@ def build_data(
     eval_domains: list[DomainSpec] | None = None,
     mixture: str | Path | None = None,
     text_field: str = "text",
+    shuffle_docs: int = SHUFFLE_DOCS,
 ) -> TrainData:
     """Open every domain, set eval data aside, and return the training mixture.
 
     ``eval_domains`` with the name of a training domain replace its held-out split (the domain
     then trains on all of its data); other names are evaluation-only domains. A domain whose
     mixture proportion is 0 is not trained on: it only gives held-out sequences.
+
+    Domains of a token folder (``hfgrow tokenize``; specs with ``part`` set) give a
+    :class:`hfgrow.data.tokens.TokenMixture` (memory-mapped windows, each rank reads its own);
+    text domains a :class:`Mixture` whose documents are shuffled in buffers of ``shuffle_docs``
+    (1: file order). Either way ``train.next_batch(n, rank, world)`` gives this rank's part of
+    the same global batch. The two kinds cannot be mixed in one run.
 
     Example:
         >>> data = build_data(parse_specs(["web=web.jsonl"]), tok, seq_len=32, eval_sequences=2)  # doctest: +SKIP
@@ -342,12 +500,32 @@ def build_data(
         raise HfgrowError("no training data: give at least one --data PATH or NAME=PATH.")
     names = [d.name for d in domains]
     weights = read_mixture(mixture, names) if mixture else {n: 1.0 / len(names) for n in names}
+    tokens = [d.part is not None for d in domains]
+    if any(tokens) and not all(tokens):
+        raise HfgrowError("--data mixes token folders and text; tokenize every domain with hfgrow tokenize, "
+                          "or give only text.")
     tokenize = Tokenize(tokenizer)
     if hasattr(tokenizer, "model_max_length"):
         tokenizer.model_max_length = int(1e30)  # we pack ourselves; silence the length warning
     explicit = {d.name: d for d in (eval_domains or [])}
-    streams: dict[str, DomainStream] = {}
     evals: dict[str, list[list[int]]] = {}
+    if all(tokens):
+        train = _token_mixture(domains, tokenizer, seq_len, seed, eval_sequences, explicit, weights, evals)
+    else:
+        train = _text_mixture(domains, tokenize, seq_len, seed, eval_sequences, explicit, weights, evals,
+                              text_field, shuffle_docs)
+    for d in eval_domains or []:
+        if eval_sequences <= 0:
+            break
+        evals[d.name] = _eval_sequences(d, tokenizer, tokenize, seq_len, eval_sequences, text_field)
+    return TrainData(train=train, eval=evals, weights=weights, specs=list(domains))
+
+
+def _text_mixture(domains: list[DomainSpec], tokenize: Tokenize, seq_len: int, seed: int, eval_sequences: int,
+                  explicit: dict, weights: dict[str, float], evals: dict, text_field: str,
+                  shuffle_docs: int) -> Mixture:
+    """The text path of :func:`build_data`: held-out sequences into ``evals``, the rest shuffled and packed."""
+    streams: dict[str, DomainStream] = {}
     for d in domains:
         src = open_domain(d, text_field)
         if weights[d.name] == 0:  # not trained on: all of it is held out
@@ -360,15 +538,54 @@ def build_data(
         else:
             seqs, start, leftover = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=True)
             evals[d.name] = seqs
-        streams[d.name] = DomainStream(d.name, src, tokenize, seq_len, start, leftover)
-    for d in eval_domains or []:
-        if eval_sequences <= 0:
-            break
-        src = open_domain(d, text_field)
-        evals[d.name] = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=False)[0]
-    return TrainData(
-        train=Mixture(streams, {n: weights[n] for n in streams}, seed),
-        eval=evals,
-        weights=weights,
-        specs=list(domains),
-    )
+        streams[d.name] = DomainStream(d.name, src, tokenize, seq_len, start, leftover, seed=seed,
+                                       shuffle_docs=shuffle_docs)
+    return Mixture(streams, {n: weights[n] for n in streams}, seed)
+
+
+def _token_mixture(domains: list[DomainSpec], tokenizer, seq_len: int, seed: int, eval_sequences: int,
+                   explicit: dict, weights: dict[str, float], evals: dict):
+    """The token-folder path of :func:`build_data`: the first windows held out, the rest sampled."""
+    from hfgrow.data.tokens import TokenMixture, TokenSource
+
+    trained: dict = {}
+    for d in domains:
+        src = TokenSource(d)
+        src.folder.check_tokenizer(tokenizer)
+        windows = src.domain.n_windows(seq_len)
+        if windows == 0:
+            raise HfgrowError(f"domain {d.name!r} ({d.spec}) has only {src.domain.n_tokens} tokens, fewer than one "
+                              f"sequence of --seq-len {seq_len}.")
+        held = 0 if d.name in explicit or eval_sequences <= 0 else min(eval_sequences, windows)
+        if held:
+            evals[d.name] = [src.domain.window(w, seq_len).tolist() for w in range(held)]
+        if weights[d.name] > 0:
+            trained[d.name] = (src.domain, held)
+    return TokenMixture(trained, {n: weights[n] for n in trained}, seq_len, seed)
+
+
+def _eval_sequences(spec: DomainSpec, tokenizer, tokenize: Tokenize, seq_len: int, n: int,
+                    text_field: str) -> list[list[int]]:
+    """The first ``n`` packed sequences of an explicit eval domain (text or token folder)."""
+    if spec.part is not None:
+        from hfgrow.data.tokens import TokenSource
+
+        src = TokenSource(spec)
+        src.folder.check_tokenizer(tokenizer)
+        return [src.domain.window(w, seq_len).tolist() for w in range(min(n, src.domain.n_windows(seq_len)))]
+    return take_eval(open_domain(spec, text_field), tokenize, seq_len, n, spec.name, need_rest=False)[0]
+
+
+def source_tokens(source, tokenizer, max_tokens: int | None = None):
+    """A domain's token stream: tokenized by the rule for text, as stored for a token folder.
+
+    A token folder's stream is what :func:`token_stream` gives for its documents, so callers
+    (``hfgrow eval``, ``hfgrow mix entropy``) treat both alike; its tokenizer is checked first.
+
+    Example:
+        >>> source_tokens(open_domain(DomainSpec("web", "web.jsonl")), tok, max_tokens=4)   # doctest: +SKIP
+        [464, 3797, 3332, 319]
+    """
+    if hasattr(source, "stream"):
+        return source.stream(tokenizer, max_tokens)
+    return token_stream(tokenizer, source.texts(), max_tokens=max_tokens)

@@ -53,6 +53,9 @@ _SUFFIXES_LONGEST_FIRST = tuple(sorted(TEXT_SUFFIXES, key=len, reverse=True))
 class DomainSpec:
     """One named source of documents: ``spec`` is a local path or ``hf:NAME[:CONFIG][:SPLIT]``.
 
+    ``part`` is set for a domain of a token folder (``hfgrow tokenize``): the domain's name inside
+    the folder ``spec`` (``name`` may rename it).
+
     Example:
         >>> DomainSpec("wiki", "hf:wikitext:wikitext-2-raw-v1").is_hf
         True
@@ -60,6 +63,7 @@ class DomainSpec:
 
     name: str
     spec: str
+    part: str | None = None
 
     @property
     def is_hf(self) -> bool:
@@ -113,11 +117,14 @@ def _split_name(value: str) -> tuple[str, str]:
 def parse_specs(values: list[str], *, require_name: bool = False) -> list[DomainSpec]:
     """Parse ``[NAME=]PATH`` / ``[NAME=]hf:...`` arguments into named specs, in order.
 
-    Nothing is opened here (see :func:`open_domain`); a ``hf:`` spec's form is checked.
+    Nothing is opened here (see :func:`open_domain`); a ``hf:`` spec's form is checked. A token
+    folder (``hfgrow tokenize``) stands for its domains, under their own names (``NAME=`` renames
+    a folder of one domain).
 
     Raises:
         HfgrowError: an empty spec, a missing name when ``require_name``, a name the rule cannot
-            make (``.txt``), a malformed ``hf:`` spec, or two specs with the same name.
+            make (``.txt``), a malformed ``hf:`` spec, two specs with the same name, or an
+            unfinished token folder.
 
     Example:
         >>> [d.name for d in parse_specs(["a.txt", "web=hf:HuggingFaceFW/fineweb"])]
@@ -133,20 +140,30 @@ def parse_specs(values: list[str], *, require_name: bool = False) -> list[Domain
             raise HfgrowError(f"the data argument '{value}' names no file, folder or hf: dataset.")
         if spec.startswith("hf:"):
             hf_dataset(spec)
+        from hfgrow.data.tokens import is_token_folder, token_folder_specs
+
+        if not spec.startswith("hf:") and is_token_folder(spec):
+            for d in token_folder_specs(spec, name):
+                _add(out, d)
+            continue
         if not name:
             if require_name:
                 raise HfgrowError(f"'{value}' has no name; write NAME=PATH (or NAME=hf:DATASET).")
             name = spec_name(spec)
             if not name:
                 raise HfgrowError(f"'{value}' leaves no name for its data; write NAME={value}.")
-        twin = next((d for d in out if d.name == name), None)
-        if twin is not None:
-            raise HfgrowError(
-                f"the data name '{name}' is given twice ({twin.spec} and {spec}); "
-                "give each source its own name with NAME=PATH."
-            )
-        out.append(DomainSpec(name, spec))
+        _add(out, DomainSpec(name, spec))
     return out
+
+
+def _add(out: list[DomainSpec], spec: DomainSpec) -> None:
+    twin = next((d for d in out if d.name == spec.name), None)
+    if twin is not None:
+        raise HfgrowError(
+            f"the data name '{spec.name}' is given twice ({twin.spec} and {spec.spec}); "
+            "give each source its own name with NAME=PATH."
+        )
+    out.append(spec)
 
 
 class _Source:
@@ -238,8 +255,11 @@ class HFSource(_Source):
                 yield text, True, [0, n]
 
 
-def open_domain(spec: DomainSpec, text_field: str = "text") -> LocalSource | HFSource:
+def open_domain(spec: DomainSpec, text_field: str = "text"):
     """Open a spec's documents: local files, or a streamed ``hf:`` dataset.
+
+    A token-folder domain (``spec.part`` set) opens as a
+    :class:`hfgrow.data.tokens.TokenSource`: token ids, no texts.
 
     Raises:
         HfgrowError: a missing path, an unsupported file, a folder without text files, or a
@@ -250,4 +270,8 @@ def open_domain(spec: DomainSpec, text_field: str = "text") -> LocalSource | HFS
         >>> src.spec, src.start()                                          # doctest: +SKIP
         ('data/web.jsonl', [0, 0])
     """
+    if spec.part is not None:
+        from hfgrow.data.tokens import TokenSource
+
+        return TokenSource(spec)
     return HFSource(spec.spec, text_field) if spec.is_hf else LocalSource(spec.spec, text_field)

@@ -768,7 +768,7 @@ def run(args: argparse.Namespace) -> Path | None:
         loss_sum = torch.zeros((), device=accelerator.device)
         grad_norm = None
         for _ in range(args.grad_accum):
-            batch = data.train.next_batch(global_micro)[rank * args.batch_size : (rank + 1) * args.batch_size]
+            batch = data.train.next_batch(global_micro, rank, world)  # this rank's part of the global batch
             n_seen += len(batch)
             if len(seen_ids) < 4096:  # a sample of which global sequences this rank trained on
                 seen_ids.extend(i for i, _, _ in batch)

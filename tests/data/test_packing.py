@@ -8,7 +8,10 @@ import random
 import pytest
 
 from helpers import mix_data
-from hfgrow.data.packing import Tokenize, batch_encoder, build_data, eos_id, token_stream
+import numpy as np
+
+from hfgrow.data import packing
+from hfgrow.data.packing import Tokenize, batch_encoder, build_data, domain_key, draw_domains, eos_id, token_stream
 from hfgrow.data.specs import DomainSpec, open_domain, parse_specs
 from hfgrow.data.text import DocPart
 from hfgrow.errors import HfgrowError
@@ -156,7 +159,7 @@ def test_data_pipeline_mixture_determinism_and_resume(corpus):
 
 def test_the_packed_stream_is_the_token_stream(corpus):
     root, tok = corpus
-    data = build_data(parse_specs([f"b={root / 'b'}"]), tok, 16, eval_sequences=2)
+    data = build_data(parse_specs([f"b={root / 'b'}"]), tok, 16, eval_sequences=2, shuffle_docs=1)  # file order
     docs = list(open_domain(DomainSpec("b", str(root / "b"))).texts())
     stream = token_stream(tok, docs)
     packed = [t for s in data.eval["b"] for t in s] + [t for _, _, s in data.train.next_batch(10) for t in s]
@@ -179,3 +182,82 @@ def test_bad_mixture_for_the_training_domains(corpus):
     mix.write_text(json.dumps({"domains": {"a": 1, "web": 1}}))
     with pytest.raises(HfgrowError, match="names unknown domain 'web'"):
         build_data(parse_specs([f"a={root / 'a.jsonl'}"]), tok, 32, mixture=mix)
+
+
+# --------------------------------------------------------------------------- shuffling (text path)
+
+
+def packed(data, n_batches: int, size: int = 4) -> list[int]:
+    return [t for _ in range(n_batches) for _, _, seq in data.train.next_batch(size) for t in seq]
+
+
+def test_documents_are_shuffled_by_the_seed(corpus):
+    root, tok = corpus
+    specs = parse_specs([f"a={root / 'a.jsonl'}"])
+    first = {seed: build_data(specs, tok, 32, seed=seed, eval_sequences=0).train.next_batch(8) for seed in (0, 1)}
+    again = build_data(specs, tok, 32, seed=0, eval_sequences=0).train.next_batch(8)
+    assert first[0] == again and first[0] != first[1]
+    in_order = build_data(specs, tok, 32, seed=0, eval_sequences=0, shuffle_docs=1).train.next_batch(8)
+    docs = list(open_domain(DomainSpec("a", str(root / "a.jsonl"))).texts())
+    assert [t for _, _, s in in_order for t in s] == token_stream(tok, docs)[: 8 * 32]
+    assert first[0] != in_order
+
+
+def test_the_shuffled_stream_is_each_block_in_its_seeded_order(corpus):
+    root, tok = corpus
+    docs = list(open_domain(DomainSpec("a", str(root / "a.jsonl"))).texts())  # 300 documents
+    data = build_data(parse_specs([f"a={root / 'a.jsonl'}"]), tok, 32, seed=7, eval_sequences=0, shuffle_docs=64)
+    # independent construction: blocks of 64 documents, block b of epoch e in rng([seed, key, e, b]) order
+    expected: list[str] = []
+    for epoch in range(6):
+        for b, lo in enumerate(range(0, len(docs), 64)):
+            block = docs[lo : lo + 64]
+            order = np.random.default_rng([7, domain_key("a"), epoch, b]).permutation(len(block))
+            expected += [block[i] for i in order]
+    stream = token_stream(tok, expected)
+    got = packed(data, 120)  # over four epochs
+    assert len(got) > len(token_stream(tok, docs)) and got == stream[: len(got)]
+
+
+def test_resume_is_exact_inside_a_shuffle_block_and_a_long_document(tmp_path, monkeypatch):
+    monkeypatch.setattr(packing, "SHUFFLE_CHARS", 3000)  # so a 200 KB text file streams through alone
+    docs = sentences(200, 3)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    long_text = mix_data.words_text(5, 40_000, VOCAB)
+    (tmp_path / "d" / "b.txt").write_text(long_text)
+    tok = mix_data.hf_tokenizer(docs + [long_text[:5000]])
+    specs = parse_specs([f"d={tmp_path / 'd'}"])
+
+    def fresh():
+        return build_data(specs, tok, 64, seed=2, eval_sequences=0, shuffle_docs=16)
+
+    ref = packed(fresh(), 200)
+    whole = token_stream(tok, [long_text])  # the long document, EOS at its end, never cut apart
+    start = next(i for i in range(len(ref)) if ref[i : i + len(whole)] == whole)
+    epoch = len(token_stream(tok, docs)) + len(whole)
+    assert 0 < start < 50 * 256 < start + len(whole) and 180 * 256 > epoch
+    for n in (3, 50, 180):  # inside a block of documents, inside the long document, in the second epoch
+        d = fresh()
+        before = packed(d, n)
+        state = json.loads(json.dumps(d.train.state_dict()))
+        resumed = fresh()
+        resumed.train.load_state_dict(state)
+        assert before + packed(resumed, 200 - n) == ref, n
+
+
+def test_domain_draws_depend_only_on_seed_and_index():
+    p = np.array([0.2, 0.3, 0.5])
+    whole = draw_domains(4, p, 0, 3000)
+    assert (np.concatenate([draw_domains(4, p, k, 7) for k in range(0, 2996, 7)])[:2996] == whole[:2996]).all()
+    assert (draw_domains(4, p, 1020, 10) == whole[1020:1030]).all()  # across a block boundary
+    assert abs((whole == 2).mean() - 0.5) < 0.04 and (draw_domains(5, p, 0, 3000) != whole).any()
+
+
+def test_text_batches_carry_an_id_array_and_split_over_ranks(corpus):
+    root, tok = corpus
+    specs = parse_specs([f"a={root / 'a.jsonl'}", f"b={root / 'b'}"])
+    whole = build_data(specs, tok, 32, seed=1, eval_sequences=0).train.next_batch(8)
+    assert (whole.ids == np.array([s for _, _, s in whole])).all() and whole.ids.shape == (8, 32)
+    parts = [build_data(specs, tok, 32, seed=1, eval_sequences=0).train.next_batch(8, r, 4) for r in range(4)]
+    assert [x for p in parts for x in p] == list(whole)

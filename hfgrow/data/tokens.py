@@ -1,0 +1,680 @@
+"""Token folders: text tokenized once, read as memory-mapped fixed-length windows by every rank.
+
+``hfgrow tokenize`` writes, and ``--data TOKEN_FOLDER`` reads, this layout::
+
+    OUT/tokens.json              the index (written last: its presence marks the folder complete)
+    OUT/NAME/000000.bin          flat little-endian uint16 token ids (uint32 when the vocabulary
+    OUT/NAME/000000.docs.npy     has ≥ 65536 ids); document ends within the shard (int64, after EOS)
+    OUT/NAME/000000.json         the shard's record: reader positions before/after it, counts
+    OUT/.tokenize.json           the request (data, tokenizer hash, shard size) while unfinished
+
+The tokens are exactly :func:`hfgrow.data.packing.token_stream` of each domain's documents (the
+one rule: EOS after every document, no BOS); the index records the token and document counts per
+domain and shard, the tokenizer's name and a SHA-256 of its vocabulary (ids, EOS id), and the dtype.
+
+Why flat memmapped shards (and not ``datasets`` Arrow or litdata): training cuts each domain's
+stream into fixed windows and wants window *w* in O(1) without decoding anything; a flat array
+gives that with ``numpy.memmap`` and the page cache, no dependency, and the same layout Megatron,
+nanoGPT and OLMo read. Arrow stores one row per document (windows then cross rows: offset
+arithmetic on top of a heavier format); litdata brings its own chunk shuffling, state and
+distributed sampler, which would replace, not serve, the deterministic per-sequence mixture and
+the small JSON data position checkpoints save.
+
+**Writing** (:func:`tokenize_to_folder`): the main process reads documents through
+:func:`hfgrow.data.specs.open_domain` (one reader for every file type and ``hf:``), cuts them into
+shards of about ``shard_chars`` characters and hands each shard to a process pool that tokenizes
+it with :class:`hfgrow.data.packing.Tokenize` and writes it atomically (temporary names, record
+last). Shard boundaries depend only on the text, so the bytes are the same for any worker count.
+Interrupted, a rerun of the same command keeps every finished shard and goes on from the reader
+position the last contiguous one recorded.
+
+**Reading** (:class:`TokenMixture`): a domain of T tokens has ``T // seq_len`` windows; the first
+``eval_sequences`` are held out, the rest are visited once per epoch in a keyed pseudo-random order
+(:func:`permute`, a Feistel bijection: O(1) memory at any size, any window computable alone). The
+domain of global sequence k is drawn from (seed, k) alone (:func:`hfgrow.data.packing.draw_domains`),
+and the j-th sequence a domain gives is window ``permute(j mod n, key=(seed, domain, epoch))``, so
+global sequence k is the same for any number of processes and each rank reads only its own
+sequences. The data position is ``{"drawn": k, "domains": {NAME: {"taken": j}}}``.
+
+Example:
+    >>> tokenize_to_folder(parse_specs(["web=web.jsonl"]), "gpt2", "tok/", workers=8)   # doctest: +SKIP
+    >>> folder = TokenFolder("tok/")                                                    # doctest: +SKIP
+    >>> folder.domain("web").tokens(0, 5)                                               # doctest: +SKIP
+    array([  464,  3797,  3332,   319, 50256], dtype=uint16)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hfgrow.data.jsonfile import write_json
+from hfgrow.data.packing import Batch, domain_key, draw_domains, eos_id
+from hfgrow.data.specs import DomainSpec, open_domain
+from hfgrow.errors import HfgrowError
+
+__all__ = [
+    "INDEX_FILE", "PROGRESS_FILE", "is_token_folder", "tokenizer_fingerprint", "check_tokenizer",
+    "tokenize_to_folder", "TokenFolder", "TokenDomain", "TokenSource", "permute", "TokenMixture",
+]
+
+INDEX_FILE = "tokens.json"
+PROGRESS_FILE = ".tokenize.json"
+FORMAT = "hfgrow-tokens"
+VERSION = 1
+SHARD_CHARS = 64_000_000  # text per shard: ~16M tokens, 32 MB of uint16; a worker holds one at a time
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer's fingerprint
+# ---------------------------------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(tokenizer: Any, name: str | None = None) -> dict:
+    """Name, vocabulary hash, vocabulary size and EOS id of a tokenizer.
+
+    The hash is SHA-256 of the sorted ``(token, id)`` pairs (added tokens included) and the EOS id:
+    two tokenizers with the same hash map every known token to the same id and end documents the
+    same way. (Normalizer or pre-tokenizer changes that keep the vocabulary are not seen.)
+
+    Example:
+        >>> tokenizer_fingerprint(AutoTokenizer.from_pretrained("gpt2"))["vocab_size"]   # doctest: +SKIP
+        50257
+    """
+    from hfgrow.mix.counts import tokenizer_vocab_size
+
+    vocab = tokenizer.get_vocab(with_added_tokens=True) if hasattr(tokenizer, "get_vocab_size") \
+        else tokenizer.get_vocab()
+    eos = eos_id(tokenizer)
+    digest = hashlib.sha256(json.dumps([sorted(vocab.items()), eos], ensure_ascii=False).encode()).hexdigest()
+    return {"name": name or str(getattr(tokenizer, "name_or_path", "") or "tokenizer"),
+            "vocab_hash": digest, "vocab_size": tokenizer_vocab_size(tokenizer), "eos_id": eos}
+
+
+def check_tokenizer(index: dict, tokenizer: Any, folder: str | os.PathLike) -> None:
+    """Refuse a token folder whose vocabulary hash differs from ``tokenizer``'s.
+
+    Raises:
+        HfgrowError: the folder was tokenized with another tokenizer.
+
+    Example:
+        >>> check_tokenizer(TokenFolder("tok/").index, AutoTokenizer.from_pretrained("gpt2"), "tok/")  # doctest: +SKIP
+    """
+    made = index["tokenizer"]
+    mine = tokenizer_fingerprint(tokenizer)
+    if made["vocab_hash"] != mine["vocab_hash"]:
+        raise HfgrowError(
+            f"token folder '{folder}' was made with tokenizer '{made['name']}' (vocabulary hash "
+            f"{made['vocab_hash'][:12]}), not this model's tokenizer '{mine['name']}' (hash "
+            f"{mine['vocab_hash'][:12]}); run hfgrow tokenize again with --tokenizer set to this model."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The folder
+# ---------------------------------------------------------------------------------------------
+
+
+def is_token_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder ``hfgrow tokenize`` wrote (finished or not).
+
+    Example:
+        >>> is_token_folder("tok/"), is_token_folder("data/web.jsonl")   # doctest: +SKIP
+        (True, False)
+    """
+    p = Path(path).expanduser()
+    return p.is_dir() and ((p / INDEX_FILE).is_file() or (p / PROGRESS_FILE).is_file())
+
+
+def read_index(folder: str | os.PathLike) -> dict:
+    """The index of a finished token folder.
+
+    Raises:
+        HfgrowError: the folder is unfinished (tokenizing was interrupted) or its index is not ours.
+
+    Example:
+        >>> sorted(read_index("tok/")["domains"])   # doctest: +SKIP
+        ['code', 'web']
+    """
+    from hfgrow.data.jsonfile import read_json
+
+    p = Path(folder).expanduser()
+    if not (p / INDEX_FILE).is_file():
+        raise HfgrowError(f"token folder '{folder}' is unfinished (hfgrow tokenize was interrupted); "
+                          "run the same hfgrow tokenize command again to finish it.")
+    index = read_json(p / INDEX_FILE, "token index")
+    if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("domains"), dict):
+        raise HfgrowError(f"'{p / INDEX_FILE}' is not an hfgrow token index.")
+    if index.get("version") != VERSION:
+        raise HfgrowError(f"token folder '{folder}' has format version {index.get('version')}; this hfgrow "
+                          f"reads version {VERSION}: tokenize the data again.")
+    return index
+
+
+class TokenDomain:
+    """One domain's token stream: its shards, memory-mapped, read as one flat array.
+
+    Example:
+        >>> web = TokenFolder("tok/").domain("web")          # doctest: +SKIP
+        >>> web.n_tokens, web.window(3, 2048).shape           # doctest: +SKIP
+        (1048576, (2048,))
+    """
+
+    def __init__(self, folder: Path, name: str, entry: dict, dtype: str):
+        self.folder = folder
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.shards = [folder / s["file"] for s in entry["shards"]]
+        sizes = [int(s["tokens"]) for s in entry["shards"]]
+        self.starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        self.n_tokens = int(self.starts[-1])
+        self.n_documents = int(entry["documents"])
+        self._maps: dict[int, np.ndarray] = {}
+
+    def _shard(self, i: int) -> np.ndarray:
+        if i not in self._maps:
+            n = int(self.starts[i + 1] - self.starts[i])
+            path = self.shards[i]
+            if not path.is_file() or path.stat().st_size != n * self.dtype.itemsize:
+                raise HfgrowError(f"token shard '{path}' is missing or truncated; tokenize the data again.")
+            self._maps[i] = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+        return self._maps[i]
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` of the domain's stream (a view when inside one shard)."""
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        parts, pos = [], start
+        i = first
+        while pos < stop:
+            lo = pos - int(self.starts[i])
+            hi = min(stop, int(self.starts[i + 1])) - int(self.starts[i])
+            if hi > lo:
+                parts.append(self._shard(i)[lo:hi])
+            pos = int(self.starts[i]) + hi
+            i += 1
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def window(self, w: int, seq_len: int) -> np.ndarray:
+        """Window ``w``: tokens ``[w·seq_len, (w+1)·seq_len)``."""
+        return self.tokens(w * seq_len, (w + 1) * seq_len)
+
+    def n_windows(self, seq_len: int) -> int:
+        return self.n_tokens // seq_len
+
+    def document_ends(self) -> np.ndarray:
+        """Every document's end in the domain's stream (the position after its EOS), in order."""
+        ends = []
+        for i, path in enumerate(self.shards):
+            docs = np.load(path.with_suffix(".docs.npy"))
+            ends.append(docs + self.starts[i])
+        return np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+
+    def chunks(self, max_tokens: int | None = None) -> Iterator[np.ndarray]:
+        """The stream shard by shard (memmapped views), cut at ``max_tokens``."""
+        left = self.n_tokens if max_tokens is None else min(self.n_tokens, max_tokens)
+        for i in range(len(self.shards)):
+            if left <= 0:
+                return
+            part = self._shard(i)[:left]
+            left -= len(part)
+            yield part
+
+
+class TokenFolder:
+    """A finished token folder: its index and its domains.
+
+    Example:
+        >>> folder = TokenFolder("tok/")                                     # doctest: +SKIP
+        >>> folder.names, folder.index["tokenizer"]["name"]                   # doctest: +SKIP
+        (['web', 'code'], 'gpt2')
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        self.index = read_index(self.path)
+        self.names = list(self.index["domains"])
+
+    def domain(self, name: str) -> TokenDomain:
+        if name not in self.index["domains"]:
+            raise HfgrowError(f"token folder '{self.path}' has no domain '{name}' (it has {', '.join(self.names)}).")
+        return TokenDomain(self.path, name, self.index["domains"][name], self.index["dtype"])
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        check_tokenizer(self.index, tokenizer, self.path)
+
+
+class TokenSource:
+    """What :func:`hfgrow.data.specs.open_domain` returns for a domain of a token folder.
+
+    It has no texts: callers that need the token stream ask for :meth:`stream` with their tokenizer
+    (checked against the folder's).
+
+    Example:
+        >>> src = open_domain(parse_specs(["tok/"])[0])                 # doctest: +SKIP
+        >>> src.stream(tok, max_tokens=4)                               # doctest: +SKIP
+        array([ 464, 3797, 3332,  319], dtype=uint16)
+    """
+
+    def __init__(self, spec: DomainSpec):
+        self.spec = spec.spec
+        self.folder = TokenFolder(spec.spec)
+        self.domain = self.folder.domain(spec.part or spec.name)
+
+    def stream(self, tokenizer: Any, max_tokens: int | None = None) -> np.ndarray:
+        """The domain's stored token stream (all of it, or its first ``max_tokens``)."""
+        self.folder.check_tokenizer(tokenizer)
+        stop = self.domain.n_tokens if max_tokens is None else min(max_tokens, self.domain.n_tokens)
+        return self.domain.tokens(0, stop)
+
+    def texts(self) -> Iterator[str]:
+        raise HfgrowError(f"'{self.spec}' is a token folder: it holds token ids, not text.")
+
+
+def token_folder_specs(path: str, name: str = "") -> list[DomainSpec]:
+    """The domains of a token folder as specs: all of them, or the only one renamed to ``name``.
+
+    Raises:
+        HfgrowError: the folder is unfinished, or ``name`` is given for a folder of several domains.
+
+    Example:
+        >>> token_folder_specs("tok/")                                           # doctest: +SKIP
+        [DomainSpec(name='web', spec='tok/', part='web'), DomainSpec(name='code', spec='tok/', part='code')]
+    """
+    names = list(read_index(path)["domains"])
+    if name and len(names) != 1:
+        raise HfgrowError(f"token folder '{path}' holds {len(names)} domains ({', '.join(names)}); give it "
+                          "without NAME= (its domains keep their names).")
+    if name:
+        return [DomainSpec(name, path, part=names[0])]
+    return [DomainSpec(n, path, part=n) for n in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+_WORKER: dict = {}  # the Tokenize of this (worker) process
+
+
+def _init_worker(tokenizer: Any, single: bool) -> None:
+    if not single:  # one Rust thread pool per worker, not N: the pool is the parallelism
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from hfgrow.data.packing import Tokenize
+
+    if hasattr(tokenizer, "model_max_length"):
+        tokenizer.model_max_length = int(1e30)  # we never truncate; silence the length warning
+    _WORKER["tokenize"] = Tokenize(tokenizer)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def _write_shard(base: str, texts: list[str], ends: list[bool], dtype: str, record: dict) -> dict:
+    """Tokenize one shard's texts by the token-stream rule and write ``base``.bin/.docs.npy/.json."""
+    ids = _WORKER["tokenize"].per_text(texts, ends)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
+    if flat.size and int(flat.max()) > np.iinfo(dtype).max:
+        raise HfgrowError(f"token id {int(flat.max())} does not fit {dtype}; the tokenizer's vocabulary size is wrong.")
+    cum = np.cumsum(lengths)
+    doc_ends = cum[np.asarray(ends, dtype=bool)] if len(ends) else np.zeros(0, dtype=np.int64)
+    final = Path(base)
+    tag = f".tmp-{os.getpid()}"
+    paths = {s: final.with_name(final.name + s) for s in (".bin", ".docs.npy", ".json")}
+    tmp = {s: p.with_name(p.name + tag) for s, p in paths.items()}
+    flat.astype(dtype).tofile(tmp[".bin"])
+    with open(tmp[".docs.npy"], "wb") as fh:
+        np.save(fh, doc_ends.astype(np.int64))
+    record = {**record, "tokens": int(flat.size), "documents": int(doc_ends.size)}
+    tmp[".json"].write_text(json.dumps(record) + "\n")
+    for s in (".bin", ".docs.npy", ".json"):  # the record last: its presence marks the shard complete
+        _replace(tmp[s], paths[s])
+    return record
+
+
+def _batches(source, start: list, shard_chars: int) -> Iterator[tuple[list[str], list[bool], list, list]]:
+    """(texts, ends, start position, end position) of consecutive shards read from ``start``."""
+    texts: list[str] = []
+    ends: list[bool] = []
+    size, first, pos = 0, list(start), list(start)
+    for text, end, pos in source.iter_units(start):
+        texts.append(text)
+        ends.append(end)
+        size += len(text)
+        if size >= shard_chars:
+            yield texts, ends, first, list(pos)
+            texts, ends, size, first = [], [], 0, list(pos)
+    if texts:
+        yield texts, ends, first, list(pos)
+
+
+def _request(domains: list[DomainSpec], fingerprint: dict, dtype: str, shard_chars: int, text_field: str) -> dict:
+    return {"data": {d.name: d.spec for d in domains}, "tokenizer": fingerprint, "dtype": dtype,
+            "shard_chars": shard_chars, "text_field": text_field}
+
+
+def _same_request(a: dict, b: dict) -> bool:
+    keys = ("data", "dtype", "shard_chars", "text_field")
+    return all(a.get(k) == b.get(k) for k in keys) and a["tokenizer"]["vocab_hash"] == b["tokenizer"]["vocab_hash"]
+
+
+def _done_shards(folder: Path) -> dict[int, dict]:
+    """Shard number -> record of the finished shards of one domain; leftover temporaries removed."""
+    done = {}
+    if not folder.is_dir():
+        return done
+    for p in folder.iterdir():
+        if ".tmp-" in p.name:
+            p.unlink()  # a shard an interrupted run was writing
+        elif p.name.endswith(".json") and p.name[:-5].isdigit():
+            try:
+                done[int(p.name[:-5])] = json.loads(p.read_text())
+            except ValueError:
+                p.unlink()
+    return done
+
+
+def _debug_kill(done: int) -> None:
+    """Fault injection for tests: HFGROW_DEBUG_TOKENIZE_KILL_AFTER=N kills the run after N shards."""
+    if os.environ.get("HFGROW_DEBUG_TOKENIZE_KILL_AFTER") == str(done):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tokenize_to_folder(
+    domains: list[DomainSpec],
+    tokenizer: Any,
+    out: str | os.PathLike,
+    *,
+    tokenizer_name: str | None = None,
+    workers: int = 1,
+    shard_chars: int = SHARD_CHARS,
+    text_field: str = "text",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Tokenize every domain into the token folder ``out``; return its index.
+
+    ``workers`` > 1 tokenizes shards in that many processes (``spawn``: safe beside Rust and CUDA
+    thread pools). A rerun after an interruption keeps the finished shards; a finished folder made
+    from the same request is returned as is. ``progress(domain, tokens, documents)`` is called as
+    shards finish.
+
+    Raises:
+        HfgrowError: ``out`` holds another request's tokens or other files, a domain has no text, a
+            domain name starts with ".", or a reader error (see :mod:`hfgrow.data.text`).
+
+    Example:
+        >>> index = tokenize_to_folder(parse_specs(["web=web.jsonl"]), tok, "tok/", workers=4)   # doctest: +SKIP
+        >>> index["domains"]["web"]["tokens"]                                                  # doctest: +SKIP
+        1048576
+    """
+    from hfgrow.mix.counts import tokenizer_vocab_size
+
+    out = Path(out).expanduser()
+    if not domains:
+        raise HfgrowError("no data to tokenize: give at least one --data PATH or NAME=PATH.")
+    for d in domains:
+        if d.part is not None:
+            raise HfgrowError(f"'{d.spec}' is a token folder already; give text files, folders or hf: datasets.")
+        if d.name.startswith("."):
+            raise HfgrowError(f"the domain name '{d.name}' starts with '.'; name it with NAME=PATH.")
+    if shard_chars < 1:
+        raise HfgrowError(f"the shard size must be positive (got {shard_chars}).")
+    fingerprint = tokenizer_fingerprint(tokenizer, tokenizer_name)
+    dtype = "uint16" if tokenizer_vocab_size(tokenizer) <= 1 << 16 else "uint32"
+    request = _request(domains, fingerprint, dtype, shard_chars, text_field)
+    sources = {d.name: open_domain(d, text_field) for d in domains}  # missing files fail before any work
+
+    if (out / INDEX_FILE).is_file():
+        index = read_index(out)
+        if _same_request(index["request"], request):
+            return index
+        raise HfgrowError(f"'{out}' holds tokens of other data or another tokenizer; choose another OUT.")
+    if (out / PROGRESS_FILE).is_file():
+        from hfgrow.data.jsonfile import read_json
+
+        if not _same_request(read_json(out / PROGRESS_FILE, "tokenize progress file"), request):
+            raise HfgrowError(f"'{out}' holds an unfinished tokenize run of other data or another tokenizer; "
+                              "rerun that command or choose another OUT.")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HfgrowError(f"'{out}' exists and is not a token folder; choose a new OUT.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(request, out / PROGRESS_FILE)
+
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                   initargs=(tokenizer, False))
+    else:
+        _init_worker(tokenizer, True)
+    finished = 0
+    records: dict[str, list[dict]] = {}
+
+    def finish(name: str, done: dict[int, dict], j: int, record: dict) -> None:
+        nonlocal finished
+        done[j] = record
+        finished += 1
+        _debug_kill(finished)
+        if progress is not None:
+            progress(name, record["tokens"], record["documents"])
+
+    try:
+        for d in domains:
+            folder = out / d.name
+            done = _done_shards(folder)
+            folder.mkdir(exist_ok=True)
+            k = 0  # the first shard missing from the contiguous finished prefix
+            while k in done:
+                k += 1
+            if progress is not None and k:
+                progress(d.name, sum(done[i]["tokens"] for i in range(k)), sum(done[i]["documents"] for i in range(k)))
+            start = done[k - 1]["end"] if k else sources[d.name].start()
+            pending: list = []
+            for texts, ends, first, last in _batches(sources[d.name], start, shard_chars):
+                old = done.get(k)
+                if old is None or old["start"] != first or old["end"] != last:
+                    record = {"shard": k, "start": first, "end": last}
+                    args = (str(folder / f"{k:06d}"), texts, ends, dtype, record)
+                    if pool is None:
+                        finish(d.name, done, k, _write_shard(*args))
+                    else:
+                        pending.append((k, pool.submit(_write_shard, *args)))
+                k += 1
+                while pending and (pending[0][1].done() or len(pending) >= 2 * workers):  # in order, bounded
+                    j, future = pending.pop(0)
+                    finish(d.name, done, j, future.result())
+            for j, future in pending:
+                finish(d.name, done, j, future.result())
+            for j in [j for j in done if j >= k]:  # shards of a longer, earlier text: not ours
+                for suffix in (".bin", ".docs.npy", ".json"):
+                    (folder / f"{j:06d}{suffix}").unlink(missing_ok=True)
+                del done[j]
+            records[d.name] = [done[j] for j in range(k)]
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+    index = {"format": FORMAT, "version": VERSION, "dtype": dtype, "tokenizer": fingerprint,
+             "request": request, "domains": {}}
+    for d in domains:
+        shards = records[d.name]
+        tokens = sum(s["tokens"] for s in shards)
+        eos_only = tokens == sum(s["documents"] for s in shards)  # nothing but EOS tokens
+        if not tokens or eos_only:
+            raise HfgrowError(f"domain '{d.name}' ({d.spec}) contains no text.")
+        index["domains"][d.name] = {
+            "spec": d.spec, "tokens": tokens, "documents": sum(s["documents"] for s in shards),
+            "shards": [{"file": f"{d.name}/{s['shard']:06d}.bin", "tokens": s["tokens"], "documents": s["documents"]}
+                       for s in shards],
+        }
+    write_json(index, out / INDEX_FILE)
+    (out / PROGRESS_FILE).unlink()
+    return index
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: a keyed permutation, and the mixture of token domains
+# ---------------------------------------------------------------------------------------------
+
+_ROUNDS = 6
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a good 64-bit hash, elementwise."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def permute(i: np.ndarray | Sequence[int] | int, n: int, key: Sequence[int]) -> np.ndarray:
+    """The image of ``i`` under a keyed pseudo-random bijection of ``[0, n)``.
+
+    A balanced Feistel network on the smallest even number of bits covering n, with
+    cycle-walking (values ≥ n are permuted again until they fall inside): a true permutation,
+    computed elementwise, so an epoch of a billion windows needs no billion-entry array and any
+    position can be looked up alone (exact resume).
+
+    Example:
+        >>> sorted(permute(range(10), 10, key=(0, 1)).tolist()) == list(range(10))
+        True
+    """
+    x = np.atleast_1d(np.asarray(i, dtype=np.uint64))
+    if n <= 1:
+        return np.zeros_like(x, dtype=np.int64)
+    bits = max(2, (n - 1).bit_length())
+    bits += bits % 2
+    half = np.uint64(bits // 2)
+    mask = np.uint64((1 << (bits // 2)) - 1)
+    keys = np.random.default_rng([int(k) & 0xFFFFFFFF for k in key]).integers(
+        0, 2**63, size=_ROUNDS, dtype=np.int64).astype(np.uint64)
+
+    def once(v: np.ndarray) -> np.ndarray:
+        left, right = v >> half, v & mask
+        for k in keys:
+            left, right = right, left ^ (_mix(right ^ k) & mask)
+        return (left << half) | right
+
+    with np.errstate(over="ignore"):
+        y = once(x)
+        outside = y >= np.uint64(n)
+        while outside.any():
+            y[outside] = once(y[outside])
+            outside = y >= np.uint64(n)
+    return y.astype(np.int64)
+
+
+@dataclass
+class _Stream:
+    domain: TokenDomain
+    first: int  # the first training window (the ones before it are held out)
+    n: int  # training windows per epoch
+    taken: int = 0  # sequences given so far, all epochs
+
+
+class TokenMixture:
+    """The training data of token-folder domains: each rank reads only its own sequences.
+
+    ``next_batch(n, rank, world)`` returns global sequences ``drawn + rank·n/world`` ... of the
+    next ``n``; every rank advances the same position, so the global batch is the same for any
+    number of processes (see the module docstring).
+
+    Example:
+        >>> mix = TokenMixture({"web": (folder.domain("web"), 16)}, {"web": 1.0}, seq_len=2048, seed=0)  # doctest: +SKIP
+        >>> [i for i, _, _ in mix.next_batch(8, rank=1, world=2)]                                      # doctest: +SKIP
+        [4, 5, 6, 7]
+    """
+
+    def __init__(self, domains: dict[str, tuple[TokenDomain, int]], weights: dict[str, float], seq_len: int,
+                 seed: int):
+        self.names = list(domains)
+        self.seq_len = int(seq_len)
+        self.seed = int(seed)
+        self.streams: dict[str, _Stream] = {}
+        for name, (domain, held_out) in domains.items():
+            n = domain.n_windows(seq_len) - held_out
+            if n <= 0:
+                raise HfgrowError(
+                    f"domain '{name}' ({domain.folder}) has {domain.n_tokens} tokens: no window of --seq-len "
+                    f"{seq_len} is left for training after the {held_out} held-out sequences; add data or lower "
+                    "--eval-sequences.")
+            self.streams[name] = _Stream(domain, held_out, n)
+        self.p = np.array([weights[n] for n in self.names], dtype=np.float64)
+        self.p = self.p / self.p.sum()
+        self.drawn = 0
+
+    def _window(self, name: str, j: np.ndarray) -> np.ndarray:
+        """Window numbers of the ``j``-th sequences of a domain (epochs run on)."""
+        s = self.streams[name]
+        epoch, pos = j // s.n, j % s.n
+        out = np.empty_like(j)
+        for e in np.unique(epoch):
+            sel = epoch == e
+            out[sel] = s.first + permute(pos[sel], s.n, (self.seed, domain_key(name), int(e)))
+        return out
+
+    def next_batch(self, n: int, rank: int = 0, world: int = 1) -> Batch:
+        """This rank's sequences of the next ``n`` global ones: (global index, domain, tokens)."""
+        if n % world:
+            raise HfgrowError(f"a global batch of {n} sequences does not split over {world} processes.")
+        choice = draw_domains(self.seed, self.p, self.drawn, n)
+        per = n // world
+        lo, hi = rank * per, (rank + 1) * per
+        out = Batch()
+        rows = np.empty((per, self.seq_len), dtype=np.int64)
+        for c, name in enumerate(self.names):
+            mine = choice == c
+            if not mine.any():
+                continue
+            ordinal = self.streams[name].taken + np.cumsum(mine) - 1  # j of each sequence of this domain
+            self.streams[name].taken += int(mine.sum())
+            sel = np.flatnonzero(mine[lo:hi]) + lo
+            if sel.size:
+                windows = self._window(name, ordinal[sel])
+                dom = self.streams[name].domain
+                for k, w in zip(sel, windows):
+                    rows[k - lo] = dom.window(int(w), self.seq_len)
+        names = [self.names[int(c)] for c in choice[lo:hi]]
+        out.extend((self.drawn + lo + k, names[k], rows[k].tolist()) for k in range(per))
+        out.ids = rows
+        self.drawn += n
+        return out
+
+    def state_dict(self) -> dict:
+        return {"kind": "tokens", "drawn": self.drawn,
+                "domains": {n: {"taken": s.taken} for n, s in self.streams.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "tokens":
+            raise HfgrowError("the checkpoint was trained on text data, not a token folder; resume it with the "
+                              "same --data it was started with.")
+        if sorted(state["domains"]) != sorted(self.streams):
+            raise HfgrowError(
+                "the checkpoint's data domains "
+                f"({', '.join(sorted(state['domains']))}) differ from this run's "
+                f"({', '.join(sorted(self.streams))})."
+            )
+        self.drawn = int(state["drawn"])
+        for name, s in self.streams.items():
+            s.taken = int(state["domains"][name]["taken"])
