@@ -50,6 +50,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line, like every other hfgrow error (not the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} ({self.prog} -h lists the options)\n")
+
+
 def _token_count(text: str) -> int:
     """``--max-tokens``: a count such as 2B, 500M or 2e9 (:func:`hfgrow.units.parse_count`)."""
     try:
@@ -60,7 +67,7 @@ def _token_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``hfgrow.continue`` (and of ``hfgrow train``, which forwards them)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hfgrow.continue",
         description="Continued pre-training of a (grown) causal LM with accelerate: fresh AdamW, warmup + cosine\n"
                     "to 10% of the max LR, the MSG mask ramp of the model's recipe, resumable checkpoints.",

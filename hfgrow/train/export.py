@@ -279,6 +279,9 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
         raise HfgrowError(f"{out} already exists and is not empty; choose a new output folder.")
     state = read_state(checkpoint)
     run = state["run"]
+    if "model_spec" not in run:
+        raise HfgrowError(f"{checkpoint} was written by hfgrow 0.1, whose checkpoints this version does not export; "
+                          "export it with hfgrow 0.1.")
     with _base_folder(run, base) as source:
         try:
             config = AutoConfig.from_pretrained(source.path)
