@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training throughput: hfgrow/continue.py's loop vs the Hugging Face ``Trainer``, same run.
+"""Training throughput: hfgrow's training loop (hfgrow.train.loop) vs the Hugging Face ``Trainer``, same run.
 
 Both train the same tiny Llama (default 4 layers x 256 hidden, random init, offline tokenizer) on
 the same packed sequences, same per-device batch and sequence length, same optimizer settings,
@@ -122,10 +122,9 @@ def worker_trainer(a) -> dict:
 def worker_continue(a) -> dict:
     folder = Path(a.folder)
     out = Path(tempfile.mkdtemp(dir=folder, prefix="run-"))
-    import importlib
+    from hfgrow.train.loop import main as train_main
 
-    cont = importlib.import_module("hfgrow.train.loop")
-    code = cont.main(["--model", str(folder / "model"), "--data", f"d={folder / 'data.jsonl'}",
+    code = train_main(["--model", str(folder / "model"), "--data", f"d={folder / 'data.jsonl'}",
                       "--output-dir", str(out), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size),
                       "--max-steps", str(a.steps), "--lr", "6e-4", "--warmup-steps", "4", "--eval-sequences", "0",
                       "--save-steps", str(10 * a.steps), "--no-export"])

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""(Continued) pre-training: ``accelerate launch hfgrow/continue.py --model M --data D --output-dir RUN ...``.
+"""(Continued) pre-training: ``accelerate launch -m hfgrow.continue --model M --data D --output-dir RUN ...``.
 
-From a clone this path works as is; installed, use ``accelerate launch -m hfgrow.continue ...`` or
-``hfgrow train ...``. The loop itself is :mod:`hfgrow.train.loop`; ``--help`` lists every option.
+Installed, that is the form to use (or ``hfgrow train ...``, which checks the machine first); in a clone,
+``accelerate launch hfgrow/continue.py ...`` works too. The loop itself is :mod:`hfgrow.train.loop`;
+``--help`` lists every option.
 """
 
 import os

@@ -15,8 +15,8 @@ import click
 @click.option("--factor", "-g", type=int, default=4, show_default=True)
 @click.option("--op", "ops", multiple=True, default=("direct",), show_default=True,
               type=click.Choice(["direct", "zero", "random"]), help="Growth operators to compare (repeatable).")
-@click.option("--tokens", "scratch_tokens", type=int, default=1_000_000, show_default=True,
-              help="Tokens of the scratch run; it fixes the FLOPs budget of every run.")
+@click.option("--tokens", "scratch_tokens", default="1M", show_default=True, metavar="N",
+              help="Tokens of the scratch run, e.g. 3M, 1e6 or 1000000; it fixes the FLOPs budget of every run.")
 @click.option("--base-fraction", type=float, default=0.25, show_default=True,
               help="d, the base model's tokens, as a fraction of --tokens.")
 @click.option("--seq-len", type=int, default=128, show_default=True)
@@ -37,7 +37,7 @@ def compare(out, config, data, factor, ops, scratch_tokens, base_fraction, seq_l
     \b
     Examples:
       hfgrow compare runs/cmp
-      hfgrow compare runs/cmp --op direct --op zero --tokens 3000000
+      hfgrow compare runs/cmp --op direct --op zero --tokens 3M
       hfgrow compare runs/cmp --config my-target/config.json --data corpus.jsonl --factor 2
     """
     from hfgrow.data.tokens import is_token_folder

@@ -9,9 +9,10 @@ Runs, all with the same total training FLOPs C = 6·N_target·D (FLOPs per token
 * ``small-alone`` (optional): the base model trained alone for the whole budget C — at toy scale it
   can beat everything, and a fair report has to say so.
 
-Every run is ``hfgrow/continue.py`` (one training loop in the project). Reported: final held-out
-losses, loss-vs-FLOPs curves (PNG), and the speedup sp = FLOPs_scratch / FLOPs_grown − 1 at the
-scratch run's final loss, as the paper defines it (base phase counted).
+Every run is ``python -m hfgrow.continue`` (the one training loop of the project), read back and
+plotted through :mod:`hfgrow.train.runlog`. Reported: final held-out losses, loss-vs-FLOPs curves
+(PNG), and the speedup sp = FLOPs_scratch / FLOPs_grown − 1 at the scratch run's final loss, as the
+paper defines it (base phase counted).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-
-CONTINUE = Path(__file__).resolve().parents[1] / "continue.py"
+from hfgrow.units import parse_count
 
 PRESETS = {
     # ~1M parameters, 8 layers (base: 2 layers): sized so every run fits ~15 minutes on 2 CPU cores
@@ -114,23 +114,27 @@ def _split_corpus(data: list[str] | None, folder: Path, seed: int) -> tuple[Path
     return train, held_out, "\n".join(documents[n_eval:])[:2_000_000]
 
 
-def _read_log(run_dir: Path) -> tuple[list[tuple[int, float]], int]:
-    """Held-out loss by tokens seen, and the tokens the run actually trained on."""
-    points, trained = [], 0
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("type") == "eval":
-            points.append((entry["tokens"], entry["eval_loss"]))
-        elif entry.get("type") == "train":
-            trained = max(trained, entry["tokens"])
-    return points, trained
+def collect(name: str, run_dir: Path, params: int, flops_offset: float = 0.0) -> Run:
+    """A finished run as a :class:`Run`: its held-out loss at every evaluation, against the FLOPs spent.
+
+    FLOPs are ``flops_offset`` (the base phase of a grown run) + 6·params·tokens seen.
+
+    Example:
+        >>> collect("grown-direct", Path("runs/grown-direct"), 4_000_000, flops_offset=1.2e12).curve[0]
+        (1200000000000.0, 5.91)
+    """
+    from hfgrow.train.runlog import read_run
+
+    record = read_run(run_dir)
+    return Run(name, params, record.trained_tokens, flops_offset,
+               [(flops_offset + 6.0 * params * tokens, loss) for tokens, loss in record.eval_curve()])
 
 
 def _train(model: Path, run_dir: Path, train: Path, held_out: Path, tokens: int, args: dict[str, Any],
            quiet: bool) -> Path:
     steps = max(1, tokens // (args["seq_len"] * args["batch_size"]))
     eval_steps = max(1, steps // args["eval_points"])
-    argv = [sys.executable, str(CONTINUE), "--model", str(model), "--data", f"text={train}",
+    argv = [sys.executable, "-m", "hfgrow.continue", "--model", str(model), "--data", f"text={train}",
             "--eval-data", f"text={held_out}", "--eval-sequences", str(args["eval_sequences"]),
             "--output-dir", str(run_dir), "--seq-len", str(args["seq_len"]), "--batch-size", str(args["batch_size"]),
             "--max-steps", str(steps), "--eval-steps", str(eval_steps), "--save-steps", str(steps),
@@ -144,17 +148,17 @@ def _train(model: Path, run_dir: Path, train: Path, held_out: Path, tokens: int,
 
 
 def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None = None, factor: int = 4,
-            ops: tuple[str, ...] = ("direct",), scratch_tokens: int = 1_000_000, base_fraction: float = 0.25,
+            ops: tuple[str, ...] = ("direct",), scratch_tokens: int | str = 1_000_000, base_fraction: float = 0.25,
             seq_len: int = 128, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, eval_points: int = 20,
             eval_sequences: int = 64, include_untrained: bool = True, include_small: bool = True,
             quiet: bool = False) -> dict[str, Any]:
     """Run the grow-vs-scratch experiment and write compare.json, compare.md and compare.png to ``out_dir``.
 
-    ``base_fraction`` sets d as a fraction of the scratch run's tokens (the base is trained on
-    d tokens; the grown model gets the FLOPs that are left).
+    ``scratch_tokens`` is a count (``3M``, ``1e6``, ``3000000``); ``base_fraction`` sets d as a fraction of
+    it (the base is trained on d tokens; the grown model gets the FLOPs that are left).
 
     Example:
-        >>> report = compare("runs/cmp", scratch_tokens=1_000_000)
+        >>> report = compare("runs/cmp", scratch_tokens="1M")
         >>> report["speedup"]["grown-direct"]
         0.31
     """
@@ -166,8 +170,9 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise HfgrowError(f"{out} already exists and is not empty; choose a new folder for the comparison.")
-    if scratch_tokens <= 0 or not 0 < base_fraction < 1:
-        raise HfgrowError("--tokens must be positive and --base-fraction between 0 and 1.")
+    scratch_tokens = parse_count(scratch_tokens, "token count for --tokens", "1M", minimum=1)
+    if not 0 < base_fraction < 1:
+        raise HfgrowError(f"--base-fraction must be between 0 and 1 (got {base_fraction}).")
     target = _config(config)
     layers = target.get("num_hidden_layers")
     if not isinstance(layers, int) or layers % factor:
@@ -191,16 +196,11 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
             (models / name / item.name).write_bytes(item.read_bytes())
 
     runs: dict[str, Run] = {}
-
-    def record(name: str, run_dir: Path, params: int, offset: float = 0.0) -> None:
-        points, trained = _read_log(run_dir)
-        runs[name] = Run(name, params, trained, offset, [(offset + 6.0 * params * t, loss) for t, loss in points])
-
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"target {n_target:,} params, base {n_base:,}; budget {budget:.3g} FLOPs = {scratch_tokens:,} target tokens")
     say(f"[1] base: {base_tokens:,} tokens")
     base_final = _train(models / "base-init", out / "runs" / "base", train, held_out, base_tokens, args, quiet)
-    record("base", out / "runs" / "base", n_base)
+    runs["base"] = collect("base", out / "runs" / "base", n_base)
     base_flops = runs["base"].total_flops
     for op in ops:
         grown = models / f"grown-{op}"
@@ -211,23 +211,23 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
         say(f"[2] grown-{op}: {grown_tokens:,} tokens after growth")
         run_dir = out / "runs" / f"grown-{op}"
         _train(grown, run_dir, train, held_out, grown_tokens, args, quiet)
-        record(f"grown-{op}", run_dir, n_target, base_flops)
+        runs[f"grown-{op}"] = collect(f"grown-{op}", run_dir, n_target, base_flops)
     say(f"[3] scratch: {scratch_tokens:,} tokens")
     _train(models / "target-init", out / "runs" / "scratch", train, held_out, scratch_tokens, args, quiet)
-    record("scratch", out / "runs" / "scratch", n_target)
+    runs["scratch"] = collect("scratch", out / "runs" / "scratch", n_target)
     if include_untrained:
         hfgrow.stack(str(models / "base-init"), models / "grown-untrained", factor=factor, quiet=True)
         say(f"[4] grown-untrained (d = 0): {scratch_tokens:,} tokens")
         _train(models / "grown-untrained", out / "runs" / "grown-untrained", train, held_out, scratch_tokens, args,
                quiet)
-        record("grown-untrained", out / "runs" / "grown-untrained", n_target)
+        runs["grown-untrained"] = collect("grown-untrained", out / "runs" / "grown-untrained", n_target)
     if include_small:
         small_tokens = int(budget / (6.0 * n_base))
         say(f"[5] small-alone: {small_tokens:,} tokens (the whole budget on the base model)")
         _train(models / "base-init", out / "runs" / "small-alone", train, held_out, small_tokens, args, quiet)
-        record("small-alone", out / "runs" / "small-alone", n_base)
+        runs["small-alone"] = collect("small-alone", out / "runs" / "small-alone", n_base)
 
-    report = _report(runs, dict(config=config, factor=factor, ops=list(ops), target_params=n_target,
+    report = make_report(runs, dict(config=config, factor=factor, ops=list(ops), target_params=n_target,
                                 base_params=n_base, budget_flops=budget, scratch_tokens=scratch_tokens,
                                 base_tokens=base_tokens, grown_tokens=grown_tokens, **args))
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -236,7 +236,9 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
     return report
 
 
-def _report(runs: dict[str, Run], setup: dict[str, Any]) -> dict[str, Any]:
+def make_report(runs: dict[str, Run], setup: dict[str, Any]) -> dict[str, Any]:
+    """Final losses, FLOPs, speedups vs scratch, the best run and the regime (does the target beat the small
+    model trained alone on the same FLOPs?) of a set of runs that includes ``scratch``."""
     scratch = runs["scratch"]
     speedups = {name: speedup(scratch, run) for name, run in runs.items() if name.startswith("grown")}
     best = min(runs.values(), key=lambda r: r.final_loss)
@@ -278,28 +280,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, Run], path: Path, report: dict[str, Any]) -> None:
-    import matplotlib
+def plot(runs: dict[str, Run], path: Path, report: dict[str, Any]) -> Path:
+    """Held-out loss vs FLOPs of every run (the small model's runs dashed), through the project's loss plot."""
+    from hfgrow.train.runlog import Curve, plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    for name, run in runs.items():
-        if not run.curve:
-            continue
-        xs, ys = zip(*run.curve)
-        style = "--" if name in ("base", "small-alone") else "-"
-        ax.plot(xs, ys, style, label=f"{name} ({run.final_loss:.3f})", linewidth=1.6)
-    ax.set_xlabel("training FLOPs (base phase included for grown runs)")
-    ax.set_ylabel("held-out loss (nats/token)")
+    curves = [Curve(f"{name} ({run.final_loss:.3f})", run.curve, style="--" if name in ("base", "small-alone") else "-",
+                    width=1.6) for name, run in runs.items()]
     sp = report["speedup"].get("grown-direct")
-    title = "grow vs scratch at equal FLOPs"
-    if sp is not None:
-        title += f" — Gstack speedup {sp:+.0%}"
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    title = "grow vs scratch at equal FLOPs" + (f" — Gstack speedup {sp:+.0%}" if sp is not None else "")
+    return plot_curves(curves, path, xlabel="training FLOPs (base phase included for grown runs)", title=title,
+                       ylabel="held-out loss (nats/token)")

@@ -1,4 +1,9 @@
-"""Model cards (README.md): the one place that writes them, from the templates in ``templates/`` via huggingface_hub."""
+"""Model cards (README.md): the one place that writes them, from the templates in ``templates/`` via huggingface_hub.
+
+Two kinds of folder, two cards: a grown folder (:func:`grown_card`, ``grown.md``: what it was grown from and
+how to replay it) and a trained folder (:func:`trained_card`, ``trained.md``: the training run and, when the
+model it started from was grown, that growth). Both share the metadata rules of :func:`render_card`.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,12 @@ def render_card(template: str, *, base_model: str | None, relation: str | None, 
     return str(card)
 
 
+def _tags(model_type: str, recipe, *extra: str) -> list[str]:
+    """Hub tags: hfgrow, what was done (growth, training), the architecture."""
+    grown = ["model-growth", f"grow-{recipe.operation.op}"] if recipe is not None else []
+    return ["hfgrow", *grown, *extra, model_type]
+
+
 def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, source_params: int) -> str:
     """The card of a grown folder: what it was grown from, by which operator, and how to reproduce it."""
     from hfgrow.arch.pattern import compact
@@ -44,7 +55,7 @@ def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, sou
         # A grown model reuses its base's weights re-arranged, as mergekit passthrough "self-merges"
         # (e.g. SOLAR-style depth up-scaling) do; the Hub labels those merges.
         relation="merge",
-        tags=["hfgrow", "model-growth", f"grow-{recipe.operation.op}", layout.model_type],
+        tags=_tags(layout.model_type, recipe),
         model_name=model_name,
         base_display=source.display,
         base_url=f"https://huggingface.co/{source.repo_id}" if source.repo_id else None,
@@ -59,4 +70,62 @@ def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, sou
         layer_pattern=compact(plan.layer_map) if plan.layer_map else None,
         notes=plan.notes,
         command=recipe.command_line,
+    )
+
+
+def _growth(recipe) -> dict[str, Any]:
+    """What a trained card says about the growth its base model came from."""
+    from hfgrow.growth.pattern import compact
+    from hfgrow.growth.pipeline import operation_name
+
+    source = recipe.source
+    return {
+        "source": source.display,
+        "source_url": f"https://huggingface.co/{source.repo_id}" if source.repo_id else None,
+        "operator": operation_name(recipe.operation),
+        "preserving": recipe.operation.function_preserving,
+        "pattern": compact(recipe.layer_map) if recipe.layer_map else None,
+        "new_layers": ", ".join(map(str, recipe.new_layers)),
+        "command": recipe.command_line,
+    }
+
+
+def trained_card(*, model_name: str, base_display: str, base_repo_id: str | None, model_type: str, base_recipe,
+                 steps: int, tokens: int, training: list[tuple[str, str]], eval_columns: list[str],
+                 eval_rows: list[tuple[str, list[str]]], data: list[tuple[str, str, str]], datasets: list[str],
+                 command: str) -> str:
+    """The card of a trained folder: the run that made it and, when its base was grown, that growth.
+
+    ``training`` are the rows of the training table, ``eval_rows`` the held-out losses per domain at the
+    evaluations named by ``eval_columns``, ``data`` the (domain, source, proportion) rows; every value is
+    already formatted. ``base_recipe`` is the base model's recipe (None when it was not grown).
+
+    Example:
+        >>> card = trained_card(model_name="tl-g4-cpt", base_display="org/tl-g4", base_repo_id="org/tl-g4",
+        ...                     model_type="llama", base_recipe=Recipe.read(Path("tl-g4")), steps=2000,
+        ...                     tokens=8_192_000, training=[("steps", "2,000")], eval_columns=["step 0"],
+        ...                     eval_rows=[("web", ["7.9123"])], data=[("web", "`web.jsonl` (local)", "1.000")],
+        ...                     datasets=[], command="hfgrow train --model org/tl-g4 ...")
+        >>> "base_model_relation: finetune" in card
+        True
+    """
+    from hfgrow.units import format_count
+
+    return render_card(
+        "trained.md",
+        base_model=base_repo_id,
+        relation="finetune",
+        tags=_tags(model_type, base_recipe, "continued-pretraining"),
+        extra_data={"datasets": datasets} if datasets else None,
+        model_name=model_name,
+        base_display=base_display,
+        base_url=f"https://huggingface.co/{base_repo_id}" if base_repo_id else None,
+        steps=f"{steps:,}",
+        tokens=format_count(tokens),
+        growth=_growth(base_recipe) if base_recipe is not None else None,
+        training=training,
+        eval_columns=eval_columns,
+        eval_rows=eval_rows,
+        data=data,
+        command=command,
     )

@@ -27,7 +27,7 @@ from hfgrow.errors import HfgrowError
 from hfgrow.growth.card import grown_card
 from hfgrow.arch.pattern import compact
 from hfgrow.growth.plan import Plan
-from hfgrow.growth.recipe import Recipe, SourceRef
+from hfgrow.growth.recipe import Operation, Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, copies_bytes, write_weights
@@ -73,7 +73,11 @@ OPERATOR_NAMES = {
 
 def describe_operation(plan: Plan) -> str:
     """The operator(s) a plan applies, by name (e.g. ``G-up-zero (...) + G-right-direct (...)``)."""
-    operation = plan.operation
+    return operation_name(plan.operation)
+
+
+def operation_name(operation: Operation) -> str:
+    """The operator(s) of a recorded operation, by name (a trained model's card names its base's growth)."""
     parts = []
     for part in operation.direction.split("+"):
         op = operation.width.op if part == "width" and operation.width else operation.op

@@ -29,6 +29,7 @@ METADATA_PATTERNS: tuple[str, ...] = (
     "config.json",
     *CARRY_OVER,
     "README.md",  # the source card: license and lineage for the grown model's card
+    "hfgrow.yaml",  # a grown model's recipe: training reads its new layers and MSG ramp from it
     "LICENSE*",
     "adapter_config.json",  # PEFT adapter repos
 )

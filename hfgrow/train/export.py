@@ -1,30 +1,29 @@
-"""Turn a training checkpoint into an ordinary Hugging Face model folder; plot a run's losses.
+"""Turn a training checkpoint into an ordinary Hugging Face model folder, with the card of a trained model.
 
 ``export_checkpoint(RUN/checkpoint-N, OUT)`` reads the weights accelerate saved (a plain
 ``model.safetensors``, an FSDP sharded state dict, or a DeepSpeed ZeRO checkpoint), merges LoRA
-adapters into the base weights, casts back to the grown model's dtype, drops tied duplicates, and
-writes them with the project's safetensors writer together with the config (``use_cache``
-restored), tokenizer, generation config and an updated model card (base_model = the grown model,
-base_model_relation = finetune, data, tokens, steps, final losses). It writes into a temporary
-folder beside OUT and renames it at the end, so OUT is never left half-written.
+adapters into the base weights, casts back to the trained model's dtype, drops tied duplicates, and
+writes them with the project's safetensors writer, with the config (``use_cache`` restored), the files
+carried over from the model the run started from (tokenizer, chat template, generation config:
+:mod:`hfgrow.io.files`) and the card of a trained folder (:func:`hfgrow.growth.card.trained_card`).
+Nothing written names a path of this machine: the model is named by its Hub id or its folder's name,
+local data by file name. OUT is written into a temporary sibling and renamed into place at the end.
 
 Example:
     >>> export_checkpoint(Path("run/checkpoint-2000"), Path("tinyllama-grown-cpt"))
+    PosixPath('tinyllama-grown-cpt')
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import contextlib
+import shlex
 from pathlib import Path
+from typing import Any
 
 from hfgrow.errors import HfgrowError
 from hfgrow.io.executor import OutputFolder, save_state_dict
-
-STATE_FILE = "hfgrow_state.json"
-CARD_START = "<!-- hfgrow:continue:start -->"
-CARD_END = "<!-- hfgrow:continue:end -->"
-COPY_FILES = ("generation_config.json",)
+from hfgrow.train.checkpoints import STATE_FILE, read_state
 
 
 def _strip_prefixes(name: str) -> str:
@@ -91,15 +90,15 @@ def _tied_targets(model) -> set[str]:
     return tied
 
 
-def _merged_state_dict(run: dict, weights: dict, config) -> tuple[dict, set[str]]:
-    """Weights ready to write (LoRA merged) and the set of names expected by the architecture."""
+def _merged_state_dict(run: dict, weights: dict, config, base: Path) -> tuple[dict, set[str]]:
+    """Weights ready to write (LoRA merged into the ``base`` folder's weights) and the names the architecture expects."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if run.get("lora"):
         from peft import LoraConfig, get_peft_model
 
-        model = AutoModelForCausalLM.from_pretrained(run["model"], dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = get_peft_model(model, LoraConfig(**run["lora"]))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         lora_missing = [k for k in missing if "lora_" in k]
@@ -119,194 +118,203 @@ def _merged_state_dict(run: dict, weights: dict, config) -> tuple[dict, set[str]
     return {k: v for k, v in weights.items() if k not in tied}, expected
 
 
-def _card(base: str, base_id: str, out: Path, run: dict, state: dict) -> str:
-    from huggingface_hub import ModelCard, ModelCardData
+# ---------------------------------------------------------------------------------------------
+# The card
+# ---------------------------------------------------------------------------------------------
 
-    readme = Path(base) / "README.md"
-    card = None
-    if readme.is_file():
-        try:
-            card = ModelCard.load(readme)
-        except Exception:  # noqa: BLE001 - a hand-written README without valid metadata
-            card = None
-    if card is None:
-        name = Path(base_id).name
-        card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n# {name} (continued pre-training)\n\n"
-                         f"`{base_id}` after continued pre-training with hfgrow.\n")
-    data = card.data
-    from hfgrow.io.hub import looks_like_repo_id
 
-    if looks_like_repo_id(base_id) and not Path(base_id).exists():  # the Hub rejects local paths here
-        data.base_model = base_id
-        data.base_model_relation = "finetune"
-    hf_sets = [spec[3:].split(":")[0] for spec in (run.get("data") or {}).values() if spec.startswith("hf:")]
-    if hf_sets:
-        data.datasets = sorted(set((data.datasets or []) + hf_sets)) if isinstance(data.datasets, list) else hf_sets
-    tags = list(data.tags or [])
-    for t in ("hfgrow", "continued-pretraining"):
-        if t not in tags:
-            tags.append(t)
-    data.tags = tags
-    if not getattr(data, "library_name", None):
-        data.library_name = "transformers"
+def _data_source(spec: str) -> str:
+    """How the card names a data source: a Hub dataset by id and link, a local file or folder by its name only."""
+    if spec.startswith("hf:"):
+        name = spec[3:].split(":")[0]
+        return f"[{name}](https://huggingface.co/datasets/{name})"
+    return f"`{Path(spec.rstrip('/')).name}` (local)"
 
+
+def _data_argument(name: str, spec: str) -> str:
+    return f"{name}={spec if spec.startswith('hf:') else Path(spec.rstrip('/')).name}"
+
+
+def _command(run: dict[str, Any], base: str) -> str:
+    """The `hfgrow train` command of this run, with local files by name."""
+    argv = ["hfgrow", "train"]
+    if int(run.get("world_size") or 1) > 1:
+        argv += ["--num-processes", str(run["world_size"])]
+    argv += ["--model", base]
+    for name, spec in (run.get("data") or {}).items():
+        argv += ["--data", _data_argument(name, spec)]
+    for name, spec in (run.get("eval_data") or {}).items():
+        argv += ["--eval-data", _data_argument(name, spec)]
+    if run.get("mixture_file"):
+        argv += ["--mixture", run["mixture_file"]]
+    argv += ["--output-dir", "run/", "--seq-len", str(run["seq_len"]), "--batch-size", str(run["batch_size"]),
+             "--grad-accum", str(run["grad_accum"]), "--max-steps", str(run["max_steps"]),
+             "--lr", f"{run['max_lr']:.3g}", "--min-lr", f"{run['min_lr']:.3g}",
+             "--warmup-steps", str(run["warmup_steps"]), "--seed", str(run.get("seed", 0))]
+    if run.get("train", "all") != "all":
+        argv += ["--train", run["train"]]
+    if run.get("lora"):
+        argv += ["--lora-r", str(run["lora"]["r"]), "--lora-alpha", f"{run['lora']['lora_alpha']:g}"]
+    return shlex.join(argv)
+
+
+def _losses(checkpoint: Path, state: dict[str, Any]) -> tuple[float | None, list[dict[str, Any]]]:
+    """(train loss of the checkpoint's step, the evaluations up to it) from the run's log.
+
+    A checkpoint moved out of its run folder has no log beside it: its own record of the last losses is used.
+    """
+    from hfgrow.train.runlog import read_run
+
+    step = int(state["step"])
+    try:
+        record = read_run(checkpoint.parent)
+    except HfgrowError:
+        record = None
+    train = [r for r in record.train if r["step"] <= step] if record else []
+    evals = [r for r in record.evals if r["step"] <= step] if record else []
+    if not train:
+        evals = [{"step": step, "losses": state["last_eval"]}] if state.get("last_eval") else []
+        return state.get("last_loss"), evals
+    return train[-1]["loss"], evals
+
+
+def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config, model_name: str,
+              base_model_id: str | None) -> str:
+    """README.md of the exported folder: what was trained, how, on what, with which result."""
+    from hfgrow.growth.card import trained_card
+    from hfgrow.growth.recipe import Recipe, SourceRef
+    from hfgrow.units import format_count
+
+    run = state["run"]
+    ref = SourceRef.from_dict(run.get("model_source") or {})
+    repo_id = base_model_id or run.get("base_model_id") or ref.repo_id
+    base = repo_id or run.get("model") or ref.display
     steps, tokens = int(state["step"]), int(state["tokens"])
+    trained = {"all": "all",
+               "new": f"the new layers only ({', '.join(map(str, run.get('new_layers') or []))})",
+               "lora": f"LoRA adapters, r = {(run.get('lora') or {}).get('r')}, merged into the weights"}
+    world = int(run.get("world_size") or 1)
+    betas = run.get("betas") or [0.9, 0.95]
     rows = [
-        ("base model (grown)", f"`{base_id}`"),
-        ("trained parameters", {"all": "all", "new": f"new layers only {run.get('new_layers')}",
-                                "lora": f"LoRA r={(run.get('lora') or {}).get('r')} (merged)"}[run.get("train", "all")]),
+        ("model trained", f"`{base}`"),
+        ("parameters", f"{format_count(run['n_params'])} ({run['n_params']:,})"),
+        ("parameters trained", trained.get(run.get("train", "all"), "all")),
         ("steps", f"{steps:,}"),
         ("tokens", f"{tokens:,}"),
-        ("sequence length", str(run.get("seq_len"))),
-        ("tokens per step", f"{run.get('tokens_per_step', 0):,}"),
-        ("max / min LR", f"{run.get('max_lr'):.3g} / {run.get('min_lr'):.3g} (warmup {run.get('warmup_steps')}, cosine)"),
-        ("final train loss", f"{state['last_loss']:.4f}" if state.get("last_loss") is not None else "n/a"),
+        ("tokens per step", f"{run['tokens_per_step']:,} (processes × sequences × micro-steps × tokens = "
+                            f"{world} × {run['batch_size']} × {run['grad_accum']} × {run['seq_len']})"),
+        ("optimizer", f"AdamW, fresh (β₁ {betas[0]:g}, β₂ {betas[1]:g}, weight decay {run['weight_decay']:g}, "
+                      f"gradient clipping {run['grad_clip']:g})"),
+        ("learning rate", f"{run['max_lr']:.3g} → {run['min_lr']:.3g}: linear warmup over {run['warmup_steps']:,} "
+                          "steps, then cosine decay"),
     ]
-    for name, loss in (state.get("last_eval") or {}).items():
-        rows.append((f"final eval loss: {name}", f"{loss:.4f}"))
-    mix = run.get("mixture") or {}
-    data_lines = [f"- `{name}`: {spec} (proportion {mix.get(name, 0):.3f})" for name, spec in (run.get("data") or {}).items()]
-    section = "\n".join([
-        CARD_START,
-        "## Continued pre-training",
-        "",
-        "Trained with `hfgrow/continue.py` (AdamW, warmup + cosine to 10% of the max LR, fresh optimizer).",
-        "",
-        "| | |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in rows],
-        "",
-        "Data:",
-        "",
-        *data_lines,
-        CARD_END,
-    ])
-    text = card.text
-    if CARD_START in text and CARD_END in text:
-        head, _, rest = text.partition(CARD_START)
-        _, _, tail = rest.partition(CARD_END)
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    return f"---\n{data.to_yaml()}\n---\n{text if text.startswith(chr(10)) else chr(10) + text}"
+    mask = run.get("mask")
+    if mask:
+        rows.append(("MSG mask ramp", f"new structure scaled by c = 0 → 1 over the first {mask['steps']:,} steps"))
+    last_loss, evals = _losses(Path(checkpoint), state)
+    if last_loss is not None:
+        rows.append((f"train loss at step {steps:,}", f"{last_loss:.4f}"))
+    shown = evals if len(evals) <= 2 else [evals[0], evals[-1]]
+    columns = [f"step {e['step']:,}" + (" (before training)" if e["step"] == 0 else "") for e in shown]
+    domains = list(dict.fromkeys(d for e in shown for d in e["losses"]))
+    eval_rows = [(d, [f"{e['losses'][d]:.4f}" if d in e["losses"] else "" for e in shown]) for d in domains]
+    mixture = run.get("mixture") or {}
+    data = [(name, _data_source(spec), f"{mixture.get(name, 0):.3f}") for name, spec in (run.get("data") or {}).items()]
+    data += [(name, _data_source(spec), "held out") for name, spec in (run.get("eval_data") or {}).items()
+             if name not in (run.get("data") or {})]
+    datasets = sorted({spec[3:].split(":")[0] for spec in [*(run.get("data") or {}).values(),
+                                                           *(run.get("eval_data") or {}).values()]
+                       if spec.startswith("hf:")})
+    return trained_card(
+        model_name=model_name, base_display=base, base_repo_id=repo_id,
+        model_type=getattr(config, "model_type", "model"), base_recipe=Recipe.read(base_folder), steps=steps,
+        tokens=tokens, training=rows, eval_columns=columns, eval_rows=eval_rows, data=data, datasets=datasets,
+        command=_command(run, base))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _base_folder(run: dict[str, Any], base):
+    """The folder of the model the run started from: ``base`` when given, else resolved again from run.json."""
+    if base is not None:
+        yield base
+        return
+    from hfgrow.io.source import open_source
+
+    with contextlib.ExitStack() as stack:
+        try:
+            source = stack.enter_context(open_source(run["model_spec"], revision=run.get("model_revision"),
+                                                     progress=False))
+        except HfgrowError as exc:
+            raise HfgrowError(f"cannot open {run.get('model')!r}, the model this run started from: {exc}") from None
+        yield source
 
 
 def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool = False,
-                      max_shard_size: int | str = "5GB", base_model_id: str | None = None) -> Path:
-    """Write ``checkpoint`` (a continue.py checkpoint-N folder) as a Hugging Face model folder."""
+                      max_shard_size: int | str = "5GB", base_model_id: str | None = None, base=None,
+                      model_name: str | None = None) -> Path:
+    """Write ``checkpoint`` (a training run's checkpoint-N folder) as a Hugging Face model folder ``out``.
+
+    ``base`` is the resolved model the run started from (:class:`hfgrow.io.source.Source`; default: opened
+    again from run.json), ``base_model_id`` the Hub id the card names it by (default: the one recorded),
+    ``model_name`` the card's title (default: ``out``'s name).
+
+    Example:
+        >>> export_checkpoint("run/checkpoint-2000", "grown-cpt", base_model_id="org/grown")
+        PosixPath('grown-cpt')
+    """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hfgrow.io.files import copy_carry_over
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not (checkpoint / STATE_FILE).is_file():
         raise HfgrowError(f"{checkpoint} is not a complete hfgrow checkpoint (no {STATE_FILE}).")
     if out.exists() and not replace and any(out.iterdir()):
         raise HfgrowError(f"{out} already exists and is not empty; choose a new output folder.")
-    try:
-        state = json.loads((checkpoint / STATE_FILE).read_text())
-        run = state["run"]
-        base = run["model"]
-    except (ValueError, KeyError, TypeError):
-        raise HfgrowError(f"{checkpoint}/{STATE_FILE} is corrupt.") from None
-    base_id = base_model_id or run.get("base_model_id") or base
-    try:
-        config = AutoConfig.from_pretrained(base)
-    except Exception as exc:  # noqa: BLE001
-        raise HfgrowError(f"cannot load the grown model {base!r} this run started from: {str(exc).splitlines()[0]}") from None
-
-    weights = load_checkpoint_weights(checkpoint)
-    state_dict, expected = _merged_state_dict(run, weights, config)
-    missing = sorted(expected - set(state_dict))
-    unexpected = sorted(set(state_dict) - expected)
-    dtype = getattr(torch, str(run.get("export_dtype") or "float32"), torch.float32)
-
-    # written into a temporary sibling and renamed into place only when complete
-    with OutputFolder(out, overwrite=True) as tmp:
-        if missing or unexpected:
-            # Architectures whose in-memory names differ from the on-disk ones (fused MoE experts...):
-            # let transformers map them back.
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            model.load_state_dict(state_dict, strict=False)
-            model.to(dtype).save_pretrained(tmp, max_shard_size=max_shard_size)
-        else:
-            cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
-            save_state_dict(cast, tmp, max_shard_size=max_shard_size)
-        config.use_cache = True if run.get("use_cache") is None else bool(run["use_cache"])
-        config.dtype = dtype
-        config.save_pretrained(tmp)
-        for name in COPY_FILES:
-            if (Path(base) / name).is_file():
-                shutil.copy2(Path(base) / name, tmp / name)
+    state = read_state(checkpoint)
+    run = state["run"]
+    if "model_spec" not in run:
+        raise HfgrowError(f"{checkpoint} was written by hfgrow 0.1, whose checkpoints this version does not export; "
+                          "export it with hfgrow 0.1.")
+    with _base_folder(run, base) as source:
         try:
-            AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-        except Exception:  # noqa: BLE001 - a model without tokenizer files: export the weights anyway
-            pass
-        (tmp / "README.md").write_text(_card(base, base_id, out, run, state))
+            config = AutoConfig.from_pretrained(source.path)
+        except Exception as exc:  # noqa: BLE001
+            raise HfgrowError(f"cannot load the config of {run.get('model')!r}, the model this run started from: "
+                              f"{str(exc).splitlines()[0]}") from None
+        weights = load_checkpoint_weights(checkpoint)
+        state_dict, expected = _merged_state_dict(run, weights, config, source.path)
+        missing = sorted(expected - set(state_dict))
+        unexpected = sorted(set(state_dict) - expected)
+        dtype = getattr(torch, str(run.get("export_dtype") or "float32"), torch.float32)
+
+        with OutputFolder(out, overwrite=True) as tmp:
+            if missing or unexpected:
+                # Architectures whose in-memory names differ from the on-disk ones (fused MoE experts...):
+                # let transformers map them back.
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+                model.load_state_dict(state_dict, strict=False)
+                model.to(dtype).save_pretrained(tmp, max_shard_size=max_shard_size)
+            else:
+                cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+                save_state_dict(cast, tmp, max_shard_size=max_shard_size)
+            config.use_cache = True if run.get("use_cache") is None else bool(run["use_cache"])
+            config.dtype = dtype
+            config.save_pretrained(tmp)
+            copy_carry_over(source.path, tmp)
+            (tmp / "README.md").write_text(card_text(checkpoint, state, source.path, config, model_name or out.name,
+                                                     base_model_id))
     return out
 
 
 def push(folder: Path | str, repo_id: str) -> None:
     """Push an exported folder with the project's hub helper."""
-    try:
-        from hfgrow.io.hub import push_folder
-    except ImportError:
-        raise HfgrowError("--push-to needs hfgrow.io.hub.push_folder, which this installation lacks.") from None
+    from hfgrow.io.hub import push_folder
+
     push_folder(Path(folder), repo_id)
-
-
-# ---------------------------------------------------------------------------------------------
-# Plot
-# ---------------------------------------------------------------------------------------------
-
-
-def read_log(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(train records, eval records) of RUN/log.jsonl, the last record per step winning."""
-    path = Path(run_dir) / "log.jsonl"
-    if not path.is_file():
-        raise HfgrowError(f"{run_dir} has no log.jsonl; is it a continue.py output folder?")
-    train, evals = {}, {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        (evals if rec.get("type") == "eval" else train)[rec.get("step")] = rec
-    return [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)]
-
-
-def plot_run(run_dir: Path | str, out: Path | str | None = None, x: str = "tokens") -> Path:
-    """Loss vs tokens (or FLOPs ≈ 6·N·tokens) of a run, train and per-domain eval, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    train, evals = read_log(run_dir)
-    if not train:
-        raise HfgrowError(f"{run_dir}/log.jsonl has no training steps yet.")
-    n_params = None
-    if (run_dir / "run.json").is_file():
-        n_params = json.loads((run_dir / "run.json").read_text()).get("n_params")
-    if x == "flops":
-        if not n_params:
-            raise HfgrowError(f"{run_dir}/run.json does not record the parameter count; plot with --x tokens.")
-        scale, label = 6.0 * n_params, "training FLOPs (≈ 6·N·tokens)"
-    else:
-        scale, label = 1.0, "tokens"
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    ax.plot([r["tokens"] * scale for r in train], [r["loss"] for r in train], lw=1, label="train")
-    domains = sorted({d for r in evals for d in r.get("losses", {})})
-    for d in domains:
-        pts = [(r["tokens"] * scale, r["losses"][d]) for r in evals if d in r.get("losses", {})]
-        ax.plot(*zip(*pts), marker="o", ms=3, lw=1, label=f"eval: {d}")
-    ax.set_xlabel(label)
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(run_dir.resolve().name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = Path(out) if out else run_dir / "loss.png"
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out

@@ -1,4 +1,4 @@
-"""BiMix end to end: two domains -> `hfgrow mix entropy` -> continue.py with the mixture -> fit-format logs."""
+"""BiMix end to end: two domains -> `hfgrow mix entropy` -> hfgrow.continue with the mixture -> fit-format logs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from hfgrow.mix.law import load_observations
 from hfgrow.eval.tiny import make_model, make_tokenizer, python_docs_corpus, tiny_llama_config
 from hfgrow.cli.main import main
 
-CONTINUE = Path(__file__).resolve().parents[2] / "hfgrow" / "continue.py"
-
 
 def test_entropy_mixture_drives_training_and_logs_observations(tmp_path):
     docs = python_docs_corpus(max_chars=80_000)
@@ -21,8 +19,8 @@ def test_entropy_mixture_drives_training_and_logs_observations(tmp_path):
     code = tmp_path / "code.txt"
     code.write_text(Path(json.__file__).read_text() + Path(subprocess.__file__).read_text()[:40_000])
     model = tmp_path / "model"
-    make_model(model, tiny_llama_config(layers=2), tokenizer=False)
-    make_tokenizer(model, text=prose.read_text()[:40_000] + code.read_text()[:20_000], vocab_size=256)
+    tokenizer = make_tokenizer(model, text=prose.read_text()[:40_000] + code.read_text()[:20_000], vocab_size=256)
+    make_model(model, tiny_llama_config(layers=2, vocab_size=len(tokenizer)), tokenizer=False)  # a row per token
 
     mix = tmp_path / "mix.json"
     try:
@@ -35,7 +33,7 @@ def test_entropy_mixture_drives_training_and_logs_observations(tmp_path):
     assert abs(sum(proportions.values()) - 1) < 1e-9 and set(proportions) == {"prose", "code"}
 
     run = tmp_path / "run"
-    subprocess.run([sys.executable, str(CONTINUE), "--model", str(model), "--data", f"prose={prose}",
+    subprocess.run([sys.executable, "-m", "hfgrow.continue", "--model", str(model), "--data", f"prose={prose}",
                     "--data", f"code={code}", "--mixture", str(mix), "--output-dir", str(run), "--seq-len", "32",
                     "--batch-size", "4", "--max-steps", "6", "--eval-steps", "3", "--eval-sequences", "4",
                     "--save-steps", "100", "--no-export"], check=True, capture_output=True, text=True)

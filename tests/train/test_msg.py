@@ -1,12 +1,12 @@
-"""MSG masks in continued training (hfgrow/continue.py MaskRamp) on models grown with `grow --op random`.
+"""MSG masks in continued training (hfgrow.train.msg.MaskRamp) on models grown with `grow --op random`.
 
-Tiny random models of several families (tests/families.py), built and grown offline. At c = 0 a grown
+Tiny random models of several families (tests/helpers/families.py), built and grown offline. At c = 0 a grown
 model must compute the source model's logits; at c = 1 the hooks are gone and it is the plain model.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import logging
 
 import pytest
@@ -17,9 +17,9 @@ from hfgrow.arch.layout import decoder_blocks
 from hfgrow.growth.pipeline import grow
 from hfgrow.growth.recipe import Recipe
 from hfgrow.eval.tiny import make_model
+from hfgrow.train.msg import MaskRamp, sublayer_outputs
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
-C = importlib.import_module("hfgrow.train.loop")
 IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
@@ -57,7 +57,7 @@ def grown(source, tmp_path, family: str, **kwargs):
     mask = Recipe.read(out).operation.mask
     model = load(out)
     plain = logits(model).logits
-    ramp = C.MaskRamp(model, list(mask.layers), 10, mask.width.to_dict() if mask.width else None)
+    ramp = MaskRamp(model, dataclasses.replace(mask, steps=10))
     ramp.set_step(0)
     return logits(load(source(family))).logits, model, ramp, plain
 
@@ -84,7 +84,7 @@ def test_ramp_scales_each_sublayers_residual_update(source, tmp_path):
         grow(str(source(family)), tmp_path / family, op="random", factor=2, quiet=True)
         model = load(tmp_path / family)
         block = decoder_blocks(model)[1][1]
-        return block, C.sublayer_outputs(model, decoder_blocks(model)[1], [1])[1]
+        return block, sublayer_outputs(model, decoder_blocks(model)[1], [1])[1]
 
     block, found = tails("llama")
     assert found == [block.self_attn, block.mlp]

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shlex
 import socket
 import subprocess
 import sys
@@ -18,10 +19,17 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-CONTINUE = ROOT / "hfgrow" / "continue.py"
-
+from hfgrow.cli import train as cmd
 from hfgrow.errors import HfgrowError
+from hfgrow.growth.recipe import Mask
+from hfgrow.io import hub
+from hfgrow.train.checkpoints import read_state
+from hfgrow.train.loop import main as continue_main
+from hfgrow.train.msg import MaskRamp
+from hfgrow.train.schedule import default_lr, lr_at
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTINUE = ROOT / "hfgrow" / "continue.py"  # the clone form, `accelerate launch hfgrow/continue.py`
 
 WORDS = ("the cat dog bird sat ran flew on over under a mat log tree red small big quickly slowly "
          "and then it was happy home away").split()
@@ -37,12 +45,6 @@ def make_text(n_docs: int, seed: int) -> list[str]:
             sents.append(f"the {subj} {verb} {prep} the {obj}.")
         docs.append(" ".join(sents))
     return docs
-
-
-def continue_mod():
-    import importlib
-
-    return importlib.import_module("hfgrow.train.loop")
 
 
 def make_model(folder: Path, layers: int = 4, recipe: dict | None = None, tokenizer_text: str = "") -> None:
@@ -93,15 +95,16 @@ def run_continue(env: Path, out: str, *extra: str, model: str = "model", procs: 
             "--data", f"b={env / 'data' / 'b'}", "--output-dir", str(env / out), "--seq-len", "32",
             "--eval-sequences", "4", "--lr", "3e-3", "--warmup-steps", "2", *extra]
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    if procs == 1:
-        cmd = [sys.executable, str(CONTINUE), *args]
-    else:
+    if procs == 1:  # the installed form
+        command = [sys.executable, "-m", "hfgrow.continue", *args]
+    else:  # the clone form, through accelerate's launcher
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "multi_cpu.yaml"),
-               "--num_processes", str(procs), "--main_process_port", str(port), str(CONTINUE), *args]
-    proc = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "configs" / "multi_cpu.yaml"), "--num_processes", str(procs), "--main_process_port",
+                   str(port), str(CONTINUE), *args]
+    proc = subprocess.run(command, env=e, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
     return proc
@@ -119,11 +122,10 @@ def eval_log(run: Path) -> list[dict]:
 
 
 def test_default_lr_and_schedule():
-    c = continue_mod()
-    assert c.default_lr(100e6) == 6e-4 and c.default_lr(70e9) == 1e-4
-    assert abs(c.default_lr(1.1e9) - 3e-4) < 1e-12 and abs(c.default_lr(3e9) - 1.6e-4) < 1e-12
-    assert 3e-4 > c.default_lr(2e9) > 1.6e-4
-    lrs = [c.lr_at(s, 1.0, 0.1, 10, 100) for s in range(100)]
+    assert default_lr(100e6) == 6e-4 and default_lr(70e9) == 1e-4
+    assert abs(default_lr(1.1e9) - 3e-4) < 1e-12 and abs(default_lr(3e9) - 1.6e-4) < 1e-12
+    assert 3e-4 > default_lr(2e9) > 1.6e-4
+    lrs = [lr_at(s, 1.0, 0.1, 10, 100) for s in range(100)]
     assert lrs[0] == 0.1 and lrs[9] == 1.0 and abs(lrs[-1] - 0.1) < 1e-3
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
@@ -131,10 +133,29 @@ def test_default_lr_and_schedule():
 # --------------------------------------------------------------------------------------------- training
 
 
-def test_single_process_loss_decreases_and_export(env, monkeypatch):
+def held_out_loss_by_hand(env: Path, model_dir: Path, seq_len: int = 32, n: int = 4) -> dict[str, float]:
+    """Held-out loss per domain of a saved model, computed here: the same eval split, one forward per domain."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hfgrow.data.packing import build_data, parse_data_specs
+
+    specs = parse_data_specs([f"a={env / 'data' / 'a.jsonl'}", f"b={env / 'data' / 'b'}"])
+    data = build_data(specs, AutoTokenizer.from_pretrained(model_dir), seq_len, seed=0, eval_sequences=n)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():  # equal-length sequences: the mean over all of them is the mean of equal batches
+        return {name: model(input_ids=torch.tensor(seqs), labels=torch.tensor(seqs)).loss.item()
+                for name, seqs in data.eval.items()}
+
+
+def test_single_process_loss_decreases_and_export(env, monkeypatch, tmp_path_factory):
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    run_continue(env, "run_a", "--batch-size", "4", "--max-steps", "16", "--save-steps", "8", "--eval-steps", "8")
+    from hfgrow.train.export import export_checkpoint
+
+    proc = run_continue(env, "run_a", "--batch-size", "4", "--max-steps", "16", "--save-steps", "8",
+                        "--eval-steps", "8")
     run = env / "run_a"
     log = train_log(run)
     assert [r["step"] for r in log] == list(range(1, 17))
@@ -142,37 +163,52 @@ def test_single_process_loss_decreases_and_export(env, monkeypatch):
     for r in log:
         assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(r)
     assert log[-1]["tokens"] == 16 * 4 * 32
+    # evaluated before training (step 0: the model as it came), then every 8 steps
     evals = eval_log(run)
-    assert [e["step"] for e in evals] == [8, 16] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    assert [e["step"] for e in evals] == [0, 8, 16] and evals[2]["eval_loss"] < evals[0]["eval_loss"]
+    by_hand = held_out_loss_by_hand(env, env / "model")
+    assert evals[0]["losses"] == pytest.approx(by_hand, abs=1e-5)
+    for e in evals:  # one console line per evaluation
+        assert f"eval step {e['step']} ({e['tokens']:,} tokens): a {e['losses']['a']:.4f}  b {e['losses']['b']:.4f}" \
+            in proc.stdout
+    # BiMix observations L(r, s) after training steps only (the law has no value at s = 0)
     obs = [json.loads(line) for line in (run / "eval_observations.jsonl").read_text().splitlines()]
-    assert obs[0] == {"mixture": {"a": 0.5, "b": 0.5}, "step": 8, "domain": "a", "loss": obs[0]["loss"]}
-    assert len(obs) == 4
+    assert obs[0] == {"mixture": {"a": 0.5, "b": 0.5}, "step": 8, "domain": "a", "loss": evals[1]["losses"]["a"]}
+    assert len(obs) == 2 * 2  # two evaluations after training steps, two domains
 
-    # (g) export: a normal HF folder, use_cache restored, card says finetune of the grown model
+    # export: a normal HF folder, use_cache restored, the base's tokenizer files as they were
     final = run / "final"
     assert json.loads((final / "config.json").read_text())["use_cache"] is True
-    card = (final / "README.md").read_text()
-    # a local grown model is not a Hub id: the card names it in the text, not in base_model metadata
-    assert "base_model:" not in card and "# model (continued pre-training)" in card
-    from hfgrow.train.export import export_checkpoint
+    assert (final / "tokenizer.json").read_bytes() == (env / "model" / "tokenizer.json").read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.use_cache is True
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
+    # nothing in final/ names a path of this machine (run.json keeps the model's path to resume from)
+    root = str(tmp_path_factory.getbasetemp())
+    assert root in (run / "run.json").read_text()
+    for path in final.rglob("*"):
+        assert root.encode() not in path.read_bytes(), path
 
+    # the card of a trained folder: the run, not the grown model's card
+    card = (final / "README.md").read_text()
+    # a local model is not a Hub id: the card names it by its folder's name, not in base_model metadata
+    assert "base_model:" not in card and "This model is `model` after" in card and "# run_a\n" in card
+    assert "| steps | 16 |" in card and "| tokens | 2,048 |" in card  # 16 steps x 4 sequences x 32 tokens
+    assert f"| train loss at step 16 | {log[-1]['loss']:.4f} |" in card
+    for domain in ("a", "b"):
+        assert f"| {domain} | {evals[0]['losses'][domain]:.4f} | {evals[2]['losses'][domain]:.4f} |" in card
+    assert "| a | `a.jsonl` (local) | 0.500 |" in card
+    assert "--data a=a.jsonl --data b=b " in card and "pip install -e ." in card
+    for stale in ("has not been trained", "Continue pre-training", "hfgrow.yaml", "pip install hfgrow", "## Growth"):
+        assert stale not in card, stale
     hub_named = export_checkpoint(run / "checkpoint-16", run / "hub-named", base_model_id="org/grown-model")
     hub_card = (hub_named / "README.md").read_text()
     assert "base_model: org/grown-model" in hub_card and "base_model_relation: finetune" in hub_card
-    assert "| steps | 16 |" in card
-    model = AutoModelForCausalLM.from_pretrained(final)
-    assert model.config.use_cache is True
-    ids = torch.tensor([[1, 2, 3, 4]])
-    assert torch.isfinite(model(ids).logits).all()
+    assert "[org/grown-model](https://huggingface.co/org/grown-model)" in hub_card
 
     # hfgrow export / plot through the CLI (in process)
-    from click.testing import CliRunner
-
-    cmd = pytest.importorskip("hfgrow.cli.train")
     res = CliRunner().invoke(cmd.export, [str(run / "checkpoint-16"), str(env / "exp16")])
     assert res.exit_code == 0, res.output
-    from safetensors.torch import load_file
-
     a, b = load_file(final / "model.safetensors"), load_file(env / "exp16" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "lm_head.weight" not in a  # tied duplicate dropped
@@ -181,13 +217,13 @@ def test_single_process_loss_decreases_and_export(env, monkeypatch):
     assert (env / "loss.png").read_bytes()[:4] == b"\x89PNG"
     res = CliRunner().invoke(cmd.export, [str(run / "checkpoint-16"), str(env / "exp16")])
     assert res.exit_code != 0 and "already exists" in str(res.exception)
-    hub = pytest.importorskip("hfgrow.io.hub")
     pushed = []
     monkeypatch.setattr(hub, "push_folder", lambda folder, repo_id, **kw: pushed.append((Path(folder), repo_id)))
     res = CliRunner().invoke(cmd.export, [str(run / "checkpoint-8"), str(env / "exp8"), "--push-to", "me/grown-cpt"])
     assert res.exit_code == 0, res.output
     assert pushed == [(env / "exp8", "me/grown-cpt")]
-    assert "| steps | 8 |" in (env / "exp8" / "README.md").read_text()
+    exp8 = (env / "exp8" / "README.md").read_text()
+    assert "| steps | 8 |" in exp8 and f"| train loss at step 8 | {log[7]['loss']:.4f} |" in exp8
 
 
 def test_two_processes_match_one_and_resume_after_sigkill(env):
@@ -224,6 +260,34 @@ def test_two_processes_match_one_and_resume_after_sigkill(env):
     assert (killed / "checkpoint-6").is_dir() and not (killed / ".tmp-checkpoint-6").exists()
 
 
+def test_sigterm_stops_cleanly_and_the_next_run_starts_fresh_logs(env):
+    import signal
+    import time
+
+    args = ["-m", "hfgrow.continue", "--model", str(env / "model"), "--data", f"a={env / 'data' / 'a.jsonl'}",
+            "--output-dir", str(env / "stopped"), "--seq-len", "32", "--eval-sequences", "2", "--batch-size", "2"]
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, *args, "--max-steps", "100000"], env=e, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    log = env / "stopped" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # stop it once it trains, before any checkpoint
+        if log.is_file() and '"type": "train"' in log.read_text():
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"stopped by SIGTERM; every complete checkpoint in {env / 'stopped'} is "
+                                            "intact (rerun with --resume to continue from the latest).")
+    assert train_log(env / "stopped") and not list((env / "stopped").glob("checkpoint-*"))
+    # a new run in the same folder starts its own logs: each step once
+    subprocess.run([sys.executable, *args, "--max-steps", "2", "--no-export"], env=e, check=True, capture_output=True)
+    assert [r["step"] for r in train_log(env / "stopped")] == [1, 2]
+    assert [r["step"] for r in eval_log(env / "stopped")] == [0, 2]
+
+
 def test_train_new_only_updates_new_layers_with_mask_ramp(env):
     from safetensors.torch import load_file
 
@@ -240,14 +304,19 @@ def test_train_new_only_updates_new_layers_with_mask_ramp(env):
         else:
             assert torch.equal(before[k], after[k]), k  # bit-identical
     assert json.loads((env / "new" / "final" / "config.json").read_text())["use_cache"] is True
+    # the card tells the growth the trained model came from (the base's recipe), and the recipe itself stays
+    # behind: final/ is trained, its new layers must not ramp from c = 0 again when someone trains it on
+    card = (env / "new" / "final" / "README.md").read_text()
+    assert "## Growth" in card and "`grown` was grown from `small`" in card and "New layers: 2, 3." in card
+    assert "| parameters trained | the new layers only (2, 3) |" in card and "over the first 3 steps" in card
+    assert not (env / "new" / "final" / "hfgrow.yaml").exists()
 
 
 def test_mask_at_step_zero_equals_model_without_masked_layers(env):
     from transformers import AutoModelForCausalLM
 
-    c = continue_mod()
     model = AutoModelForCausalLM.from_pretrained(env / "grown").eval()
-    ramp = c.MaskRamp(model, [2, 3], steps=10)
+    ramp = MaskRamp(model, Mask(layers=(2, 3), steps=10))
     ramp.set_step(0)
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     with torch.no_grad():
@@ -262,7 +331,7 @@ def test_mask_at_step_zero_equals_model_without_masked_layers(env):
         ref = short(ids).logits
     assert torch.equal(masked, ref)
     assert not torch.allclose(half, ref) and not torch.allclose(half, full)
-    ramp2 = c.MaskRamp(model, [2, 3], steps=4)
+    ramp2 = MaskRamp(model, Mask(layers=(2, 3), steps=4))
     assert ramp2.set_step(4) == 1.0 and not ramp2.active  # hooks dropped once c reaches 1
 
 
@@ -320,7 +389,7 @@ def test_bad_input_one_clear_line(env, capsys, extra, message):
     steps = [] if message.startswith("give") else ["--max-steps", "2"]
     argv = ["--model", str(env / "model"), "--data", f"a={env / 'data' / 'a.jsonl'}", "--output-dir",
             str(env / "bad"), "--seq-len", "32", "--eval-sequences", "2", *steps, *extra]
-    code = continue_mod().main(argv)
+    code = continue_main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -336,24 +405,45 @@ def test_corrupt_checkpoint_on_resume(env):
     assert proc.returncode == 1 and len(lines) == 1 and "checkpoint" in lines[0] and "corrupt" in lines[0], proc.stderr[-2000:]
     (env / "corrupt" / "checkpoint-2" / "hfgrow_state.json").write_text("{not json")
     with pytest.raises(HfgrowError, match="corrupt"):
-        continue_mod().read_checkpoint_state(env / "corrupt" / "checkpoint-2")
+        read_state(env / "corrupt" / "checkpoint-2")
 
 
-def test_hfgrow_train_cli_checks_then_launches(env):
+def test_tokenizer_larger_than_the_embedding_is_refused_at_start(env, tmp_path, capsys):
+    # a token id past the embedding's rows used to crash mid-run with an IndexError
+    import shutil
+
+    model = tmp_path / "small-vocab"
+    shutil.copytree(env / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    n_tokens = config["vocab_size"]  # the test tokenizer has exactly as many tokens as the model has rows
+    (model / "config.json").write_text(json.dumps(dict(config, vocab_size=n_tokens - 10)))
+    code = continue_main(["--model", str(model), "--data", f"a={env / 'data' / 'a.jsonl'}", "--output-dir",
+                          str(tmp_path / "run"), "--seq-len", "32", "--max-steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert f"has {n_tokens:,} tokens but the model's embedding has {n_tokens - 10:,} rows" in err[0]
+
+
+def test_hfgrow_train_cli_checks_prints_the_command_then_launches(env):
     from click.testing import CliRunner
 
-    cmd = pytest.importorskip("hfgrow.cli.train")
     base = ["--model", str(env / "model"), "--data", f"a={env / 'data' / 'a.jsonl'}", "--seq-len", "32",
             "--eval-sequences", "2", "--batch-size", "2", "--max-steps", "2"]
     res = CliRunner().invoke(cmd.train, [*base, "--output-dir", str(env / "cli_bad"), "--train", "new"])
     assert isinstance(res.exception, HfgrowError) and "no recorded new layers" in str(res.exception)
     res = CliRunner().invoke(cmd.train, ["--config-file", str(env / "nope.yaml"), *base, "--output-dir", str(env / "x")])
     assert isinstance(res.exception, HfgrowError) and "does not exist" in str(res.exception)
-    # a real launch through accelerate's launcher (1 process, CPU config)
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from hfgrow.cli.train import train; train(sys.argv[1:])",
-         "--config-file", str(ROOT / "configs" / "cpu.yaml"), *base, "--output-dir", str(env / "cli_run"), "--no-export"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    # a real launch through accelerate's launcher (1 process, CPU config), the command printed first
+    config = ROOT / "configs" / "cpu.yaml"
+    args = [*base, "--output-dir", str(env / "cli_run"), "--no-export"]
+    proc = subprocess.run([sys.executable, "-m", "hfgrow.cli.main", "train", "--config-file", str(config), *args],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file", str(config),
+                "--num_processes", "1", "-m", "hfgrow.continue", *args]
+    assert proc.stderr.splitlines()[0] == shlex.join(expected)
     assert [r["step"] for r in train_log(env / "cli_run")] == [1, 2]
+    # --no-export: the run ends with its last checkpoint (resumable, exportable later) and no final/
     assert (env / "cli_run" / "checkpoint-2" / "hfgrow_state.json").is_file()
+    assert not (env / "cli_run" / "final").exists()
+    assert f"`hfgrow export {env / 'cli_run' / 'checkpoint-2'} OUT`" in proc.stderr

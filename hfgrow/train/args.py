@@ -1,0 +1,258 @@
+"""The training command's options and every cheap check of them, before any process group or tokenizing.
+
+:func:`build_parser` is the one definition of ``hfgrow.continue``'s options (``hfgrow train`` shows and
+forwards the same); importing this module imports neither torch nor transformers, so ``--help`` is
+fast. :func:`preflight` checks everything that can be checked cheaply (numbers, the model folder, its
+recipe and tokenizer, the data, the mixture, trackers, the output folder) and raises one
+:class:`HfgrowError` sentence per problem; ``hfgrow train`` runs it before launching any process and
+every training process runs it first.
+
+Example:
+    >>> args = build_parser().parse_args(["--model", "grown", "--data", "web.jsonl", "--output-dir", "run",
+    ...                                   "--max-tokens", "2B"])
+    >>> args.max_tokens
+    2000000000
+    >>> with open_source(args.model) as source:
+    ...     setup = preflight(args, source)
+    >>> setup.seq_len, setup.new_layers
+    (2048, [4, 5, 6, 7])
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfgrow.errors import HfgrowError
+from hfgrow.growth.recipe import Mask, Recipe
+from hfgrow.units import parse_count
+
+EXAMPLES = """\
+examples:
+  accelerate launch -m hfgrow.continue --model grown/ --data corpus.jsonl --output-dir run/ --max-tokens 2B
+  hfgrow train --model org/grown --data web=web.jsonl --data code=hf:bigcode/the-stack-smol \\
+      --mixture mix.json --output-dir run/ --seq-len 2048 --batch-size 8 --grad-accum 16 --max-tokens 2e9
+  hfgrow train --model grown/ --data corpus.jsonl --output-dir run/ --max-steps 2000 --resume
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` only for options whose default is a real value (not None, False or [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default is None or default is False or default is argparse.SUPPRESS
+                or default == [] or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line, like every other hfgrow error (not the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} ({self.prog} -h lists the options)\n")
+
+
+def _token_count(text: str) -> int:
+    """``--max-tokens``: a count such as 2B, 500M or 2e9 (:func:`hfgrow.units.parse_count`)."""
+    try:
+        return parse_count(text, "token count", "2B", minimum=1)
+    except HfgrowError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``hfgrow.continue`` (and of ``hfgrow train``, which forwards them)."""
+    p = _Parser(
+        prog="hfgrow.continue",
+        description="Continued pre-training of a (grown) causal LM with accelerate: fresh AdamW, warmup + cosine\n"
+                    "to 10% of the max LR, the MSG mask ramp of the model's recipe, resumable checkpoints.",
+        epilog=EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
+    a = p.add_argument
+    a("--model", required=True, help="the model to train: a folder or a Hub repo id (its recipe, hfgrow.yaml, "
+                                      "says which layers are new)")
+    a("--data", action="append", default=[], metavar="[NAME=]PATH|hf:NAME[:CONFIG][:SPLIT]",
+      help="training data, repeat for several domains")
+    a("--output-dir", required=True, help="run folder: logs, checkpoints, final/ export")
+    a("--mixture", help="mixture JSON {'domains': {NAME: {'proportion': R}}} (default: equal weights)")
+    a("--eval-data", action="append", default=[], metavar="[NAME=]PATH",
+      help="eval data; a NAME of a --data domain replaces its held-out split")
+    a("--eval-sequences", type=int, default=16, help="held-out eval sequences per domain (0: no eval)")
+    a("--text-field", default="text", help="JSONL / parquet / dataset text field")
+    a("--seq-len", type=int, help="sequence length (default min(2048, model context))")
+    a("--batch-size", type=int, default=8, help="sequences per device per micro-step")
+    a("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    a("--max-steps", type=int, help="optimizer steps")
+    a("--max-tokens", type=_token_count, metavar="N",
+      help="training tokens, e.g. 2B, 500M or 2e9 (alternative to --max-steps)")
+    a("--lr", type=float, help="max LR (default: by model size, 6e-4 at <=410M params down to 1e-4 at >=7B)")
+    a("--min-lr", type=float, help="final LR of the cosine (default 10%% of --lr)")
+    a("--warmup-steps", type=int, help="linear warmup steps (default min(3000, 5%% of steps))")
+    a("--weight-decay", type=float, default=0.1, help="AdamW weight decay of the matrices (not of norms or biases)")
+    a("--beta1", type=float, default=0.9, help="AdamW beta1")
+    a("--beta2", type=float, default=0.95, help="AdamW beta2")
+    a("--grad-clip", type=float, default=1.0, help="clip the global grad norm (0: off)")
+    a("--save-steps", type=int, default=1000, help="checkpoint every N steps (and at the end)")
+    a("--keep-checkpoints", type=int, default=0, help="keep only the N newest checkpoints (0: all)")
+    a("--eval-steps", type=int, default=500, help="evaluate every N steps (and before the first and after the last)")
+    a("--resume", action="store_true", help="continue from the latest complete checkpoint in --output-dir")
+    a("--seed", type=int, default=0, help="seed of the data order and of LoRA's initial weights")
+    a("--train", choices=["all", "new", "lora"], default="all",
+      help="all parameters, only the layers the grow step added, or LoRA adapters")
+    a("--lora-r", type=int, default=16, help="LoRA rank (--train lora)")
+    a("--lora-alpha", type=float, default=32.0, help="LoRA alpha (--train lora)")
+    a("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--push-to", metavar="REPO_ID", help="push final/ to this Hub repo")
+    a("--base-model-id", help="Hub id of the model trained, for the card of final/ (default: --model when it is "
+                              "a Hub id; a local folder is named by its folder name)")
+    a("--report-to", action="append", default=[], metavar="jsonl|tensorboard|wandb|...",
+      help="trackers besides log.jsonl (always written); repeat or comma-separate")
+    a("--no-export", action="store_true",
+      help="end with the last checkpoint, RUN/checkpoint-N (resume it with a larger --max-steps, or write the "
+           "model folder later with `hfgrow export`), and write no final/ folder")
+    a("--max-shard-size", default="5GB", help="largest safetensors file of final/")
+    return p
+
+
+def report_to(args: argparse.Namespace) -> list[str]:
+    """Trackers besides log.jsonl (which is always written) from --report-to."""
+    names = [t.strip().lower() for v in args.report_to for t in v.split(",") if t.strip()]
+    return [t for t in names if t not in ("jsonl", "none")]
+
+
+@dataclass
+class Setup:
+    """What preflight found: the model's config, tokenizer and recipe, the data, where to resume from."""
+
+    config: Any
+    tokenizer: Any
+    seq_len: int
+    recipe: Recipe | None
+    specs: list = field(default_factory=list)
+    eval_specs: list = field(default_factory=list)
+    resume_from: Path | None = None
+    resume_state: dict[str, Any] | None = None
+    trackers: list[str] = field(default_factory=list)
+
+    @property
+    def new_layers(self) -> list[int]:
+        return list(self.recipe.new_layers) if self.recipe else []
+
+    @property
+    def mask(self) -> Mask | None:
+        """The recipe's MSG mask, None when nothing ramps."""
+        mask = self.recipe.operation.mask if self.recipe else None
+        return mask if mask is not None and (mask.layers or mask.width) and mask.steps > 0 else None
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for flag, value in (("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum),
+                        ("--save-steps", args.save_steps), ("--eval-steps", args.eval_steps),
+                        ("--lora-r", args.lora_r)):
+        if value is None or value < 1:
+            raise HfgrowError(f"{flag} must be at least 1 (got {value}).")
+    for flag, value in (("--lr", args.lr), ("--min-lr", args.min_lr), ("--warmup-steps", args.warmup_steps),
+                        ("--weight-decay", args.weight_decay), ("--grad-clip", args.grad_clip),
+                        ("--eval-sequences", args.eval_sequences), ("--keep-checkpoints", args.keep_checkpoints)):
+        if value is not None and value < 0:
+            raise HfgrowError(f"{flag} cannot be negative (got {value}).")
+    if args.max_steps is None and args.max_tokens is None:
+        raise HfgrowError("give --max-steps or --max-tokens.")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise HfgrowError(f"--max-steps must be at least 1 (got {args.max_steps}).")
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    if not trackers:
+        return
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = {str(t.value) if hasattr(t, "value") else str(t) for t in LoggerType}
+    available = {str(t.value) if hasattr(t, "value") else str(t) for t in get_available_trackers()}
+    for t in trackers:
+        if t not in known:
+            raise HfgrowError(f"--report-to {t}: unknown tracker; choose from jsonl, {', '.join(sorted(known))}.")
+        if t not in available and t != "all":
+            raise HfgrowError(f"--report-to {t}: its package is not installed (pip install {t}).")
+
+
+def _load_tokenizer(folder: Path, model: str, config) -> Any:
+    """The model's tokenizer, refused when it has ids the embedding has no row for."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - missing files, bad JSON, missing sentencepiece
+        raise HfgrowError(f"cannot load the tokenizer of {model!r}: {str(exc).splitlines()[0]}") from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(text, "vocab_size", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise HfgrowError(
+            f"the tokenizer of {model!r} has {len(tokenizer):,} tokens but the model's embedding has {rows:,} rows, "
+            f"so token ids from {rows:,} up would crash training; use the tokenizer the model was trained with."
+        )
+    return tokenizer
+
+
+def preflight(args: argparse.Namespace, source) -> Setup:
+    """Every cheap input check (no tokenizing, no process group): one clear HfgrowError each.
+
+    ``source`` is the resolved ``--model`` (:func:`hfgrow.io.source.open_source`): config, tokenizer, recipe
+    and, later, weights all come from that one folder.
+    """
+    from transformers import AutoConfig
+
+    from hfgrow.arch.layout import context_length
+    from hfgrow.data.mixture import read_mixture
+    from hfgrow.data.specs import open_domain, parse_specs
+    from hfgrow.train.checkpoints import latest_complete, list_checkpoints, read_state
+
+    _check_numbers(args)
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise HfgrowError(f"--output-dir {out} is a file; give a folder.")
+    try:
+        config = AutoConfig.from_pretrained(source.path)
+    except Exception as exc:  # noqa: BLE001 - bad or unknown config
+        raise HfgrowError(f"cannot load model {args.model!r}: {str(exc).splitlines()[0]}") from None
+    context = context_length(config)
+    seq_len = args.seq_len or min(2048, context or 2048)
+    if seq_len < 2:
+        raise HfgrowError("--seq-len must be at least 2.")
+    if context and seq_len > context:
+        raise HfgrowError(f"--seq-len {seq_len} is larger than the model's context ({context} positions).")
+    recipe = Recipe.read(source.path)
+    if args.train == "new" and not (recipe and recipe.new_layers):
+        raise HfgrowError(
+            f"this model has no recorded new layers (no new_layers in the hfgrow.yaml of {args.model}), so "
+            "--train new has nothing to train; use --train all or lora."
+        )
+    specs = parse_specs(args.data)
+    if not specs:
+        raise HfgrowError("no training data: give at least one --data PATH or NAME=PATH.")
+    eval_specs = parse_specs(args.eval_data) if args.eval_data else []
+    for spec in specs + eval_specs:
+        open_domain(spec, args.text_field)  # missing files, empty folders, missing `datasets`
+    if args.mixture:
+        read_mixture(args.mixture, [d.name for d in specs])
+    trackers = report_to(args)
+    _check_trackers(trackers)
+    tokenizer = _load_tokenizer(source.path, args.model, config)
+
+    resume_from, resume_state = None, None
+    if list_checkpoints(out) and not args.resume:
+        raise HfgrowError(f"{out} already has checkpoints; pass --resume to continue that run or pick another "
+                          "--output-dir.")
+    latest = latest_complete(out) if args.resume else None
+    if latest is not None:
+        resume_from, resume_state = latest.path, read_state(latest.path)
+    return Setup(config=config, tokenizer=tokenizer, seq_len=seq_len, recipe=recipe, specs=specs,
+                 eval_specs=eval_specs, resume_from=resume_from, resume_state=resume_state, trackers=trackers)

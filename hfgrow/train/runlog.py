@@ -1,0 +1,251 @@
+"""A training run's records: writing them, reading them back, and plotting its loss curves.
+
+A run folder holds ``run.json`` (the run's settings), ``log.jsonl`` (one JSON line per optimizer step,
+``{"type": "train", ...}``, and per evaluation, ``{"type": "eval", "losses": {domain: loss}, ...}``) and
+``eval_observations.jsonl`` (held-out losses in the BiMix fitting format, see :mod:`hfgrow.mix`).
+:class:`RunLog` writes them, :func:`read_run` is the one reader (``hfgrow plot``, the export's model card,
+``hfgrow compare``), and :func:`plot_curves` the one loss plot.
+
+Example:
+    >>> run = read_run(Path("run"))
+    >>> run.train[-1]["step"], run.eval_curve()[:2]
+    (2000, [(0, 7.91), (4096000, 4.37)])
+    >>> plot_run(Path("run"), x="flops")
+    PosixPath('run/loss.png')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfgrow.errors import HfgrowError
+
+RUN_FILE = "run.json"
+LOG_FILE = "log.jsonl"
+OBSERVATIONS_FILE = "eval_observations.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def truncate_log(path: Path, max_step: int) -> None:
+    """Drop the lines of a JSONL log past ``max_step`` (written after the checkpoint a run resumes from).
+
+    Example:
+        >>> truncate_log(Path("run/log.jsonl"), 2000)  # steps 2001.. of the killed run are gone
+    """
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                keep.append(line)
+        except (ValueError, AttributeError):
+            continue  # a line cut by the kill
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Writes a run's records. Only the process with ``write=True`` (the main one) touches files.
+
+    A fresh run starts its logs empty (a run killed before its first checkpoint leaves nothing behind
+    that the next one appends to); a resumed run keeps the records up to its checkpoint's step.
+    Numbers of every record also go to accelerate's trackers (``--report-to``) when ``trackers`` is set.
+
+    Example:
+        >>> with RunLog(Path("run"), resume_step=None, write=True) as log:
+        ...     log.start({"model": "org/grown", "n_params": 1100048384})
+        ...     log.train({"step": 1, "loss": 7.9, "tokens": 4096})
+        ...     log.eval(1, 4096, {"web": 7.7}, mixture={"web": 1.0})
+    """
+
+    def __init__(self, run_dir: Path, *, resume_step: int | None, write: bool, trackers=None):
+        self.run_dir = Path(run_dir)
+        self.write = write
+        self.trackers = trackers  # an accelerate.Accelerator with trackers initialised, or None
+        self._log = self._observations = None
+        if write:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            mode = "w" if resume_step is None else "a"
+            if resume_step is not None:
+                truncate_log(self.run_dir / LOG_FILE, resume_step)
+                truncate_log(self.run_dir / OBSERVATIONS_FILE, resume_step)
+            self._log = open(self.run_dir / LOG_FILE, mode)
+            self._observations = open(self.run_dir / OBSERVATIONS_FILE, mode)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self, info: dict[str, Any]) -> None:
+        """Write ``run.json``: the run's settings."""
+        if self.write:
+            (self.run_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps(record) + "\n")
+            self._log.flush()
+        if self.trackers is not None:
+            self.trackers.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+
+    def train(self, record: dict[str, Any]) -> None:
+        """One optimizer step: ``{"step", "loss", "lr", "grad_norm", "tokens", ...}``."""
+        self._record({"type": "train", **record})
+
+    def eval(self, step: int, tokens: int, losses: dict[str, float], mixture: dict[str, float]) -> dict[str, Any]:
+        """Held-out losses per domain at ``step``; after training steps, trained domains also become BiMix
+        observations (the law L(r, s) has no value at s = 0, so the evaluation before training is not one)."""
+        record = {"type": "eval", "step": step, "tokens": tokens, "losses": losses,
+                  "eval_loss": sum(losses.values()) / len(losses)}
+        self._record(record)
+        if self._observations is not None and step > 0:
+            trained = {name: w for name, w in mixture.items() if w > 0}
+            for name, value in losses.items():
+                if name in trained:
+                    self._observations.write(json.dumps({"mixture": trained, "step": step, "domain": name,
+                                                         "loss": value}) + "\n")
+            self._observations.flush()
+        return record
+
+    def close(self) -> None:
+        for fh in (self._log, self._observations):
+            if fh is not None:
+                fh.close()
+        self._log = self._observations = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """What a run folder recorded: its steps, its evaluations and its settings (``run.json``)."""
+
+    folder: Path
+    train: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int | None:
+        return self.info.get("n_params")
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens the run trained on (0 before its first step)."""
+        return max((int(r["tokens"]) for r in self.train), default=0)
+
+    def eval_curve(self) -> list[tuple[int, float]]:
+        """(tokens seen, mean held-out loss over the eval domains) at every evaluation, step order."""
+        return [(int(r["tokens"]), float(r["eval_loss"])) for r in self.evals]
+
+
+def read_run(folder: Path | str) -> RunRecord:
+    """Read a run folder's ``log.jsonl`` (the last record per step and type wins) and ``run.json``.
+
+    Raises:
+        HfgrowError: no log.jsonl (not a training run folder).
+    """
+    folder = Path(folder)
+    path = folder / LOG_FILE
+    if not path.is_file():
+        raise HfgrowError(f"{folder} has no {LOG_FILE}; is it a training run's --output-dir?")
+    train: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill
+        (evals if record.get("type") == "eval" else train)[step] = record
+    info: dict[str, Any] = {}
+    if (folder / RUN_FILE).is_file():
+        try:
+            info = json.loads((folder / RUN_FILE).read_text())
+        except ValueError:
+            raise HfgrowError(f"{folder / RUN_FILE} is corrupt.") from None
+    return RunRecord(folder, [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)], info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plotting
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """One line of a loss plot."""
+
+    label: str
+    points: list[tuple[float, float]]
+    style: str = "-"
+    marker: str | None = None
+    width: float = 1.0
+
+
+def plot_curves(curves: list[Curve], path: Path, *, xlabel: str, title: str,
+                ylabel: str = "loss (nats/token)") -> Path:
+    """Draw loss curves into a PNG at ``path``; curves without points are left out.
+
+    Example:
+        >>> plot_curves([Curve("train", [(0, 7.9), (4096, 6.2)])], Path("loss.png"), xlabel="tokens", title="run")
+        PosixPath('loss.png')
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for curve in curves:
+        if curve.points:
+            xs, ys = zip(*curve.points)
+            ax.plot(xs, ys, curve.style, marker=curve.marker, ms=3, lw=curve.width, label=curve.label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_run(folder: Path | str, out: Path | str | None = None, x: str = "tokens") -> Path:
+    """Train loss and per-domain held-out loss of a run against tokens (or FLOPs ≈ 6·N·tokens), as a PNG.
+
+    Example:
+        >>> plot_run(Path("run"), Path("run-loss.png"), x="flops")
+        PosixPath('run-loss.png')
+    """
+    run = read_run(folder)
+    if not run.train and not run.evals:
+        raise HfgrowError(f"{run.folder / LOG_FILE} has no steps or evaluations yet.")
+    if x == "flops":
+        if not run.n_params:
+            raise HfgrowError(f"{run.folder / RUN_FILE} does not record the parameter count; plot with --x tokens.")
+        scale, label = 6.0 * run.n_params, "training FLOPs (≈ 6·N·tokens)"
+    else:
+        scale, label = 1.0, "tokens"
+    curves = [Curve("train", [(r["tokens"] * scale, r["loss"]) for r in run.train])]
+    for domain in sorted({d for r in run.evals for d in r.get("losses", {})}):
+        points = [(r["tokens"] * scale, r["losses"][domain]) for r in run.evals if domain in r.get("losses", {})]
+        curves.append(Curve(f"eval: {domain}", points, marker="o"))
+    return plot_curves(curves, Path(out) if out else run.folder / "loss.png", xlabel=label,
+                       title=run.folder.resolve().name)

@@ -1,0 +1,96 @@
+"""The learning-rate schedule of a training run: max LR by model size, linear warmup, cosine decay.
+
+Recipe of Du et al. 2024 ("Stacking Your Transformers", §4.2; shared/REFERENCE.md §1): warmup, then
+cosine decay to 10% of the max LR; the max LR is 6e-4 at ≤410M parameters, 3e-4 at 1.1B, 1.6e-4 at
+3B and 1e-4 at ≥7B, interpolated linearly in log(params) vs log(lr) between those points (total
+parameter count, embeddings included). The paper warms up for 3000 steps of ~2M-token batches; the
+default here is min(3000, 5% of the steps), so short runs warm up too.
+
+Example:
+    >>> s = Schedule.plan(n_params=1.1e9, max_steps=1000)
+    >>> round(s.max_lr, 6), round(s.min_lr, 7), s.warmup
+    (0.0003, 3e-05, 50)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+LR_BY_SIZE = [(410e6, 6e-4), (1.1e9, 3e-4), (3e9, 1.6e-4), (7e9, 1e-4)]  # (params, max LR), paper §4.2
+MIN_LR_FRACTION = 0.1  # cosine decays to 10% of the max LR
+MAX_WARMUP_STEPS = 3000
+WARMUP_FRACTION = 0.05
+
+
+def default_lr(n_params: float) -> float:
+    """Max LR for a model size, log-log interpolated between the paper's four points, clamped.
+
+    Example:
+        >>> round(default_lr(1.1e9), 6), default_lr(100e6), default_lr(70e9)
+        (0.0003, 0.0006, 0.0001)
+    """
+    pts = LR_BY_SIZE
+    if n_params <= pts[0][0]:
+        return pts[0][1]
+    if n_params >= pts[-1][0]:
+        return pts[-1][1]
+    for (n0, l0), (n1, l1) in zip(pts, pts[1:]):
+        if n_params <= n1:
+            t = (math.log(n_params) - math.log(n0)) / (math.log(n1) - math.log(n0))
+            return math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0)))
+    return pts[-1][1]
+
+
+def lr_at(step: int, max_lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from ``max_lr`` to ``min_lr`` (nanoGPT's schedule).
+
+    Example:
+        >>> lr_at(0, 1.0, 0.1, 10, 100), lr_at(9, 1.0, 0.1, 10, 100), lr_at(100, 1.0, 0.1, 10, 100)
+        (0.1, 1.0, 0.1)
+    """
+    if warmup > 0 and step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= max_steps:
+        return min_lr
+    span = max(1, max_steps - warmup)
+    ratio = min(1.0, (step - warmup) / span)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
+
+
+def steps_for(max_steps: int | None, max_tokens: int | None, tokens_per_step: int) -> int:
+    """Optimizer steps of a run: ``--max-steps``, else enough steps to see ``--max-tokens`` tokens.
+
+    Example:
+        >>> steps_for(None, 2_000_000_000, 2 * 2**20), steps_for(10, 2_000_000_000, 4096)
+        (954, 10)
+    """
+    if max_steps:
+        return max_steps
+    return max(1, math.ceil((max_tokens or 0) / tokens_per_step))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The LR of every step of a run."""
+
+    max_lr: float
+    min_lr: float
+    warmup: int
+    max_steps: int
+
+    @classmethod
+    def plan(cls, *, n_params: float, max_steps: int, lr: float | None = None, min_lr: float | None = None,
+             warmup: int | None = None) -> Schedule:
+        """The schedule for a model of ``n_params`` parameters; given values override the recipe's defaults."""
+        max_lr = lr if lr is not None else default_lr(n_params)
+        return cls(
+            max_lr=max_lr,
+            min_lr=min_lr if min_lr is not None else MIN_LR_FRACTION * max_lr,
+            warmup=warmup if warmup is not None else min(MAX_WARMUP_STEPS, math.ceil(WARMUP_FRACTION * max_steps)),
+            max_steps=max_steps,
+        )
+
+    def lr(self, step: int) -> float:
+        """The LR of optimizer step ``step`` (0-based)."""
+        return lr_at(step, self.max_lr, self.min_lr, self.warmup, self.max_steps)
