@@ -128,9 +128,9 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from hfgrow.data.packing import build_data
+    from hfgrow.data.loading import build_data
     from hfgrow.data.specs import parse_specs
-    from hfgrow.data.tokens import TokenFolder
+    from hfgrow.data.token_folder import TokenFolder
 
     n_tokens = TokenFolder(tokens_dir).domain("text").n_tokens
     tok = AutoTokenizer.from_pretrained(tok_dir)

@@ -145,7 +145,7 @@ def worker_trainer(a) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from hfgrow.data.tokens import TokenFolder
+    from hfgrow.data.token_folder import TokenFolder
 
     folder = Path(a.folder)
     domain = TokenFolder(folder / "tokens").domain("text")

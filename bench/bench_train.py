@@ -83,7 +83,7 @@ def worker_trainer(a) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from hfgrow.data.packing import build_data
+    from hfgrow.data.loading import build_data
     from hfgrow.data.specs import parse_specs
 
     folder = Path(a.folder)

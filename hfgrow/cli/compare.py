@@ -40,7 +40,7 @@ def compare(out, config, data, factor, ops, scratch_tokens, base_fraction, seq_l
       hfgrow compare runs/cmp --op direct --op zero --tokens 3M
       hfgrow compare runs/cmp --config my-target/config.json --data corpus.jsonl --factor 2
     """
-    from hfgrow.data.tokens import is_token_folder
+    from hfgrow.data.token_folder import is_token_folder
     from hfgrow.eval.compare import compare as run_compare, markdown
     from hfgrow.errors import HfgrowError
 

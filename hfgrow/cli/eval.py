@@ -109,7 +109,7 @@ def eval_(
     result = None
     label = "data"
     if data:
-        from hfgrow.data.packing import source_tokens
+        from hfgrow.data.loading import source_tokens
         from hfgrow.data.specs import open_domain, parse_specs
         from hfgrow.eval.loss import evaluate_loss, load_model
 

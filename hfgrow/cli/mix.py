@@ -93,8 +93,9 @@ def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_fiel
 
     from tqdm import tqdm
 
-    from hfgrow.data.tokens import TokenSource
-    from hfgrow.mix.counts import count_domain, count_ids, entropies, entropy_mixture, tokenizer_vocab_size
+    from hfgrow.data.token_folder import TokenSource
+    from hfgrow.data.tokenization import tokenizer_vocab_size
+    from hfgrow.mix.counts import count_domain, count_ids, entropies, entropy_mixture
 
     stats = {}
     for name, source in sources.items():

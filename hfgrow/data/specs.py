@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfgrow.data.text import TEXT_SUFFIXES, DocPart, iter_documents_from, list_files
+from hfgrow.data.token_folder import TokenSource, is_token_folder, token_folder_domains
 from hfgrow.errors import HfgrowError
 
 __all__ = ["DomainSpec", "parse_specs", "spec_name", "hf_dataset", "LocalSource", "HFSource", "open_domain"]
@@ -140,11 +141,9 @@ def parse_specs(values: list[str], *, require_name: bool = False) -> list[Domain
             raise HfgrowError(f"the data argument '{value}' names no file, folder or hf: dataset.")
         if spec.startswith("hf:"):
             hf_dataset(spec)
-        from hfgrow.data.tokens import is_token_folder, token_folder_specs
-
         if not spec.startswith("hf:") and is_token_folder(spec):
-            for d in token_folder_specs(spec, name):
-                _add(out, d)
+            for domain, part in token_folder_domains(spec, name):
+                _add(out, DomainSpec(domain, spec, part=part))
             continue
         if not name:
             if require_name:
@@ -259,7 +258,7 @@ def open_domain(spec: DomainSpec, text_field: str = "text"):
     """Open a spec's documents: local files, or a streamed ``hf:`` dataset.
 
     A token-folder domain (``spec.part`` set) opens as a
-    :class:`hfgrow.data.tokens.TokenSource`: token ids, no texts.
+    :class:`hfgrow.data.token_folder.TokenSource`: token ids, no texts.
 
     Raises:
         HfgrowError: a missing path, an unsupported file, a folder without text files, or a
@@ -271,7 +270,5 @@ def open_domain(spec: DomainSpec, text_field: str = "text"):
         ('data/web.jsonl', [0, 0])
     """
     if spec.part is not None:
-        from hfgrow.data.tokens import TokenSource
-
         return TokenSource(spec)
     return HFSource(spec.spec, text_field) if spec.is_hf else LocalSource(spec.spec, text_field)

@@ -8,7 +8,7 @@
     OUT/NAME/000000.json         the shard's record: reader positions before/after it, counts
     OUT/.tokenize.json           the request (data, tokenizer hash, shard size) while unfinished
 
-The tokens are exactly :func:`hfgrow.data.packing.token_stream` of each domain's documents (the
+The tokens are exactly :func:`hfgrow.data.tokenization.token_stream` of each domain's documents (the
 one rule: EOS after every document, no BOS); the index records the token and document counts per
 domain and shard, the tokenizer's name and a SHA-256 of its vocabulary (ids, EOS id), and the dtype.
 
@@ -23,7 +23,7 @@ the small JSON data position checkpoints save.
 **Writing** (:func:`tokenize_to_folder`): the main process reads documents through
 :func:`hfgrow.data.specs.open_domain` (one reader for every file type and ``hf:``), cuts them into
 shards of about ``shard_chars`` characters and hands each shard to a process pool that tokenizes
-it with :class:`hfgrow.data.packing.Tokenize` and writes it atomically (temporary names, record
+it with :class:`hfgrow.data.tokenization.Tokenize` and writes it atomically (temporary names, record
 last). Shard boundaries depend only on the text, so the bytes are the same for any worker count.
 Interrupted, a rerun of the same command keeps every finished shard and goes on from the reader
 position the last contiguous one recorded.
@@ -45,7 +45,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -56,247 +55,17 @@ from typing import Any
 
 import numpy as np
 
-from hfgrow.data.jsonfile import write_json
-from hfgrow.data.packing import Batch, domain_key, draw_domains, eos_id
+from hfgrow.data.jsonfile import read_json, write_json
+from hfgrow.data.packing import Batch, domain_key, draw_domains
 from hfgrow.data.specs import DomainSpec, open_domain
+from hfgrow.data.token_folder import (FORMAT, INDEX_FILE, PROGRESS_FILE, VERSION, TokenDomain, read_index,
+                                      tokenizer_fingerprint)
+from hfgrow.data.tokenization import Tokenize, tokenizer_vocab_size
 from hfgrow.errors import HfgrowError
 
-__all__ = [
-    "INDEX_FILE", "PROGRESS_FILE", "is_token_folder", "tokenizer_fingerprint", "check_tokenizer",
-    "tokenize_to_folder", "TokenFolder", "TokenDomain", "TokenSource", "permute", "TokenMixture",
-]
+__all__ = ["tokenize_to_folder", "permute", "TokenMixture"]
 
-INDEX_FILE = "tokens.json"
-PROGRESS_FILE = ".tokenize.json"
-FORMAT = "hfgrow-tokens"
-VERSION = 1
 SHARD_CHARS = 64_000_000  # text per shard: ~16M tokens, 32 MB of uint16; a worker holds one at a time
-
-
-# ---------------------------------------------------------------------------------------------
-# The tokenizer's fingerprint
-# ---------------------------------------------------------------------------------------------
-
-
-def tokenizer_fingerprint(tokenizer: Any, name: str | None = None) -> dict:
-    """Name, vocabulary hash, vocabulary size and EOS id of a tokenizer.
-
-    The hash is SHA-256 of the sorted ``(token, id)`` pairs (added tokens included) and the EOS id:
-    two tokenizers with the same hash map every known token to the same id and end documents the
-    same way. (Normalizer or pre-tokenizer changes that keep the vocabulary are not seen.)
-
-    Example:
-        >>> tokenizer_fingerprint(AutoTokenizer.from_pretrained("gpt2"))["vocab_size"]   # doctest: +SKIP
-        50257
-    """
-    from hfgrow.mix.counts import tokenizer_vocab_size
-
-    vocab = tokenizer.get_vocab(with_added_tokens=True) if hasattr(tokenizer, "get_vocab_size") \
-        else tokenizer.get_vocab()
-    eos = eos_id(tokenizer)
-    digest = hashlib.sha256(json.dumps([sorted(vocab.items()), eos], ensure_ascii=False).encode()).hexdigest()
-    return {"name": name or str(getattr(tokenizer, "name_or_path", "") or "tokenizer"),
-            "vocab_hash": digest, "vocab_size": tokenizer_vocab_size(tokenizer), "eos_id": eos}
-
-
-def check_tokenizer(index: dict, tokenizer: Any, folder: str | os.PathLike) -> None:
-    """Refuse a token folder whose vocabulary hash differs from ``tokenizer``'s.
-
-    Raises:
-        HfgrowError: the folder was tokenized with another tokenizer.
-
-    Example:
-        >>> check_tokenizer(TokenFolder("tok/").index, AutoTokenizer.from_pretrained("gpt2"), "tok/")  # doctest: +SKIP
-    """
-    made = index["tokenizer"]
-    mine = tokenizer_fingerprint(tokenizer)
-    if made["vocab_hash"] != mine["vocab_hash"]:
-        raise HfgrowError(
-            f"token folder '{folder}' was made with tokenizer '{made['name']}' (vocabulary hash "
-            f"{made['vocab_hash'][:12]}), not this model's tokenizer '{mine['name']}' (hash "
-            f"{mine['vocab_hash'][:12]}); run hfgrow tokenize again with --tokenizer set to this model."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# The folder
-# ---------------------------------------------------------------------------------------------
-
-
-def is_token_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder ``hfgrow tokenize`` wrote (finished or not).
-
-    Example:
-        >>> is_token_folder("tok/"), is_token_folder("data/web.jsonl")   # doctest: +SKIP
-        (True, False)
-    """
-    p = Path(path).expanduser()
-    return p.is_dir() and ((p / INDEX_FILE).is_file() or (p / PROGRESS_FILE).is_file())
-
-
-def read_index(folder: str | os.PathLike) -> dict:
-    """The index of a finished token folder.
-
-    Raises:
-        HfgrowError: the folder is unfinished (tokenizing was interrupted) or its index is not ours.
-
-    Example:
-        >>> sorted(read_index("tok/")["domains"])   # doctest: +SKIP
-        ['code', 'web']
-    """
-    from hfgrow.data.jsonfile import read_json
-
-    p = Path(folder).expanduser()
-    if not (p / INDEX_FILE).is_file():
-        raise HfgrowError(f"token folder '{folder}' is unfinished (hfgrow tokenize was interrupted); "
-                          "run the same hfgrow tokenize command again to finish it.")
-    index = read_json(p / INDEX_FILE, "token index")
-    if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("domains"), dict):
-        raise HfgrowError(f"'{p / INDEX_FILE}' is not an hfgrow token index.")
-    if index.get("version") != VERSION:
-        raise HfgrowError(f"token folder '{folder}' has format version {index.get('version')}; this hfgrow "
-                          f"reads version {VERSION}: tokenize the data again.")
-    return index
-
-
-class TokenDomain:
-    """One domain's token stream: its shards, memory-mapped, read as one flat array.
-
-    Example:
-        >>> web = TokenFolder("tok/").domain("web")          # doctest: +SKIP
-        >>> web.n_tokens, web.window(3, 2048).shape           # doctest: +SKIP
-        (1048576, (2048,))
-    """
-
-    def __init__(self, folder: Path, name: str, entry: dict, dtype: str):
-        self.folder = folder
-        self.name = name
-        self.dtype = np.dtype(dtype)
-        self.shards = [folder / s["file"] for s in entry["shards"]]
-        sizes = [int(s["tokens"]) for s in entry["shards"]]
-        self.starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
-        self.n_tokens = int(self.starts[-1])
-        self.n_documents = int(entry["documents"])
-        self._maps: dict[int, np.ndarray] = {}
-
-    def _shard(self, i: int) -> np.ndarray:
-        if i not in self._maps:
-            n = int(self.starts[i + 1] - self.starts[i])
-            path = self.shards[i]
-            if not path.is_file() or path.stat().st_size != n * self.dtype.itemsize:
-                raise HfgrowError(f"token shard '{path}' is missing or truncated; tokenize the data again.")
-            self._maps[i] = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
-        return self._maps[i]
-
-    def tokens(self, start: int, stop: int) -> np.ndarray:
-        """Tokens ``[start, stop)`` of the domain's stream (a view when inside one shard)."""
-        first = int(np.searchsorted(self.starts, start, side="right")) - 1
-        parts, pos = [], start
-        i = first
-        while pos < stop:
-            lo = pos - int(self.starts[i])
-            hi = min(stop, int(self.starts[i + 1])) - int(self.starts[i])
-            if hi > lo:
-                parts.append(self._shard(i)[lo:hi])
-            pos = int(self.starts[i]) + hi
-            i += 1
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
-
-    def window(self, w: int, seq_len: int) -> np.ndarray:
-        """Window ``w``: tokens ``[w·seq_len, (w+1)·seq_len)``."""
-        return self.tokens(w * seq_len, (w + 1) * seq_len)
-
-    def n_windows(self, seq_len: int) -> int:
-        return self.n_tokens // seq_len
-
-    def document_ends(self) -> np.ndarray:
-        """Every document's end in the domain's stream (the position after its EOS), in order."""
-        ends = []
-        for i, path in enumerate(self.shards):
-            docs = np.load(path.with_suffix(".docs.npy"))
-            ends.append(docs + self.starts[i])
-        return np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
-
-    def chunks(self, max_tokens: int | None = None) -> Iterator[np.ndarray]:
-        """The stream shard by shard (memmapped views), cut at ``max_tokens``."""
-        left = self.n_tokens if max_tokens is None else min(self.n_tokens, max_tokens)
-        for i in range(len(self.shards)):
-            if left <= 0:
-                return
-            part = self._shard(i)[:left]
-            left -= len(part)
-            yield part
-
-
-class TokenFolder:
-    """A finished token folder: its index and its domains.
-
-    Example:
-        >>> folder = TokenFolder("tok/")                                     # doctest: +SKIP
-        >>> folder.names, folder.index["tokenizer"]["name"]                   # doctest: +SKIP
-        (['web', 'code'], 'gpt2')
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path).expanduser()
-        self.index = read_index(self.path)
-        self.names = list(self.index["domains"])
-
-    def domain(self, name: str) -> TokenDomain:
-        if name not in self.index["domains"]:
-            raise HfgrowError(f"token folder '{self.path}' has no domain '{name}' (it has {', '.join(self.names)}).")
-        return TokenDomain(self.path, name, self.index["domains"][name], self.index["dtype"])
-
-    def check_tokenizer(self, tokenizer: Any) -> None:
-        check_tokenizer(self.index, tokenizer, self.path)
-
-
-class TokenSource:
-    """What :func:`hfgrow.data.specs.open_domain` returns for a domain of a token folder.
-
-    It has no texts: callers that need the token stream ask for :meth:`stream` with their tokenizer
-    (checked against the folder's).
-
-    Example:
-        >>> src = open_domain(parse_specs(["tok/"])[0])                 # doctest: +SKIP
-        >>> src.stream(tok, max_tokens=4)                               # doctest: +SKIP
-        array([ 464, 3797, 3332,  319], dtype=uint16)
-    """
-
-    def __init__(self, spec: DomainSpec):
-        self.spec = spec.spec
-        self.folder = TokenFolder(spec.spec)
-        self.domain = self.folder.domain(spec.part or spec.name)
-
-    def stream(self, tokenizer: Any, max_tokens: int | None = None) -> np.ndarray:
-        """The domain's stored token stream (all of it, or its first ``max_tokens``)."""
-        self.folder.check_tokenizer(tokenizer)
-        stop = self.domain.n_tokens if max_tokens is None else min(max_tokens, self.domain.n_tokens)
-        return self.domain.tokens(0, stop)
-
-    def texts(self) -> Iterator[str]:
-        raise HfgrowError(f"'{self.spec}' is a token folder: it holds token ids, not text.")
-
-
-def token_folder_specs(path: str, name: str = "") -> list[DomainSpec]:
-    """The domains of a token folder as specs: all of them, or the only one renamed to ``name``.
-
-    Raises:
-        HfgrowError: the folder is unfinished, or ``name`` is given for a folder of several domains.
-
-    Example:
-        >>> token_folder_specs("tok/")                                           # doctest: +SKIP
-        [DomainSpec(name='web', spec='tok/', part='web'), DomainSpec(name='code', spec='tok/', part='code')]
-    """
-    names = list(read_index(path)["domains"])
-    if name and len(names) != 1:
-        raise HfgrowError(f"token folder '{path}' holds {len(names)} domains ({', '.join(names)}); give it "
-                          "without NAME= (its domains keep their names).")
-    if name:
-        return [DomainSpec(name, path, part=names[0])]
-    return [DomainSpec(n, path, part=n) for n in names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,8 +79,6 @@ _WORKER: dict = {}  # the Tokenize of this (worker) process
 def _init_worker(tokenizer: Any, single: bool) -> None:
     if not single:  # one Rust thread pool per worker, not N: the pool is the parallelism
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from hfgrow.data.packing import Tokenize
-
     if hasattr(tokenizer, "model_max_length"):
         tokenizer.model_max_length = int(1e30)  # we never truncate; silence the length warning
     _WORKER["tokenize"] = Tokenize(tokenizer)
@@ -421,8 +188,6 @@ def tokenize_to_folder(
         >>> index["domains"]["web"]["tokens"]                                                  # doctest: +SKIP
         1048576
     """
-    from hfgrow.mix.counts import tokenizer_vocab_size
-
     out = Path(out).expanduser()
     if not domains:
         raise HfgrowError("no data to tokenize: give at least one --data PATH or NAME=PATH.")
@@ -444,8 +209,6 @@ def tokenize_to_folder(
             return index
         raise HfgrowError(f"'{out}' holds tokens of other data or another tokenizer; choose another OUT.")
     if (out / PROGRESS_FILE).is_file():
-        from hfgrow.data.jsonfile import read_json
-
         if not _same_request(read_json(out / PROGRESS_FILE, "tokenize progress file"), request):
             raise HfgrowError(f"'{out}' holds an unfinished tokenize run of other data or another tokenizer; "
                               "rerun that command or choose another OUT.")

@@ -9,7 +9,7 @@ context and is not scored). A stream of n tokens scores n − 1 tokens when ``st
 
 Text: a domain's documents are opened through :mod:`hfgrow.data.specs` (the files
 :mod:`hfgrow.data.text` reads, or a folder of them) and become one token stream by the project's
-one rule (:func:`hfgrow.data.packing.token_stream`: ``doc1 EOS doc2 EOS … docN EOS``, no BOS), the
+one rule (:func:`hfgrow.data.tokenization.token_stream`: ``doc1 EOS doc2 EOS … docN EOS``, no BOS), the
 stream the model is trained on; every token of it after the first is scored.
 
 Benchmarks (lm-evaluation-harness) are in :mod:`hfgrow.eval.tasks`.
@@ -347,7 +347,7 @@ def evaluate_loss(
         else:
             if tokenizer is None:
                 raise HfgrowError("a tokenizer is needed to evaluate texts with an in-memory model.")
-            from hfgrow.data.packing import token_stream
+            from hfgrow.data.tokenization import token_stream
 
             stream = token_stream(tokenizer, content)  # type: ignore[arg-type]
         if max_tokens is not None:

@@ -75,14 +75,13 @@ def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, sou
 
 def _growth(recipe) -> dict[str, Any]:
     """What a trained card says about the growth its base model came from."""
-    from hfgrow.growth.pattern import compact
-    from hfgrow.growth.pipeline import operation_name
+    from hfgrow.arch.pattern import compact
 
     source = recipe.source
     return {
         "source": source.display,
         "source_url": f"https://huggingface.co/{source.repo_id}" if source.repo_id else None,
-        "operator": operation_name(recipe.operation),
+        "operator": recipe.operation.name,
         "preserving": recipe.operation.function_preserving,
         "pattern": compact(recipe.layer_map) if recipe.layer_map else None,
         "new_layers": ", ".join(map(str, recipe.new_layers)),

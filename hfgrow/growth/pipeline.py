@@ -27,7 +27,7 @@ from hfgrow.errors import HfgrowError
 from hfgrow.growth.card import grown_card
 from hfgrow.arch.pattern import compact
 from hfgrow.growth.plan import Plan
-from hfgrow.growth.recipe import Operation, Recipe, SourceRef
+from hfgrow.growth.recipe import Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, copies_bytes, write_weights
@@ -57,35 +57,6 @@ class WriteOptions:
     push_to: str | None = None
     revision: str | None = None
     token: str | None = None
-
-
-OPERATOR_NAMES = {
-    ("direct", "depth"): "Gstack / G-up-direct (whole blocks copied)",
-    ("zero", "depth"): "G-up-zero (identity blocks: output projections zeroed, LLaMA-Pro style)",
-    ("random", "depth"): "G-up-random (new blocks randomly initialised, for an MSG mask ramp)",
-    ("learn", "depth"): "G-up-learn (LiGO: learned combinations of source blocks)",
-    ("direct", "width"): "G-right-direct (neuron splitting: HyperCloning / Net2Net)",
-    ("zero", "width"): "G-right-zero (new units: random fan-in, zero fan-out)",
-    ("random", "width"): "G-right-random (new units randomly initialised, for an MSG mask ramp)",
-    ("learn", "width"): "G-right-learn (LiGO: learned expansion matrices)",
-}
-
-
-def describe_operation(plan: Plan) -> str:
-    """The operator(s) a plan applies, by name (e.g. ``G-up-zero (...) + G-right-direct (...)``)."""
-    return operation_name(plan.operation)
-
-
-def operation_name(operation: Operation) -> str:
-    """The operator(s) of a recorded operation, by name (a trained model's card names its base's growth)."""
-    parts = []
-    for part in operation.direction.split("+"):
-        op = operation.width.op if part == "width" and operation.width else operation.op
-        parts.append(OPERATOR_NAMES.get((op, part), f"G-{part}-{op}"))
-    text = " + ".join(parts)
-    if operation.noise is not None and operation.noise.alpha:
-        text += f" + noise (alpha {operation.noise.alpha:g})"
-    return text
 
 
 def command_line(command: str, source: SourceRef, out: str, params: dict[str, Any]) -> str:
@@ -124,7 +95,7 @@ class GrowResult:
         lines = [
             f"source     {self.source.display}" + (f" @ {self.source.commit[:12]}" if self.source.commit else ""),
             f"model      {layout.architecture} ({layout.model_type}), {layout.num_layers} layers under '{layout.prefix}'",
-            f"operation  {describe_operation(plan)}",
+            f"operation  {plan.operation.name}",
             f"layers     {layout.num_layers} -> {len(plan.layer_map) if plan.layer_map else layout.num_layers}",
         ]
         if plan.layer_map:
@@ -169,7 +140,7 @@ def _write(result: GrowResult, checkpoint: Checkpoint, out: Path, options: Write
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
         (tmp / "README.md").write_text(grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
-            operator_name=describe_operation(plan), source_params=result.source_params))
+            operator_name=plan.operation.name, source_params=result.source_params))
 
 
 def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteOptions = WriteOptions()) -> GrowResult:

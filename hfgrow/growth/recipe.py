@@ -181,6 +181,18 @@ class Noise:
     std_other: float
 
 
+OPERATOR_NAMES = {
+    ("direct", "depth"): "Gstack / G-up-direct (whole blocks copied)",
+    ("zero", "depth"): "G-up-zero (identity blocks: output projections zeroed, LLaMA-Pro style)",
+    ("random", "depth"): "G-up-random (new blocks randomly initialised, for an MSG mask ramp)",
+    ("learn", "depth"): "G-up-learn (LiGO: learned combinations of source blocks)",
+    ("direct", "width"): "G-right-direct (neuron splitting: HyperCloning / Net2Net)",
+    ("zero", "width"): "G-right-zero (new units: random fan-in, zero fan-out)",
+    ("random", "width"): "G-right-random (new units randomly initialised, for an MSG mask ramp)",
+    ("learn", "width"): "G-right-learn (LiGO: learned expansion matrices)",
+}
+
+
 @dataclass(frozen=True)
 class Operation:
     """What the operators did to the source. Operators fill it in as they transform a plan."""
@@ -197,6 +209,20 @@ class Operation:
 
     def replace(self, **changes: Any) -> Operation:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def name(self) -> str:
+        """The operator(s) by name, as cards and summaries show them (``G-up-zero (...) + G-right-direct (...)``)."""
+        parts = []
+        for part in self.direction.split("+"):
+            op = self.width.op if part == "width" and self.width else self.op
+            parts.append(OPERATOR_NAMES.get((op, part), f"G-{part}-{op}"))
+        text = " + ".join(parts)
+        if self.noise is not None and self.noise.alpha:
+            text += f" + noise (alpha {self.noise.alpha:g})"
+        if self.style != "hfgrow":
+            text += f", as the {self.style} reference code runs it"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"op": self.op, "direction": self.direction, "style": self.style, "seed": self.seed,

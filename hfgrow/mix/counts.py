@@ -2,7 +2,7 @@
 
 Reference implementation of "BiMix: a bivariate data mixing law" (Ge et al., arXiv 2405.14908),
 see REFERENCE.md §2. Each domain's text becomes one token stream by the project's one rule
-(:mod:`hfgrow.data.packing`: ``d1 EOS d2 EOS ... dn EOS``, no BOS); the stream is cut into
+(:mod:`hfgrow.data.tokenization`: ``d1 EOS d2 EOS ... dn EOS``, no BOS); the stream is cut into
 consecutive sequences of ``seq_len`` tokens (the last one may be shorter), and unigrams and
 adjacent-token bigrams are counted *within* sequences (no bigram spans a sequence boundary).
 From the counts (natural log):
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from hfgrow.data.packing import Tokenize
+from hfgrow.data.tokenization import Tokenize, tokenizer_vocab_size
 from hfgrow.data.text import DocPart
 from hfgrow.errors import HfgrowError
 
@@ -43,7 +43,6 @@ __all__ = [
     "DomainCounts",
     "TokenCounter",
     "count_ids",
-    "tokenizer_vocab_size",
     "count_domain",
     "entropies",
     "entropy_mixture",
@@ -221,24 +220,6 @@ def count_ids(
     return counter.finish()
 
 
-def tokenizer_vocab_size(tokenizer: Any) -> int:
-    """One more than the largest id a tokenizer can produce (added tokens included).
-
-    Not simply ``len(tokenizer)``: a vocabulary may have holes in its ids.
-
-    Example:
-        >>> tokenizer_vocab_size(AutoTokenizer.from_pretrained("gpt2"))   # doctest: +SKIP
-        50257
-    """
-    if hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
-        size = int(tokenizer.get_vocab_size(with_added_tokens=True))
-        vocab = tokenizer.get_vocab(with_added_tokens=True)
-    else:
-        size = int(len(tokenizer))
-        vocab = tokenizer.get_vocab()
-    return max(size, max(vocab.values(), default=-1) + 1)
-
-
 def _text_batches(texts: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
     batch: list[str] = []
     size = 0
@@ -313,7 +294,7 @@ def count_domain(
 ) -> DomainCounts:
     """Tokenize a domain's documents and count unigrams and within-sequence bigrams.
 
-    The texts become one stream by the token-stream rule (:class:`hfgrow.data.packing.Tokenize`:
+    The texts become one stream by the token-stream rule (:class:`hfgrow.data.tokenization.Tokenize`:
     EOS after every document, none after a :class:`DocPart`); empty items are skipped. Texts are
     tokenized in batches of about ``batch_chars`` characters (the fast tokenizer parallelises
     within a batch; reading and tokenizing run one batch ahead in a background thread). The

@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> Path | None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from hfgrow.data.packing import build_data
+    from hfgrow.data.loading import build_data
     from hfgrow.io.source import open_source
     from hfgrow.train.export import export_checkpoint, push
 

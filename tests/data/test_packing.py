@@ -11,7 +11,9 @@ from helpers import mix_data
 import numpy as np
 
 from hfgrow.data import packing
-from hfgrow.data.packing import Tokenize, batch_encoder, build_data, domain_key, draw_domains, eos_id, token_stream
+from hfgrow.data.loading import build_data
+from hfgrow.data.packing import domain_key, draw_domains
+from hfgrow.data.tokenization import Tokenize, batch_encoder, eos_id, token_stream
 from hfgrow.data.specs import DomainSpec, open_domain, parse_specs
 from hfgrow.data.text import DocPart
 from hfgrow.errors import HfgrowError

@@ -14,10 +14,12 @@ import pytest
 
 from helpers import mix_data
 from helpers.cli import run_cli
-from hfgrow.data.packing import build_data, domain_key, draw_domains, token_stream
+from hfgrow.data.loading import build_data
+from hfgrow.data.packing import domain_key, draw_domains
+from hfgrow.data.tokenization import token_stream
 from hfgrow.data.specs import DomainSpec, open_domain, parse_specs
-from hfgrow.data.tokens import (INDEX_FILE, PROGRESS_FILE, TokenFolder, TokenMixture, permute,
-                                tokenize_to_folder, tokenizer_fingerprint)
+from hfgrow.data.token_folder import INDEX_FILE, PROGRESS_FILE, TokenFolder, tokenizer_fingerprint
+from hfgrow.data.tokens import TokenMixture, permute, tokenize_to_folder
 from hfgrow.errors import HfgrowError
 
 ROOT = Path(__file__).resolve().parents[2]

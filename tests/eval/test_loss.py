@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from helpers.cli import run_cli
 from hfgrow.errors import HfgrowError
 from hfgrow.eval.tiny import tiny_llama_config
-from hfgrow.data.packing import token_stream
+from hfgrow.data.tokenization import token_stream
 from hfgrow.eval.loss import evaluate_loss, sliding_window_nll, window_plan
 
 WORDS = "the cat dog sat ran on a mat log and then slept barked quietly loudly today".split()

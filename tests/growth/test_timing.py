@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from helpers.cli import run_cli
 from hfgrow.eval import tiny
-from hfgrow.errors import HfgrowError
 from hfgrow.units import format_count, parse_count
 from hfgrow.growth.timing import (
     count_params,

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import mix_data as helpers
 from hfgrow.data.mixture import read_mixture, write_mixture
-from hfgrow.data.packing import token_stream
+from hfgrow.data.tokenization import token_stream
 from hfgrow.data.text import DocPart, iter_txt
 from hfgrow.errors import HfgrowError
 from hfgrow.mix import counts as mix

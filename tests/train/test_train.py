@@ -137,9 +137,10 @@ def held_out_loss_by_hand(env: Path, model_dir: Path, seq_len: int = 32, n: int 
     """Held-out loss per domain of a saved model, computed here: the same eval split, one forward per domain."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hfgrow.data.packing import build_data, parse_data_specs
+    from hfgrow.data.loading import build_data
+    from hfgrow.data.specs import parse_specs
 
-    specs = parse_data_specs([f"a={env / 'data' / 'a.jsonl'}", f"b={env / 'data' / 'b'}"])
+    specs = parse_specs([f"a={env / 'data' / 'a.jsonl'}", f"b={env / 'data' / 'b'}"])
     data = build_data(specs, AutoTokenizer.from_pretrained(model_dir), seq_len, seed=0, eval_sequences=n)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     with torch.no_grad():  # equal-length sequences: the mean over all of them is the mean of equal batches

@@ -108,7 +108,7 @@ def read_sequences(folder: Path, data: list[str], seq_len: int, vocab_size: int 
     """The text of ``data`` tokenized with the tokenizer in ``folder``, cut into ``seq_len`` sequences."""
     from transformers import AutoTokenizer
 
-    from hfgrow.data.packing import token_stream
+    from hfgrow.data.tokenization import token_stream
     from hfgrow.data.text import read_documents
 
     try:
