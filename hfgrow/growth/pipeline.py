@@ -81,6 +81,8 @@ def describe_operation(plan: Plan) -> str:
     text = " + ".join(parts)
     if operation.noise is not None and operation.noise.alpha:
         text += f" + noise (alpha {operation.noise.alpha:g})"
+    if operation.style == "prts":
+        text += " [--style prts: as the reference code runs it]"
     return text
 
 
