@@ -220,6 +220,27 @@ class Roles:
             return self.init_std / math.sqrt(2 * num_layers)
         return self.init_std
 
+    def prts_init_std(self, role: TensorRole, shape: tuple[int, ...], num_layers: int) -> float:
+        """Std of the reference code's init for a weight of this role and (grown) shape, in a model of
+        ``num_layers``: prts's ``GPT._init_weights`` (lit_gpt/model.py, TinyLlama style), sqrt(2 / (5·fan_in))
+        for every linear layer and embedding (an embedding's fan-in is its width), 1 / (sqrt(fan_in)·layers)
+        for the MLP down projection. 0.014 for a fan-in of 2048.
+
+        Example:
+            >>> roles.prts_init_std(roles.role("model.layers.0.mlp.down_proj.weight"), (2048, 5632), 22)
+            0.000605...
+        """
+        if "in" in role.io:
+            fan_in = shape[role.io.index("in")]
+        elif role.kind in ("embedding", "positions") and "hidden" in role.dims:
+            fan_in = shape[role.dims.index("hidden")]
+        else:
+            raise HfgrowError(f"--style prts initialises a weight by its fan-in, which hfgrow cannot tell for a "
+                              f"{self.model_type} '{role.kind}' tensor of shape {tuple(shape)}.")
+        if role.kind == "down":
+            return 1.0 / math.sqrt(fan_in) / num_layers
+        return math.sqrt(2.0 / (5.0 * fan_in))
+
     def lm_head_role(self) -> TensorRole:
         return TensorRole("lm_head", (None, "hidden"), (None, "in"))
 

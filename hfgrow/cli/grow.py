@@ -19,7 +19,7 @@ RECIPE_FIXES = ("op", "width_op", "factor", "layers", "pattern", "order", "hidde
                 "num_heads", "num_kv_heads", "noise", "seed", "mask_steps", "style", "dtype", "revision")
 LEARN_ONLY = ("data", "learn_steps", "learn_lr", "seq_len", "batch_size", "width_init", "device_map", "max_memory",
               "offload_folder")
-NOT_FOR_LEARN = ("width_op", "noise", "mask_steps", "style")
+NOT_FOR_LEARN = ("width_op", "noise", "mask_steps")
 
 
 @click.command()
@@ -67,9 +67,10 @@ def _learn_options(fn):
                      help="--op learn: AdamW learning rate of the growth parameters."),
         click.option("--seq-len", type=int, default=256, show_default=True, help="--op learn: sequence length."),
         click.option("--batch-size", type=int, default=4, show_default=True, help="--op learn: sequences per step."),
-        click.option("--width-init", type=click.Choice(["direct", "identity"]), default="direct", show_default=True,
-                     help="--op learn: start of the width matrices: direct (the function-preserving widening) or "
-                          "identity (LiGO: identity on source units, small random new units)."),
+        click.option("--width-init", type=click.Choice(["direct", "identity"]), default=None,
+                     help="--op learn --style hfgrow: start of the width matrices: direct (the function-preserving "
+                          "widening) or identity (identity on source units, small random new units) "
+                          "[default: direct]. --style prts starts them as LiGO does, at [I; N(0, 1/new)]."),
         click.option("--device-map", default=None, metavar="MAP",
                      help="--op learn: where the frozen source lives while learning: auto (accelerate: GPUs, then "
                           "CPU, then disk, within --max-memory), a device (cpu, cuda:1, disk) or a JSON "
@@ -103,7 +104,8 @@ def _learn_options(fn):
               help="--op random: steps of the MSG mask ramp recorded for training [default: 5000].")
 @click.option("--style", type=click.Choice(["hfgrow", "prts"]), default="hfgrow", show_default=True,
               help="hfgrow's own operator variants, or each operator exactly as the papers' reference code runs "
-                   "it (see README).")
+                   "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-zero and "
+                   "G-right-random, LiGO's width matrices; see README).")
 @_learn_options
 @click.option("--recipe", "recipe", type=click.Path(exists=True, path_type=Path), default=None,
               help="Rebuild from a recipe (hfgrow.yaml or a grown folder): `hfgrow grow --recipe FILE OUT`; "
@@ -164,7 +166,8 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
 
         refuse(given(ctx, NOT_FOR_LEARN), "does not apply to --op learn.")
         result = learn(src, out, data=list(data), order=order or "stack", **depth, **width, width_init=width_init,
-                       learn_steps=learn_steps, learn_lr=learn_lr, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                       style=style, learn_steps=learn_steps, learn_lr=learn_lr, seq_len=seq_len,
+                       batch_size=batch_size, seed=seed,
                        placement=placement_from_options(device_map, max_memory, offload_folder), dtype=dtype,
                        revision=revision, **write)
     else:

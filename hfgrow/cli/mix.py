@@ -19,7 +19,7 @@ def mix() -> None:
     """Data mixtures for pre-training (BiMix, arXiv 2405.14908).
 
     \b
-    entropy   training-free mixture: r_i = softmax(entropy of domain i)
+    entropy   training-free mixture: r_i = softmax(entropy of domain i / T), nats, T = 1
     fit       fit L_i(r_i, s) = A_i / r_i^alpha_i * (B_i / s^beta_i + C_i) to eval logs
     optimize  the mixture that minimises the fitted law's total loss at a step budget
 
@@ -65,13 +65,19 @@ def _load_tokenizer(spec: str):
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None,
               help="Count at most this many tokens per domain (default: all).")
 @click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/hf: rows.")
+@click.option("--log-base", type=click.Choice(["e", "2"]), default="e", show_default=True,
+              help="Base of the entropies' logarithm: e (nats) or 2 (bits). Bits sharpen the mixture: they "
+                   "divide every entropy by ln 2.")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Softmax temperature: proportions are softmax(H / T). BiMix uses 1.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the mixture JSON here.")
-def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_field, out) -> None:
+def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_field, log_base, temperature, out) -> None:
     """Training-free mixture from each domain's token entropy.
 
     Tokenizes each domain, joins documents with EOS, cuts the stream into sequences of --seq-len
-    tokens, counts unigrams and within-sequence bigrams, and computes SE, JE and CE (nats). The
-    proportions are softmax(H) over domains for --measure.
+    tokens, counts unigrams and within-sequence bigrams, and computes SE, JE and CE (nats, or bits
+    with --log-base 2). The proportions are softmax(H / --temperature) over domains for --measure
+    (BiMix's rule: nats, temperature 1); the mixture JSON records the base and the temperature.
 
     \b
     Examples:
@@ -112,12 +118,14 @@ def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_fiel
             stats[name] = {**entropies(counts), "tokens": counts.tokens}
         except HfgrowError as exc:
             raise HfgrowError(f"domain '{name}': {exc}") from None
-    mixture = entropy_mixture(stats, measure)
+    mixture = entropy_mixture(stats, measure, temperature=temperature, log_base=log_base)
     rows = [
         [name, f"{d['tokens']:,}", f"{d['se']:.4f}", f"{d['je']:.4f}", f"{d['ce']:.4f}", f"{d['proportion']:.4f}"]
         for name, d in mixture["domains"].items()
     ]
-    click.echo(_table(["domain", "tokens", "SE", "JE", "CE", f"r ({measure})"], rows))
+    unit = "nats" if log_base == "e" else "bits"
+    click.echo(_table(["domain", "tokens", f"SE ({unit})", f"JE ({unit})", f"CE ({unit})",
+                       f"r ({measure}, T={temperature:g})"], rows))
     if out:
         from hfgrow.data.mixture import write_mixture
 

@@ -124,27 +124,57 @@ class WidthMask:
 class Mask:
     """MSG: new structure is scaled by c, which ramps 0 -> 1 over ``steps`` training steps.
 
-    ``form`` is where c applies to new layers: ``sublayer`` (each attention/MLP residual update) or
-    ``block`` (the whole block, ``y = x + c·(block(x) − x)``).
+    ``form`` is where c applies to new layers: ``sublayer`` (each attention/MLP residual update,
+    ``h = x + c·attn(norm x)``, ``y = h + c·mlp(norm h)``) or ``block`` (the whole block,
+    ``y = c·block(x) + (1 − c)·x``: the reference code's ``MsgBlock``).
+
+    With new width units (``width``), three more fields say how the ramp runs:
+
+    ``stages``
+        the width spaces (``ffn``, ``hidden``, ``heads``) ramped together in each stage; the stages run one
+        after another, each over ``steps`` steps (c of a space is 0 before its stage, ``(t − t0)/steps``
+        during it, 1 after). One stage with every space: all ramp together over ``steps``.
+    ``units_at``
+        ``readers``: new heads and FFN units are scaled where they are read (the input columns of the
+        attention output and MLP down projections); ``writers``: every projection that writes new units has
+        its output scaled (q/k/v rows of new heads, up/gate rows of new FFN units), as the reference code's
+        ``MsgLayer`` does. New hidden units are scaled where they are written in both (embedding, every
+        sublayer's residual update, the hidden-size norms' outputs).
+    ``norm_stats``
+        ``fill``: a norm over grown units sees, in place of the new units, values with the source units'
+        statistics, blended into the real values as c grows; ``masked``: MSG's mask-weighted statistics,
+        ``norm(x·m)·sqrt(Σm / n)`` then ``·m`` (``MsgNorm``), m being the space's per-unit mask.
+
+    Recipes without these fields (hfgrow 0.1, or depth-only masks) read as hfgrow's ramp: one stage,
+    ``readers``, ``fill``.
     """
 
     layers: tuple[int, ...] = ()
     steps: int = 0
     width: WidthMask | None = None
     form: str = "sublayer"
+    stages: tuple[tuple[str, ...], ...] = (("ffn", "hidden", "heads"),)
+    units_at: str = "readers"
+    norm_stats: str = "fill"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"layers": list(self.layers), "steps": self.steps, "form": self.form}
         if self.width is not None:
             data["width"] = self.width.to_dict()
+            data.update(stages=[list(stage) for stage in self.stages], units_at=self.units_at,
+                        norm_stats=self.norm_stats)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Mask:
         width = data.get("width")
+        stages = data.get("stages")
         return cls(layers=tuple(int(i) for i in data.get("layers") or ()), steps=int(data.get("steps") or 0),
                    width=WidthMask.from_dict(width) if isinstance(width, dict) else None,
-                   form=str(data.get("form") or "sublayer"))
+                   form=str(data.get("form") or "sublayer"),
+                   stages=tuple(tuple(str(s) for s in stage) for stage in stages) if stages else cls.stages,
+                   units_at=str(data.get("units_at") or cls.units_at),
+                   norm_stats=str(data.get("norm_stats") or cls.norm_stats))
 
 
 @dataclass(frozen=True)
@@ -220,8 +250,8 @@ class Operation:
         text = " + ".join(parts)
         if self.noise is not None and self.noise.alpha:
             text += f" + noise (alpha {self.noise.alpha:g})"
-        if self.style != "hfgrow":
-            text += f", as the {self.style} reference code runs it"
+        if self.style == "prts":
+            text += " [--style prts: as the reference code runs it]"
         return text
 
     def to_dict(self) -> dict[str, Any]:

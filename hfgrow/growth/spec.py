@@ -106,6 +106,11 @@ class GrowSpec:
     """One growth: the operator for depth (``op``) and width (``width_op``, default ``op``), their targets,
     optional noise, the seed of everything random, the MSG ramp length for random parts, the output dtype.
 
+    ``style`` picks each operator's variant: ``hfgrow`` (this tool's) or ``prts`` (exactly as the reference
+    code of Du et al. 2024 runs it; see PRTS_TABLE.md). The two differ for G-up-random (placement on top,
+    prts's init, whole-block ramp), G-right-zero and G-right-random; Gstack, G-up-zero, G-right-direct
+    and noise are the same under both.
+
     ``command`` is the function that replays it: ``stack`` (Gstack only) or ``grow``.
     """
 
@@ -148,7 +153,9 @@ class GrowSpec:
 
     @property
     def default_order(self) -> str:
-        return "stack" if self.op == "direct" else "interleave"
+        """Gstack stacks; prts's MSG appends new random layers on top (msg.py: layers src_depth..trg_depth-1);
+        otherwise copies are interleaved (LLaMA Pro)."""
+        return "stack" if self.op == "direct" or (self.op == "random" and self.style == "prts") else "interleave"
 
     def params(self, plan) -> dict[str, Any]:
         """The keyword arguments of ``command`` that rebuild ``plan`` (the layer map pinned as a pattern)."""
@@ -174,6 +181,7 @@ class GrowSpec:
         layer_map = self.depth.layer_map(layout.num_layers, self.default_order)
         plan = stack_plan(layout, checkpoint.tensors, layer_map, dtypes.from_option(self.dtype))
         if self.op == "direct" and not self.width.given and not self.noise:
+            plan.operation = plan.operation.replace(style=self.style)
             return plan  # Gstack and friends: whole blocks copied, no roles needed
         return self._transform(plan, layout, checkpoint)
 
@@ -195,14 +203,15 @@ class GrowSpec:
             w = self.width
             sizes = resolve_sizes(roles, w.hidden_size, w.intermediate_size, w.num_heads, w.num_kv_heads,
                                   op=self.resolved_width_op)
-            plan = width_plan(plan, roles, sizes, op=self.resolved_width_op, seed=self.seed)
+            plan = width_plan(plan, roles, sizes, op=self.resolved_width_op, seed=self.seed, style=self.style)
             preserving = preserving and plan.operation.width.function_preserving
         if depth and self.op == "zero":
             plan = zero_plan(plan, roles)
         elif depth and self.op == "random":
-            plan = random_plan(plan, roles, seed=self.seed, mask_steps=steps)
-            plan.notes.append(f"new layers {compact(plan.new_layers)} are random: ramp their residual contribution "
-                              f"0 -> 1 over {steps} steps (MSG; recorded in hfgrow.yaml)")
+            plan = random_plan(plan, roles, seed=self.seed, mask_steps=steps, style=self.style)
+            ramp = "the whole block, y = c*block(x) + (1-c)*x" if self.style == "prts" else "each sublayer's update"
+            plan.notes.append(f"new layers {compact(plan.new_layers)} are random: ramp {ramp}, c 0 -> 1 over {steps} "
+                              "steps (MSG; recorded in hfgrow.yaml)")
         if self.noise:
             plan = noise_plan(plan, roles, self.noise, seed=self.seed, hidden_size=sizes.hidden[1] if sizes else None)
         if width and self.resolved_width_op == "random":
@@ -210,8 +219,9 @@ class GrowSpec:
 
             mask = plan.operation.mask
             plan.operation = plan.operation.replace(mask=replace(mask, steps=steps))
-            plan.notes.append(f"new width units are random; training ramps them in over {steps} steps "
-                              "(MSG; mask.width in hfgrow.yaml)")
+            staged = f"FFN, hidden, then heads, {steps} steps each" if self.style == "prts" else f"over {steps} steps"
+            plan.notes.append(f"new width units are random; training ramps them in ({staged}; MSG; mask in "
+                              "hfgrow.yaml)")
         direction = "+".join(d for d, on in (("depth", depth), ("width", width)) if on)
         plan.operation = plan.operation.replace(op=self.op, direction=direction, seed=self.seed, style=self.style,
                                                 function_preserving=bool(preserving and not self.noise))

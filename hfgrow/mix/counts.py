@@ -14,8 +14,10 @@ From the counts (natural log):
 The conditional uses the bigram table's own row sums (the count of x *as the first token of a
 bigram*), not the unigram count of x: the two differ by the last token of every sequence, and
 only the row sums make p(·|x) a distribution, so CE = JE - H(first token of a bigram) exactly.
-Proportions are r_i = softmax(H_i) over domains for the chosen measure (CE by default); the
-mixture object is written with :func:`hfgrow.data.mixture.write_mixture`.
+Proportions are r_i = exp(H_i / τ) / Σ_j exp(H_j / τ) over domains for the chosen measure (CE by
+default), with the entropies in nats and τ = 1 unless asked otherwise (:func:`entropy_mixture`); the
+mixture object, which records the rule, base and temperature, is written with
+:func:`hfgrow.data.mixture.write_mixture`.
 
 Example:
     >>> c = count_ids([[0, 1, 0, 1]], vocab_size=2, seq_len=4)
@@ -26,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -40,6 +43,7 @@ from hfgrow.errors import HfgrowError
 
 __all__ = [
     "MEASURES",
+    "LOG_BASES",
     "DomainCounts",
     "TokenCounter",
     "count_ids",
@@ -50,6 +54,9 @@ __all__ = [
 
 #: The entropy measures a mixture can follow: unigram (se), joint bigram (je), conditional (ce).
 MEASURES = ("se", "je", "ce")
+
+#: The logarithm bases a mixture's entropies can be taken in: "e" (nats, the default) or "2" (bits).
+LOG_BASES = {"e": math.e, "2": 2.0}
 
 
 @dataclass
@@ -379,21 +386,32 @@ def _softmax(values: Sequence[float]) -> list[float]:
     return list(e / e.sum())
 
 
-def entropy_mixture(domains: Mapping[str, DomainCounts | Mapping[str, float]], measure: str = "ce") -> dict:
-    """Proportions r_i = softmax(H_i) over domains for ``measure`` in {"se", "je", "ce"}.
+def entropy_mixture(domains: Mapping[str, DomainCounts | Mapping[str, float]], measure: str = "ce", *,
+                    temperature: float = 1.0, log_base: str = "e") -> dict:
+    """Proportions r_i = exp(H_i / temperature) / Σ_j exp(H_j / temperature) over domains, H being ``measure``
+    in {"se", "je", "ce"} taken to ``log_base`` ("e": nats, "2": bits).
 
-    ``domains`` maps names to :class:`DomainCounts` or to already computed
-    ``{"se", "je", "ce", "tokens"}`` dicts. Returns the mixture object (see
-    :mod:`hfgrow.data.mixture`), with each domain's entropies and token count beside its proportion.
+    BiMix's training-free rule (Ge et al., arXiv 2405.14908, the entropy-driven mixtures; REFERENCE.md §2):
+    a softmax over the domains' entropies, temperature 1. The base matters: one two-domain case gives
+    0.906 / 0.094 in nats and 0.963 / 0.037 in bits, because bits multiply every entropy difference by
+    1/ln 2 (the same as a temperature of ln 2 in nats).
+
+    ``domains`` maps names to :class:`DomainCounts` or to already computed ``{"se", "je", "ce", "tokens"}``
+    dicts in nats. Returns the mixture object (see :mod:`hfgrow.data.mixture`): the rule, base and
+    temperature, and each domain's proportion beside its entropies (in ``log_base``) and token count.
 
     Example:
         >>> m = entropy_mixture({"a": {"se": 1, "je": 2, "ce": 1.0, "tokens": 10},
         ...                      "b": {"se": 1, "je": 2, "ce": 2.0, "tokens": 10}})
-        >>> round(m["domains"]["b"]["proportion"], 4)
-        0.7311
+        >>> round(m["domains"]["b"]["proportion"], 4), m["log_base"], m["temperature"]
+        (0.7311, 'e', 1.0)
     """
     if measure not in MEASURES:
         raise HfgrowError(f"unknown measure '{measure}': use one of se, je, ce.")
+    if log_base not in LOG_BASES:
+        raise HfgrowError(f"unknown log base '{log_base}': use e (nats) or 2 (bits).")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise HfgrowError(f"the temperature must be a positive number, got {temperature}.")
     if len(domains) < 2:
         raise HfgrowError(f"a mixture needs at least 2 domains (got {len(domains)}).")
     stats: dict[str, dict[str, float]] = {}
@@ -410,11 +428,16 @@ def entropy_mixture(domains: Mapping[str, DomainCounts | Mapping[str, float]], m
             if int(value.get("tokens", 1)) <= 0:
                 raise HfgrowError(f"domain '{name}' is empty (no tokens).")
             stats[name] = {k: float(value[k]) for k in MEASURES} | {"tokens": int(value.get("tokens", 0))}
-    props = _softmax([stats[n][measure] for n in stats])
+    per_nat = 1.0 / math.log(LOG_BASES[log_base])  # entropy in log_base = nats / ln(base)
+    converted = {name: {k: s[k] * per_nat for k in MEASURES} for name, s in stats.items()}
+    props = _softmax([converted[n][measure] / temperature for n in stats])
     return {
         "measure": measure,
+        "rule": "softmax",
+        "log_base": log_base,
+        "temperature": float(temperature),
         "domains": {
-            name: {"proportion": float(r), "se": s["se"], "je": s["je"], "ce": s["ce"], "tokens": s["tokens"]}
+            name: {"proportion": float(r), **converted[name], "tokens": s["tokens"]}
             for (name, s), r in zip(stats.items(), props)
         },
     }

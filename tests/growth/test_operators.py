@@ -332,6 +332,8 @@ def test_noise_has_the_papers_scale(models, tmp_path):
     ["--op", "random", "--factor", "2", "--hidden-size", "48", "--num-heads", "6", "--noise", "0.1", "--seed", "3"],
     ["--op", "zero", "--width-op", "random", "--layers", "3", "--intermediate-size", "80", "--seed", "4"],
     ["--hidden-size", "48", "--num-heads", "6", "--seed", "9", "--noise", "0.05"],
+    ["--op", "random", "--factor", "2", "--hidden-size", "48", "--num-heads", "6", "--style", "prts", "--seed", "3"],
+    ["--op", "zero", "--hidden-size", "48", "--num-heads", "6", "--style", "prts", "--seed", "5"],
 ])
 def test_recipe_replay_is_bit_for_bit(args, models, tmp_path, capsys):
     src = models("qwen2")

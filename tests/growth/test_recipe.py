@@ -103,3 +103,18 @@ def test_bad_recipes_are_one_sentence(tmp_path, text):
 
 def test_a_folder_without_recipe_has_none(tmp_path):
     assert Recipe.read(tmp_path) is None
+
+
+def test_mask_ramp_fields_round_trip_and_default_to_hfgrows_ramp(tmp_path):
+    """A format-2 width mask written before the ramp fields existed reads as hfgrow's ramp (one stage, masks on
+    readers, fill statistics); prts's staged ramp is written out and read back."""
+    width = {"hidden_size": [64, 96], "intermediate_size": [128, 192], "new_heads": [4, 5], "new_kv_heads": [2]}
+    old = Mask.from_dict({"layers": [], "steps": 50, "form": "sublayer", "width": width})
+    assert (old.stages, old.units_at, old.norm_stats) == ((("ffn", "hidden", "heads"),), "readers", "fill")
+    prts = Mask(layers=(2,), steps=50, form="block", width=old.width, stages=(("ffn",), ("hidden",), ("heads",)),
+                units_at="writers", norm_stats="masked")
+    recipe = Recipe(command="grow", params={"op": "random", "style": "prts"}, source=SourceRef(name="small"),
+                    operation=Operation(op="random", direction="depth+width", style="prts", mask=prts))
+    recipe.write(tmp_path)
+    assert Recipe.read(tmp_path).operation.mask == prts
+    assert "stages" not in Mask(layers=(1,), steps=5).to_dict()  # depth-only masks carry no width ramp

@@ -49,7 +49,24 @@ def test_cli_entropy_writes_a_valid_mixture(domains, capsys):
         d = m["domains"][name]
         assert set(d) == {"proportion", "se", "je", "ce", "tokens"} and d["tokens"] > 3000
         assert f"{d['ce']:.4f}" in stdout
-    assert "SE" in stdout and "proportion" not in err
+    assert "SE (nats)" in stdout and "proportion" not in err
+    assert (m["rule"], m["log_base"], m["temperature"]) == ("softmax", "e", 1.0)
+
+
+def test_cli_entropy_base_and_temperature_are_explicit(domains, capsys):
+    """--log-base 2 and --temperature 0.5 are recorded; the proportions follow softmax(H_bits / 0.5), checked
+    against the nats entropies the default run writes (H_bits = H_nats / ln 2)."""
+    args = ["mix", "entropy", "--domain", f"a={domains / 'a.txt'}", "--domain", f"b={domains / 'b.jsonl'}",
+            "--tokenizer", str(domains / "tok"), "--seq-len", "128"]
+    assert run_cli([*args, "--out", str(domains / "nats.json")], capsys)[0] == 0
+    code, stdout, err = run_cli([*args, "--log-base", "2", "--temperature", "0.5", "--out", str(domains / "bits.json")],
+                                capsys)
+    assert code == 0, err
+    nats, bits = (json.loads((domains / f"{n}.json").read_text()) for n in ("nats", "bits"))
+    assert (bits["log_base"], bits["temperature"]) == ("2", 0.5) and "CE (bits)" in stdout
+    ca, cb = (nats["domains"][d]["ce"] / math.log(2) for d in ("a", "b"))
+    assert bits["domains"]["a"]["ce"] == pytest.approx(ca, rel=1e-12)
+    assert bits["domains"]["a"]["proportion"] == pytest.approx(1 / (1 + math.exp((cb - ca) / 0.5)), rel=1e-12)
 
 
 def test_cli_fit_and_optimize(tmp_path, capsys):

@@ -158,7 +158,34 @@ def test_entropy_mixture_is_softmax_and_is_read_back_by_training(tmp_path):
         {"b": m["domains"]["b"]["proportion"], "a": m["domains"]["a"]["proportion"]}, rel=1e-15)
 
 
+def test_entropy_mixture_base_and_temperature_by_hand():
+    """BiMix's rule r_i = exp(H_i / T) / Σ_j exp(H_j / T), worked out by hand for two domains whose CE differ by
+    2 nats: r_a = 1 / (1 + e^-2) = 0.880797 in nats (T = 1, the default); in bits the difference is
+    2 / ln 2 = 2.885390 bits, so r_a = 1 / (1 + e^-2.885390) = 0.947119; with T = 2 in nats it is
+    1 / (1 + e^-1) = 0.731059. The issue's case: a difference of ln(0.906/0.094) = 2.2658 nats gives 0.906 in
+    nats and 1 / (1 + e^-(2.2658 / ln 2)) = 0.963 in bits."""
+    stats = {"a": {"se": 5.0, "je": 9.0, "ce": 3.0, "tokens": 10}, "b": {"se": 6.0, "je": 8.0, "ce": 1.0, "tokens": 20}}
+    nats = mix.entropy_mixture(stats)
+    assert (nats["rule"], nats["log_base"], nats["temperature"]) == ("softmax", "e", 1.0)
+    assert nats["domains"]["a"]["proportion"] == pytest.approx(0.8807970779778823, rel=1e-12)
+    assert nats["domains"]["a"]["ce"] == 3.0  # entropies are reported in the mixture's base
+    bits = mix.entropy_mixture(stats, log_base="2")
+    assert bits["domains"]["a"]["proportion"] == pytest.approx(0.9471195, rel=1e-6)
+    assert bits["domains"]["a"]["ce"] == pytest.approx(3.0 / math.log(2), rel=1e-14)
+    assert mix.entropy_mixture(stats, temperature=2.0)["domains"]["a"]["proportion"] == pytest.approx(0.7310586, rel=1e-6)
+    # bits are nats at temperature ln 2
+    assert mix.entropy_mixture(stats, temperature=math.log(2))["domains"]["a"]["proportion"] == pytest.approx(
+        bits["domains"]["a"]["proportion"], rel=1e-12)
+    issue = {"a": {"se": 1, "je": 1, "ce": math.log(0.906 / 0.094), "tokens": 1}, "b": {"se": 1, "je": 1, "ce": 0.0}}
+    assert mix.entropy_mixture(issue)["domains"]["a"]["proportion"] == pytest.approx(0.906, abs=5e-4)
+    assert mix.entropy_mixture(issue, log_base="2")["domains"]["a"]["proportion"] == pytest.approx(0.963, abs=5e-4)
+
+
 def test_entropy_mixture_errors():
+    with pytest.raises(HfgrowError, match="^unknown log base '10'"):
+        mix.entropy_mixture({"a": {"se": 1, "je": 1, "ce": 1}, "b": {"se": 1, "je": 1, "ce": 1}}, log_base="10")
+    with pytest.raises(HfgrowError, match="^the temperature must be a positive number"):
+        mix.entropy_mixture({"a": {"se": 1, "je": 1, "ce": 1}, "b": {"se": 1, "je": 1, "ce": 1}}, temperature=0.0)
     with pytest.raises(HfgrowError, match="^a mixture needs at least 2 domains"):
         mix.entropy_mixture({"a": {"se": 1, "je": 1, "ce": 1, "tokens": 3}})
     with pytest.raises(HfgrowError, match="^domain 'a' is empty"):

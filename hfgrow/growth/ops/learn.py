@@ -10,6 +10,7 @@ whose transforms the executor streams like any other (nothing here does I/O).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping
 
 import torch
@@ -18,7 +19,7 @@ from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.arch.layout import Layout
 from hfgrow.growth.ops.depth import stack_plan
 from hfgrow.arch.roles import qkv_row_order
-from hfgrow.growth.ops.common import then
+from hfgrow.growth.ops.common import normal, then
 from hfgrow.growth.ops.width import (WidthSizes, check_widenable, head_maps, remap_norm, space_maps,
                                      widen_config, widen_tensors)
 from hfgrow.io import dtypes
@@ -117,7 +118,39 @@ def _contract(matrix: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.tensordot(matrix, x, dims=([1], [dim])).movedim(0, dim)
 
 
-class WidthExpansion(torch.nn.Module):
+class _Matrices(torch.nn.Module):
+    """The learnable width matrices (``matrices``, by name) and their sidecar file; ``sizes`` maps each space
+    the expansion acts on to its grown size."""
+
+    matrices: torch.nn.ParameterDict
+    sizes: dict[str, int]
+
+    def _param(self, name: str) -> torch.Tensor:
+        return self.matrices[name.replace(":", "__")]
+
+    def _cheapest_order(self, y: torch.Tensor, steps: list) -> list:
+        """Of two contractions (dim, space, ...), the order with fewer multiply-adds."""
+        if len(steps) == 2:
+            (old_a, new_a), (old_b, new_b) = [(y.shape[step[0]], self.sizes[step[1]]) for step in steps]
+            if old_a * new_b * (old_b + new_a) < old_b * new_a * (old_a + new_b):
+                steps.reverse()
+        return steps
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The matrices, detached, for the sidecar file."""
+        return {name: p.detach().contiguous() for name, p in self.matrices.items()}
+
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Load matrices saved by :meth:`state` (a replay); shapes must match this model and sizes."""
+        mine = dict(self.matrices.items())
+        if set(tensors) != set(mine) or any(tuple(tensors[k].shape) != tuple(mine[k].shape) for k in mine):
+            raise ValueError("the saved width matrices do not fit this source model and sizes")
+        with torch.no_grad():
+            for name, p in mine.items():
+                p.copy_(tensors[name])
+
+
+class WidthExpansion(_Matrices):
     """LiGO width growth: a learnable expansion matrix per space and side, W' = B_out · W · B_inᵀ.
 
     Spaces are those of :mod:`hfgrow.arch.roles`: the hidden size, each FFN size, query heads and
@@ -130,9 +163,9 @@ class WidthExpansion(torch.nn.Module):
 
     ``init="direct"`` starts from the function-preserving widening of ``hfgrow grow --op
     direct`` (one-hot rows scaled as HyperCloning/Net2Net), so the model at step 0 computes
-    the source's function; ``init="identity"`` (LiGO's choice) is the identity on the
-    source units and small random rows (each new unit ~10% of a source unit's scale) for the
-    new ones.
+    the source's function; ``init="identity"`` (LiGO's form) is the identity on the source units
+    and small random rows (std 0.1/sqrt(old): each new unit ~10% of a source unit's scale) for the
+    new ones. LiGO's own parameterisation and scale are :class:`LigoWidthExpansion`.
 
     Example:
         >>> expansion = WidthExpansion(roles, resolve_sizes(roles, hidden_size=128), init="direct")
@@ -149,6 +182,7 @@ class WidthExpansion(torch.nn.Module):
         op = "direct" if init == "direct" else "zero"  # "zero" maps: source units first, the rest new
         # element-level unit maps of the spaces that change (norm gathers, bookkeeping)
         self.maps = {s: m for s, m in space_maps(roles, sizes, op, seed).items() if not m.is_identity()}
+        self.sizes = {s: m.src.numel() for s, m in self.maps.items()}
         self.matrices = torch.nn.ParameterDict()
         g = torch.Generator().manual_seed(seed)
 
@@ -175,7 +209,8 @@ class WidthExpansion(torch.nn.Module):
                 add("kv", torch.tensor(kv_map), ones, ones, sizes.kv_heads[0])
 
     def matrix(self, space: str, side: str) -> torch.Tensor:
-        return self.matrices[f"{space.replace(':', '__')}__{side}"]
+        """The ``write`` or ``read`` matrix of a space."""
+        return self._param(f"{space}:{side}")
 
     def _expand_dim(self, x: torch.Tensor, dim: int, space: str, side: str) -> torch.Tensor:
         kind, _, key = space.partition(":")
@@ -211,29 +246,97 @@ class WidthExpansion(torch.nn.Module):
             return remap_norm(y, unit_map, (unit_map.src.numel(),), "F32", (*norm, 1.0))
         steps = [(dim, space, "write" if io == "out" else "read")
                  for dim, (space, io) in enumerate(zip(role.dims, role.io)) if space in self.maps and io in ("out", "in")]
-        if len(steps) == 2:  # pick the order with fewer multiply-adds
-            (old_a, new_a), (old_b, new_b) = [(y.shape[dim], self.maps[space].src.numel()) for dim, space, _ in steps]
-            if old_a * new_b * (old_b + new_a) < old_b * new_a * (old_a + new_b):
-                steps.reverse()
-        for dim, space, side in steps:
+        for dim, space, side in self._cheapest_order(y, steps):
             y = self._expand_dim(y, dim, space, side)
         return y * factor if factor != 1.0 else y
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """The matrices, detached, for the sidecar file."""
-        return {name: p.detach().contiguous() for name, p in self.matrices.items()}
 
-    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Load matrices saved by :meth:`state` (a replay); shapes must match this model and sizes."""
-        mine = dict(self.matrices.items())
-        if set(tensors) != set(mine) or any(tuple(tensors[k].shape) != tuple(mine[k].shape) for k in mine):
-            raise ValueError("the saved width matrices do not fit this source model and sizes")
-        with torch.no_grad():
-            for name, p in mine.items():
-                p.copy_(tensors[name])
+class LigoWidthExpansion(_Matrices):
+    """LiGO's width growth as the reference code runs it (``--style prts``; prts ``prts_lit/scaling/ligo.py``).
+
+    One matrix B per space, used on every side of that space, over its full width: the hidden size
+    (``B_embd``), the query, key and value projections' outputs (``BQ``, ``BK``, ``BV``) and the FFN
+    (``B_ffn``) (ligo.py lines 28-42). A grown tensor has each dimension contracted with its space's B
+    (lines 111-179): q' = BQ·q·B_embdᵀ (k', v' with BK, BV), o' = B_embd·o·BVᵀ (the attention output is
+    made of values), up' and gate' = B_ffn·W·B_embdᵀ, down' = B_embd·W·B_ffnᵀ, embedding and LM head
+    E·B_embdᵀ, and norm weights B_embd·w, learned like the rest. Every B starts at [I; N(0, 1/new)]
+    (``LiGOModel.init``, line 90): the identity on the source units, new rows drawn with std sqrt(1/new)
+    (seeded per matrix name). A space that keeps its size keeps a learnable square B, starting at I.
+
+    Where the reference has no rule (it covers multi-head Llama blocks only): a bias is expanded by its
+    space's B; with grouped-query attention the attention output has the query heads' width, so the
+    output projection reads it through BQ; a ``1 + w`` norm (Gemma) expands its effective weight
+    ``1 + w``; fused q|k|v and gate|up tensors are split, expanded part by part and re-fused.
+
+    Example:
+        >>> expansion = LigoWidthExpansion(roles, resolve_sizes(roles, hidden_size=128), seed=0)
+        >>> expansion.matrix("hidden").shape
+        torch.Size([128, 64])
+    """
+
+    def __init__(self, roles, sizes, seed: int = 0):
+        super().__init__()
+        (nh, nh2), (nkv, nkv2), hd = sizes.heads, sizes.kv_heads, sizes.head_dim
+        self.heads, self.kv_heads, self.head_dim, self.qkv_layout = sizes.heads, sizes.kv_heads, hd, roles.qkv_layout
+        widths = {"hidden": sizes.hidden}
+        self.sizes = {"hidden": sizes.hidden[1]}
+        if nh:
+            widths.update(q=(nh * hd, nh2 * hd), k=(nkv * hd, nkv2 * hd), v=(nkv * hd, nkv2 * hd))
+            self.sizes.update(q=nh2 * hd, kv=nkv2 * hd, qkv=(nh2 + 2 * nkv2) * hd)
+        for key, (old, new) in sizes.ffn.items():
+            widths[f"ffn:{key}"] = (old, new)
+            self.sizes.update({f"ffn:{key}": new, f"gate_up:{key}": 2 * new})
+        self.o_reads = "v" if nh == nkv and nh2 == nkv2 else "q"
+        self.matrices = torch.nn.ParameterDict()
+        for name, (old, new) in widths.items():
+            matrix = torch.zeros(new, old)
+            matrix[:old] = torch.eye(old)
+            if new > old:
+                matrix[old:] = normal((new - old, old), "F32", math.sqrt(1.0 / new), seed, "ligo-width", name)
+            self.matrices[name.replace(":", "__")] = torch.nn.Parameter(matrix)
+
+    def matrix(self, name: str) -> torch.Tensor:
+        """B of ``hidden``, ``q``, ``k``, ``v`` or ``ffn:<config key>``."""
+        return self._param(name)
+
+    def _expand_dim(self, x: torch.Tensor, dim: int, space: str, kind: str) -> torch.Tensor:
+        part, _, key = space.partition(":")
+        if part == "gate_up":  # [gate | up] rows: both halves live in the FFN space
+            return torch.cat([self._expand_dim(half, dim, f"ffn:{key}", kind) for half in x.chunk(2, dim)], dim)
+        if part == "qkv":  # fused q|k|v rows, each part with its own B
+            (nh, nh2), (nkv, nkv2), hd = self.heads, self.kv_heads, self.head_dim
+            plain = x.index_select(dim, torch.argsort(qkv_row_order(self.qkv_layout, nh, nkv, hd)).to(x.device))
+            q, k, v = plain.split([nh * hd, nkv * hd, nkv * hd], dim)
+            parts = (("q", q), ("k", k), ("v", v))
+            grown = torch.cat([_contract(self.matrix(name), rows, dim) for name, rows in parts], dim)
+            return grown.index_select(dim, qkv_row_order(self.qkv_layout, nh2, nkv2, hd).to(x.device))
+        if part == "q":
+            name = self.o_reads if kind == "o" else "q"
+        elif part == "kv":
+            name = "v" if kind == "v" else "k"
+        else:
+            name = space
+        return _contract(self.matrix(name), x, dim)
+
+    def expand(self, x: torch.Tensor, role, factor: float = 1.0, norm: tuple[float, float] | None = None
+               ) -> torch.Tensor:
+        """One tensor grown in width (float32, differentiable in the matrices).
+
+        ``norm`` = (offset, init) of a norm weight: ``w + offset`` is what B expands (the init is not used:
+        LiGO's norm weights are learned combinations of the source's).
+        """
+        y = x.float()
+        steps = [(dim, space) for dim, space in enumerate(role.dims) if space in self.sizes]
+        if role.is_norm:
+            offset = 0.0 if role.is_bias or norm is None else norm[0]
+            return self._expand_dim(y + offset, 0, steps[0][1], role.kind) - offset if steps else y
+        for dim, space in self._cheapest_order(y, steps):
+            y = self._expand_dim(y, dim, space, role.kind)
+        return y * factor if factor != 1.0 else y
 
 
-def learned_width_plan(plan: Plan, roles, sizes: WidthSizes, expansion: WidthExpansion, init: str) -> Plan:
+def learned_width_plan(plan: Plan, roles, sizes: WidthSizes, expansion: WidthExpansion | LigoWidthExpansion,
+                       init: str) -> Plan:
     """Grow the width of every tensor of ``plan`` with LiGO's expansion matrices (their current values).
 
     The matrices go to the ``SIDECAR`` file next to the recipe, so a replay rebuilds the same tensors.
@@ -243,16 +346,15 @@ def learned_width_plan(plan: Plan, roles, sizes: WidthSizes, expansion: WidthExp
     widened = widen_config(plan.config, roles, sizes, "learn")
 
     def grow(tensor: TensorPlan, role) -> TensorPlan:
-        if role.is_norm and role.dims[0] not in expansion.maps:
+        if role.is_norm and role.dims[0] not in expansion.sizes:
             return tensor
-        if not role.is_norm and not any(space in expansion.maps for space in role.dims if space) \
+        if not role.is_norm and not any(space in expansion.sizes for space in role.dims if space) \
                 and not (role.kind == "embedding" and widened.embed_factor != 1.0):
             return tensor
         check_widenable(tensor, role, roles)
         factor = widened.embed_factor if role.kind == "embedding" else 1.0
         norm = (roles.norm_offset, 0.0 if role.is_bias else roles.norm_init) if role.is_norm else None
-        shape = tuple(expansion.maps[space].src.numel() if space in expansion.maps else size
-                      for space, size in zip(role.dims, tensor.shape))
+        shape = tuple(expansion.sizes.get(space, size) for space, size in zip(role.dims, tensor.shape))
         dtype = tensor.dtype
 
         def fn(x: torch.Tensor) -> torch.Tensor:

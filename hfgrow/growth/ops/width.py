@@ -29,6 +29,17 @@ lives in and whether it writes or reads it; this module only applies the maps.
     ``_init_weights`` (normal(0, initializer_range), biases zero, norms at their init);
     the recipe lists the new units so continued training can ramp them in (MSG).
 
+``style="prts"`` runs ``zero`` and ``random`` as the reference code does (prts ``zero.py`` and
+``msg.py``): the target model is initialised by prts's ``GPT._init_weights``
+(:meth:`Roles.prts_init_std`) and the source copied into the leading units of every dimension. For
+``random`` that is all (new units keep the init; the recipe asks for MSG's staged ramp: FFN, then
+hidden, then heads, masks on the outputs of the projections that write new units, mask-weighted norm
+statistics). For ``zero``, every weight element that writes a new unit from a source unit is zero
+and every element that reads a new unit keeps its random init (new FFN units and heads: zero fan-in
+from the source, random fan-out; new hidden units: zero embedding columns, random LM-head columns);
+new norm weights and biases are zero and nothing is rescaled, so growing the hidden size changes the
+norms' statistics (the reference's operator is function-preserving only for FFN and head growth).
+
 Tied input/output embeddings are untied in the output (they need different values).
 Gemma-style embeddings scaled by sqrt(hidden_size) are rescaled by sqrt(old/new).
 """
@@ -301,13 +312,15 @@ def _ones(n: int) -> torch.Tensor:
     return torch.ones(n, dtype=torch.float64)
 
 
-def space_maps(roles: Roles, sizes: WidthSizes, op: str, seed: int) -> dict[str, UnitMap]:
+def space_maps(roles: Roles, sizes: WidthSizes, op: str, seed: int, style: str = "hfgrow") -> dict[str, UnitMap]:
     """A UnitMap for every space that changes."""
     if op not in OPS:
         raise HfgrowError(f"unknown width operator '{op}'; use one of {', '.join(OPS)}.")
     maps: dict[str, UnitMap] = {}
     hidden_fill = ("zero", "random") if op == "zero" else ("random", "random")
     inner_fill = ("random", "zero") if op == "zero" else ("random", "random")
+    if op == "zero" and style == "prts":  # prts zero.py: writing a new unit from old ones is zero, reading one random
+        inner_fill = hidden_fill
 
     def counts(src: torch.Tensor, old: int) -> torch.Tensor:
         return torch.bincount(src.clamp(min=0), minlength=old).to(torch.float64)[src.clamp(min=0)]
@@ -360,15 +373,16 @@ def _view(vec: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
 
 
 def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], shape: tuple[int, ...], dtype: str,
-          *, std: float, seed: int, key: str, factor: float = 1.0, norm: tuple[float, float, float] | None = None
-          ) -> torch.Tensor:
+          *, std: float, seed: int, key: str, factor: float = 1.0, norm: tuple[float, float, float] | None = None,
+          prefer: str = "zero") -> torch.Tensor:
     """Apply per-dimension unit maps to ``x``, one chunk of output rows at a time.
 
     Each chunk is gathered straight into the output tensor (in the output dtype), then
     multiplied in place by one combined scale (one rounding: the product is computed in
     float32), then new units are filled. ``norm`` = (offset, init value, rescale) for a
     norm weight: the effective weight ``w + offset`` of every unit (new units:
-    ``init + offset``) is multiplied by ``rescale``.
+    ``init + offset``) is multiplied by ``rescale``. An element new in two dimensions whose
+    fills disagree gets the ``prefer`` one ("zero" or "random").
     """
     if norm is not None:
         return remap_norm(x, dim_maps[0], shape, dtype, norm)
@@ -426,7 +440,7 @@ def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], sha
                 target.index_copy_(0, rest_dst - start, block)
             if post_scale != 1.0:
                 target.mul_(post_scale)
-        new = zero = None
+        new = zero = drawn = None
         for dim, unit_map in enumerate(dim_maps):
             if unit_map is None or not unit_map.has_new:
                 continue
@@ -434,8 +448,12 @@ def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], sha
             new = mask if new is None else new | mask
             if role.is_bias or unit_map.fill(role.io[dim]) == "zero":
                 zero = mask if zero is None else zero | mask
+            else:
+                drawn = mask if drawn is None else drawn | mask
         if new is not None:
             new = new.expand(target.shape)
+            if prefer == "random" and drawn is not None:
+                zero = None if zero is None else zero & ~drawn
             random = new if zero is None else new & ~zero.expand(target.shape)
             if bool(random.any()):
                 values = torch.randn(target.shape, generator=generator(seed, "width-init", key, start)) * std
@@ -569,29 +587,38 @@ class _UnitMapWidening:
     """Grows one tensor by the unit maps of its dimensions (the direct, zero and random operators)."""
 
     def __init__(self, roles: Roles, maps: dict[str, UnitMap], op: str, seed: int, embed_factor: float,
-                 norm_rescale: float, layers_out: int):
+                 norm_rescale: float, layers_out: int, style: str = "hfgrow"):
         self.roles, self.maps, self.op, self.seed = roles, maps, op, seed
         self.embed_factor, self.norm_rescale, self.layers_out = embed_factor, norm_rescale, layers_out
+        self.style = style
 
     def __call__(self, tensor: TensorPlan, role: TensorRole) -> TensorPlan:
         roles = self.roles
         dim_maps = [self.maps.get(space) if space else None for space in role.dims]
         dim_maps = [m if m is not None and not m.is_identity() else None for m in dim_maps]
         factor = self.embed_factor if role.kind == "embedding" else 1.0
+        prts = self.style == "prts"
         norm = None
         if role.is_norm:
             scale = self.norm_rescale if role.dims[0] == "hidden" and not role.is_bias else 1.0
-            norm = (roles.norm_offset, 0.0 if role.is_bias else roles.norm_init, scale)
+            # new norm units: their init (effective weight one), or, for prts's zero operator, effective weight zero
+            init = 0.0 if role.is_bias else 0.0 - roles.norm_offset if prts and self.op == "zero" else roles.norm_init
+            norm = (roles.norm_offset, init, scale)
             if scale == 1.0 and dim_maps[0] is None:
                 return tensor
         elif all(m is None for m in dim_maps) and factor == 1.0:
             return tensor
         check_widenable(tensor, role, roles)
         shape = tuple(m.src.numel() if m is not None else size for m, size in zip(dim_maps, tensor.shape))
-        std, seed, name, dtype = roles.init_std_for(role, self.layers_out), self.seed, tensor.name, tensor.dtype
+        std = 0.0
+        if not role.is_norm and not role.is_bias and any(m is not None and m.has_new for m in dim_maps):
+            layers = self.layers_out
+            std = roles.prts_init_std(role, shape, layers) if prts else roles.init_std_for(role, layers)
+        seed, name, dtype, prefer = self.seed, tensor.name, tensor.dtype, "random" if prts else "zero"
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            return remap(x, role, dim_maps, shape, dtype, std=std, seed=seed, key=name, factor=factor, norm=norm)
+            return remap(x, role, dim_maps, shape, dtype, std=std, seed=seed, key=name, factor=factor, norm=norm,
+                         prefer=prefer)
 
         spaces = ",".join(s or "-" for s in role.dims)
         return then(tensor, fn, f"width {self.op} ({role.kind} [{spaces}])", shape)
@@ -612,16 +639,28 @@ def _zero_norm_rescale(widened: Widened, roles: Roles, sizes: WidthSizes) -> flo
     return math.sqrt(H / H2)
 
 
-def _preservation(op: str, roles: Roles, sizes: WidthSizes, maps: dict[str, UnitMap]) -> tuple[bool, list[str]]:
+def _preservation(op: str, roles: Roles, sizes: WidthSizes, maps: dict[str, UnitMap], style: str = "hfgrow",
+                  seed: int = 0) -> tuple[bool, list[str]]:
     """Whether the unit-map operator keeps the source's function exactly, and notes saying why not."""
     if op == "random":
         return False, []
     H, H2 = sizes.hidden
     notes = []
+    if op == "zero" and style == "prts":
+        if H2 != H:
+            notes.append("G-right-zero --style prts: the zero new hidden units lower the norms' mean square and the "
+                         "reference code rescales nothing, so the grown model computes a different function "
+                         "(hfgrow's default style rescales RMSNorm to keep it)")
+        q_map, kv_map = head_maps(sizes, op, seed) if "q" in maps else ([], [])
+        group = sizes.heads[1] // sizes.kv_heads[1] if "q" in maps else 1
+        if any(s < 0 and kv_map[i // group] >= 0 for i, s in enumerate(q_map)):
+            notes.append("G-right-zero --style prts: new query heads share a source key/value head and attend with "
+                         "it, and their random fan-out writes that to the residual stream (keep the query heads per "
+                         "key/value head to preserve the function)")
     if H2 != H and H2 % H and op == "direct" and roles.norm_kind != "rms":
         notes.append(f"hidden size grown by a non-integer factor with {roles.norm_kind} norms: only approximately "
                      "function-preserving (use a whole multiple for an exact copy)")
-    if H2 != H and op == "zero" and roles.norm_kind != "rms":
+    if H2 != H and op == "zero" and style == "hfgrow" and roles.norm_kind != "rms":
         notes.append(f"G-right-zero with {roles.norm_kind} norms: new hidden units change the norm statistics; "
                      "only approximately function-preserving")
     for space in ("q", "kv"):  # norms over the whole query/key vector (OLMo 2) only survive plain tiling
@@ -632,6 +671,15 @@ def _preservation(op: str, roles: Roles, sizes: WidthSizes, maps: dict[str, Unit
     return not notes, notes
 
 
+#: how training ramps new width units in, by style (recipe fields of :class:`~hfgrow.growth.recipe.Mask`):
+#: prts msg.py stages FFN, hidden, heads one ramp after another (MsgMask.getmask), scales the outputs of
+#: every projection that writes new units (MsgLayer) and normalises with mask-weighted statistics (MsgNorm)
+WIDTH_RAMPS = {
+    "hfgrow": dict(stages=(("ffn", "hidden", "heads"),), units_at="readers", norm_stats="fill"),
+    "prts": dict(stages=(("ffn",), ("hidden",), ("heads",)), units_at="writers", norm_stats="masked"),
+}
+
+
 def _width_mask(sizes: WidthSizes, maps: dict[str, UnitMap], seed: int) -> WidthMask:
     """The new units an MSG ramp scales after G-right-random."""
     q_map, kv_map = head_maps(sizes, "random", seed) if "q" in maps else ([], [])
@@ -640,7 +688,8 @@ def _width_mask(sizes: WidthSizes, maps: dict[str, UnitMap], seed: int) -> Width
                      new_kv_heads=tuple(i for i, s in enumerate(kv_map) if s < 0))
 
 
-def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0) -> Plan:
+def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0,
+               style: str = "hfgrow") -> Plan:
     """Grow the width of every tensor of ``plan`` (any depth plan: its tensors' sources are source tensors).
 
     Example:
@@ -651,19 +700,20 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
     """
     if not sizes.changed:
         return plan
-    maps = space_maps(roles, sizes, op, seed)
+    maps = space_maps(roles, sizes, op, seed, style)
     widened = widen_config(plan.config, roles, sizes, op)
     rescale = 1.0
-    if op == "zero" and sizes.hidden[1] != sizes.hidden[0] and roles.norm_kind == "rms":
+    if op == "zero" and style == "hfgrow" and sizes.hidden[1] != sizes.hidden[0] and roles.norm_kind == "rms":
         rescale = _zero_norm_rescale(widened, roles, sizes)
     layers_out = len(plan.layer_map) if plan.layer_map else 1
-    widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out)
+    widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out, style)
     tensors = widen_tensors(plan.tensors, roles, widened.untie, widen)
-    preserving, caveats = _preservation(op, roles, sizes, maps)
+    preserving, caveats = _preservation(op, roles, sizes, maps, style, seed)
     check_output_shapes(widened.config, {t.name: t.shape for t in tensors}, roles)
     operation = plan.operation.replace(width=WidthRecord(op, sizes.pairs(), sizes.head_dim, preserving))
     if op == "random":
         mask = plan.operation.mask or Mask()
-        operation = operation.replace(mask=dataclasses.replace(mask, width=_width_mask(sizes, maps, seed)))
+        operation = operation.replace(mask=dataclasses.replace(mask, width=_width_mask(sizes, maps, seed),
+                                                               **WIDTH_RAMPS[style]))
     return dataclasses.replace(plan, tensors=tensors, config=widened.config, operation=operation,
                                notes=plan.notes + widened.notes + caveats)
