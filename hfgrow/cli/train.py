@@ -37,6 +37,8 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
       hfgrow train --config-file configs/ddp.yaml --model org/grown --data hf:HuggingFaceFW/fineweb-edu \\
           --output-dir run --seq-len 2048 --batch-size 8 --grad-accum 16 --max-tokens 2B
       hfgrow train --config-file configs/multi_cpu.yaml --model grown/ ...   # 2 CPU processes
+      hfgrow train --config-file configs/fsdp2.yaml --model base-config/ --grow stack:4@auto \
+          --data tok/ --output-dir run --max-tokens 2T     # pre-training with growth (Gstack x4, the paper's d)
     """
     from hfgrow.train.args import build_parser
 
@@ -63,16 +65,26 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
 
 
 def _check(parsed, plan, machine) -> None:
-    """preflight (clear one-line errors before any process starts) and the machine check."""
+    """preflight (clear one-line errors before any process starts), the growth stages, and the machine check
+    (for the largest model the run trains: the last stage's, with --grow)."""
+    from hfgrow.arch.layout import read_config
     from hfgrow.io.source import open_source
     from hfgrow.train.args import preflight
+    from hfgrow.train.growth import plan_stages
     from hfgrow.train.launch import check_machine, count_parameters, trained_fraction
+    from hfgrow.train.schedule import steps_for
 
     with open_source(parsed.model) as source:
         setup = preflight(parsed, source)
         text = setup.config.get_text_config() if hasattr(setup.config, "get_text_config") else setup.config
         fraction = trained_fraction(parsed.train, setup.new_layers, getattr(text, "num_hidden_layers", None))
-        check_machine(plan, machine, count_parameters(source.path), fraction)
+        n_params = count_parameters(source.path) if setup.has_weights and not parsed.grow else None
+        if n_params is None:
+            tokens_per_step = parsed.batch_size * plan.total_processes * parsed.grad_accum * setup.seq_len
+            n_params = plan_stages(read_config(source.path), parsed.grow, tokens_per_step=tokens_per_step,
+                                   max_steps=steps_for(parsed.max_steps, parsed.max_tokens, tokens_per_step),
+                                   seed=parsed.seed).final_params
+        check_machine(plan, machine, n_params, fraction)
 
 
 @click.command()

@@ -1,18 +1,28 @@
 """`hfgrow compare`: the paper's core experiment, at a scale you choose, on your data.
 
-Runs, all with the same total training FLOPs C = 6·N_target·D (FLOPs per token from the shapes):
+Every arm is one training run of the product's own loop (``python -m hfgrow.continue``), all with the
+same total training FLOPs C = 6·N_target·D (FLOPs per token from the shapes), each starting from the
+architecture's random initialisation (model folders with a config and a tokenizer, no weights):
 
-* ``base``: the small model (L/g layers, same width) from random init for d tokens;
-* ``grown-<op>``: the base grown by each operator, trained on with the FLOPs left (C − 6·N_base·d);
-* ``scratch``: the target model from random init for D tokens;
-* ``grown-untrained`` (optional): Gstack of an *untrained* base (d = 0 in the paper: no gain expected);
-* ``small-alone`` (optional): the base model trained alone for the whole budget C — at toy scale it
-  can beat everything, and a fair report has to say so.
+* ``grown-<op>``: the small model (L/g layers, same width) for d tokens, grown by the operator inside the
+  run (``--grow OP:g@d``), trained on with the FLOPs left (C − 6·N_base·d); ``base`` in the report is
+  that run's first stage (its held-out loss when it grew);
+* ``scratch``: the target model for D tokens;
+* ``grown-untrained`` (optional): ``--grow stack:g@0``, Gstack of an *untrained* base (d = 0 in the
+  paper: no gain expected);
+* ``small-alone`` (optional): the base model alone for the whole budget C — at toy scale it can beat
+  everything, and a fair report has to say so.
 
-Every run is ``python -m hfgrow.continue`` (the one training loop of the project), read back and
-plotted through :mod:`hfgrow.train.runlog`. Reported: final held-out losses, loss-vs-FLOPs curves
-(PNG), and the speedup sp = FLOPs_scratch / FLOPs_grown − 1 at the scratch run's final loss, as the
-paper defines it (base phase counted).
+Learning rate: every arm's max LR is chosen by one rule (:func:`choose_lr`): the arm's own run, cut to
+its first :data:`SWEEP_FRACTION` of steps (at least :data:`MIN_SWEEP_STEPS`), at each LR of a grid;
+the LR with the lowest held-out loss at the end of that short run wins. ``lr=`` fixes one LR for all.
+
+Reported: final held-out losses, loss-vs-FLOPs curves (PNG), the regime (does the target beat the
+small model trained alone?) and the speedup sp = FLOPs_scratch / FLOPs_grown − 1 at the scratch run's
+final loss, as the paper defines it (base phase counted) — only when the scratch arm has learned: its
+final held-out loss must be at least :data:`LEARNED_MARGIN` nats below the held-out cross-entropy of a
+unigram model of the training data (the best prediction that ignores context). A baseline that sits at
+token frequencies makes any speedup meaningless.
 """
 
 from __future__ import annotations
@@ -35,23 +45,44 @@ PRESETS = {
                  num_attention_heads=4, num_key_value_heads=4, vocab_size=512, max_position_embeddings=512,
                  tie_word_embeddings=False),
 }
+GROW_OPS = {"direct": "stack", "zero": "zero", "random": "random"}  # compare's --op -> continue.py's --grow OP
+LR_GRID = (1e-3, 3e-3, 1e-2)
+SWEEP_FRACTION = 0.05
+MIN_SWEEP_STEPS = 20
+LEARNED_MARGIN = 0.1  # nats below the unigram model's held-out loss
 
 
 @dataclass
 class Run:
+    """A finished arm: its final model's size, the tokens and FLOPs it trained on, its held-out loss curve."""
+
     name: str
     params: int
     tokens: int
-    flops_offset: float = 0.0  # FLOPs spent before this run started (the base phase of a grown run)
-    curve: list[tuple[float, float]] = field(default_factory=list)  # (FLOPs incl. offset, held-out loss)
+    total_flops: float
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (FLOPs spent, held-out loss)
 
     @property
     def final_loss(self) -> float:
         return self.curve[-1][1] if self.curve else math.nan
 
-    @property
-    def total_flops(self) -> float:
-        return self.flops_offset + 6.0 * self.params * self.tokens
+
+@dataclass(frozen=True)
+class Arm:
+    """One training run of the comparison: the model folder it starts from, its growth, its length."""
+
+    name: str
+    model: str  # "base" or "target": models/<model>/ (config and tokenizer, no weights)
+    steps: int
+    grow: str | None = None  # --grow OP:FACTOR@TOKENS
+    grow_tokens: int = 0
+    optimizer: str = "fresh"
+
+    def sweep(self, steps: int) -> Arm:
+        """The arm cut to its first ``steps`` steps (a growth past them is not made)."""
+        keep = self.grow is not None and self.grow_tokens < steps
+        return Arm(self.name, self.model, steps, self.grow if keep else None, self.grow_tokens if keep else 0,
+                   self.optimizer)
 
 
 def flops_to_reach(curve: list[tuple[float, float]], loss: float) -> float | None:
@@ -90,8 +121,8 @@ def _config(spec: str) -> dict[str, Any]:
 
 
 def _count_params(config: dict[str, Any]) -> int:
-    from hfgrow.growth.timing import count_params
     from hfgrow.arch.layout import hf_config_from_dict
+    from hfgrow.growth.timing import count_params
 
     return count_params(hf_config_from_dict(config)).total
 
@@ -114,48 +145,153 @@ def _split_corpus(data: list[str] | None, folder: Path, seed: int) -> tuple[Path
     return train, held_out, "\n".join(documents[n_eval:])[:2_000_000]
 
 
-def collect(name: str, run_dir: Path, params: int, flops_offset: float = 0.0) -> Run:
-    """A finished run as a :class:`Run`: its held-out loss at every evaluation, against the FLOPs spent.
-
-    FLOPs are ``flops_offset`` (the base phase of a grown run) + 6·params·tokens seen.
+def unigram_loss(train: Path, held_out: Path, tokenizer, seq_len: int, eval_sequences: int) -> float:
+    """Held-out cross-entropy (nats/token) of a unigram model of ``train``: the loss of predicting every
+    token by its frequency alone (add-one smoothed over the vocabulary), on exactly the held-out sequences
+    and positions the training runs are evaluated on.
 
     Example:
-        >>> collect("grown-direct", Path("runs/grown-direct"), 4_000_000, flops_offset=1.2e12).curve[0]
-        (1200000000000.0, 5.91)
+        >>> round(unigram_loss(Path("train.txt"), Path("eval.txt"), tok, 128, 64), 3)
+        5.291
+    """
+    from collections import Counter
+
+    from hfgrow.data.loading import build_data, source_tokens
+    from hfgrow.data.specs import open_domain, parse_specs
+
+    train_spec, eval_spec = parse_specs([f"text={train}"])[0], parse_specs([f"text={held_out}"])[0]
+    counts = Counter(source_tokens(open_domain(train_spec), tokenizer))
+    total, vocab = sum(counts.values()), len(tokenizer)
+    data = build_data([train_spec], tokenizer, seq_len, eval_sequences=eval_sequences, eval_domains=[eval_spec])
+    predicted = [token for seq in data.eval["text"] for token in seq[1:]]  # the positions a causal LM's loss counts
+    return -sum(math.log((counts[t] + 1) / (total + vocab)) for t in predicted) / len(predicted)
+
+
+def collect(name: str, run_dir: Path) -> Run:
+    """A finished run as a :class:`Run`: its held-out loss at every evaluation against the FLOPs spent so far
+    (6·N·tokens per stage, N the parameters of each stage: a grown run counts its small-model phase).
+
+    Example:
+        >>> collect("grown-direct", Path("runs/grown-direct")).curve[0]
+        (0.0, 6.25)
     """
     from hfgrow.train.runlog import read_run
 
     record = read_run(run_dir)
-    return Run(name, params, record.trained_tokens, flops_offset,
-               [(flops_offset + 6.0 * params * tokens, loss) for tokens, loss in record.eval_curve()])
+    return Run(name, int(record.n_params or 0), record.trained_tokens, record.flops(record.trained_tokens),
+               [(record.flops(tokens), loss) for tokens, loss in record.eval_curve()])
 
 
-def _train(model: Path, run_dir: Path, train: Path, held_out: Path, tokens: int, args: dict[str, Any],
-           quiet: bool) -> Path:
-    steps = max(1, tokens // (args["seq_len"] * args["batch_size"]))
-    eval_steps = max(1, steps // args["eval_points"])
-    argv = [sys.executable, "-m", "hfgrow.continue", "--model", str(model), "--data", f"text={train}",
-            "--eval-data", f"text={held_out}", "--eval-sequences", str(args["eval_sequences"]),
-            "--output-dir", str(run_dir), "--seq-len", str(args["seq_len"]), "--batch-size", str(args["batch_size"]),
-            "--max-steps", str(steps), "--eval-steps", str(eval_steps), "--save-steps", str(steps),
-            "--keep-checkpoints", "1", "--lr", str(args["lr"]), "--warmup-steps", str(max(1, steps // 20)),
-            "--seed", str(args["seed"])]
-    result = subprocess.run(argv, stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HfgrowError(f"training run {run_dir.name} failed: {last}")
-    return run_dir / "final"
+def first_stage(name: str, run_dir: Path) -> Run:
+    """The small-model stage of a run with growth, as its own :class:`Run` (up to the held-out loss it grew at)."""
+    from hfgrow.train.runlog import read_run
+
+    record = read_run(run_dir)
+    stages = record.info.get("stages") or []
+    if len(stages) < 2:
+        raise HfgrowError(f"{run_dir} did not grow; it has no first stage to report as the base.")
+    d = int(stages[1]["start_tokens"])
+    curve = [(record.flops(tokens), r["eval_loss"]) for r in record.evals if r.get("stage", 0) == 0
+             for tokens in [int(r["tokens"])]]
+    return Run(name, int(stages[0]["n_params"]), d, record.flops(d), curve)
+
+
+class Trainer:
+    """Runs arms through ``python -m hfgrow.continue`` with the comparison's shared settings."""
+
+    def __init__(self, models: Path, train: Path, held_out: Path, settings: dict[str, Any], quiet: bool):
+        self.models, self.train, self.held_out, self.settings = models, train, held_out, settings
+        self.quiet = quiet
+
+    def run(self, arm: Arm, run_dir: Path, lr: float, evals: int) -> Path:
+        """Train ``arm`` at max LR ``lr`` into ``run_dir``, evaluating ``evals`` times (and at step 0 and any growth)."""
+        s = self.settings
+        argv = [sys.executable, "-m", "hfgrow.continue", "--model", str(self.models / arm.model),
+                "--data", f"text={self.train}", "--eval-data", f"text={self.held_out}",
+                "--eval-sequences", str(s["eval_sequences"]), "--output-dir", str(run_dir),
+                "--seq-len", str(s["seq_len"]), "--batch-size", str(s["batch_size"]), "--max-steps", str(arm.steps),
+                "--eval-steps", str(max(1, arm.steps // evals)), "--save-steps", str(arm.steps),
+                "--keep-checkpoints", "1", "--lr", repr(lr), "--warmup-steps", str(max(1, arm.steps // 20)),
+                "--seed", str(s["seed"]), "--no-export"]
+        if arm.grow:
+            argv += ["--grow", arm.grow, "--grow-optimizer", arm.optimizer]
+        result = subprocess.run(argv, stdout=subprocess.DEVNULL if self.quiet else None, stderr=subprocess.PIPE,
+                                text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise HfgrowError(f"training run {run_dir.name} failed: {last}")
+        return run_dir
+
+
+def choose_lr(trainer: Trainer, arm: Arm, grid: tuple[float, ...], folder: Path,
+              cache: dict[Arm, dict[float, float]]) -> tuple[float, dict[float, float], int]:
+    """The rule every arm's LR follows: run the arm's first :data:`SWEEP_FRACTION` of steps (at least
+    :data:`MIN_SWEEP_STEPS`, at most all) at each LR of ``grid`` (its own warmup and cosine over those steps);
+    the LR whose held-out loss is lowest at the end wins (ties: the smaller LR).
+
+    Returns (chosen LR, held-out loss per LR, sweep steps). Arms whose cut runs are identical share them.
+    """
+    steps = min(arm.steps, max(MIN_SWEEP_STEPS, math.ceil(SWEEP_FRACTION * arm.steps)))
+    cut = arm.sweep(steps)
+    key = Arm("", cut.model, cut.steps, cut.grow, cut.grow_tokens, cut.optimizer if cut.grow else "fresh")
+    if key not in cache:
+        losses = {}
+        for lr in grid:
+            run_dir = trainer.run(cut, folder / f"{arm.name}-lr{lr:g}", lr, evals=1)
+            losses[lr] = collect(arm.name, run_dir).final_loss
+        cache[key] = losses
+    losses = cache[key]
+    finite = {lr: loss for lr, loss in losses.items() if math.isfinite(loss)}
+    if not finite:
+        raise HfgrowError(f"every LR of the sweep diverged for {arm.name}; give a smaller --lr.")
+    return min(finite, key=lambda lr: (finite[lr], lr)), losses, steps
+
+
+def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction: float, tokens_per_step: int,
+              factor: int, ops: tuple[str, ...], optimizers: tuple[str, ...], include_untrained: bool,
+              include_small: bool) -> tuple[list[Arm], dict[str, Any]]:
+    """The arms at equal FLOPs, in whole optimizer steps, and the budget they share.
+
+    Example:
+        >>> arms, budget = plan_arms(4000, 1000, scratch_tokens=20480, base_fraction=0.25, tokens_per_step=512,
+        ...                          factor=4, ops=("direct",), optimizers=("fresh",), include_untrained=False,
+        ...                          include_small=False)
+        >>> [(a.name, a.steps, a.grow) for a in arms]
+        [('grown-direct', 38, 'stack:4@5120'), ('scratch', 40, None)]
+    """
+    scratch_steps = max(1, scratch_tokens // tokens_per_step)
+    budget = 6.0 * n_target * scratch_steps * tokens_per_step
+    base_steps = max(1, round(scratch_tokens * base_fraction / tokens_per_step))
+    grown_steps = max(1, round((budget - 6.0 * n_base * base_steps * tokens_per_step) / (6.0 * n_target * tokens_per_step)))
+    d = base_steps * tokens_per_step
+    arms = []
+    for op in ops:
+        for optimizer in optimizers:
+            suffix = "" if optimizer == "fresh" else f"-{optimizer}"
+            arms.append(Arm(f"grown-{op}{suffix}", "base", base_steps + grown_steps, f"{GROW_OPS[op]}:{factor}@{d}", d,
+                            optimizer))
+    arms.append(Arm("scratch", "target", scratch_steps))
+    if include_untrained:
+        arms.append(Arm("grown-untrained", "base", scratch_steps, f"stack:{factor}@0", 0))
+    if include_small:
+        arms.append(Arm("small-alone", "base", max(1, round(budget / (6.0 * n_base * tokens_per_step)))))
+    return arms, {"budget_flops": budget, "base_tokens": d, "grown_tokens": grown_steps * tokens_per_step,
+                  "scratch_tokens": scratch_steps * tokens_per_step}
 
 
 def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None = None, factor: int = 4,
-            ops: tuple[str, ...] = ("direct",), scratch_tokens: int | str = 1_000_000, base_fraction: float = 0.25,
-            seq_len: int = 128, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, eval_points: int = 20,
-            eval_sequences: int = 64, include_untrained: bool = True, include_small: bool = True,
-            quiet: bool = False) -> dict[str, Any]:
+            ops: tuple[str, ...] = ("direct",), optimizers: tuple[str, ...] = ("fresh",),
+            scratch_tokens: int | str = 1_000_000, base_fraction: float = 0.25, seq_len: int = 128,
+            batch_size: int = 16, lr: float | None = None, lr_grid: tuple[float, ...] = LR_GRID, seed: int = 0,
+            eval_points: int = 20, eval_sequences: int = 64, include_untrained: bool = True,
+            include_small: bool = True, quiet: bool = False) -> dict[str, Any]:
     """Run the grow-vs-scratch experiment and write compare.json, compare.md and compare.png to ``out_dir``.
 
     ``scratch_tokens`` is a count (``3M``, ``1e6``, ``3000000``); ``base_fraction`` sets d as a fraction of
-    it (the base is trained on d tokens; the grown model gets the FLOPs that are left).
+    it (the base is trained on d tokens; the grown model gets the FLOPs that are left). ``lr=None``: each
+    arm's LR by the sweep rule (:func:`choose_lr`) over ``lr_grid``; a number: that LR for every arm.
+    ``optimizers``: the ``--grow-optimizer`` modes to run every operator with (``carry`` arms are named
+    ``grown-<op>-carry``).
 
     Example:
         >>> report = compare("runs/cmp", scratch_tokens="1M")
@@ -163,9 +299,7 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
         0.31
     """
     from hfgrow.arch.layout import hf_config_from_dict
-    from hfgrow.eval.tiny import make_model, make_tokenizer
-
-    import hfgrow
+    from hfgrow.eval.tiny import make_tokenizer
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -181,70 +315,83 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
     if "layer_types" in target:
         base["layer_types"] = target["layer_types"][: layers // factor]
     n_target, n_base = _count_params(target), _count_params(base)
-    budget = 6.0 * n_target * scratch_tokens
-    base_tokens = int(scratch_tokens * base_fraction)
-    grown_tokens = int((budget - 6.0 * n_base * base_tokens) / (6.0 * n_target))
-    args = dict(seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed, eval_points=eval_points,
-                eval_sequences=eval_sequences)
+    tokens_per_step = seq_len * batch_size
+    arms, budget = plan_arms(n_target, n_base, scratch_tokens=scratch_tokens, base_fraction=base_fraction,
+                             tokens_per_step=tokens_per_step, factor=factor, ops=tuple(ops),
+                             optimizers=tuple(optimizers), include_untrained=include_untrained,
+                             include_small=include_small)
 
     train, held_out, tokenizer_text = _split_corpus(data, out / "data", seed)
     models = out / "models"
-    make_tokenizer(models / "tokenizer", text=tokenizer_text, vocab_size=target.get("vocab_size", 1024))
-    for name, cfg in (("target-init", target), ("base-init", base)):
-        make_model(models / name, hf_config_from_dict(cfg), seed=seed, tokenizer=False)
-        for item in (models / "tokenizer").iterdir():
-            (models / name / item.name).write_bytes(item.read_bytes())
+    tokenizer = make_tokenizer(models / "tokenizer", text=tokenizer_text, vocab_size=target.get("vocab_size", 1024))
+    for name, cfg in (("target", target), ("base", base)):  # config and tokenizer only: each run's own random init
+        hf_config_from_dict(cfg).save_pretrained(models / name)
+        tokenizer.save_pretrained(models / name)
+
+    settings = dict(seq_len=seq_len, batch_size=batch_size, seed=seed, eval_sequences=eval_sequences)
+    trainer = Trainer(models, train, held_out, settings, quiet)
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"target {n_target:,} params, base {n_base:,}; budget {budget['budget_flops']:.3g} FLOPs = "
+        f"{budget['scratch_tokens']:,} target tokens")
+    unigram = unigram_loss(train, held_out, tokenizer, seq_len, eval_sequences)
 
     runs: dict[str, Run] = {}
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"target {n_target:,} params, base {n_base:,}; budget {budget:.3g} FLOPs = {scratch_tokens:,} target tokens")
-    say(f"[1] base: {base_tokens:,} tokens")
-    base_final = _train(models / "base-init", out / "runs" / "base", train, held_out, base_tokens, args, quiet)
-    runs["base"] = collect("base", out / "runs" / "base", n_base)
-    base_flops = runs["base"].total_flops
-    for op in ops:
-        grown = models / f"grown-{op}"
-        if op == "direct":
-            hfgrow.stack(str(base_final), grown, factor=factor, quiet=True)
+    chosen, sweeps, cache = {}, {}, {}
+    for arm in arms:
+        if lr is None:
+            chosen[arm.name], losses, steps = choose_lr(trainer, arm, tuple(lr_grid), out / "sweep", cache)
+            sweeps[arm.name] = {"steps": steps, "held_out_loss": {f"{k:g}": v for k, v in losses.items()}}
         else:
-            hfgrow.grow(str(base_final), grown, op=op, factor=factor, seed=seed, quiet=True)
-        say(f"[2] grown-{op}: {grown_tokens:,} tokens after growth")
-        run_dir = out / "runs" / f"grown-{op}"
-        _train(grown, run_dir, train, held_out, grown_tokens, args, quiet)
-        runs[f"grown-{op}"] = collect(f"grown-{op}", run_dir, n_target, base_flops)
-    say(f"[3] scratch: {scratch_tokens:,} tokens")
-    _train(models / "target-init", out / "runs" / "scratch", train, held_out, scratch_tokens, args, quiet)
-    runs["scratch"] = collect("scratch", out / "runs" / "scratch", n_target)
-    if include_untrained:
-        hfgrow.stack(str(models / "base-init"), models / "grown-untrained", factor=factor, quiet=True)
-        say(f"[4] grown-untrained (d = 0): {scratch_tokens:,} tokens")
-        _train(models / "grown-untrained", out / "runs" / "grown-untrained", train, held_out, scratch_tokens, args,
-               quiet)
-        runs["grown-untrained"] = collect("grown-untrained", out / "runs" / "grown-untrained", n_target)
-    if include_small:
-        small_tokens = int(budget / (6.0 * n_base))
-        say(f"[5] small-alone: {small_tokens:,} tokens (the whole budget on the base model)")
-        _train(models / "base-init", out / "runs" / "small-alone", train, held_out, small_tokens, args, quiet)
-        runs["small-alone"] = collect("small-alone", out / "runs" / "small-alone", n_base)
+            chosen[arm.name] = lr
+        say(f"{arm.name}: {arm.steps * tokens_per_step:,} tokens" + (f", --grow {arm.grow}" if arm.grow else "")
+            + f", lr {chosen[arm.name]:g}")
+        run_dir = trainer.run(arm, out / "runs" / arm.name, chosen[arm.name], eval_points)
+        runs[arm.name] = collect(arm.name, run_dir)
+        if arm.grow and "base" not in runs and arm.grow_tokens:
+            runs = {"base": first_stage("base", run_dir), **runs}
 
-    report = make_report(runs, dict(config=config, factor=factor, ops=list(ops), target_params=n_target,
-                                base_params=n_base, budget_flops=budget, scratch_tokens=scratch_tokens,
-                                base_tokens=base_tokens, grown_tokens=grown_tokens, **args))
+    lr_rule = ({"rule": f"fixed: --lr {lr:g} for every arm"} if lr is not None else
+               {"rule": f"per arm, the LR of the grid with the lowest held-out loss after the arm's first "
+                        f"{SWEEP_FRACTION:.0%} of steps (at least {MIN_SWEEP_STEPS}), run on its own",
+                "grid": list(lr_grid), "sweeps": sweeps})
+    setup = dict(config=config, factor=factor, ops=list(ops), optimizers=list(optimizers), target_params=n_target,
+                 base_params=n_base, seq_len=seq_len, batch_size=batch_size, seed=seed, eval_points=eval_points,
+                 eval_sequences=eval_sequences, lr=dict(lr_rule, chosen=chosen), **budget)
+    report = make_report(runs, setup, unigram)
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "compare.md").write_text(markdown(report))
     plot(runs, out / "compare.png", report)
     return report
 
 
-def make_report(runs: dict[str, Run], setup: dict[str, Any]) -> dict[str, Any]:
-    """Final losses, FLOPs, speedups vs scratch, the best run and the regime (does the target beat the small
-    model trained alone on the same FLOPs?) of a set of runs that includes ``scratch``."""
+def baseline_check(scratch: Run, unigram: float) -> dict[str, Any]:
+    """Has the scratch arm learned? Its final held-out loss must be at least :data:`LEARNED_MARGIN` nats below
+    the unigram model's held-out loss (token frequencies: what a model learns first, without using context).
+
+    Example:
+        >>> baseline_check(Run("scratch", 10, 100, 6000.0, [(0, 6.2), (6000.0, 5.3)]), 5.31)["learned"]
+        False
+    """
+    learned = scratch.final_loss <= unigram - LEARNED_MARGIN
+    return {"learned": bool(learned), "unigram_loss": unigram, "scratch_final_loss": scratch.final_loss,
+            "rule": f"scratch's final held-out loss at least {LEARNED_MARGIN:g} nats below the held-out loss of a "
+                    "unigram model of the training data"}
+
+
+def make_report(runs: dict[str, Run], setup: dict[str, Any], unigram: float) -> dict[str, Any]:
+    """Final losses, FLOPs, speedups vs scratch (withheld when scratch has not learned), the best run and the
+    regime (does the target beat the small model trained alone on the same FLOPs?) of a set of runs that
+    includes ``scratch``; ``unigram`` is the held-out loss of a unigram model (:func:`unigram_loss`)."""
     scratch = runs["scratch"]
-    speedups = {name: speedup(scratch, run) for name, run in runs.items() if name.startswith("grown")}
+    baseline = baseline_check(scratch, unigram)
+    grown = {name: run for name, run in runs.items() if name.startswith("grown")}
+    speedups = {name: speedup(scratch, run) for name, run in grown.items()} if baseline["learned"] else {}
     best = min(runs.values(), key=lambda r: r.final_loss)
-    grown_best = min((r.final_loss for n, r in runs.items() if n.startswith("grown-") and n != "grown-untrained"),
-                     default=math.nan)
-    if "small-alone" in runs and runs["small-alone"].final_loss < min(scratch.final_loss, grown_best):
+    grown_best = min((r.final_loss for n, r in grown.items() if n != "grown-untrained"), default=math.nan)
+    if "small-alone" not in runs:
+        regime = ("regime not measured: the small model trained alone was skipped (--no-small), so whether the "
+                  "target beats it on these FLOPs is unknown.")
+    elif runs["small-alone"].final_loss < min(scratch.final_loss, grown_best):
         regime = ("small-model regime: the base model trained alone on the whole budget beats the target model, "
                   "grown or not; at this budget the target is too big, and growth mostly buys a cheaper model "
                   "trained longer. The paper's claim is about budgets where the target wins.")
@@ -255,6 +402,7 @@ def make_report(runs: dict[str, Run], setup: dict[str, Any]) -> dict[str, Any]:
         "final_loss": {name: run.final_loss for name, run in runs.items()},
         "total_flops": {name: run.total_flops for name, run in runs.items()},
         "speedup": speedups,
+        "baseline": baseline,
         "best_run": best.name,
         "regime": regime,
         "curves": {name: run.curve for name, run in runs.items()},
@@ -263,20 +411,31 @@ def make_report(runs: dict[str, Run], setup: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    setup = report["setup"]
+    setup, baseline = report["setup"], report["baseline"]
     lines = [
         f"Target {setup['target_params']:,} params, base {setup['base_params']:,} (g = {setup['factor']}); "
         f"budget {setup['budget_flops']:.3g} FLOPs ({setup['scratch_tokens']:,} target tokens); "
         f"base trained on d = {setup['base_tokens']:,} tokens.",
+        f"Learning rate: {setup['lr']['rule']}; chosen: "
+        + ", ".join(f"{name} {value:g}" for name, value in setup["lr"]["chosen"].items()) + ".",
         "",
         "| run | final held-out loss | FLOPs | speedup vs scratch |",
         "|---|---|---|---|",
     ]
     for name, loss in report["final_loss"].items():
-        sp = report["speedup"].get(name)
-        shown = "—" if name not in report["speedup"] else ("never reaches scratch's loss" if sp is None else f"{sp:+.1%}")
+        if not name.startswith("grown"):
+            shown = "—"
+        elif not baseline["learned"]:
+            shown = "withheld (scratch did not learn)"
+        else:
+            sp = report["speedup"].get(name)
+            shown = "never reaches scratch's loss" if sp is None else f"{sp:+.1%}"
         lines.append(f"| {name} | {loss:.4f} | {report['total_flops'][name]:.3g} | {shown} |")
-    lines += ["", f"Regime: {report['regime']}", ""]
+    lines += ["", f"Baseline: unigram model {baseline['unigram_loss']:.4f}, scratch {baseline['scratch_final_loss']:.4f}: "
+                  + ("scratch has learned" if baseline["learned"] else
+                     "scratch has NOT learned, so no speedup is reported")
+                  + f" (test: {baseline['rule']}).",
+              "", f"Regime: {report['regime']}", ""]
     return "\n".join(lines)
 
 

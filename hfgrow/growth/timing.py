@@ -7,7 +7,9 @@ Du et al., "Stacking Your Transformers" (NeurIPS 2024, arXiv 2405.15319), §4.2,
 where N is the target model's parameter count, D the total training tokens, C the training compute
 in FLOPs and d the number of tokens the small (base) model should be trained on before it is stacked
 g times (g = 4 is the paper's recommended growth factor). :func:`make_plan` turns that into a
-concrete plan: base shape, FLOPs per phase, and the ``hfgrow stack`` command to run.
+concrete plan: base shape, FLOPs per phase, the ``--grow`` argument of a training run that grows on
+the way (``hfgrow.continue --grow stack:4@d``) and its launch command, and the ``hfgrow stack`` command
+for doing the growth by hand.
 
 Conventions (used everywhere in this module):
 
@@ -23,8 +25,8 @@ Example:
     >>> round(growth_tokens(7e9, 6 * 7e9 * 2e12) / 1e9, 2)
     11.11
     >>> plan = make_plan("7B", "2T")
-    >>> plan.command
-    'hfgrow stack BASE_MODEL OUT --factor 4'
+    >>> plan.command, plan.grow_argument
+    ('hfgrow stack BASE_MODEL OUT --factor 4', 'stack:4@11.11B')
 """
 
 from __future__ import annotations
@@ -242,7 +244,9 @@ class GrowthPlan:
         saving_flops, saving_fraction: scratch − total, and that over scratch. This is the compute
             accounting at an equal token budget; the paper's speedups (≈50%) are measured at equal
             loss and are a separate, empirical result.
-        command: the ``hfgrow stack`` command to run once the base model has seen d tokens.
+        command: the ``hfgrow stack`` command to run once the base model has seen d tokens (growth by hand).
+        grow_argument: ``--grow`` of a training run that grows at d (``stack:4@11.11B``); None when d ≥ D.
+        launch: the ``accelerate launch`` command of that run (None when d ≥ D).
         warnings: anything that makes the plan questionable (e.g. d ≥ D).
     """
 
@@ -266,6 +270,8 @@ class GrowthPlan:
     command: str
     model_type: str | None = None
     warnings: list[str] = field(default_factory=list)
+    grow_argument: str | None = None
+    launch: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (numbers raw, plus a few human-readable strings under ``"human"``)."""
@@ -319,8 +325,20 @@ class GrowthPlan:
             f"    from scratch  {format_flops(self.scratch_flops):>10}   6·N·D",
             f"    saving        {format_flops(self.saving_flops):>10}   {self.saving_fraction:.1%} of scratch "
             "at the same token budget (the paper's ≈50% speedups are at equal loss)",
+        ]
+        if self.grow_argument is not None:
+            lines += [
+                "",
+                f"  one run (pre-training with growth): --grow {self.grow_argument}",
+                f"    BASE/ = config.json of the base model ({self.base_layers or f'L/{self.factor}'} layers) and the "
+                "tokenizer, no weights (random init)",
+                f"    {self.launch}",
+                f"    (--grow stack:{self.factor}@auto applies the same law to the run's own parameter count and "
+                "--max-tokens)",
+            ]
+        lines += [
             "",
-            "  steps",
+            "  or by hand",
             f"    1. train the base model ({self.base_layers or f'L/{self.factor}'} layers) for {d_text} tokens",
             f"    2. {self.command}",
             f"    3. continue training OUT for the remaining {format_count(max(self.tokens - self.growth_tokens, 0), 2)} tokens",
@@ -399,6 +417,12 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
             f"{format_count(D)}: at this budget the law says not to grow (following it would cost more "
             "than training the target from scratch); train from scratch or raise D."
         )
+    grow_argument = launch = None
+    if d < D:
+        grow_argument = f"stack:{factor}@{format_count(d, 2)}"
+        launch = (f"accelerate launch --config_file configs/fsdp2.yaml --num_processes N -m hfgrow.continue "
+                  f"--model BASE/ --grow {grow_argument} --data DATA --output-dir RUN --max-tokens "
+                  f"{format_count(D, 2)}")
     base_flops = 6.0 * base_params * d
     grown_flops = 6.0 * N * max(D - d, 0.0)
     total = base_flops + grown_flops
@@ -424,6 +448,8 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         command=f"hfgrow stack BASE_MODEL OUT --factor {factor}",
         model_type=model_type,
         warnings=warnings,
+        grow_argument=grow_argument,
+        launch=launch,
     )
 
 

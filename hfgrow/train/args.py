@@ -27,6 +27,7 @@ from typing import Any
 
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.recipe import Mask, Recipe
+from hfgrow.train.growth import OPTIMIZER_MODES, GrowArg, parse_grow
 from hfgrow.units import parse_count
 
 EXAMPLES = """\
@@ -35,6 +36,8 @@ examples:
   hfgrow train --model org/grown --data web=web.jsonl --data code=hf:bigcode/the-stack-smol \\
       --mixture mix.json --output-dir run/ --seq-len 2048 --batch-size 8 --grad-accum 16 --max-tokens 2e9
   hfgrow train --model grown/ --data corpus.jsonl --output-dir run/ --max-steps 2000 --resume
+  accelerate launch -m hfgrow.continue --model small-config/ --grow stack:4@10B --data tok/ --output-dir run/ \
+      --max-tokens 100B      # pre-training with growth: 1/4-depth model from random init, Gstack x4 at 10B tokens
 """
 
 
@@ -65,6 +68,14 @@ def _token_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _grow(text: str) -> GrowArg:
+    """``--grow``: OP:FACTOR@WHEN (:func:`hfgrow.train.growth.parse_grow`)."""
+    try:
+        return parse_grow(text)
+    except HfgrowError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--grow ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``hfgrow.continue`` (and of ``hfgrow train``, which forwards them)."""
     p = _Parser(
@@ -76,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--model", required=True, help="the model to train: a folder or a Hub repo id (its recipe, hfgrow.yaml, "
-                                      "says which layers are new)")
+                                      "says which layers are new); a folder with config.json and tokenizer but no "
+                                      "weights starts from the architecture's random initialisation")
     a("--data", action="append", default=[], metavar="[NAME=]PATH|hf:NAME[:CONFIG][:SPLIT]",
       help="training data, repeat for several domains")
     a("--output-dir", required=True, help="run folder: logs, checkpoints, final/ export")
@@ -109,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lora-alpha", type=float, default=32.0, help="LoRA alpha (--train lora)")
     a("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     a("--compile", action="store_true", help="torch.compile the model")
+    a("--grow", action="append", default=[], type=_grow, metavar="OP:FACTOR@WHEN",
+      help="grow the model during the run: OP stack (Gstack), interpolate, zero or random (MSG ramp), FACTOR the "
+           "layer multiple, WHEN a token count (250k, 1e7, 10B) or auto (the paper's growth-timing law for the "
+           "final model and --max-tokens); repeat for several stages. RUN/stage-K/ keeps the model each growth "
+           "started from, RUN/grown-K/ the grown one")
+    a("--grow-optimizer", choices=OPTIMIZER_MODES, default="fresh",
+      help="AdamW state at a growth: fresh (the paper) or carry (each copied block gets its source block's moments "
+           "and step count; new zero/random blocks zero moments)")
+    a("--grow-warmup-steps", type=int, default=0,
+      help="after each growth, ramp the LR from 0 to the schedule's value over N steps (0: the global warmup + "
+           "cosine continues through the growth)")
     a("--push-to", metavar="REPO_ID", help="push final/ to this Hub repo")
     a("--base-model-id", help="Hub id of the model trained, for the card of final/ (default: --model when it is "
                               "a Hub id; a local folder is named by its folder name)")
@@ -140,6 +163,7 @@ class Setup:
     resume_from: Path | None = None
     resume_state: dict[str, Any] | None = None
     trackers: list[str] = field(default_factory=list)
+    has_weights: bool = True  # False: a config-only folder, the run starts from random initialisation
 
     @property
     def new_layers(self) -> list[int]:
@@ -148,8 +172,13 @@ class Setup:
     @property
     def mask(self) -> Mask | None:
         """The recipe's MSG mask, None when nothing ramps."""
-        mask = self.recipe.operation.mask if self.recipe else None
-        return mask if mask is not None and (mask.layers or mask.width) and mask.steps > 0 else None
+        return ramp_mask(self.recipe)
+
+
+def ramp_mask(recipe: Recipe | None) -> Mask | None:
+    """A grown folder's MSG mask (its recipe's), None when nothing ramps."""
+    mask = recipe.operation.mask if recipe else None
+    return mask if mask is not None and (mask.layers or mask.width) and mask.steps > 0 else None
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -160,7 +189,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise HfgrowError(f"{flag} must be at least 1 (got {value}).")
     for flag, value in (("--lr", args.lr), ("--min-lr", args.min_lr), ("--warmup-steps", args.warmup_steps),
                         ("--weight-decay", args.weight_decay), ("--grad-clip", args.grad_clip),
-                        ("--eval-sequences", args.eval_sequences), ("--keep-checkpoints", args.keep_checkpoints)):
+                        ("--eval-sequences", args.eval_sequences), ("--keep-checkpoints", args.keep_checkpoints),
+                        ("--grow-warmup-steps", args.grow_warmup_steps)):
         if value is not None and value < 0:
             raise HfgrowError(f"{flag} cannot be negative (got {value}).")
     if args.max_steps is None and args.max_tokens is None:
@@ -230,6 +260,12 @@ def preflight(args: argparse.Namespace, source) -> Setup:
     if context and seq_len > context:
         raise HfgrowError(f"--seq-len {seq_len} is larger than the model's context ({context} positions).")
     recipe = Recipe.read(source.path)
+    if args.grow and args.train != "all":
+        raise HfgrowError(f"--grow trains every parameter of every stage; it does not combine with --train {args.train}.")
+    weights = has_weights(source.path)
+    if not weights and args.train != "all":
+        raise HfgrowError(f"{args.model} has no weights (config and tokenizer only), so it starts from random "
+                          f"initialisation and --train {args.train} would leave most of it random; use --train all.")
     if args.train == "new" and not (recipe and recipe.new_layers):
         raise HfgrowError(
             f"this model has no recorded new layers (no new_layers in the hfgrow.yaml of {args.model}), so "
@@ -255,4 +291,22 @@ def preflight(args: argparse.Namespace, source) -> Setup:
     if latest is not None:
         resume_from, resume_state = latest.path, read_state(latest.path)
     return Setup(config=config, tokenizer=tokenizer, seq_len=seq_len, recipe=recipe, specs=specs,
-                 eval_specs=eval_specs, resume_from=resume_from, resume_state=resume_state, trackers=trackers)
+                 eval_specs=eval_specs, resume_from=resume_from, resume_state=resume_state, trackers=trackers,
+                 has_weights=weights)
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether a model folder holds weights (a config-only folder starts a run from random initialisation).
+
+    Raises:
+        HfgrowError: weight files are there but broken (an index naming a missing shard).
+    """
+    from hfgrow.io.checkpoint import weight_files
+
+    folder = Path(folder)
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not any((folder / n).is_file() for n in names) and not [
+            p for p in folder.glob("*.safetensors") if not p.name.startswith(("adapter_", "hfgrow_"))]:
+        return False
+    weight_files(folder)
+    return True

@@ -24,6 +24,7 @@ from typing import Any
 from hfgrow.errors import HfgrowError
 from hfgrow.io.executor import OutputFolder, save_state_dict
 from hfgrow.train.checkpoints import STATE_FILE, read_state
+from hfgrow.units import format_count
 
 
 def _strip_prefixes(name: str) -> str:
@@ -52,17 +53,17 @@ def load_checkpoint_weights(checkpoint: Path) -> dict:
         elif (checkpoint / "pytorch_model_fsdp.bin").is_file():
             weights = torch.load(checkpoint / "pytorch_model_fsdp.bin", map_location="cpu", weights_only=True)
         elif fsdp.is_dir():
+            # torch's own converter, without a process group: accelerate's merge_fsdp_weights waits for every
+            # process, and only the main one exports
             import tempfile
 
-            from accelerate.utils import merge_fsdp_weights
+            from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
             with tempfile.TemporaryDirectory(dir=checkpoint.parent) as tmp:
-                merge_fsdp_weights(str(fsdp), tmp, safe_serialization=True)
-                from safetensors.torch import load_file
-
-                weights = {}
-                for f in sorted(Path(tmp).glob("*.safetensors")):
-                    weights.update(load_file(f))
+                dcp_to_torch_save(fsdp, Path(tmp) / "weights.pt")
+                weights = torch.load(Path(tmp) / "weights.pt", map_location="cpu", weights_only=True)
+            if set(weights) == {"model"}:  # accelerate saves {"model": state_dict}
+                weights = weights["model"]
         elif ds:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -90,32 +91,22 @@ def _tied_targets(model) -> set[str]:
     return tied
 
 
-def _merged_state_dict(run: dict, weights: dict, config, base: Path) -> tuple[dict, set[str]]:
-    """Weights ready to write (LoRA merged into the ``base`` folder's weights) and the names the architecture expects."""
+def _merge_lora(run: dict, weights: dict, base: Path) -> dict:
+    """The weights of a LoRA run merged into the ``base`` folder's weights (names as the plain model's)."""
     import torch
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    if run.get("lora"):
-        from peft import LoraConfig, get_peft_model
-
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = get_peft_model(model, LoraConfig(**run["lora"]))
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        lora_missing = [k for k in missing if "lora_" in k]
-        if lora_missing or unexpected:
-            raise HfgrowError(
-                f"the checkpoint's LoRA weights do not fit {run['model']} "
-                f"({(lora_missing or unexpected)[0]})."
-            )
-        model = model.merge_and_unload()
-        tied = _tied_targets(model)
-        state = {k: v for k, v in model.state_dict().items() if k not in tied}
-        return state, set(state)
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(config)
-    tied = _tied_targets(meta)
-    expected = {k for k in meta.state_dict() if k not in tied}
-    return {k: v for k, v in weights.items() if k not in tied}, expected
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(**run["lora"]))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    lora_missing = [k for k in missing if "lora_" in k]
+    if lora_missing or unexpected:
+        raise HfgrowError(
+            f"the checkpoint's LoRA weights do not fit {run['model']} "
+            f"({(lora_missing or unexpected)[0]})."
+        )
+    return model.merge_and_unload().state_dict()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +146,30 @@ def _command(run: dict[str, Any], base: str) -> str:
         argv += ["--train", run["train"]]
     if run.get("lora"):
         argv += ["--lora-r", str(run["lora"]["r"]), "--lora-alpha", f"{run['lora']['lora_alpha']:g}"]
+    for stage in (run.get("stages") or [])[1:]:
+        argv += ["--grow", stage["grow"]]
+    if run.get("grow_optimizer", "fresh") != "fresh":
+        argv += ["--grow-optimizer", run["grow_optimizer"]]
+    if run.get("grow_warmup_steps"):
+        argv += ["--grow-warmup-steps", str(run["grow_warmup_steps"])]
     return shlex.join(argv)
+
+
+def _growth_rows(run: dict[str, Any], upto_stage: int) -> list[tuple[str, str]]:
+    """Card rows for the growths a run made up to ``upto_stage``: when, what, and the optimizer and LR across it."""
+    stages = (run.get("stages") or [])[: upto_stage + 1]
+    rows = []
+    for before, stage in zip(stages, stages[1:]):
+        rows.append((f"growth {stage['stage']}", f"step {stage['start_step']:,} ({stage['start_tokens']:,} tokens): "
+                                                 f"{before['layers']} → {stage['layers']} layers, `{stage['op']}` "
+                                                 f"×{stage['factor']:g} ({format_count(stage['n_params'])} parameters)"))
+    if rows:
+        carry = run.get("grow_optimizer") == "carry"
+        rows.append(("across growth", ("AdamW moments carried to the copies of each block" if carry else
+                                       "AdamW fresh after every growth") + "; " +
+                     (f"LR re-warmed over {run['grow_warmup_steps']:,} steps" if run.get("grow_warmup_steps") else
+                      "the LR schedule continues")))
+    return rows
 
 
 def _losses(checkpoint: Path, state: dict[str, Any]) -> tuple[float | None, list[dict[str, Any]]]:
@@ -183,13 +197,14 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
     """README.md of the exported folder: what was trained, how, on what, with which result."""
     from hfgrow.growth.card import trained_card
     from hfgrow.growth.recipe import Recipe, SourceRef
-    from hfgrow.units import format_count
 
     run = state["run"]
     ref = SourceRef.from_dict(run.get("model_source") or {})
     repo_id = base_model_id or run.get("base_model_id") or ref.repo_id
     base = repo_id or run.get("model") or ref.display
     steps, tokens = int(state["step"]), int(state["tokens"])
+    stage = int(state.get("stage") or 0)
+    n_params = (run.get("stages") or [{}] * (stage + 1))[stage].get("n_params", run["n_params"])
     trained = {"all": "all",
                "new": f"the new layers only ({', '.join(map(str, run.get('new_layers') or []))})",
                "lora": f"LoRA adapters, r = {(run.get('lora') or {}).get('r')}, merged into the weights"}
@@ -197,7 +212,7 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
     betas = run.get("betas") or [0.9, 0.95]
     rows = [
         ("model trained", f"`{base}`"),
-        ("parameters", f"{format_count(run['n_params'])} ({run['n_params']:,})"),
+        ("parameters", f"{format_count(n_params)} ({n_params:,})"),
         ("parameters trained", trained.get(run.get("train", "all"), "all")),
         ("steps", f"{steps:,}"),
         ("tokens", f"{tokens:,}"),
@@ -208,8 +223,9 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
         ("learning rate", f"{run['max_lr']:.3g} → {run['min_lr']:.3g}: linear warmup over {run['warmup_steps']:,} "
                           "steps, then cosine decay"),
     ]
+    rows += _growth_rows(run, stage)
     mask = run.get("mask")
-    if mask:
+    if mask and not stage:
         rows.append(("MSG mask ramp", f"new structure scaled by c = 0 → 1 over the first {mask['steps']:,} steps"))
     last_loss, evals = _losses(Path(checkpoint), state)
     if last_loss is not None:
@@ -261,16 +277,14 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
 
     ``base`` is the resolved model the run started from (:class:`hfgrow.io.source.Source`; default: opened
     again from run.json), ``base_model_id`` the Hub id the card names it by (default: the one recorded),
-    ``model_name`` the card's title (default: ``out``'s name).
+    ``model_name`` the card's title (default: ``out``'s name). A checkpoint of a later stage of a run with
+    growth takes its architecture from the stage's grown folder (``RUN/grown-K``).
 
     Example:
         >>> export_checkpoint("run/checkpoint-2000", "grown-cpt", base_model_id="org/grown")
         PosixPath('grown-cpt')
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from hfgrow.io.files import copy_carry_over
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not (checkpoint / STATE_FILE).is_file():
@@ -282,35 +296,84 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
     if "model_spec" not in run:
         raise HfgrowError(f"{checkpoint} was written by hfgrow 0.1, whose checkpoints this version does not export; "
                           "export it with hfgrow 0.1.")
-    with _base_folder(run, base) as source:
-        try:
-            config = AutoConfig.from_pretrained(source.path)
-        except Exception as exc:  # noqa: BLE001
-            raise HfgrowError(f"cannot load the config of {run.get('model')!r}, the model this run started from: "
-                              f"{str(exc).splitlines()[0]}") from None
+    with _stage_folder(checkpoint, state, run, base) as folder:
         weights = load_checkpoint_weights(checkpoint)
-        state_dict, expected = _merged_state_dict(run, weights, config, source.path)
-        missing = sorted(expected - set(state_dict))
-        unexpected = sorted(set(state_dict) - expected)
-        dtype = getattr(torch, str(run.get("export_dtype") or "float32"), torch.float32)
+        if run.get("lora"):
+            weights = _merge_lora(run, weights, folder)
+        config = _config(folder, run)
+        readme = card_text(checkpoint, state, folder, config, model_name or out.name, base_model_id)
+        return write_model_folder(weights, out, config=config, carry_from=folder,
+                                  dtype=getattr(torch, str(run.get("export_dtype") or "float32"), torch.float32),
+                                  use_cache=run.get("use_cache"), readme=readme, max_shard_size=max_shard_size)
 
-        with OutputFolder(out, overwrite=True) as tmp:
-            if missing or unexpected:
-                # Architectures whose in-memory names differ from the on-disk ones (fused MoE experts...):
-                # let transformers map them back.
-                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-                model.load_state_dict(state_dict, strict=False)
-                model.to(dtype).save_pretrained(tmp, max_shard_size=max_shard_size)
-            else:
-                cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
-                save_state_dict(cast, tmp, max_shard_size=max_shard_size)
-            config.use_cache = True if run.get("use_cache") is None else bool(run["use_cache"])
-            config.dtype = dtype
-            config.save_pretrained(tmp)
-            copy_carry_over(source.path, tmp)
-            (tmp / "README.md").write_text(card_text(checkpoint, state, source.path, config, model_name or out.name,
-                                                     base_model_id))
-    return out
+
+@contextlib.contextmanager
+def _stage_folder(checkpoint: Path, state: dict[str, Any], run: dict[str, Any], base):
+    """The folder whose architecture and files the checkpoint's model has: the run's model, or a grown stage's."""
+    stage = int(state.get("stage") or 0)
+    if stage:
+        from hfgrow.train.growth import grown_folder
+
+        folder = grown_folder(checkpoint.parent, stage)
+        if not (folder / "config.json").is_file():
+            raise HfgrowError(f"{checkpoint} is in stage {stage} of a run with growth, but {folder} (the grown model "
+                              "that stage started from) is missing; export it from inside its run folder.")
+        yield folder
+        return
+    with _base_folder(run, base) as source:
+        yield source.path
+
+
+def _config(folder: Path, run: dict[str, Any]):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001
+        raise HfgrowError(f"cannot load the config of {run.get('model')!r}, the model this run started from: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
+def write_model_folder(weights: dict, out: Path, *, config, carry_from: Path, dtype, use_cache: bool | None,
+                       readme: str | None, max_shard_size: int | str = "5GB") -> Path:
+    """Write model weights (unwrapped names; tied duplicates are dropped) as a Hugging Face folder ``out``.
+
+    The weights are cast to ``dtype``; the config gets ``use_cache`` back (True when unknown) and the dtype;
+    tokenizer and friends come from ``carry_from``; ``readme`` becomes README.md. ``out`` is written into a
+    temporary sibling and renamed into place.
+
+    Example:
+        >>> write_model_folder(model.state_dict(), Path("run/stage-0"), config=model.config, carry_from=Path("small"),
+        ...                    dtype=torch.float32, use_cache=True, readme=None)
+        PosixPath('run/stage-0')
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hfgrow.io.files import copy_carry_over
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    tied = _tied_targets(meta)
+    expected = {k for k in meta.state_dict() if k not in tied}
+    state_dict = {k: v for k, v in weights.items() if k not in tied}
+    with OutputFolder(Path(out), overwrite=True) as tmp:
+        if expected ^ set(state_dict):
+            # Architectures whose in-memory names differ from the on-disk ones (fused MoE experts...):
+            # let transformers map them back.
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model.load_state_dict(state_dict, strict=False)
+            model.to(dtype).save_pretrained(tmp, max_shard_size=max_shard_size)
+        else:
+            cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+            save_state_dict(cast, tmp, max_shard_size=max_shard_size)
+        config.use_cache = True if use_cache is None else bool(use_cache)
+        config.dtype = dtype
+        config.save_pretrained(tmp)
+        copy_carry_over(carry_from, tmp)
+        if readme is not None:
+            (tmp / "README.md").write_text(readme)
+    return Path(out)
 
 
 def push(folder: Path | str, repo_id: str) -> None:

@@ -17,10 +17,15 @@ Every process builds the same global batch from the same deterministic data stre
 its own slice, so results do not depend on the process count, and the data position saved in
 checkpoints is one small JSON dict.
 
-Outputs in --output-dir: run.json, log.jsonl (one line per step and per eval), eval_observations.jsonl
-(BiMix observation format), checkpoint-N/ (accelerate state + hfgrow_state.json), ranks/ (which
-sequences each process trained on) and, unless --no-export, final/: an ordinary Hugging Face model
-folder with its model card.
+With ``--grow OP:FACTOR@WHEN`` the run grows the model on the way (:mod:`~hfgrow.train.growth`): at the
+growth point it evaluates, writes the model as ``stage-K/`` (an ordinary model folder, kept), grows it with
+the growth pipeline every ``hfgrow stack``/``grow`` uses into ``grown-K+1/``, loads that, builds AdamW
+again (fresh, or with the moments carried through the layer map) and goes on; see :func:`grow`.
+
+Outputs in --output-dir: run.json, log.jsonl (one line per step, per eval and per growth),
+eval_observations.jsonl (BiMix observation format), checkpoint-N/ (accelerate state + hfgrow_state.json,
+which records the stage), ranks/ (which sequences each process trained on), stage-K/ and grown-K/ with
+--grow and, unless --no-export, final/: an ordinary Hugging Face model folder with its model card.
 
 Example:
     >>> from hfgrow.train.loop import main
@@ -38,12 +43,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
 from hfgrow.train import checkpoints
 from hfgrow.train.args import Setup, build_parser, preflight
+from hfgrow.train.growth import Stage, StagePlan
 from hfgrow.train.runlog import RunLog
 from hfgrow.train.schedule import Schedule, steps_for
 
@@ -63,6 +70,7 @@ def _cpu_only_multiprocess() -> bool:
 
     ``accelerate launch --multi_gpu`` (or configs/multi_cpu.yaml) starts the processes through
     torchrun but does not tell them to use the CPU; without this they would each train alone.
+    FSDP2 is allowed (see :func:`_fsdp2_on_cpu`); FSDP1 and DeepSpeed need GPUs.
     """
     import torch
 
@@ -72,10 +80,40 @@ def _cpu_only_multiprocess() -> bool:
     has_device = acc.is_available() if acc is not None else torch.cuda.is_available()
     if has_device:
         return False
-    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(var, "false").lower() == "true":
-            raise HfgrowError(f"{what} needs GPUs and none is visible; on CPU use configs/multi_cpu.yaml.")
+    if _fsdp_requested() and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise HfgrowError("FSDP1 needs GPUs and none is visible; on CPU use configs/fsdp2_cpu.yaml (FSDP2) or "
+                          "configs/multi_cpu.yaml.")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise HfgrowError("DeepSpeed needs GPUs and none is visible; on CPU use configs/multi_cpu.yaml.")
     return True
+
+
+def _fsdp_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _fsdp2_on_cpu(accelerator) -> None:
+    """Under an FSDP2 config on a machine without GPUs, make accelerate take its FSDP2 path over gloo.
+
+    torch's ``fully_shard`` runs on the CPU with gloo, but accelerate (1.15) turns FSDP on only for GPU-type
+    process groups (``AcceleratorState.__init__`` checks ``distributed_type in [MULTI_GPU, MULTI_XPU, ...]``,
+    which has no ``MULTI_CPU``), so a CPU run under an FSDP config would silently be DDP. Here the CPU process
+    group accelerate set up (gloo) is kept and its state says FSDP, with the plugin it builds from the
+    launcher's settings; ``prepare`` (``fully_shard``), ``save_state``/``load_state`` (sharded checkpoints) and
+    ``get_state_dict`` are then accelerate's own FSDP2 code. For testing and debugging FSDP2 runs without GPUs.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if not (_fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU):
+        return
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* settings, as accelerate builds it
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    # both: AcceleratorState copies PartialState's fields every time it is instantiated
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
 
 
 @dataclass
@@ -89,16 +127,25 @@ class ModelInfo:
     mask: Any  # hfgrow.train.msg.MaskRamp | None
 
 
-def load_model(args: argparse.Namespace, setup: Setup, folder: Path):
-    """The model to train (float32 master weights), with the parts to train selected and the MSG ramp hooked."""
+def load_model(args: argparse.Namespace, setup: Setup, folder: Path, recipe, *, random_init: bool = False):
+    """The model to train (float32 master weights), with the parts to train selected and the MSG ramp hooked.
+
+    ``folder`` is the model the stage starts from (``--model``, or a grown stage's folder) and ``recipe`` its
+    recipe (which layers are new, the MSG ramp); ``random_init``: ``folder`` has no weights, so the model is
+    the architecture's own random initialisation (seeded by ``--seed``, the same on every process).
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from hfgrow.arch.layout import decoder_blocks
+    from hfgrow.train.args import ramp_mask
     from hfgrow.train.msg import MaskRamp
 
     export_dtype = str(getattr(setup.config, "dtype", None) or "float32").replace("torch.", "")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if random_init:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     n_params = sum(p.numel() for p in model.parameters())
@@ -122,7 +169,8 @@ def load_model(args: argparse.Namespace, setup: Setup, folder: Path):
         lora = dict(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                     task_type="CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora))
-    mask = MaskRamp(model, setup.mask) if setup.mask is not None else None  # after LoRA wraps the projections
+    mask = ramp_mask(recipe)
+    mask = MaskRamp(model, mask) if mask is not None else None  # after LoRA wraps the projections
     if args.compile:
         model = torch.compile(model)
     return model, ModelInfo(n_params, use_cache, export_dtype, lora, mask)
@@ -146,7 +194,7 @@ def make_optimizer(model, args: argparse.Namespace, accelerator, lr: float):
 
 
 def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo, data, schedule: Schedule,
-                 accelerator, tokens_per_step: int) -> dict[str, Any]:
+                 accelerator, tokens_per_step: int, plan: StagePlan) -> dict[str, Any]:
     """run.json: the run's settings. ``model`` is a Hub id or a folder name (it reaches the card);
     ``model_spec`` is what to open again to resume or export (a local path stays in the run folder)."""
     from hfgrow.growth.recipe import SourceRef
@@ -158,7 +206,8 @@ def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo
         "model_spec": str(Path(args.model).expanduser().resolve()) if local else args.model,
         "model_revision": None if local else source.commit,
         "base_model_id": args.base_model_id or ref.repo_id,
-        "train": args.train, "lora": info.lora, "n_params": info.n_params, "seq_len": setup.seq_len,
+        "train": args.train, "lora": info.lora, "n_params": plan.final_params if args.grow else info.n_params,
+        "seq_len": setup.seq_len,
         "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": accelerator.num_processes,
         "tokens_per_step": tokens_per_step, "max_steps": schedule.max_steps, "max_lr": schedule.max_lr,
         "min_lr": schedule.min_lr, "warmup_steps": schedule.warmup, "weight_decay": args.weight_decay,
@@ -169,7 +218,34 @@ def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo
         "use_cache": info.use_cache, "new_layers": setup.new_layers,
         "mask": setup.mask.to_dict() if info.mask is not None else None,
         "mixed_precision": accelerator.mixed_precision, "distributed_type": str(accelerator.distributed_type),
+        "random_init": not setup.has_weights, "stages": plan.to_list() if args.grow else None,
+        "grow_optimizer": args.grow_optimizer if args.grow else None,
+        "grow_warmup_steps": args.grow_warmup_steps if args.grow else None,
     }
+
+
+def resume_stage(setup: Setup, plan: StagePlan, out: Path) -> int:
+    """The stage the checkpoint to resume from is in (0: none), checked against this run's --grow.
+
+    Raises:
+        HfgrowError: the growths the checkpoint went through differ from this run's, or a grown folder is gone.
+    """
+    from hfgrow.train.growth import grown_folder
+
+    if setup.resume_from is None:
+        return 0
+    stage = int(setup.resume_state.get("stage") or 0)
+    before = (setup.resume_state["run"].get("stages") or [])[1 : stage + 1]
+    now = plan.to_list()[1 : stage + 1]
+    key = ("start_step", "layers", "op", "factor")
+    if len(now) < stage or [[b.get(k) for k in key] for b in before] != [[n[k] for k in key] for n in now]:
+        grows = " ".join(f"--grow {b['grow']}" for b in before) or "no --grow"
+        raise HfgrowError(f"checkpoint {setup.resume_from} is in stage {stage} of a run with {grows}; resume with the "
+                          "same growths up to that stage (later ones may change).")
+    if stage and not (grown_folder(out, stage) / "config.json").is_file():
+        raise HfgrowError(f"checkpoint {setup.resume_from} is in stage {stage}, but {grown_folder(out, stage)}, the "
+                          "model that stage started from, is missing; resume from an earlier checkpoint.")
+    return stage
 
 
 def resume(accelerator, setup: Setup, data, schedule: Schedule, run_info: dict[str, Any]) -> int:
@@ -200,15 +276,21 @@ class Trainer:
     """One optimizer step at a time: every process trains on its slice of the same global batch."""
 
     def __init__(self, accelerator, model, optimizer, data, schedule: Schedule, args: argparse.Namespace,
-                 seq_len: int, mask=None):
-        self.accelerator, self.model, self.optimizer, self.data = accelerator, model, optimizer, data
-        self.schedule, self.mask = schedule, mask
+                 seq_len: int, mask=None, stage: int = 0, stage_start: int = 0):
+        self.accelerator, self.data, self.schedule = accelerator, data, schedule
+        self.swap(model, optimizer, mask, stage, stage_start)
         self.batch_size, self.grad_accum, self.grad_clip = args.batch_size, args.grad_accum, args.grad_clip
         self.global_micro = args.batch_size * accelerator.num_processes
         self.tokens_per_step = self.global_micro * args.grad_accum * seq_len
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.sequences = 0
         self.sample: list[int] = []  # ids of the first global sequences this process trained on
+
+    def swap(self, model, optimizer, mask, stage: int, stage_start: int) -> None:
+        """Train ``model`` with ``optimizer`` from now on: stage ``stage``, which began before step ``stage_start``
+        (its MSG ramp counts from there: c = 0 at the stage's first step)."""
+        self.model, self.optimizer, self.mask = model, optimizer, mask
+        self.stage, self.stage_start = stage, stage_start
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
 
     def step(self, step: int) -> dict[str, Any]:
         """Train optimizer step ``step`` (0-based); return its log record."""
@@ -218,7 +300,7 @@ class Trainer:
         lr = self.schedule.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        mask_c = self.mask.set_step(step) if self.mask is not None and self.mask.active else None
+        mask_c = self.mask.set_step(step - self.stage_start) if self.mask is not None and self.mask.active else None
         rank, device = self.accelerator.process_index, self.accelerator.device
         loss_sum = torch.zeros((), device=device)
         grad_norm = None
@@ -244,7 +326,7 @@ class Trainer:
         record = {"step": step + 1, "loss": loss_value, "lr": lr,
                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
                   "tokens": (step + 1) * self.tokens_per_step, "tokens_per_s": self.tokens_per_step / seconds,
-                  "time": time.time()}
+                  "time": time.time(), "stage": self.stage}
         if mask_c is not None:
             record["mask_c"] = mask_c
         return record
@@ -323,6 +405,94 @@ class Console:
 
 
 # ---------------------------------------------------------------------------------------------
+# Growth
+# ---------------------------------------------------------------------------------------------
+
+
+def _on_main(accelerator, work) -> None:
+    """Run ``work()`` on the main process; an HfgrowError there is raised on every process (none waits forever)."""
+    from accelerate.utils import broadcast_object_list
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            work()
+        except HfgrowError as exc:
+            error = str(exc)
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]
+    if error is not None:
+        raise HfgrowError(error)
+
+
+def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer: Trainer, stage: Stage,
+         folder: Path, info: ModelInfo, layers_before: int, state: dict[str, Any]) -> tuple[Path, ModelInfo, dict]:
+    """The growth point before ``stage``: write the model as ``stage-K/``, grow it into ``grown-K+1/`` with the
+    growth pipeline, load it, build AdamW again (``--grow-optimizer``), and hand both to ``trainer``.
+
+    ``folder`` is the folder the ending stage started from (its config and tokenizer files); ``state`` is what
+    a checkpoint at this step would record (the card of ``stage-K/`` tells it). Under FSDP2
+    the full weights and optimizer state are gathered onto the main process (torch's distributed
+    state-dict API, through accelerate), which writes and grows; every process then loads the grown
+    folder and ``accelerator.prepare`` shards it again. Returns the grown folder, the new model's info and
+    the growth record for log.jsonl.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    from hfgrow.arch.layout import decoder_blocks
+    from hfgrow.growth.pipeline import WriteOptions, grow_model
+    from hfgrow.growth.recipe import Recipe
+    from hfgrow.train.export import card_text, write_model_folder
+    from hfgrow.train.growth import (carry_moments, full_optimizer_state, grow_spec, grown_folder,
+                                     load_optimizer_state, stage_folder)
+
+    distributed = accelerator.num_processes > 1
+    small, grown = stage_folder(out, stage.index - 1), grown_folder(out, stage.index)
+    weights = accelerator.get_state_dict(trainer.model)  # the full weights, on the main process
+    moments = (full_optimizer_state(trainer.model, trainer.optimizer, distributed)
+               if args.grow_optimizer == "carry" else None)
+
+    def write_and_grow(weights: dict) -> None:
+        # float32, the weights exactly as trained: the grown stage is made from them (final/ gets the model's dtype)
+        config = AutoConfig.from_pretrained(folder)
+        readme = card_text(small, state, folder, config, small.name, None)
+        write_model_folder(weights, small, config=config, carry_from=folder, dtype=torch.float32,
+                           use_cache=info.use_cache, readme=readme)
+        grow_model(str(small), grown, grow_spec(stage.growth.op, stage.growth.factor, args.seed),
+                   WriteOptions(quiet=True, overwrite=True))
+
+    _on_main(accelerator, partial(write_and_grow, weights))
+    del weights  # the small model's full copy on the main process
+    if info.mask is not None:
+        info.mask.remove()
+    accelerator.free_memory()  # the old model and optimizer leave accelerate's lists: checkpoints hold the new ones
+    trainer.model = trainer.optimizer = None
+    recipe = Recipe.read(grown)
+    model, new_info = load_model(args, setup, grown, recipe)
+    new_info.export_dtype, new_info.use_cache = info.export_dtype, info.use_cache  # the run's model's, not stage-K's
+    optimizer = make_optimizer(model, args, accelerator, trainer.schedule.max_lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    record: dict[str, Any] = {}
+    if moments is not None:
+        template = full_optimizer_state(model, optimizer, distributed)
+        if accelerator.is_main_process:
+            prefix = decoder_blocks(accelerator.unwrap_model(model), len(recipe.layer_map))[0] + "."
+            zeroed = set(recipe.new_layers) if recipe.operation.op in ("zero", "random") else set()
+            template["state"], missing = carry_moments(moments["state"], template["state"], prefix=prefix,
+                                                       layer_map=recipe.layer_map, zeroed=zeroed)
+            record["carry_unmatched"] = missing
+        load_optimizer_state(model, optimizer, template, distributed)
+    trainer.swap(model, optimizer, new_info.mask, stage.index, stage.start_step)
+    record = {"step": stage.start_step, "tokens": stage.start_step * trainer.tokens_per_step, "stage": stage.index,
+              "op": stage.growth.op, "factor": stage.growth.factor, "operator": recipe.operation.name,
+              "layers_before": layers_before, "layers_after": len(recipe.layer_map),
+              "params_after": new_info.n_params, "optimizer": args.grow_optimizer,
+              "small_folder": small.name, "grown_folder": grown.name, **record}
+    return grown, new_info, record
+
+
+# ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
@@ -332,31 +502,49 @@ def run(args: argparse.Namespace) -> Path | None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from hfgrow.arch.layout import read_config
     from hfgrow.data.loading import build_data
+    from hfgrow.growth.recipe import Recipe
     from hfgrow.io.source import open_source
     from hfgrow.train.export import export_checkpoint, push
+    from hfgrow.train.growth import grown_folder, plan_stages
 
     out = Path(args.output_dir)
     with open_source(args.model, progress=_rank() == 0) as source:
-        # --- setup: checks, processes, data, model, optimizer, schedule
+        # --- setup: checks, processes, data, stages, model, optimizer, schedule
         setup = preflight(args, source)
         accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, log_with=setup.trackers or None,
                                   project_dir=str(out), cpu=_cpu_only_multiprocess())
+        _fsdp2_on_cpu(accelerator)
         is_main = accelerator.is_main_process
         set_seed(args.seed)
         data = build_data(setup.specs, setup.tokenizer, setup.seq_len, seed=args.seed,
                           eval_sequences=args.eval_sequences, eval_domains=setup.eval_specs, mixture=args.mixture,
                           text_field=args.text_field)
-        model, info = load_model(args, setup, source.path)
         tokens_per_step = args.batch_size * accelerator.num_processes * args.grad_accum * setup.seq_len
         max_steps = steps_for(args.max_steps, args.max_tokens, tokens_per_step)
-        schedule = Schedule.plan(n_params=info.n_params, max_steps=max_steps, lr=args.lr, min_lr=args.min_lr,
-                                 warmup=args.warmup_steps)
+        plan = plan_stages(read_config(source.path), args.grow, tokens_per_step=tokens_per_step, max_steps=max_steps,
+                           seed=args.seed)
+        stage = resume_stage(setup, plan, out)
+        folder = grown_folder(out, stage) if stage else source.path
+        if is_main:
+            for note in plan.notes:
+                print(note, file=sys.stderr)
+            if not setup.has_weights and not stage:
+                print(f"{args.model} has no weights: the run starts from {setup.config.model_type}'s own random "
+                      f"initialisation (seed {args.seed}).", file=sys.stderr)
+        model, info = load_model(args, setup, folder, Recipe.read(folder) if stage else setup.recipe,
+                                 random_init=not setup.has_weights and not stage)
+        schedule = Schedule.plan(n_params=plan.final_params if args.grow else info.n_params, max_steps=max_steps,
+                                 lr=args.lr, min_lr=args.min_lr, warmup=args.warmup_steps,
+                                 rewarm=args.grow_warmup_steps, growth_steps=[s.start_step for s in plan.stages[1:]])
         optimizer = make_optimizer(model, args, accelerator, schedule.max_lr)
         model, optimizer = accelerator.prepare(model, optimizer)
-        trainer = Trainer(accelerator, model, optimizer, data.train, schedule, args, setup.seq_len, info.mask)
+        trainer = Trainer(accelerator, model, optimizer, data.train, schedule, args, setup.seq_len, info.mask,
+                          stage=stage, stage_start=plan.stages[stage].start_step)
+        del model, optimizer  # the trainer holds the current ones (a growth replaces them)
         evaluator = Evaluator(accelerator, data.eval, args.batch_size)
-        run_info = describe_run(args, setup, source, info, data, schedule, accelerator, tokens_per_step)
+        run_info = describe_run(args, setup, source, info, data, schedule, accelerator, tokens_per_step, plan)
         start = resume(accelerator, setup, data, schedule, run_info)
         if args.resume and setup.resume_from is None and is_main:
             print(f"--resume: no complete checkpoint in {out}; starting from the beginning.", file=sys.stderr)
@@ -364,28 +552,47 @@ def run(args: argparse.Namespace) -> Path | None:
             accelerator.init_trackers("hfgrow", config={k: v for k, v in run_info.items()
                                                         if isinstance(v, (int, float, str, bool))})
 
-        # --- the loop: evaluate at step 0 (growth's effect), then train, evaluate, checkpoint
+        # --- the loop: evaluate at step 0 (growth's effect), then (grow,) train, evaluate, checkpoint
         last_checkpoint = setup.resume_from
-        last_loss = (setup.resume_state or {}).get("last_loss")
-        last_eval = (setup.resume_state or {}).get("last_eval") or {}
-        with RunLog(out, resume_step=start if setup.resume_from else None, write=is_main,
+        resumed = setup.resume_state or {}
+        last_loss, last_eval = resumed.get("last_loss"), resumed.get("last_eval") or {}
+        last_eval_step = resumed.get("last_eval_step")
+        with RunLog(out, resume_step=start if setup.resume_from else None, resume_stage=stage, write=is_main,
                     trackers=accelerator if setup.trackers else None) as log, \
                 Console(is_main, schedule.max_steps, start) as console:
             log.start(run_info)
             if start == 0 and evaluator:
-                last_eval = evaluator(model)
+                last_eval, last_eval_step = evaluator(trainer.model), 0
                 console.eval(log.eval(0, 0, last_eval, data.weights))
             for step in range(start, schedule.max_steps):
+                nxt = plan.growth_before(step, trainer.stage)
+                if nxt is not None:
+                    if evaluator and last_eval_step != step:  # the model as it was grown, on the curve
+                        last_eval, last_eval_step = evaluator(trainer.model), step
+                        console.eval(log.eval(step, step * tokens_per_step, last_eval, data.weights, trainer.stage))
+                    state = {"step": step, "tokens": step * tokens_per_step, "run": run_info, "stage": trainer.stage,
+                             "last_loss": last_loss, "last_eval": last_eval}
+                    folder, info, record = grow(accelerator, args, setup, out, trainer, nxt, folder, info,
+                                                plan.stages[nxt.index - 1].layers, state)
+                    if evaluator:
+                        after = evaluator(trainer.model)
+                        record.update(losses_after=after, eval_loss_after=sum(after.values()) / len(after))
+                    log.growth(record)
+                    console.say(f"growth at step {step:,} ({record['tokens']:,} tokens): {record['layers_before']} → "
+                                f"{record['layers_after']} layers ({record['operator']}), AdamW {args.grow_optimizer}"
+                                + (f", held-out loss {record['eval_loss_after']:.4f}" if evaluator else "")
+                                + f"; the model it grew from is {out / record['small_folder']}")
                 record = trainer.step(step)
                 log.train(record)
                 console.step(record)
                 done, last_loss = record["step"], record["loss"]
                 if evaluator and (done % args.eval_steps == 0 or done == schedule.max_steps):
-                    last_eval = evaluator(model)
-                    console.eval(log.eval(done, record["tokens"], last_eval, data.weights))
+                    last_eval, last_eval_step = evaluator(trainer.model), done
+                    console.eval(log.eval(done, record["tokens"], last_eval, data.weights, trainer.stage))
                 if done % args.save_steps == 0 or done == schedule.max_steps:
                     state = {"step": done, "tokens": record["tokens"], "data": data.train.state_dict(),
-                             "run": run_info, "last_loss": last_loss, "last_eval": last_eval}
+                             "run": run_info, "last_loss": last_loss, "last_eval": last_eval,
+                             "last_eval_step": last_eval_step, "stage": trainer.stage}
                     last_checkpoint = checkpoints.save(accelerator, out, done, state, keep=args.keep_checkpoints)
                 checkpoints.debug_kill("HFGROW_DEBUG_KILL_AT_STEP", done)
         trainer.write_sample(out / "ranks")
@@ -394,8 +601,8 @@ def run(args: argparse.Namespace) -> Path | None:
         if info.mask is not None:
             if info.mask.active and is_main:
                 print(f"warning: training stopped at step {schedule.max_steps}, before the MSG mask ramp reached 1 "
-                      f"(step {info.mask.steps}); the exported model uses the new layers/units at full strength.",
-                      file=sys.stderr)
+                      f"(step {trainer.stage_start + info.mask.steps}); the exported model uses the new layers/units "
+                      "at full strength.", file=sys.stderr)
             info.mask.remove()
 
         # --- the result: final/, or the last checkpoint with --no-export

@@ -1,8 +1,11 @@
 """A training run's records: writing them, reading them back, and plotting its loss curves.
 
 A run folder holds ``run.json`` (the run's settings), ``log.jsonl`` (one JSON line per optimizer step,
-``{"type": "train", ...}``, and per evaluation, ``{"type": "eval", "losses": {domain: loss}, ...}``) and
-``eval_observations.jsonl`` (held-out losses in the BiMix fitting format, see :mod:`hfgrow.mix`).
+``{"type": "train", ...}``, and per evaluation, ``{"type": "eval", "losses": {domain: loss}, ...}``; a run
+with ``--grow`` also one per growth, ``{"type": "growth", "step", "tokens", "stage", "layers_before",
+"layers_after", "operator", "losses_after", ...}``) and ``eval_observations.jsonl`` (held-out losses in the
+BiMix fitting format, see :mod:`hfgrow.mix`). Every record carries ``stage`` (0 before the first growth);
+tokens count from the start of the run, so the stages share one token axis.
 :class:`RunLog` writes them, :func:`read_run` is the one reader (``hfgrow plot``, the export's model card,
 ``hfgrow compare``), and :func:`plot_curves` the one loss plot.
 
@@ -34,8 +37,9 @@ OBSERVATIONS_FILE = "eval_observations.jsonl"
 # ---------------------------------------------------------------------------------------------
 
 
-def truncate_log(path: Path, max_step: int) -> None:
-    """Drop the lines of a JSONL log past ``max_step`` (written after the checkpoint a run resumes from).
+def truncate_log(path: Path, max_step: int, stage: int = 0) -> None:
+    """Drop the lines of a JSONL log written after the checkpoint a run resumes from: past ``max_step``, or at
+    ``max_step`` in a later stage than the checkpoint's ``stage`` (a growth made after it is made again).
 
     Example:
         >>> truncate_log(Path("run/log.jsonl"), 2000)  # steps 2001.. of the killed run are gone
@@ -45,7 +49,8 @@ def truncate_log(path: Path, max_step: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= max_step:
+            record = json.loads(line)
+            if (record.get("step", 0), record.get("stage", 0)) <= (max_step, stage):
                 keep.append(line)
         except (ValueError, AttributeError):
             continue  # a line cut by the kill
@@ -68,7 +73,7 @@ class RunLog:
         ...     log.eval(1, 4096, {"web": 7.7}, mixture={"web": 1.0})
     """
 
-    def __init__(self, run_dir: Path, *, resume_step: int | None, write: bool, trackers=None):
+    def __init__(self, run_dir: Path, *, resume_step: int | None, write: bool, trackers=None, resume_stage: int = 0):
         self.run_dir = Path(run_dir)
         self.write = write
         self.trackers = trackers  # an accelerate.Accelerator with trackers initialised, or None
@@ -77,8 +82,8 @@ class RunLog:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             mode = "w" if resume_step is None else "a"
             if resume_step is not None:
-                truncate_log(self.run_dir / LOG_FILE, resume_step)
-                truncate_log(self.run_dir / OBSERVATIONS_FILE, resume_step)
+                truncate_log(self.run_dir / LOG_FILE, resume_step, resume_stage)
+                truncate_log(self.run_dir / OBSERVATIONS_FILE, resume_step, resume_stage)
             self._log = open(self.run_dir / LOG_FILE, mode)
             self._observations = open(self.run_dir / OBSERVATIONS_FILE, mode)
 
@@ -104,11 +109,16 @@ class RunLog:
         """One optimizer step: ``{"step", "loss", "lr", "grad_norm", "tokens", ...}``."""
         self._record({"type": "train", **record})
 
-    def eval(self, step: int, tokens: int, losses: dict[str, float], mixture: dict[str, float]) -> dict[str, Any]:
+    def growth(self, record: dict[str, Any]) -> None:
+        """One growth: ``{"step", "tokens", "stage" (the one it starts), "layers_before", "layers_after", ...}``."""
+        self._record({"type": "growth", **record})
+
+    def eval(self, step: int, tokens: int, losses: dict[str, float], mixture: dict[str, float],
+             stage: int = 0) -> dict[str, Any]:
         """Held-out losses per domain at ``step``; after training steps, trained domains also become BiMix
         observations (the law L(r, s) has no value at s = 0, so the evaluation before training is not one)."""
         record = {"type": "eval", "step": step, "tokens": tokens, "losses": losses,
-                  "eval_loss": sum(losses.values()) / len(losses)}
+                  "eval_loss": sum(losses.values()) / len(losses), "stage": stage}
         self._record(record)
         if self._observations is not None and step > 0:
             trained = {name: w for name, w in mixture.items() if w > 0}
@@ -139,6 +149,7 @@ class RunRecord:
     train: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    growths: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def n_params(self) -> int | None:
@@ -150,8 +161,27 @@ class RunRecord:
         return max((int(r["tokens"]) for r in self.train), default=0)
 
     def eval_curve(self) -> list[tuple[int, float]]:
-        """(tokens seen, mean held-out loss over the eval domains) at every evaluation, step order."""
-        return [(int(r["tokens"]), float(r["eval_loss"])) for r in self.evals]
+        """(tokens seen, mean held-out loss over the eval domains) at every evaluation, step order; at a growth,
+        the evaluation of the grown model follows the one of the model it grew from (same tokens)."""
+        points = [(int(r["tokens"]), float(r["eval_loss"]), r["step"], 0) for r in self.evals]
+        points += [(int(g["tokens"]), float(g["eval_loss_after"]), g["step"], 1) for g in self.growths
+                   if g.get("eval_loss_after") is not None]
+        return [(tokens, loss) for tokens, loss, _, _ in sorted(points, key=lambda p: (p[2], p[3]))]
+
+    def flops(self, tokens: float) -> float:
+        """Training FLOPs ≈ 6·N·tokens after ``tokens`` tokens, N the parameters of each stage in turn.
+
+        Raises:
+            HfgrowError: run.json does not record the parameter count.
+        """
+        stages = self.info.get("stages") or ([{"start_tokens": 0, "n_params": self.n_params}] if self.n_params else [])
+        if not stages:
+            raise HfgrowError(f"{self.folder / RUN_FILE} does not record the parameter count; plot with --x tokens.")
+        total = 0.0
+        for stage, nxt in zip(stages, [*stages[1:], None]):
+            end = tokens if nxt is None else min(tokens, nxt["start_tokens"])
+            total += 6.0 * stage["n_params"] * max(0.0, end - stage["start_tokens"])
+        return total
 
 
 def read_run(folder: Path | str) -> RunRecord:
@@ -164,22 +194,23 @@ def read_run(folder: Path | str) -> RunRecord:
     path = folder / LOG_FILE
     if not path.is_file():
         raise HfgrowError(f"{folder} has no {LOG_FILE}; is it a training run's --output-dir?")
-    train: dict[int, dict] = {}
-    evals: dict[int, dict] = {}
+    kinds: dict[str, dict[int, dict]] = {"train": {}, "eval": {}, "growth": {}}
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
             step = int(record["step"])
         except (ValueError, KeyError, TypeError):
             continue  # a line cut by a kill
-        (evals if record.get("type") == "eval" else train)[step] = record
+        kinds.get(record.get("type"), kinds["train"])[step] = record
+    train, evals, growths = kinds["train"], kinds["eval"], kinds["growth"]
     info: dict[str, Any] = {}
     if (folder / RUN_FILE).is_file():
         try:
             info = json.loads((folder / RUN_FILE).read_text())
         except ValueError:
             raise HfgrowError(f"{folder / RUN_FILE} is corrupt.") from None
-    return RunRecord(folder, [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)], info)
+    return RunRecord(folder, [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)], info,
+                     [growths[k] for k in sorted(growths)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +261,9 @@ def plot_curves(curves: list[Curve], path: Path, *, xlabel: str, title: str,
 def plot_run(folder: Path | str, out: Path | str | None = None, x: str = "tokens") -> Path:
     """Train loss and per-domain held-out loss of a run against tokens (or FLOPs ≈ 6·N·tokens), as a PNG.
 
+    A run with growth is one set of curves on one axis; each growth is drawn as a dotted jump from the
+    held-out loss of the model it grew from to that of the grown model (FLOPs count each stage's N).
+
     Example:
         >>> plot_run(Path("run"), Path("run-loss.png"), x="flops")
         PosixPath('run-loss.png')
@@ -238,14 +272,21 @@ def plot_run(folder: Path | str, out: Path | str | None = None, x: str = "tokens
     if not run.train and not run.evals:
         raise HfgrowError(f"{run.folder / LOG_FILE} has no steps or evaluations yet.")
     if x == "flops":
-        if not run.n_params:
-            raise HfgrowError(f"{run.folder / RUN_FILE} does not record the parameter count; plot with --x tokens.")
-        scale, label = 6.0 * run.n_params, "training FLOPs (≈ 6·N·tokens)"
+        run.flops(0)  # says so when run.json has no parameter count
+        axis, label = run.flops, "training FLOPs (≈ 6·N·tokens)"
     else:
-        scale, label = 1.0, "tokens"
-    curves = [Curve("train", [(r["tokens"] * scale, r["loss"]) for r in run.train])]
+        axis, label = float, "tokens"
+    curves = [Curve("train", [(axis(r["tokens"]), r["loss"]) for r in run.train])]
     for domain in sorted({d for r in run.evals for d in r.get("losses", {})}):
-        points = [(r["tokens"] * scale, r["losses"][domain]) for r in run.evals if domain in r.get("losses", {})]
-        curves.append(Curve(f"eval: {domain}", points, marker="o"))
+        points = [(axis(r["tokens"]), r["losses"][domain]) for r in run.evals if domain in r.get("losses", {})]
+        points += [(axis(g["tokens"]), g["losses_after"][domain]) for g in run.growths
+                   if domain in (g.get("losses_after") or {})]
+        curves.append(Curve(f"eval: {domain}", sorted(points, key=lambda p: p[0]), marker="o"))
+    for g in run.growths:
+        before = next((r["eval_loss"] for r in run.evals if r["step"] == g["step"]), None)
+        if before is not None and g.get("eval_loss_after") is not None:
+            curves.append(Curve(f"growth {g['layers_before']} → {g['layers_after']} layers",
+                                [(axis(g["tokens"]), before), (axis(g["tokens"]), g["eval_loss_after"])], style=":",
+                                width=1.5))
     return plot_curves(curves, Path(out) if out else run.folder / "loss.png", xlabel=label,
                        title=run.folder.resolve().name)

@@ -6,6 +6,13 @@ cosine decay to 10% of the max LR; the max LR is 6e-4 at ≤410M parameters, 3e-
 parameter count, embeddings included). The paper warms up for 3000 steps of ~2M-token batches; the
 default here is min(3000, 5% of the steps), so short runs warm up too.
 
+Across growth (``--grow``) the run keeps one schedule: the global warmup + cosine continues through every
+growth (the default, ``--grow-warmup-steps 0``), or, with ``--grow-warmup-steps N``, the LR is re-warmed
+after each growth: it ramps linearly from 0 to the global cosine's value over the N steps that follow
+(a fresh AdamW takes full-size steps at once; a re-warm softens that). The paper's reference code starts
+a new run, with its own warmup and cosine, on the grown model; one global cosine is what a single run
+over the whole budget (as the paper's FLOPs accounting assumes) does.
+
 Example:
     >>> s = Schedule.plan(n_params=1.1e9, max_steps=1000)
     >>> round(s.max_lr, 6), round(s.min_lr, 7), s.warmup
@@ -78,10 +85,12 @@ class Schedule:
     min_lr: float
     warmup: int
     max_steps: int
+    rewarm: int = 0  # steps of linear re-warm after each growth (0: the global cosine continues)
+    growth_steps: tuple[int, ...] = ()  # optimizer steps (0-based) before which the model grows
 
     @classmethod
     def plan(cls, *, n_params: float, max_steps: int, lr: float | None = None, min_lr: float | None = None,
-             warmup: int | None = None) -> Schedule:
+             warmup: int | None = None, rewarm: int = 0, growth_steps: tuple[int, ...] = ()) -> Schedule:
         """The schedule for a model of ``n_params`` parameters; given values override the recipe's defaults."""
         max_lr = lr if lr is not None else default_lr(n_params)
         return cls(
@@ -89,8 +98,18 @@ class Schedule:
             min_lr=min_lr if min_lr is not None else MIN_LR_FRACTION * max_lr,
             warmup=warmup if warmup is not None else min(MAX_WARMUP_STEPS, math.ceil(WARMUP_FRACTION * max_steps)),
             max_steps=max_steps,
+            rewarm=rewarm,
+            growth_steps=tuple(growth_steps),
         )
 
     def lr(self, step: int) -> float:
-        """The LR of optimizer step ``step`` (0-based)."""
-        return lr_at(step, self.max_lr, self.min_lr, self.warmup, self.max_steps)
+        """The LR of optimizer step ``step`` (0-based); after a growth, scaled by the re-warm ramp if any.
+
+        Example:
+            >>> s = Schedule(1.0, 0.1, 0, 100, rewarm=4, growth_steps=(50,))
+            >>> [round(s.lr(i) / lr_at(i, 1.0, 0.1, 0, 100), 2) for i in (49, 50, 51, 53, 54)]
+            [1.0, 0.25, 0.5, 1.0, 1.0]
+        """
+        lr = lr_at(step, self.max_lr, self.min_lr, self.warmup, self.max_steps)
+        since = [step - g for g in self.growth_steps if 0 <= step - g < self.rewarm]
+        return lr * (min(since) + 1) / self.rewarm if since else lr

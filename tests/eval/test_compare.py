@@ -1,14 +1,19 @@
-"""hfgrow compare: the FLOPs bookkeeping in process (run logs -> curves, speedup, regime), and one short real run."""
+"""hfgrow compare: the FLOPs bookkeeping, the regime, the baseline test and the LR rule in process (run logs ->
+curves, speedup); one short real run in which every arm is one `hfgrow.continue` run (the grown one with --grow)."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 from helpers.cli import run_cli
 
 from hfgrow.errors import HfgrowError
-from hfgrow.eval.compare import Run, collect, compare, flops_to_reach, make_report, markdown, plot, speedup
+from hfgrow.eval.compare import (LEARNED_MARGIN, MIN_SWEEP_STEPS, Arm, Run, baseline_check, choose_lr, collect,
+                                 compare, first_stage, flops_to_reach, make_report, markdown, plan_arms, plot, speedup,
+                                 unigram_loss)
 from hfgrow.train.runlog import RunLog
 
 
@@ -16,51 +21,164 @@ def test_flops_to_reach_and_speedup():
     assert flops_to_reach([(0, 5.0), (10, 4.0), (20, 3.0)], 3.5) == pytest.approx(15.0)
     assert flops_to_reach([(0, 5.0), (10, 4.0)], 3.0) is None
     assert flops_to_reach([(4, 2.0)], 3.0) == 4
-    scratch = Run("scratch", params=10, tokens=100, curve=[(3000.0, 4.0), (6000.0, 3.0)])
-    grown = Run("grown", params=10, tokens=80, flops_offset=600.0, curve=[(2000.0, 3.5), (4000.0, 2.5)])
+    scratch = Run("scratch", 10, 100, 6000.0, [(3000.0, 4.0), (6000.0, 3.0)])
+    grown = Run("grown", 10, 80, 5400.0, [(2000.0, 3.5), (4000.0, 2.5)])
     # grown reaches 3.0 at 3000 FLOPs; scratch spent 6000: sp = 6000/3000 - 1
     assert speedup(scratch, grown) == pytest.approx(1.0)
-    slow = Run("slow", params=10, tokens=100, curve=[(6000.0, 3.5)])
-    assert speedup(scratch, slow) is None
+    assert speedup(scratch, Run("slow", 10, 100, 6000.0, [(6000.0, 3.5)])) is None
 
 
-def fake_run(folder, evals: list[tuple[int, float]]) -> None:
-    """A run folder as training writes it: an eval record per (tokens, loss), train records up to the last."""
+def fake_run(folder: Path, evals: list[tuple[int, float]], stages: list[dict]) -> None:
+    """A run folder as training writes it: run.json with its stages, an eval record per (tokens, loss), a growth
+    record (with the grown model's loss) at each stage start after the first."""
     with RunLog(folder, resume_step=None, write=True) as log:
+        log.start({"n_params": stages[-1]["n_params"], "stages": stages})
         for step, (tokens, loss) in enumerate(evals):
+            stage = max(i for i, s in enumerate(stages) if i == 0 or s["start_tokens"] < tokens)
             if step:
-                log.train({"step": step, "loss": loss + 0.1, "tokens": tokens})
-            log.eval(step, tokens, {"text": loss}, mixture={"text": 1.0})
+                log.train({"step": step, "loss": loss + 0.1, "tokens": tokens, "stage": stage})
+            log.eval(step, tokens, {"text": loss}, mixture={"text": 1.0}, stage=stage)
+            nxt = [s for s in stages[1:] if s["start_tokens"] == tokens]
+            if nxt:
+                log.growth({"step": step, "tokens": tokens, "stage": nxt[0]["stage"], "layers_before": 2,
+                            "layers_after": 8, "losses_after": {"text": loss + 0.2}, "eval_loss_after": loss + 0.2})
 
 
-def test_bookkeeping_from_run_logs(tmp_path):
+def one_stage(n: int) -> list[dict]:
+    return [{"stage": 0, "start_tokens": 0, "n_params": n}]
+
+
+@pytest.fixture
+def runs(tmp_path) -> dict[str, Run]:
     n_base, n_target = 1_000, 4_000
-    fake_run(tmp_path / "base", [(0, 6.0), (500, 5.0)])
-    fake_run(tmp_path / "grown", [(0, 5.2), (500, 4.0), (1000, 3.0)])
-    fake_run(tmp_path / "scratch", [(0, 6.0), (1000, 4.5), (2000, 3.5)])
-    fake_run(tmp_path / "small", [(0, 6.0), (4000, 3.6), (8000, 3.2)])
-    base = collect("base", tmp_path / "base", n_base)
-    assert base.tokens == 500 and base.total_flops == 6 * n_base * 500
-    offset = base.total_flops
-    grown = collect("grown-direct", tmp_path / "grown", n_target, offset)
-    # each point: the base phase's FLOPs + 6·N·tokens of this run
-    assert grown.curve == [(offset, 5.2), (offset + 6 * n_target * 500, 4.0), (offset + 6 * n_target * 1000, 3.0)]
-    runs = {"base": base, "grown-direct": grown, "scratch": collect("scratch", tmp_path / "scratch", n_target),
-            "small-alone": collect("small-alone", tmp_path / "small", n_base)}
-    report = make_report(runs, {"target_params": n_target, "base_params": n_base, "factor": 4,
-                                "budget_flops": 6 * n_target * 2000, "scratch_tokens": 2000, "base_tokens": 500})
+    stages = [{"stage": 0, "start_tokens": 0, "n_params": n_base}, {"stage": 1, "start_tokens": 500, "n_params": n_target}]
+    fake_run(tmp_path / "grown", [(0, 6.0), (500, 5.0), (1000, 4.0), (1500, 3.0)], stages)
+    fake_run(tmp_path / "scratch", [(0, 6.0), (1000, 4.5), (2000, 3.5)], one_stage(n_target))
+    fake_run(tmp_path / "small", [(0, 6.0), (4000, 3.6), (8000, 3.2)], one_stage(n_base))
+    return {"base": first_stage("base", tmp_path / "grown"), "grown-direct": collect("grown-direct", tmp_path / "grown"),
+            "scratch": collect("scratch", tmp_path / "scratch"), "small-alone": collect("small-alone", tmp_path / "small")}
+
+
+SETUP = {"target_params": 4000, "base_params": 1000, "factor": 4, "budget_flops": 6 * 4000 * 2000,
+         "scratch_tokens": 2000, "base_tokens": 500, "lr": {"rule": "fixed: --lr 0.002 for every arm",
+                                                            "chosen": {"grown-direct": 2e-3, "scratch": 2e-3}}}
+
+
+def test_bookkeeping_from_run_logs(runs, tmp_path):
+    n_base, n_target = 1_000, 4_000
+    base, grown = runs["base"], runs["grown-direct"]
+    # the base is the grown run's first stage: up to its held-out loss when it grew
+    assert base.tokens == 500 and base.total_flops == 6 * n_base * 500 and base.curve == [(0, 6.0), (3e6, 5.0)]
+    # each point: 6·N_base·d for the small stage, then 6·N_target per token; the grown model's loss at the growth
+    offset = 6 * n_base * 500
+    assert grown.curve == [(0.0, 6.0), (offset, 5.0), (offset, 5.2), (offset + 6 * n_target * 500, 4.0),
+                           (offset + 6 * n_target * 1000, 3.0)]
+    assert grown.total_flops == offset + 6 * n_target * 1000
+    report = make_report(runs, SETUP, unigram=5.5)
     # scratch ends at 3.5 after 6·4000·2000 = 48M FLOPs; grown reaches 3.5 half way between its last two points
     reached = offset + 6 * n_target * 750
     assert report["speedup"]["grown-direct"] == pytest.approx(48_000_000 / reached - 1)
     assert report["final_loss"] == {"base": 5.0, "grown-direct": 3.0, "scratch": 3.5, "small-alone": 3.2}
     assert report["best_run"] == "grown-direct" and report["regime"].startswith("target regime")
-    # the small model alone beating both: the small-model regime
-    runs["small-alone"] = collect("small-alone", tmp_path / "small", n_base)
-    runs["small-alone"].curve[-1] = (runs["small-alone"].curve[-1][0], 2.9)
-    assert make_report(runs, report["setup"])["regime"].startswith("small-model regime")
     assert f"| grown-direct | 3.0000 | {grown.total_flops:.3g} | {report['speedup']['grown-direct']:+.1%} |" \
         in markdown(report)
+    assert "Learning rate: fixed: --lr 0.002 for every arm; chosen: grown-direct 0.002, scratch 0.002." in markdown(report)
+    # the small model alone beating both: the small-model regime
+    runs["small-alone"].curve[-1] = (runs["small-alone"].curve[-1][0], 2.9)
+    assert make_report(runs, SETUP, unigram=5.5)["regime"].startswith("small-model regime")
     assert plot(runs, tmp_path / "compare.png", report).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_regime_is_not_claimed_when_the_small_model_was_skipped(runs):
+    """compare --no-small used to print "target regime" for a comparison it never made."""
+    del runs["small-alone"]
+    report = make_report(runs, SETUP, unigram=5.5)
+    assert report["regime"].startswith("regime not measured") and "--no-small" in report["regime"]
+    assert "target regime" not in markdown(report)
+
+
+def test_speedup_is_withheld_when_scratch_has_not_learned(runs):
+    """A scratch arm that sits at token frequencies (the reduced compare: flat at 5.24-5.35) makes any speedup
+    meaningless: no speedup unless scratch ends LEARNED_MARGIN nats below the unigram model's held-out loss."""
+    flat = Run("scratch", 4000, 2000, 48e6, [(0, 6.2), (12e6, 5.35), (24e6, 5.3), (48e6, 5.28)])
+    runs["scratch"] = flat
+    report = make_report(runs, SETUP, unigram=5.3)
+    assert report["speedup"] == {} and report["baseline"]["learned"] is False
+    text = markdown(report)
+    assert "| grown-direct | 3.0000 |" in text and "withheld (scratch did not learn)" in text
+    assert "scratch has NOT learned, so no speedup is reported" in text
+    # the same curves with a unigram loss the scratch run clears: the speedup is reported
+    learned = make_report(runs, SETUP, unigram=5.28 + LEARNED_MARGIN)
+    assert learned["baseline"]["learned"] is True and learned["speedup"]["grown-direct"] is not None
+    assert baseline_check(flat, 5.28 + LEARNED_MARGIN - 1e-9)["learned"] is False
+
+
+def test_unigram_loss_by_hand(tmp_path):
+    from hfgrow.eval.tiny import make_tokenizer
+
+    words = "the cat sat on the mat and the dog ran to the log while a bird sang".split()
+    docs = [" ".join(words[i % 7 : i % 7 + 5 + i % 4]) for i in range(300)]
+    (tmp_path / "train.txt").write_text("\n\n".join(docs[:250]))
+    (tmp_path / "eval.txt").write_text("\n\n".join(docs[250:]))
+    tok = make_tokenizer(text="\n".join(docs), vocab_size=300)
+    got = unigram_loss(tmp_path / "train.txt", tmp_path / "eval.txt", tok, seq_len=16, eval_sequences=4)
+    # by hand: a .txt file is one document, its tokens followed by EOS
+    from collections import Counter
+
+    def stream(docs):
+        return tok("\n\n".join(docs), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    counts, held = Counter(stream(docs[:250])), stream(docs[250:])
+    seqs = [held[i * 16 : (i + 1) * 16] for i in range(4)]
+    total, vocab = sum(counts.values()), len(tok)
+    expected = [-math.log((counts[t] + 1) / (total + vocab)) for s in seqs for t in s[1:]]
+    assert got == pytest.approx(sum(expected) / len(expected), rel=1e-9)
+
+
+class FakeTrainer:
+    """Stands in for the subprocess trainer: a run's held-out loss is a function of (model, steps, lr)."""
+
+    def __init__(self, tmp: Path, loss):
+        self.tmp, self.loss, self.calls = tmp, loss, []
+
+    def run(self, arm: Arm, run_dir: Path, lr: float, evals: int) -> Path:
+        self.calls.append((arm.model, arm.steps, arm.grow, lr))
+        fake_run(run_dir, [(0, 6.0), (arm.steps * 512, self.loss(arm, lr))], one_stage(1000))
+        return run_dir
+
+
+def test_every_arm_chooses_its_lr_by_the_same_sweep_rule(tmp_path):
+    trainer = FakeTrainer(tmp_path, lambda arm, lr: {"base": {1e-3: 4.0, 3e-3: 3.5, 1e-2: 3.9},
+                                                    "target": {1e-3: 4.1, 3e-3: 4.2, 1e-2: 4.0}}[arm.model][lr])
+    cache: dict = {}
+    grown = Arm("grown-direct", "base", 400, "stack:4@51200", 51200)
+    lr, losses, steps = choose_lr(trainer, grown, (1e-3, 3e-3, 1e-2), tmp_path, cache)
+    # the arm's first 5% of steps (20), its growth (at step 100) not reached: the base model alone
+    assert (lr, steps) == (3e-3, MIN_SWEEP_STEPS) and losses == {1e-3: 4.0, 3e-3: 3.5, 1e-2: 3.9}
+    assert trainer.calls == [("base", 20, None, 1e-3), ("base", 20, None, 3e-3), ("base", 20, None, 1e-2)]
+    assert choose_lr(trainer, Arm("scratch", "target", 400), (1e-3, 3e-3, 1e-2), tmp_path, cache)[0] == 1e-2
+    # an arm whose cut run is the same as one already swept shares it (no new runs)
+    calls = len(trainer.calls)
+    assert choose_lr(trainer, Arm("grown-zero", "base", 400, "zero:4@51200", 51200), (1e-3, 3e-3, 1e-2), tmp_path,
+                     cache)[0] == 3e-3
+    assert len(trainer.calls) == calls
+    # a growth inside the sweep is part of it (d = 0: the untrained base grown at once); 5% of 1000 steps is 50
+    choose_lr(trainer, Arm("grown-untrained", "base", 1000, "stack:4@0", 0), (1e-3,), tmp_path, cache)
+    assert trainer.calls[-1] == ("base", 50, "stack:4@0", 1e-3)
+
+
+def test_arms_share_the_flops_budget():
+    arms, budget = plan_arms(4000, 1000, scratch_tokens=20480, base_fraction=0.25, tokens_per_step=512, factor=4,
+                             ops=("direct", "zero"), optimizers=("fresh", "carry"), include_untrained=True,
+                             include_small=True)
+    by_name = {a.name: a for a in arms}
+    assert list(by_name) == ["grown-direct", "grown-direct-carry", "grown-zero", "grown-zero-carry", "scratch",
+                             "grown-untrained", "small-alone"]
+    assert by_name["grown-zero-carry"].grow == "zero:4@5120" and by_name["grown-zero-carry"].optimizer == "carry"
+    grown = by_name["grown-direct"]
+    flops = 6 * 1000 * grown.grow_tokens + 6 * 4000 * (grown.steps * 512 - grown.grow_tokens)
+    assert flops == pytest.approx(budget["budget_flops"], rel=0.02) and budget["budget_flops"] == 6 * 4000 * 20480
+    assert by_name["small-alone"].steps * 512 * 6 * 1000 == budget["budget_flops"]
 
 
 def test_compare_end_to_end(tmp_path):
@@ -69,19 +187,28 @@ def test_compare_end_to_end(tmp_path):
               "tie_word_embeddings": False}
     (tmp_path / "config.json").write_text(json.dumps(config))
     report = compare(tmp_path / "cmp", config=str(tmp_path / "config.json"), factor=2, scratch_tokens="6k",
-                     seq_len=32, batch_size=8, eval_points=2, eval_sequences=4, include_untrained=False,
+                     seq_len=32, batch_size=8, lr=3e-3, eval_points=2, eval_sequences=4, include_untrained=False,
                      include_small=False, quiet=True)
     out = tmp_path / "cmp"
     saved = json.loads((out / "compare.json").read_text())
     assert saved == json.loads(json.dumps(report)) and (out / "compare.png").stat().st_size > 10_000
     assert set(saved["final_loss"]) == {"base", "grown-direct", "scratch"}
     setup = saved["setup"]
-    assert setup["scratch_tokens"] == 6000 and setup["base_tokens"] == 1500  # 6k x --base-fraction 0.25
+    assert setup["scratch_tokens"] == 23 * 256 and setup["base_tokens"] == 6 * 256  # 6k x --base-fraction 0.25
+    assert setup["lr"]["rule"] == "fixed: --lr 0.003 for every arm"
+    # the grown arm is one run that grew: stage 0 is the report's base, the growth at d tokens
+    grown_run = out / "runs" / "grown-direct"
+    (growth,) = [r for r in map(json.loads, (grown_run / "log.jsonl").read_text().splitlines()) if r["type"] == "growth"]
+    assert growth["tokens"] == setup["base_tokens"] and (growth["layers_before"], growth["layers_after"]) == (2, 4)
+    assert not (out / "runs" / "base").exists() and not list((out / "models" / "base").glob("*.safetensors"))
     # equal FLOPs: base phase + grown phase == scratch (within one step's rounding)
     assert saved["total_flops"]["grown-direct"] == pytest.approx(setup["budget_flops"], rel=0.05)
-    assert saved["runs"]["grown-direct"]["flops_offset"] == 6 * setup["base_params"] * saved["runs"]["base"]["tokens"]
-    for name, curve in saved["curves"].items():  # every run evaluated before training, at its FLOPs offset
-        assert curve[0][0] == saved["runs"][name]["flops_offset"] and 0 < curve[-1][1] < curve[0][1], name
+    assert saved["total_flops"]["base"] == 6 * setup["base_params"] * setup["base_tokens"]
+    for name, curve in saved["curves"].items():  # every run evaluated before training, from zero FLOPs
+        assert curve[0][0] == 0 and 0 < curve[-1][1] < curve[0][1], name
+    baseline = saved["baseline"]
+    assert baseline["learned"] == (baseline["scratch_final_loss"] <= baseline["unigram_loss"] - LEARNED_MARGIN)
+    assert (saved["speedup"] != {}) == baseline["learned"]
 
     with pytest.raises(HfgrowError, match="not empty"):
         compare(out, config=str(tmp_path / "config.json"), factor=2, quiet=True)
@@ -93,3 +220,5 @@ def test_compare_tokens_take_counts(tmp_path, capsys):
     code, _, err = run_cli(["compare", tmp_path / "cmp", "--tokens", "3X"], capsys)
     assert code == 1 and err.strip() == "error: '3X' is not a valid token count for --tokens; write a number with " \
                                         "K/M/B/T, e.g. 1M."
+    code, _, err = run_cli(["compare", tmp_path / "cmp", "--lr-grid", "fast"], capsys)
+    assert code == 1 and "--lr-grid 'fast'" in err

@@ -1,0 +1,313 @@
+"""Growth inside a training run: ``--grow OP:FACTOR@WHEN``, the stages it makes, and what survives a growth.
+
+The paper's procedure (Du et al. 2024) as one run: train the small model for d tokens, grow it, train the
+grown model to the end of the budget. ``--grow stack:4@10B`` grows ×4 with Gstack once the run has seen
+10B tokens; ``--grow`` may repeat (``stack:2@5B --grow stack:2@20B``). Each growth starts a new *stage*.
+
+This module owns the parts that are not the training loop itself (:mod:`hfgrow.train.loop` runs the
+growth point in order):
+
+* the ``--grow`` syntax (:func:`parse_grow`) and its growth operators (:func:`grow_spec`, the same
+  :class:`hfgrow.growth.spec.GrowSpec` that ``hfgrow stack`` / ``hfgrow grow`` build);
+* the stage plan (:func:`plan_stages`): at which optimizer step each growth happens, and every stage's
+  layer and parameter count, from the config alone (checked before any process group or data exists);
+  ``WHEN = auto`` is the paper's growth-timing law (:func:`hfgrow.growth.timing.growth_tokens`);
+* the run folder's stage folders (:func:`stage_folder`, :func:`grown_folder`);
+* the optimizer state at a growth with ``--grow-optimizer carry`` (:func:`carry_moments`): AdamW's moments
+  of each source block go to its copies through the grown recipe's layer map.
+
+Example:
+    >>> g = parse_grow("stack:2@10240")
+    >>> g.op, g.factor, g.tokens
+    ('stack', 2.0, 10240)
+    >>> plan = plan_stages(config, [g], tokens_per_step=512, max_steps=40)
+    >>> [(s.start_step, s.layers) for s in plan.stages]
+    [(0, 2), (20, 4)]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hfgrow.errors import HfgrowError
+from hfgrow.units import format_count, parse_count
+
+# --grow OP -> (GrowSpec op, depth order). Every depth operator of the engine but LiGO, which learns its
+# operator on data with a loop of its own (grow with `hfgrow grow --op learn`, then train the result).
+OPS = {"stack": ("direct", "stack"), "interpolate": ("direct", "interpolate"), "zero": ("zero", None),
+       "random": ("random", None)}
+OPTIMIZER_MODES = ("fresh", "carry")
+# The paper's experiments span 410M-7B parameters (shared/REFERENCE.md §1); below that the growth-timing law is
+# an extrapolation far outside its fit (it asks ~10^10 tokens of a 1M-parameter model).
+AUTO_MIN_PARAMS = 410_000_000
+_GROW = re.compile(r"^(?P<op>[a-z]+):(?P<factor>[0-9.]+)@(?P<when>.+)$")
+
+
+@dataclass(frozen=True)
+class GrowArg:
+    """One ``--grow OP:FACTOR@WHEN``: ``tokens`` is None for ``auto`` (resolved by :func:`plan_stages`)."""
+
+    op: str
+    factor: float
+    tokens: int | None
+    text: str
+
+    @property
+    def auto(self) -> bool:
+        return self.tokens is None
+
+
+def parse_grow(text: str) -> GrowArg:
+    """``OP:FACTOR@WHEN``: OP one of :data:`OPS`, FACTOR > 1, WHEN a token count (``250k``, ``1e7``, ``10B``) or auto.
+
+    Raises:
+        HfgrowError: one sentence saying which part is wrong.
+
+    Example:
+        >>> parse_grow("zero:1.5@1e7").tokens, parse_grow("stack:4@auto").auto
+        (10000000, True)
+    """
+    match = _GROW.match(text.strip())
+    if not match:
+        raise HfgrowError(f"--grow {text!r}: write OP:FACTOR@WHEN, e.g. stack:4@10B or stack:4@auto.")
+    op, when = match.group("op"), match.group("when")
+    if op == "learn":
+        raise HfgrowError("--grow learn: LiGO learns its operator on data with a loop of its own; grow with "
+                          "`hfgrow grow --op learn` and train the result with --model.")
+    if op not in OPS:
+        raise HfgrowError(f"--grow {text!r}: unknown operator {op!r}; use one of {', '.join(OPS)}.")
+    try:
+        factor = float(match.group("factor"))
+    except ValueError:
+        factor = math.nan
+    if not math.isfinite(factor) or factor <= 1:
+        raise HfgrowError(f"--grow {text!r}: the factor must be a number above 1 (the layer count is multiplied by it).")
+    tokens = None if when == "auto" else parse_count(when, f"growth point in --grow {text!r}", "10B", minimum=0)
+    return GrowArg(op, factor, tokens, text.strip())
+
+
+def grow_spec(op: str, factor: float, seed: int = 0):
+    """The :class:`~hfgrow.growth.spec.GrowSpec` of a ``--grow`` operator: what ``hfgrow stack`` / ``grow`` build.
+
+    Example:
+        >>> grow_spec("stack", 4).command, grow_spec("zero", 2).op
+        ('stack', 'zero')
+    """
+    from hfgrow.growth.spec import Depth, GrowSpec
+
+    spec_op, order = OPS[op]
+    if spec_op == "direct":  # Gstack and friends: `hfgrow stack --order ...` replays them
+        return GrowSpec(op="direct", depth=Depth(factor=factor, order=order), command="stack")
+    return GrowSpec(op=spec_op, depth=Depth(factor=factor), seed=seed)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stretch of the run trained at one size; stage k > 0 starts with growth ``growth``."""
+
+    index: int
+    start_step: int
+    layers: int
+    n_params: int
+    growth: GrowArg | None = None
+
+    def to_dict(self, tokens_per_step: int) -> dict[str, Any]:
+        data: dict[str, Any] = {"stage": self.index, "start_step": self.start_step,
+                                "start_tokens": self.start_step * tokens_per_step, "layers": self.layers,
+                                "n_params": self.n_params}
+        if self.growth is not None:
+            data.update(grow=f"{self.growth.op}:{self.growth.factor:g}@{self.start_step * tokens_per_step}",
+                        op=self.growth.op, factor=self.growth.factor, requested=self.growth.text)
+        return data
+
+
+@dataclass
+class StagePlan:
+    """The stages of a run, in order (one stage when nothing grows)."""
+
+    stages: list[Stage]
+    tokens_per_step: int
+    notes: list[str] = field(default_factory=list)  # what `auto` chose, said once by the main process
+
+    @property
+    def final_params(self) -> int:
+        return self.stages[-1].n_params
+
+    def growth_before(self, step: int, stage: int) -> Stage | None:
+        """The stage that starts before optimizer step ``step`` (0-based) when the run is in ``stage``."""
+        nxt = self.stages[stage + 1] if stage + 1 < len(self.stages) else None
+        return nxt if nxt is not None and nxt.start_step == step else None
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [s.to_dict(self.tokens_per_step) for s in self.stages]
+
+
+def _count(config: dict[str, Any]) -> int:
+    from hfgrow.arch.layout import hf_config_from_dict
+    from hfgrow.growth.timing import count_params
+
+    return count_params(hf_config_from_dict(config)).total
+
+
+def _resolve_auto(grow: GrowArg, final_params: int, budget: int) -> tuple[int, str]:
+    """WHEN = auto: the paper's growth timing d for the final model and the run's budget, or a refusal."""
+    from hfgrow.growth.timing import growth_tokens
+
+    d = growth_tokens(final_params, 6.0 * final_params * budget)
+    law = (f"the growth-timing law gives d = {format_count(d, 2)} tokens for N = {format_count(final_params)} "
+           f"parameters and D = {format_count(budget)} tokens")
+    if final_params < AUTO_MIN_PARAMS:
+        raise HfgrowError(f"--grow {grow.text}: {law}, but the final model has {format_count(final_params)} "
+                          f"parameters, below the smallest the paper measured ({format_count(AUTO_MIN_PARAMS)}), where "
+                          "the law is an extrapolation that means nothing; give the growth point as a token count.")
+    if d >= budget:
+        raise HfgrowError(f"--grow {grow.text}: {law}, which is not below the budget: at this budget the law says "
+                          "not to grow; train longer or give the growth point as a token count.")
+    return int(round(d)), law
+
+
+def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step: int, max_steps: int,
+                seed: int = 0) -> StagePlan:
+    """Every stage of a run: growth steps and sizes, checked from the config alone.
+
+    A growth at T tokens happens before the first optimizer step that would see more than T tokens
+    (step ⌈T / tokens per step⌉, 0-based), so the small model trains on at least T tokens.
+
+    Raises:
+        HfgrowError: a growth at or past the end of the run, two at the same step, ``auto`` where the law
+            does not apply (see :func:`_resolve_auto`), or an operator the architecture refuses.
+    """
+    from hfgrow.arch.layout import config_for_layers, hf_config_from_dict
+
+    hf_config = hf_config_from_dict(config)
+    layers = getattr(hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config,
+                     "num_hidden_layers", None)
+    if grows and not isinstance(layers, int):
+        raise HfgrowError(f"--grow: the '{config.get('model_type')}' config has no num_hidden_layers to grow.")
+    if any(g.auto for g in grows) and len(grows) > 1:
+        raise HfgrowError("--grow ...@auto times one growth (the paper's law); give token counts for a multi-stage "
+                          "schedule.")
+    budget = max_steps * tokens_per_step
+    stages = [Stage(0, 0, layers or 0, _count(config))]
+    configs, notes = [config], []
+    for grow in grows:
+        spec = grow_spec(grow.op, grow.factor, seed)
+        try:
+            layer_map = spec.depth.layer_map(stages[-1].layers, spec.default_order)
+        except HfgrowError as exc:  # the operator's own check (e.g. a factor that gives no whole layer count)
+            raise HfgrowError(f"--grow {grow.text} (of {stages[-1].layers} layers): {exc}") from None
+        configs.append(config_for_layers(configs[-1], layer_map))
+        stages.append(Stage(len(stages), -1, len(layer_map), _count(configs[-1]), grow))
+    resolved = []
+    for stage in stages[1:]:
+        tokens = stage.growth.tokens
+        if stage.growth.auto:
+            tokens, law = _resolve_auto(stage.growth, stages[-1].n_params, budget)
+            notes.append(f"--grow {stage.growth.text}: {law}; the run grows at step {math.ceil(tokens / tokens_per_step):,}"
+                         f" ({math.ceil(tokens / tokens_per_step) * tokens_per_step:,} tokens).")
+        step = math.ceil(tokens / tokens_per_step)
+        if step >= max_steps:
+            raise HfgrowError(f"--grow {stage.growth.text}: the run ends after {budget:,} tokens ({max_steps:,} steps of "
+                              f"{tokens_per_step:,}), before that growth point; grow earlier or train longer.")
+        if resolved and step <= resolved[-1].start_step:
+            raise HfgrowError(f"--grow {stage.growth.text} is not after the growth before it (step {step:,} vs "
+                              f"{resolved[-1].start_step:,}); give growth points in increasing order.")
+        resolved.append(Stage(stage.index, step, stage.layers, stage.n_params, stage.growth))
+    return StagePlan([stages[0], *resolved], tokens_per_step, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_folder(run_dir: Path, stage: int) -> Path:
+    """``RUN/stage-K``: the model as stage K ended (the small model of a growth), an ordinary HF folder."""
+    return Path(run_dir) / f"stage-{stage}"
+
+
+def grown_folder(run_dir: Path, stage: int) -> Path:
+    """``RUN/grown-K``: stage K's model as the operator made it (recipe included); stage K starts from it."""
+    return Path(run_dir) / f"grown-{stage}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer state across a growth
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_source(prefix: str, layer_map: list[int]) -> Callable[[str], tuple[str, int | None]]:
+    """name in the grown model -> (name in the source model, output layer or None outside the blocks).
+
+    Example:
+        >>> layer_source("model.layers.", [0, 1, 0, 1])("model.layers.3.mlp.up_proj.weight")
+        ('model.layers.1.mlp.up_proj.weight', 3)
+    """
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.(.+)$")
+
+    def source(name: str) -> tuple[str, int | None]:
+        match = pattern.match(name)
+        if not match:
+            return name, None
+        layer = int(match.group(1))
+        return f"{prefix}{layer_map[layer]}.{match.group(2)}", layer
+
+    return source
+
+
+def carry_moments(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], *, prefix: str,
+                  layer_map: list[int], zeroed: set[int]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """AdamW state for the grown model: each parameter gets its source parameter's moments and step count.
+
+    ``old`` and ``new`` are full optimizer states by parameter name (``{name: {"step", "exp_avg",
+    "exp_avg_sq"}}``; ``new`` gives the shapes). Parameters of the layers in ``zeroed`` (new blocks of
+    ``zero``/``random`` growth) get zero moments; their step count is kept too. Returns the state and the
+    names that had no source (zero moments, step kept from the rest).
+
+    Example:
+        >>> state, missing = carry_moments(old, new, prefix="model.layers.", layer_map=[0, 1, 0, 1], zeroed=set())
+        >>> torch.equal(state["model.layers.2.mlp.up_proj.weight"]["exp_avg"],
+        ...             old["model.layers.0.mlp.up_proj.weight"]["exp_avg"])
+        True
+    """
+    import torch
+
+    source = layer_source(prefix, layer_map)
+    steps = [s["step"] for s in old.values() if "step" in s]
+    any_step = steps[0] if steps else None
+    carried, missing = {}, []
+    for name, template in new.items():
+        src, layer = source(name)
+        found = old.get(src)
+        if found is None or layer in zeroed:
+            if found is None:
+                missing.append(name)
+            step = (found or {}).get("step", any_step)
+            carried[name] = {k: (torch.zeros_like(v) if k != "step" else (step.clone() if step is not None else v))
+                             for k, v in template.items()}
+        else:
+            carried[name] = {k: v.clone() for k, v in found.items()}
+    return carried, missing
+
+
+def full_optimizer_state(model, optimizer, distributed: bool) -> dict[str, Any]:
+    """The optimizer's whole state by parameter name, on the main process (every process must call it).
+
+    torch's distributed state-dict API gathers it from FSDP2 shards, DDP or a plain module alike.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=distributed))
+
+
+def load_optimizer_state(model, optimizer, state: dict[str, Any], distributed: bool) -> None:
+    """Load a full optimizer state (given on the main process) into every process's optimizer (its shards)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed))
