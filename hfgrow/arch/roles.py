@@ -70,13 +70,17 @@ _EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps",
 # ---------------------------------------------------------------- family rules
 
 
-def _qkv_layout(config: Mapping[str, Any]) -> str:
+def qkv_layout(config: Mapping[str, Any]) -> str:
     """How a fused q|k|v projection orders its output rows.
 
     ``concat``: all q heads, then k heads, then v heads (Phi-3, GPT-2, MPT, Baichuan, old
     multi-query Falcon). ``per_head``: head by head, [q_h, k_h, v_h] (GPT-NeoX, Bloom, Falcon
     without multi-query). ``per_group``: per KV group, its q heads then k then v (Falcon's
     new decoder architecture).
+
+    Example:
+        >>> qkv_layout({"model_type": "gpt_neox"}), qkv_layout({"model_type": "phi3"})
+        ('per_head', 'concat')
     """
     model_type = config.get("model_type")
     if model_type in ("gpt_neox", "bloom"):
@@ -91,7 +95,7 @@ def _qkv_layout(config: Mapping[str, Any]) -> str:
 def qkv_row_order(layout: str, heads: int, kv_heads: int, head_dim: int):
     """For each row of a fused q|k|v projection in ``layout``, its row in the plain [q heads | k heads | v heads] order.
 
-    The one statement of the three fused layouts (see :func:`_qkv_layout`); width growth and LiGO both
+    The one statement of the three fused layouts (see :func:`qkv_layout`); width growth and LiGO both
     convert through it.
 
     Example:
@@ -557,7 +561,7 @@ def derive_roles(layout: Layout, tensors: Mapping[str, TensorInfo]) -> Roles:
               "num_key_value_heads": next((key for key in _KV_KEYS if hasattr(hf_config, key)), None),
               "intermediate_size": ffn_key},
         hidden_aliases=[key for key in _HIDDEN_ALIASES if config.get(key) == hidden],
-        qkv_layout=_qkv_layout(config), alibi=_uses_alibi(config),
+        qkv_layout=qkv_layout(config), alibi=_uses_alibi(config),
         norm_kind=norm_kind, norm_offset=norm_offset, norm_init=norm_init,
         norm_eps_key=_norm_eps(model, hidden, config), has_norm_weights=has_norm_weights,
         embed_scale=_embed_scale(model), init_std=float(init_std),

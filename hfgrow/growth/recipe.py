@@ -143,10 +143,15 @@ class Mask:
     ``norm_stats``
         ``fill``: a norm over grown units sees, in place of the new units, values with the source units'
         statistics, blended into the real values as c grows; ``masked``: MSG's mask-weighted statistics,
-        ``norm(x·m)·sqrt(Σm / n)`` then ``·m`` (``MsgNorm``), m being the space's per-unit mask.
+        those of x·m over Σm units, then ``·m`` (prts ``MsgNorm``: ``norm(x·m)·sqrt(Σm / n)·m``; a LayerNorm
+        centres by the mask-weighted mean), m being the space's per-unit mask (:mod:`hfgrow.train.msg`).
 
     Recipes without these fields (hfgrow 0.1, or depth-only masks) read as hfgrow's ramp: one stage,
     ``readers``, ``fill``.
+
+    ``steps_given`` says whether ``steps`` was chosen (``grow --mask-steps``) or is grow's default: training
+    keeps a chosen length and fits a default one to the run (:func:`hfgrow.train.args.fit_ramp`). Written
+    only when false; recipes without it read as chosen (the ramp they always had).
     """
 
     layers: tuple[int, ...] = ()
@@ -156,9 +161,12 @@ class Mask:
     stages: tuple[tuple[str, ...], ...] = (("ffn", "hidden", "heads"),)
     units_at: str = "readers"
     norm_stats: str = "fill"
+    steps_given: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"layers": list(self.layers), "steps": self.steps, "form": self.form}
+        if not self.steps_given:
+            data["steps_given"] = False
         if self.width is not None:
             data["width"] = self.width.to_dict()
             data.update(stages=[list(stage) for stage in self.stages], units_at=self.units_at,
@@ -174,7 +182,8 @@ class Mask:
                    form=str(data.get("form") or "sublayer"),
                    stages=tuple(tuple(str(s) for s in stage) for stage in stages) if stages else cls.stages,
                    units_at=str(data.get("units_at") or cls.units_at),
-                   norm_stats=str(data.get("norm_stats") or cls.norm_stats))
+                   norm_stats=str(data.get("norm_stats") or cls.norm_stats),
+                   steps_given=data.get("steps_given") is not False)
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,7 @@ class GrowSpec:
             params["pattern"] = compact(plan.layer_map)
         if self.command == "grow":
             params.update({k: v for k, v in self.width.params().items() if v is not None})
-            params.update(noise=self.noise or None, seed=self.seed,
-                          mask_steps=plan.operation.mask.steps if plan.operation.mask else None,
+            params.update(noise=self.noise or None, seed=self.seed, mask_steps=self.mask_steps,
                           style=self.style if self.style != "hfgrow" else None)
         params["dtype"] = self.dtype if self.dtype != "keep" else None
         return {k: v for k, v in params.items() if v is not None}
@@ -198,6 +197,7 @@ class GrowSpec:
         originals = [src for i, src in enumerate(plan.layer_map) if src not in plan.layer_map[:i]]
         preserving = not depth or (self.op == "zero" and originals == list(range(layout.num_layers)))
         steps = self.mask_steps if self.mask_steps is not None else DEFAULT_MASK_STEPS
+        length = f"{steps} steps" if self.mask_steps is not None else "10% of the training run (grow's default)"
         sizes = None
         if width:
             w = self.width
@@ -210,8 +210,8 @@ class GrowSpec:
         elif depth and self.op == "random":
             plan = random_plan(plan, roles, seed=self.seed, mask_steps=steps, style=self.style)
             ramp = "the whole block, y = c*block(x) + (1-c)*x" if self.style == "prts" else "each sublayer's update"
-            plan.notes.append(f"new layers {compact(plan.new_layers)} are random: ramp {ramp}, c 0 -> 1 over {steps} "
-                              "steps (MSG; recorded in hfgrow.yaml)")
+            plan.notes.append(f"new layers {compact(plan.new_layers)} are random: ramp {ramp}, c 0 -> 1 over {length} "
+                              "(MSG; recorded in hfgrow.yaml)")
         if self.noise:
             plan = noise_plan(plan, roles, self.noise, seed=self.seed, hidden_size=sizes.hidden[1] if sizes else None)
         if width and self.resolved_width_op == "random":
@@ -219,9 +219,15 @@ class GrowSpec:
 
             mask = plan.operation.mask
             plan.operation = plan.operation.replace(mask=replace(mask, steps=steps))
-            staged = f"FFN, hidden, then heads, {steps} steps each" if self.style == "prts" else f"over {steps} steps"
+            each = f"{steps} steps each" if self.mask_steps is not None else f"sharing {length}"
+            staged = f"FFN, hidden, then heads, {each}" if self.style == "prts" else f"over {length}"
             plan.notes.append(f"new width units are random; training ramps them in ({staged}; MSG; mask in "
                               "hfgrow.yaml)")
+        if self.masked and plan.operation.mask is not None:  # training fits a default ramp length to the run
+            from dataclasses import replace
+
+            plan.operation = plan.operation.replace(mask=replace(plan.operation.mask,
+                                                                 steps_given=self.mask_steps is not None))
         direction = "+".join(d for d, on in (("depth", depth), ("width", width)) if on)
         plan.operation = plan.operation.replace(op=self.op, direction=direction, seed=self.seed, style=self.style,
                                                 function_preserving=bool(preserving and not self.noise))

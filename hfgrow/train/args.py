@@ -21,6 +21,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,9 @@ from hfgrow.errors import HfgrowError
 from hfgrow.growth.recipe import Mask, Recipe
 from hfgrow.train.growth import OPTIMIZER_MODES, GrowArg, parse_grow
 from hfgrow.units import parse_count
+
+#: the MSG ramp of a recipe whose length grow chose by default takes this fraction of the run, stages together
+RAMP_FRACTION = 0.1
 
 EXAMPLES = """\
 examples:
@@ -132,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grow-warmup-steps", type=int, default=0,
       help="after each growth, ramp the LR from 0 to the schedule's value over N steps (0: the global warmup + "
            "cosine continues through the growth)")
+    a("--mask-steps", type=int, metavar="N",
+      help="length of the MSG mask ramp (per width stage) instead of the recipe's. Default: the recipe's when "
+           "`grow --mask-steps` chose it, else 10%% of the run shared by the ramp's stages (a resumed run keeps "
+           "its ramp). A ramp that would end after the run is refused at the start (with --no-export: warned "
+           "about)")
     a("--push-to", metavar="REPO_ID", help="push final/ to this Hub repo")
     a("--base-model-id", help="Hub id of the model trained, for the card of final/ (default: --model when it is "
                               "a Hub id; a local folder is named by its folder name)")
@@ -164,6 +175,7 @@ class Setup:
     resume_state: dict[str, Any] | None = None
     trackers: list[str] = field(default_factory=list)
     has_weights: bool = True  # False: a config-only folder, the run starts from random initialisation
+    ramp: Mask | None = None  # the recipe's MSG mask with its length fitted to the run (fit_ramp)
 
     @property
     def new_layers(self) -> list[int]:
@@ -171,14 +183,71 @@ class Setup:
 
     @property
     def mask(self) -> Mask | None:
-        """The recipe's MSG mask, None when nothing ramps."""
-        return ramp_mask(self.recipe)
+        """The MSG mask this run ramps (its length fitted to the run by preflight), None when nothing ramps."""
+        return self.ramp if self.ramp is not None else recorded_mask(self.recipe)
 
 
-def ramp_mask(recipe: Recipe | None) -> Mask | None:
-    """A grown folder's MSG mask (its recipe's), None when nothing ramps."""
+def recorded_mask(recipe: Recipe | None) -> Mask | None:
+    """The recipe's MSG mask as grow recorded it, None when nothing ramps.
+
+    Example:
+        >>> recorded_mask(Recipe.read(Path("grown"))).layers
+        (4, 5, 6, 7)
+    """
     mask = recipe.operation.mask if recipe else None
     return mask if mask is not None and (mask.layers or mask.width) and mask.steps > 0 else None
+
+
+def fit_ramp(mask: Mask | None, run_steps: int, *, asked: int | None = None, resumed: int | None = None,
+             exports: bool = True) -> tuple[Mask | None, str | None]:
+    """The MSG mask a run of ``run_steps`` optimizer steps ramps, and a warning to show at its start (or None).
+
+    The ramp's length T (per width stage; S stages, :func:`hfgrow.train.msg.ramp_stages`, S = 1 without them):
+
+    1. a resumed run keeps the T it started with (``resumed``, from its checkpoint's run settings);
+    2. else ``--mask-steps`` (``asked``);
+    3. else the recipe's ``steps`` when ``grow --mask-steps`` chose them (``mask.steps_given``);
+    4. else (grow's default) T = max(1, ⌊RAMP_FRACTION · run_steps / S⌋): the whole ramp takes the run's
+       first tenth.
+
+    A ramp that ends after the run (:func:`hfgrow.train.msg.ramp_length` > run_steps) is refused when the run
+    exports final/ (the export would use, at full strength, structure never trained at full strength) and
+    warned about with ``--no-export`` (the run can go on with a larger --max-steps).
+
+    Example:
+        >>> mask, warning = fit_ramp(Mask(layers=(4, 5), steps=5000, steps_given=False), 450)
+        >>> mask.steps, warning
+        (45, None)
+    """
+    from hfgrow.train.msg import ramp_length, ramp_stages
+
+    if mask is None:
+        if asked is not None:
+            raise HfgrowError("--mask-steps: this model's recipe has no MSG mask (no new layers or units to ramp).")
+        return None, None
+    stages = max(1, len(ramp_stages(mask)))
+    if resumed is not None:
+        if asked is not None and asked != resumed:
+            raise HfgrowError(f"--mask-steps {asked} differs from the MSG ramp this run started with ({resumed} "
+                              "steps), which a resumed run keeps; leave --mask-steps out.")
+        steps = resumed
+    elif asked is not None:
+        steps = asked
+    elif mask.steps_given:
+        steps = mask.steps
+    else:
+        steps = max(1, int(RAMP_FRACTION * run_steps / stages))
+    fitted = dataclasses.replace(mask, steps=steps, steps_given=True)
+    end = ramp_length(fitted)
+    if end <= run_steps:
+        return fitted, None
+    length = f"{stages} stages of {steps:,} steps" if stages > 1 and mask.width else f"{steps:,} steps"
+    where = f"the MSG mask ramp ends at step {end:,} ({length}), after the run's {run_steps:,} steps"
+    if not exports:
+        return fitted, f"warning: {where}; resume with --max-steps {end} or more to finish it."
+    shorter = f"--mask-steps {run_steps // stages} or less, " if run_steps // stages >= 1 and resumed is None else ""
+    raise HfgrowError(f"{where}, so final/ would use new structure at a strength it was never trained at; give "
+                      f"{shorter}a larger --max-steps, or --no-export to go on later.")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -197,6 +266,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise HfgrowError("give --max-steps or --max-tokens.")
     if args.max_steps is not None and args.max_steps < 1:
         raise HfgrowError(f"--max-steps must be at least 1 (got {args.max_steps}).")
+    mask_steps = getattr(args, "mask_steps", None)
+    if mask_steps is not None and mask_steps < 1:
+        raise HfgrowError(f"--mask-steps must be at least 1 (got {mask_steps}).")
 
 
 def _check_trackers(trackers: list[str]) -> None:
@@ -290,9 +362,26 @@ def preflight(args: argparse.Namespace, source) -> Setup:
     latest = latest_complete(out) if args.resume else None
     if latest is not None:
         resume_from, resume_state = latest.path, read_state(latest.path)
+    ramp = _fit_run_ramp(args, recipe, seq_len, resume_state)
     return Setup(config=config, tokenizer=tokenizer, seq_len=seq_len, recipe=recipe, specs=specs,
                  eval_specs=eval_specs, resume_from=resume_from, resume_state=resume_state, trackers=trackers,
-                 has_weights=weights)
+                 has_weights=weights, ramp=ramp)
+
+
+def _fit_run_ramp(args: argparse.Namespace, recipe: Recipe | None, seq_len: int,
+                  resume_state: dict[str, Any] | None) -> Mask | None:
+    """:func:`fit_ramp` for this run: its steps as the loop will count them (the launcher's WORLD_SIZE
+    processes), the ramp length a resumed run started with; the warning shown once, by the first process."""
+    from hfgrow.train.schedule import steps_for
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    run_steps = steps_for(args.max_steps, args.max_tokens, args.batch_size * world * args.grad_accum * seq_len)
+    started = ((resume_state or {}).get("run") or {}).get("mask") or {}
+    ramp, warning = fit_ramp(recorded_mask(recipe), run_steps, asked=getattr(args, "mask_steps", None),
+                             resumed=started.get("steps"), exports=not getattr(args, "no_export", False))
+    if warning and int(os.environ.get("RANK", "0")) == 0:
+        print(warning, file=sys.stderr)
+    return ramp
 
 
 def has_weights(folder: Path) -> bool:

@@ -127,18 +127,17 @@ class ModelInfo:
     mask: Any  # hfgrow.train.msg.MaskRamp | None
 
 
-def load_model(args: argparse.Namespace, setup: Setup, folder: Path, recipe, *, random_init: bool = False):
+def load_model(args: argparse.Namespace, setup: Setup, folder: Path, ramp, *, random_init: bool = False):
     """The model to train (float32 master weights), with the parts to train selected and the MSG ramp hooked.
 
-    ``folder`` is the model the stage starts from (``--model``, or a grown stage's folder) and ``recipe`` its
-    recipe (which layers are new, the MSG ramp); ``random_init``: ``folder`` has no weights, so the model is
-    the architecture's own random initialisation (seeded by ``--seed``, the same on every process).
+    ``folder`` is the model the stage starts from (``--model``, or a grown stage's folder) and ``ramp`` the MSG
+    mask it ramps (:func:`stage_ramp`; None when nothing ramps); ``random_init``: ``folder`` has no weights, so
+    the model is the architecture's own random initialisation (seeded by ``--seed``, the same on every process).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from hfgrow.arch.layout import decoder_blocks
-    from hfgrow.train.args import ramp_mask
     from hfgrow.train.msg import MaskRamp
 
     export_dtype = str(getattr(setup.config, "dtype", None) or "float32").replace("torch.", "")
@@ -169,11 +168,24 @@ def load_model(args: argparse.Namespace, setup: Setup, folder: Path, recipe, *, 
         lora = dict(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                     task_type="CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora))
-    mask = ramp_mask(recipe)
-    mask = MaskRamp(model, mask) if mask is not None else None  # after LoRA wraps the projections
+    mask = MaskRamp(model, ramp) if ramp is not None else None  # after LoRA wraps the projections
     if args.compile:
         model = torch.compile(model)
     return model, ModelInfo(n_params, use_cache, export_dtype, lora, mask)
+
+
+def stage_ramp(setup: Setup, recipe, stage: int, steps_left: int):
+    """The MSG mask a stage ramps: the run's (fitted by preflight) in stage 0; in a stage grown during the run,
+    its recipe's with :func:`~hfgrow.train.args.fit_ramp`'s rule over the ``steps_left`` of the run (a ramp
+    still running at the end is a warning there, never a refusal mid-run)."""
+    from hfgrow.train.args import fit_ramp, recorded_mask
+
+    if not stage:
+        return setup.mask
+    mask, warning = fit_ramp(recorded_mask(recipe), steps_left, exports=False)
+    if warning and _rank() == 0:
+        print(warning, file=sys.stderr)
+    return mask
 
 
 def make_optimizer(model, args: argparse.Namespace, accelerator, lr: float):
@@ -469,7 +481,8 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
     accelerator.free_memory()  # the old model and optimizer leave accelerate's lists: checkpoints hold the new ones
     trainer.model = trainer.optimizer = None
     recipe = Recipe.read(grown)
-    model, new_info = load_model(args, setup, grown, recipe)
+    model, new_info = load_model(args, setup, grown,
+                                 stage_ramp(setup, recipe, stage.index, trainer.schedule.max_steps - stage.start_step))
     new_info.export_dtype, new_info.use_cache = info.export_dtype, info.use_cache  # the run's model's, not stage-K's
     optimizer = make_optimizer(model, args, accelerator, trainer.schedule.max_lr)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -533,8 +546,9 @@ def run(args: argparse.Namespace) -> Path | None:
             if not setup.has_weights and not stage:
                 print(f"{args.model} has no weights: the run starts from {setup.config.model_type}'s own random "
                       f"initialisation (seed {args.seed}).", file=sys.stderr)
-        model, info = load_model(args, setup, folder, Recipe.read(folder) if stage else setup.recipe,
-                                 random_init=not setup.has_weights and not stage)
+        ramp = stage_ramp(setup, Recipe.read(folder) if stage else setup.recipe, stage,
+                          max_steps - plan.stages[stage].start_step)
+        model, info = load_model(args, setup, folder, ramp, random_init=not setup.has_weights and not stage)
         schedule = Schedule.plan(n_params=plan.final_params if args.grow else info.n_params, max_steps=max_steps,
                                  lr=args.lr, min_lr=args.min_lr, warmup=args.warmup_steps,
                                  rewarm=args.grow_warmup_steps, growth_steps=[s.start_step for s in plan.stages[1:]])

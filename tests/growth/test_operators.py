@@ -271,7 +271,7 @@ def test_random_depth_initialises_and_records_mask(models, tmp_path):
     out = tmp_path / "out"
     result = grow(str(src), out, op="random", factor=2, seed=5, quiet=True)
     recipe = Recipe.read(out)
-    assert recipe.operation.mask == Mask(layers=(1, 3), steps=5000)
+    assert recipe.operation.mask == Mask(layers=(1, 3), steps=5000, steps_given=False)  # grow's default length
     assert recipe.new_layers == [1, 3] and result.plan.operation.function_preserving is False
     state = tensors(out)
     for name in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "mlp.up_proj.weight"):

@@ -12,12 +12,12 @@ from hfgrow.train.args import build_parser, preflight
 def test_a_hub_model_brings_its_recipe(hub_server, tmp_path):
     tokenizer = make_tokenizer(tmp_path / "small", vocab_size=300)
     make_model(tmp_path / "small", tiny_llama_config(layers=2, vocab_size=len(tokenizer)), tokenizer=False)
-    grow(str(tmp_path / "small"), tmp_path / "grown", op="random", factor=2, mask_steps=7, quiet=True)
+    grow(str(tmp_path / "small"), tmp_path / "grown", op="random", factor=2, mask_steps=7, quiet=True)  # <= 8 steps
     files = {p.name: p.read_bytes() for p in (tmp_path / "grown").iterdir()}
     hub_server.create_repo("org/grown", files=files)
     (tmp_path / "d.txt").write_text("the cat sat on the mat. " * 100)
     args = build_parser().parse_args(["--model", "org/grown", "--data", str(tmp_path / "d.txt"), "--output-dir",
-                                      str(tmp_path / "run"), "--seq-len", "32", "--max-steps", "2", "--train", "new"])
+                                      str(tmp_path / "run"), "--seq-len", "32", "--max-steps", "8", "--train", "new"])
     with open_source(args.model, progress=False) as source:
         setup = preflight(args, source)
         assert source.repo_id == "org/grown" and (source.path / "hfgrow.yaml").read_bytes() == files["hfgrow.yaml"]
