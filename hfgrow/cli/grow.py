@@ -63,8 +63,10 @@ def _learn_options(fn):
         click.option("--data", multiple=True,
                      help="--op learn: text (.txt/.md, .jsonl, .parquet, .gz, or a folder) to learn the growth on."),
         click.option("--learn-steps", type=int, default=100, show_default=True, help="--op learn: steps of the fit."),
-        click.option("--learn-lr", type=float, default=1e-3, show_default=True,
-                     help="--op learn: AdamW learning rate of the growth parameters."),
+        click.option("--learn-lr", type=float, default=1e-2, show_default=True,
+                     help="--op learn: AdamW learning rate of the depth coefficients D; each width matrix takes "
+                          "lr/fan-in (the source units it mixes). The operator with the lowest held-out loss "
+                          "seen (step 0 included) is written."),
         click.option("--seq-len", type=int, default=256, show_default=True, help="--op learn: sequence length."),
         click.option("--batch-size", type=int, default=4, show_default=True, help="--op learn: sequences per step."),
         click.option("--width-init", type=click.Choice(["direct", "identity"]), default=None,
@@ -91,7 +93,9 @@ def _learn_options(fn):
 @click.option("--op", type=click.Choice(OPS), default="direct", show_default=True,
               help="Operator: direct (Gstack / neuron splitting), zero (identity blocks / zero fan-out units, "
                    "function-preserving), random (random init + MSG mask), learn (LiGO: depth and width "
-                   "operators learned on --data).")
+                   "operators learned on --data). Widening rescales some weights (by 1/copies, or sqrt(old/new) "
+                   "for zero's norms); bf16/fp16 output rounds those unless the factor is a power of two, and then "
+                   "the recipe says function_preserving: false and a warning suggests --dtype float32.")
 @click.option("--width-op", type=click.Choice(OPS[:3]), default=None,
               help="Operator for the width part when it differs from --op (e.g. --op zero --width-op direct).")
 @depth_options(("stack", "interpolate", "interleave"), None,
@@ -195,7 +199,8 @@ def verify(src, out, text_file, expect, tol, max_tokens, revision, token):
     """Compare OUT with SRC on sample text: max |dlogit|, KL(src||out) and each model's loss.
 
     Both models are loaded in float32 on the CPU. A function-preserving operator (G-up-zero,
-    G-right-direct, G-right-zero with RMSNorm) gives differences at float rounding level.
+    G-right-direct, G-right-zero with RMSNorm) gives differences at float rounding level; OUT's
+    recipe (function_preserving) says whether its growth is one, bf16 rounding included.
     --revision applies to SRC.
 
     \b

@@ -161,17 +161,24 @@ def fit(logs, out, holdout, holdout_by, seed) -> None:
 
     observations = load_observations(logs)
     law = fit_law(observations, holdout=holdout or 0.0, holdout_by=holdout_by, seed=seed)
-    header = ["domain", "n", "A", "alpha", "B", "beta", "C", "R2", "mean rel err"]
+    header = ["domain", "n", "steps", "alpha", "beta", "A*B", "A*C (floor)", "R2", "mean rel err"]
     if holdout:
         header += ["holdout n", "holdout R2", "holdout rel err"]
     rows = []
     for name, d in law.domains.items():
-        row = [name, str(d.fit["n"]), _fmt(d.A), _fmt(d.alpha), _fmt(d.B), _fmt(d.beta), _fmt(d.C), f"{d.fit['r2']:.4f}", f"{d.fit['mre']:.3%}"]
+        first, last = d.fit["steps"]
+        row = [name, str(d.fit["n"]), f"{first:g}-{last:g}", _fmt(d.alpha), _fmt(d.beta), _fmt(d.scale),
+               _fmt(d.floor), f"{d.fit['r2']:.4f}", f"{d.fit['mre']:.3%}"]
         if holdout:
             h = d.fit.get("holdout")
             row += [str(h["n"]), f"{h['r2']:.4f}", f"{h['mre']:.3%}"] if h else ["0", "-", "-"]
         rows.append(row)
     click.echo(_table(header, rows))
+    click.echo("A, B and C are fixed only up to (A*k, B/k, C/k), so each is shown through A*B and A*C (the loss at "
+               "r = 1 as s -> inf): compare those with the paper's tables (its A times its B and C); the law file "
+               "keeps A, B, C with C = 1.")
+    for warning in law.warnings():
+        click.echo(f"warning: {warning}.", err=True)
     skipped = sum(d.fit.get("skipped_r0", 0) for d in law.domains.values())
     if skipped:
         click.echo(f"left out {skipped} observations of domains with proportion 0 (the law is undefined there)")
@@ -196,10 +203,13 @@ def optimize(law_path, steps, floor, out) -> None:
       hfgrow mix optimize law.json --steps 2e5 --floor 0.02
     """
     from hfgrow.mix.law import load_law
-    from hfgrow.mix.optimize import law_mixture, optimize_mixture
+    from hfgrow.mix.optimize import extrapolation_warning, law_mixture, optimize_mixture
 
     law = load_law(law_path)
     steps = int(steps) if float(steps).is_integer() else steps
+    for warning in [*law.warnings(), extrapolation_warning(law, steps)]:
+        if warning:
+            click.echo(f"warning: {warning}.", err=True)
     r = optimize_mixture(law, steps, floor=floor)
     uniform = {name: 1.0 / len(law.domains) for name in law.domains}
     rows = [

@@ -13,20 +13,43 @@ with less compute than a model of the same size trained from scratch.
 """
 
 
+#: The smallest vocabulary a byte-level tokenizer fits in: 256 byte symbols and the end-of-text token.
+BYTE_LEVEL_VOCAB = 257
+
+
 def make_tokenizer(folder: Path | None = None, text: str = DEMO_TEXT, vocab_size: int = 256):
-    """A byte-level BPE tokenizer trained on ``text`` in memory (no download), saved to ``folder``."""
+    """A BPE tokenizer trained on ``text`` in memory (no download), saved to ``folder``; it never gives an id
+    of ``vocab_size`` or more, so it fits a model with ``vocab_size`` embeddings.
+
+    From :data:`BYTE_LEVEL_VOCAB` (257) ids up it is byte-level (every text encodes, nothing is unknown);
+    below that it keeps the most frequent characters of ``text`` and maps the rest to ``<unk>``.
+
+    Example:
+        >>> from hfgrow.data.tokenization import tokenizer_vocab_size
+        >>> tokenizer_vocab_size(make_tokenizer(vocab_size=256)) <= 256
+        True
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=None))
+    from hfgrow.data.tokenization import tokenizer_vocab_size
+
+    byte_level = vocab_size >= BYTE_LEVEL_VOCAB
+    specials = ["<|endoftext|>"] if byte_level else ["<|endoftext|>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
+    if byte_level:
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:  # the alphabet alone would overflow: keep its most frequent symbols, leave a quarter for merges
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                      limit_alphabet=max(1, (vocab_size - len(specials)) * 3 // 4))
     tok.train_from_iterator([text] * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   **({} if byte_level else {"unk_token": "<unk>"}))
+    if tokenizer_vocab_size(fast) > vocab_size:  # the trainer's promise, checked: models built here rely on it
+        raise ValueError(f"the tokenizer has {tokenizer_vocab_size(fast)} ids, more than the {vocab_size} asked for")
     if folder is not None:
         fast.save_pretrained(folder)
     return fast
@@ -34,7 +57,14 @@ def make_tokenizer(folder: Path | None = None, text: str = DEMO_TEXT, vocab_size
 
 def make_model(folder: Path, config: Any, seed: int = 0, dtype=None, tokenizer: bool = True,
                safe_serialization: bool = True, max_shard_size: str = "5GB"):
-    """Save a randomly initialised causal LM for ``config`` (a transformers config) to ``folder``."""
+    """Save a randomly initialised causal LM for ``config`` (a transformers config) to ``folder``, with a tokenizer
+    (``tokenizer=True``) whose ids all have an embedding row.
+
+    Example:
+        >>> model = make_model(Path("small"), tiny_llama_config(layers=4))
+        >>> model.config.num_hidden_layers
+        4
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -55,8 +85,8 @@ def make_model(folder: Path, config: Any, seed: int = 0, dtype=None, tokenizer: 
         for path in list(Path(folder).glob("model*.safetensors*")):
             path.unlink()
         _torch.save(state, Path(folder) / "pytorch_model.bin")
-    if tokenizer:
-        make_tokenizer(folder, vocab_size=min(256, config.vocab_size))
+    if tokenizer:  # every id it gives has an embedding row
+        make_tokenizer(folder, vocab_size=min(512, config.get_text_config().vocab_size))
     return model
 
 

@@ -1,4 +1,9 @@
-"""`hfgrow inspect`: what a checkpoint is made of, read from headers and config only."""
+"""`hfgrow inspect`: what a checkpoint is made of, read from headers and config only.
+
+Besides layers and parameters it shows what picking width targets needs (hidden size, heads, key/value
+heads, head_dim, FFN sizes, vocabulary, context length) and names each layer's kind by what it is: the
+config's ``layer_types`` value when it has one, else dense or MoE from the block's own parameters.
+"""
 
 from __future__ import annotations
 
@@ -31,14 +36,7 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
                 embedding += math.prod(info.shape)
             else:
                 non_embedding += math.prod(info.shape)
-        if layout.layer_types:
-            kinds = list(layout.layer_types)
-        elif layout.signatures:
-            # no declared types: label blocks by their parameter structure (e.g. dense vs MoE)
-            labels: dict[frozenset, str] = {}
-            kinds = [labels.setdefault(sig, f"block-kind-{len(labels)}") for sig in layout.signatures]
-        else:
-            kinds = ["block"] * layout.num_layers
+        kinds = layer_kinds(layout)
         files = weight_files(source.path)
         tie = layout.config.get("tie_word_embeddings", layout.config.get("text_config", {}).get("tie_word_embeddings"))
         return {
@@ -55,6 +53,7 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
             "layer_index_config_keys": sorted(layout.index_keys),
             "tensors_per_layer": len(layout.layers[0]),
             "extra_blocks": len(layout.extra_layers),
+            **width_facts(layout, checkpoint),
             "params": {"embedding": embedding, "non_embedding": non_embedding, "total": embedding + non_embedding},
             "tied_embeddings": bool(layout.tied) or bool(tie),
             "dtypes": dict(Counter(info.dtype for info in checkpoint.tensors.values())),
@@ -64,13 +63,94 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
         }
 
 
+def _attention_kind(modules: set[str]) -> str:
+    attention = [m for m in modules if "attn" in m or "attention" in m]
+    if not attention:
+        return "no attention"
+    return "linear attention" if all("linear" in m for m in attention) else "attention"
+
+
+_EXPERT_COUNT_KEYS = ("num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts")
+
+
+def _mlp_kind(signature: frozenset[str], experts: int | None) -> str:
+    """``dense``, or ``MoE`` with the config's expert count and a shared expert if the block has one."""
+    if not any("expert" in name for name in signature):
+        return "dense"
+    text = f"MoE of {experts} experts" if experts else "MoE"
+    return text + (" + shared expert" if any("shared_expert" in name for name in signature) else "")
+
+
+def layer_kinds(layout) -> list[str]:
+    """Each layer's kind by what it is: ``layer_types`` values, else dense/MoE (and the attention kind where
+    layers differ in it) read off the block's parameters; ``block`` when transformers could not build them.
+
+    Example:
+        >>> layer_kinds(deepseek_v3_layout)          # first_k_dense_replace = 1
+        ['dense', 'MoE of 4 experts + shared expert']
+    """
+    signatures = layout.signatures
+    if signatures is None:
+        return list(layout.layer_types) if layout.layer_types else ["block"] * layout.num_layers
+    config = layout.config.get("text_config") or layout.config
+    experts = next((config[key] for key in _EXPERT_COUNT_KEYS if isinstance(config.get(key), int)), None)
+    mlp = [_mlp_kind(sig, experts) for sig in signatures]
+    attention = [_attention_kind({name.split(".", 1)[0] for name in sig}) for sig in signatures]
+    if layout.layer_types:
+        # the declared type names the attention; say what the MLP is where that differs or is MoE
+        show_mlp = len(set(mlp)) > 1 or any(m != "dense" for m in mlp)
+        kinds = [f"{t} / {m}" if show_mlp else str(t) for t, m in zip(layout.layer_types, mlp)]
+    elif len(set(attention)) > 1:
+        kinds = [f"{a} / {m}" for a, m in zip(attention, mlp)]
+    else:
+        kinds = mlp
+    # blocks whose parameters differ in some other way still get a label of their own
+    seen: dict[tuple[str, frozenset], str] = {}
+    labels: dict[str, int] = {}
+    result = []
+    for kind, sig in zip(kinds, signatures):
+        if (kind, sig) not in seen:
+            labels[kind] = labels.get(kind, 0) + 1
+            seen[(kind, sig)] = kind if labels[kind] == 1 else f"{kind} #{labels[kind]}"
+        result.append(seen[(kind, sig)])
+    return result
+
+
+def width_facts(layout, checkpoint) -> dict[str, Any]:
+    """Hidden size, heads, key/value heads, head_dim, FFN sizes, vocabulary and context length: what
+    ``grow --hidden-size/--num-heads/...`` targets are chosen from. Sizes come from the checkpoint's own
+    shapes where hfgrow can derive the tensor roles, else from the config.
+
+    Example:
+        >>> width_facts(layout, checkpoint)["num_key_value_heads"]
+        4
+    """
+    from hfgrow.arch.layout import context_length, hf_config_from_dict
+    from hfgrow.arch.roles import derive_roles, head_geometry
+    from hfgrow.errors import HfgrowError
+
+    hf_config = hf_config_from_dict(layout.config)
+    text = hf_config.get_text_config()
+    try:
+        roles = derive_roles(layout, checkpoint.tensors)
+        hidden, heads, kv_heads, head_dim = roles.hidden_size, roles.num_heads, roles.num_kv_heads, roles.head_dim
+        ffn = dict(roles.ffn_sizes)
+    except HfgrowError:  # a family hfgrow cannot widen: what its config says
+        hidden = getattr(text, "hidden_size", None)
+        heads, kv_heads, head_dim = head_geometry(hf_config)
+        ffn = {key: value for key in ("intermediate_size",) if isinstance(value := getattr(text, key, None), int)}
+    return {"hidden_size": hidden, "num_attention_heads": heads or None, "num_key_value_heads": kv_heads or None,
+            "head_dim": head_dim or None, "ffn_sizes": ffn, "vocab_size": getattr(text, "vocab_size", None),
+            "context_length": context_length(hf_config)}
+
+
 def format_inspect(info: dict[str, Any]) -> str:
     from hfgrow.units import format_count
     from hfgrow.arch.pattern import compact
 
     kinds = Counter(info["layer_types"])
-    per_kind = ", ".join(
-        f"{kind} x{count} ({compact([i for i, k in enumerate(info['layer_types']) if k == kind])})"
+    per_kind = "; ".join(
+        f"{kind}: {count} layer{'s' if count > 1 else ''} ({compact([i for i, k in enumerate(info['layer_types']) if k == kind])})"
         for kind, count in kinds.items()
     )
     params = info["params"]
@@ -80,6 +160,8 @@ def format_inspect(info: dict[str, Any]) -> str:
         f"layers        {info['num_layers']} under '{info['layer_prefix']}' (config key {info['layer_count_key']}), "
         f"{info['tensors_per_layer']} tensors each" + (f", +{info['extra_blocks']} extra blocks" if info["extra_blocks"] else ""),
         f"layer types   {per_kind}",
+        _format_width(info),
+        f"vocabulary    {_known(info['vocab_size'])} tokens, context {_known(info['context_length'])} tokens",
         f"params        {format_count(params['total'])} total: {format_count(params['embedding'])} embedding, "
         f"{format_count(params['non_embedding'])} non-embedding ({params['total']:,})",
         f"tied embed.   {'yes' if info['tied_embeddings'] else 'no'}",
@@ -89,3 +171,17 @@ def format_inspect(info: dict[str, Any]) -> str:
     if info["per_layer_config_keys"] or info["layer_index_config_keys"]:
         lines.append("per-layer cfg " + ", ".join(info["per_layer_config_keys"] + info["layer_index_config_keys"]))
     return "\n".join(lines)
+
+
+def _known(value: int | None) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown"
+
+
+def _format_width(info: dict[str, Any]) -> str:
+    text = f"width         hidden {_known(info['hidden_size'])}"
+    if info["num_attention_heads"]:
+        text += (f", {info['num_attention_heads']} heads x head_dim {info['head_dim']} "
+                 f"({info['num_key_value_heads']} key/value)")
+    if info["ffn_sizes"]:
+        text += ", FFN " + ", ".join(f"{key} {size:,}" for key, size in info["ffn_sizes"].items())
+    return text

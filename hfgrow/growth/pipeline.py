@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,16 +132,34 @@ def _write(result: GrowResult, checkpoint: Checkpoint, out: Path, options: Write
 
     plan = result.plan
     check_free_space(out.parent, plan.total_bytes)
+    if not options.quiet:  # the longest phase of a big growth: say what it is before the bar starts
+        print(f"writing {format_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors to {out} ...", file=sys.stderr,
+              flush=True)
     with OutputFolder(out, overwrite=options.overwrite) as tmp:
         write_weights(plan.tensors, checkpoint, tmp, options.max_shard_size, progress=not options.quiet)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
         result.files = copy_carry_over(result.source.path, tmp)
-        result.recipe.write(tmp)
+        recipe = result.recipe.write(tmp)
         for name, tensors in plan.sidecars.items():
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
         (tmp / "README.md").write_text(grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
             operator_name=plan.operation.name, source_params=result.source_params))
+        same_mode(tmp, recipe.stat().st_mode)
+
+
+def same_mode(folder: Path, mode: int) -> None:
+    """Give every file under ``folder`` the permission bits of ``mode`` (a file hfgrow wrote: the umask's).
+
+    safetensors writes through a private temporary file (mode 0600) and copied tokenizer files keep their
+    source's bits; a grown folder is shared and published as a whole, so its files should all read alike.
+
+    Example:
+        >>> same_mode(Path("big"), (Path("big") / "config.json").stat().st_mode)
+    """
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode & 0o777)
 
 
 def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteOptions = WriteOptions()) -> GrowResult:
@@ -159,6 +178,8 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
         plan = growth.plan(layout, checkpoint)
         if plan.layer_map is not None:
             check_layer_kinds(layout, plan.config, plan.layer_map)
+        for warning in plan.warnings:  # before the (long) writing, and also with --quiet
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         params = dict(growth.params(plan), max_shard_size=options.max_shard_size)
         ref = SourceRef.from_source(source)
         recipe = Recipe(command=growth.command, params=params, source=ref, operation=plan.operation,

@@ -32,6 +32,8 @@ class Plan:
     layer_map: list[int] | None = None
     new_layers: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # what the user should hear about even with --quiet (one ``warning: ...`` line each; the card lists them too)
+    warnings: list[str] = field(default_factory=list)
     operation: Operation = field(default_factory=Operation)
     # extra safetensors files written next to the recipe (file name -> tensors), e.g. learned LiGO matrices
     sidecars: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)

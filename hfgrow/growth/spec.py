@@ -229,6 +229,33 @@ class GrowSpec:
             plan.operation = plan.operation.replace(mask=replace(plan.operation.mask,
                                                                  steps_given=self.mask_steps is not None))
         direction = "+".join(d for d, on in (("depth", depth), ("width", width)) if on)
+        preserving = bool(preserving and not self.noise)
+        if preserving and (caveat := rounding_cast(plan, checkpoint)):
+            preserving = False
+            plan.warnings.append(caveat)
         plan.operation = plan.operation.replace(op=self.op, direction=direction, seed=self.seed, style=self.style,
-                                                function_preserving=bool(preserving and not self.noise))
+                                                function_preserving=preserving)
         return plan
+
+
+def _cast_rounds(source: str, output: str) -> bool:
+    """Whether casting values of dtype ``source`` to ``output`` can change them (safetensors names)."""
+    return source != output and not (output == "F64" or (output == "F32" and source in ("BF16", "F16")))
+
+
+def rounding_cast(plan, checkpoint) -> str | None:
+    """Why ``--dtype`` makes a function-preserving growth inexact: it rounds source weights (e.g. F32 -> BF16).
+
+    Example:
+        >>> rounding_cast(plan, checkpoint)            # a float32 source grown with --dtype bfloat16
+        'casting the F32 source weights to BF16 rounds them: the grown model matches its source only to BF16 ...'
+    """
+    casts = sorted({(checkpoint.tensors[t.sources[0]].dtype, t.dtype) for t in plan.tensors
+                    if t.sources and t.sources[0] in checkpoint.tensors
+                    and _cast_rounds(checkpoint.tensors[t.sources[0]].dtype, t.dtype)})
+    if not casts:
+        return None
+    source, output = casts[0]
+    return (f"casting the {source} source weights to {output} rounds them: the grown model matches its source only "
+            f"to {output} rounding, so it is not function-preserving (recipe: function_preserving false; verify "
+            "--expect preserved fails); --dtype keep or float32 keeps the function")

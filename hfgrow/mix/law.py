@@ -52,6 +52,15 @@ __all__ = [
 
 #: Fewest observations of one domain a fit accepts.
 MIN_OBSERVATIONS = 5
+#: A fit is called poor below this R² (in the fit or on held-out observations). BiMix reports R² 0.97-0.99 on
+#: unseen mixtures; below 0.9 the law explains less than 90% of how the loss varies with r and s.
+MIN_R2 = 0.9
+#: ... or above this mean relative error: ten times the ~0.2% BiMix reports (and twice the scatter of an
+#: evaluation whose losses carry 1% noise, whose mean relative error is about 0.8%).
+MAX_MRE = 0.02
+#: A fitted loss floor A·C below this fraction of the lowest observed loss means the runs never showed the
+#: loss levelling off: the fit is a pure power law in s with a floor of ~0, which no language model reaches.
+MIN_FLOOR_FRACTION = 0.01
 #: How far an observed mixture's proportions may sum from 1.
 SUM_TOLERANCE = 1e-6
 
@@ -197,6 +206,38 @@ class DomainLaw:
         out = self.A * r ** (-self.alpha) * (self.B * s ** (-self.beta) + self.C)
         return float(out) if out.ndim == 0 else out
 
+    @property
+    def scale(self) -> float:
+        """A·B: the decaying term's size at r = 1, s = 1. With A·C, what the data fix (A, B, C alone are not)."""
+        return self.A * self.B
+
+    @property
+    def floor(self) -> float:
+        """A·C: the loss at r = 1 as s → ∞."""
+        return self.A * self.C
+
+    def warnings(self, name: str) -> list[str]:
+        """Why this fit should not be trusted, one sentence each (empty when nothing is wrong).
+
+        Example:
+            >>> DomainLaw(1.96e-11, 0.1, 2.18e11, 0.3, 1.0, fit={"r2": -3.57, "mre": 0.09, "losses": [4.1, 6.0]}
+            ...           ).warnings("web")[0]
+            "the fit of domain 'web' is poor (R² -3.57, mean relative error 9.0%; BiMix reports R² 0.97-0.99 and ~0.2%)"
+        """
+        fit, found = self.fit, []
+        checks = [("", fit)] + ([("held-out ", fit["holdout"])] if isinstance(fit.get("holdout"), dict) else [])
+        for label, metrics in checks:
+            r2, mre = metrics.get("r2"), metrics.get("mre")
+            if (is_number(r2) and r2 < MIN_R2) or (is_number(mre) and mre > MAX_MRE):
+                found.append(f"the {label}fit of domain '{name}' is poor (R² {r2:.3g}, mean relative error {mre:.1%}; "
+                             "BiMix reports R² 0.97-0.99 and ~0.2%)")
+        losses = fit.get("losses")
+        if isinstance(losses, list) and losses and self.floor < MIN_FLOOR_FRACTION * min(losses):
+            found.append(f"domain '{name}' has a loss floor A·C = {self.floor:.3g}, under {MIN_FLOOR_FRACTION:.0%} of "
+                         f"its lowest observed loss {min(losses):.4g}: the runs never show the loss levelling off, so "
+                         "the law is a bare power law in s and cannot be extrapolated; train longer runs")
+        return found
+
     def to_json(self) -> dict:
         return {"A": self.A, "alpha": self.alpha, "B": self.B, "beta": self.beta, "C": self.C, "fit": self.fit}
 
@@ -223,6 +264,16 @@ class Law:
         """Σ_i L_i(r_i, steps), the quantity :func:`optimize_mixture` minimises."""
         return float(sum(self.predict(name, proportions[name], steps) for name in self.domains))
 
+    def max_step(self) -> float | None:
+        """The longest run the law was fitted on (None for a law file that does not record it)."""
+        steps = [d.fit["steps"][1] for d in self.domains.values()
+                 if isinstance(d.fit.get("steps"), list) and len(d.fit["steps"]) == 2 and is_number(d.fit["steps"][1])]
+        return max(steps) if steps else None
+
+    def warnings(self) -> list[str]:
+        """Every domain's :meth:`DomainLaw.warnings`."""
+        return [text for name, d in self.domains.items() for text in d.warnings(name)]
+
     def to_json(self) -> dict:
         return {
             "law": "bimix",
@@ -237,9 +288,10 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else float("-inf"))
 
 
-def _metrics(law: DomainLaw, r: np.ndarray, s: np.ndarray, loss: np.ndarray) -> dict[str, float]:
+def _metrics(law: DomainLaw, r: np.ndarray, s: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
     pred = law.predict(r, s)
-    return {"n": int(loss.size), "r2": _r2(loss, pred), "mre": float(np.mean(np.abs(pred - loss) / loss))}
+    return {"n": int(loss.size), "r2": _r2(loss, pred), "mre": float(np.mean(np.abs(pred - loss) / loss)),
+            "steps": [float(s.min()), float(s.max())], "losses": [float(loss.min()), float(loss.max())]}
 
 
 # parameter vector θ = (alpha, beta, u = log(A·B), v = log(A·C));  log L = -α log r + logaddexp(u - β log s, v)

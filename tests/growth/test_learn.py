@@ -308,3 +308,106 @@ def test_offload_folder_is_cleaned_when_placement_fails(trained, tmp_path, monke
               placement=Placement("disk", offload_folder=tmp_path / "off"))
     assert (tmp_path / "off").is_dir() and list((tmp_path / "off").iterdir()) == []
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- issue 15: a learning rate that hurts, silence
+
+
+def test_an_lr_that_makes_things_worse_writes_the_step_0_model(trained, tmp_path):
+    """LR 30 wrecks the operator within a step (checked below: every later evaluation is worse), so the model
+    written must be the step-0 one, Gstack + the direct widening, and the note must say so and why."""
+    src, data, _ = trained
+    kwargs = dict(data=[str(data)], factor=2, hidden_size=128, seq_len=64, batch_size=4, seed=0, quiet=True)
+    result = learn(str(src), tmp_path / "out", learn_steps=4, learn_lr=30.0, **kwargs)
+    note = next(n for n in result.plan.notes if n.startswith("LiGO:"))
+    before, after = note_losses(result)
+    assert after == before
+    assert "the operator of step 0 is kept because it beat every later one on held-out text" in note
+    assert "lower --learn-lr" in note
+    worse = float(note.split("(step 4: ")[1].split(")")[0])
+    assert worse > before + 0.1  # the LR really did make things worse
+    # the written model is the step-0 operator: its held-out loss, computed independently, is step 0's, and
+    # its weights are those learning 0 steps writes
+    assert held_out_loss(tmp_path / "out", src, data) == pytest.approx(before, abs=1e-4)
+    learn(str(src), tmp_path / "start", learn_steps=0, **kwargs)
+    same_tensors(tmp_path / "out", tmp_path / "start")
+
+
+def test_every_phase_of_grow_op_learn_prints_progress(trained, tmp_path, capsys):
+    """Loading/placing, tokenizing, the step-0 evaluation, learning, each evaluation, the choice and the writing
+    each print a line, so a long run is never silent."""
+    src, data, _ = trained
+    code, _, err = run_cli(["grow", src, tmp_path / "out", "--op", "learn", "--factor", "2", "--hidden-size", "128",
+                            "--data", data, "--learn-steps", "4", "--seq-len", "64"], capsys)
+    assert code == 0, err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(("LiGO: ", "writing "))]
+    expected = [  # in this order, one line each
+        f"LiGO: tokenizing {data} ...",
+        "LiGO: .* tokens: .* training and .* held-out sequences of 64 \\(.* s\\)",
+        "LiGO: placing the frozen source weights \\(float32\\) on the compute device ...",
+        "LiGO: source placed on cpu \\(.* s\\)",
+        "LiGO: held-out loss at step 0 on .* sequences ...",
+        "LiGO: held-out loss at step 0: .* \\(.* s\\)",
+        "LiGO: learning for 4 steps of 4 x 64 tokens: D at lr 0.01, 8 width matrices at lr .* \\(lr/fan-in\\); held-out "
+        "loss at steps 1, 2, 3, 4",
+        "LiGO: step 1/4: training loss .*, held-out .*, .* \\(.* s/step, evaluation .* s\\)",
+        "LiGO: step 2/4: .*", "LiGO: step 3/4: .*", "LiGO: step 4/4: .*",
+        "LiGO: kept the operator of step . \\(held-out loss .*\\)",
+        f"writing .* in .* tensors to {tmp_path / 'out'} ...",
+    ]
+    import re
+
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected):
+        assert re.fullmatch(pattern, line), (line, pattern)
+
+
+def test_width_matrices_step_by_lr_over_fan_in(trained):
+    """D takes --learn-lr; a width matrix [new, old] takes lr / old. The fan-ins of this model, by hand:
+    hidden 64 units, FFN 128 units, 4 query heads, 2 key/value heads (each head matrix mixes whole heads)."""
+    from hfgrow.growth.ligo.fit import GrownModel, param_groups
+
+    src, _, _ = trained
+    checkpoint, layout = open_model(src)
+    roles = derive_roles(layout, checkpoint.tensors)
+    sizes = resolve_sizes(roles, hidden_size=128)
+    config = learned_width_plan(stack_plan(layout, checkpoint.tensors, [0, 1, 0, 1]), roles, sizes,
+                                WidthExpansion(roles, sizes), "direct").config
+    model = GrownModel.build(checkpoint, layout, config, [0, 1, 0, 1], roles=roles,
+                             expansion=WidthExpansion(roles, sizes))
+    try:
+        lrs = {group["name"]: group["lr"] for group in param_groups(model, FitSettings(lr=0.01))}
+        fan_in = {"hidden": 64, "ffn__intermediate_size": 128, "q": 4, "kv": 2}
+        assert lrs == {"D": 0.01, **{f"B {space}__{side}": pytest.approx(0.01 / n) for space, n in fan_in.items()
+                                     for side in ("write", "read")}}
+        same = {group["name"]: group["lr"] for group in param_groups(model, FitSettings(lr=0.01, fan_in_scaling=False))}
+        assert set(same.values()) == {0.01}  # hfgrow <= 0.2: one LR for every matrix
+    finally:
+        model.close()
+
+
+def test_the_cli_default_lr_is_the_library_default():
+    from hfgrow.cli.grow import grow as grow_command
+    from hfgrow.growth.ligo.fit import DEFAULT_LR
+
+    option = next(p for p in grow_command.params if p.name == "learn_lr")
+    assert option.default == DEFAULT_LR == FitSettings().lr
+
+
+def test_every_file_of_a_ligo_folder_has_the_same_mode(trained, tmp_path):
+    """safetensors wrote hfgrow_ligo.safetensors 0600 beside 0644 files; every file now has the umask's mode."""
+    import os
+    import stat
+
+    src, data, _ = trained
+    (src / "tokenizer.json").chmod(0o600)  # a private source file keeps no say over the published folder
+    old = os.umask(0o022)
+    try:
+        learn(str(src), tmp_path / "out", data=[str(data)], factor=2, hidden_size=128, learn_steps=1, seq_len=64,
+              quiet=True)
+    finally:
+        os.umask(old)
+        (src / "tokenizer.json").chmod(0o644)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "out").rglob("*") if path.is_file()}
+    assert SIDECAR in modes and "tokenizer.json" in modes
+    assert set(modes.values()) == {0o644}, modes

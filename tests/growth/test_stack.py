@@ -408,3 +408,72 @@ def test_one_layer_source(tmp_path):
     hfgrow.stack(str(src), out, factor=3, quiet=True)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 3 and len(model.config.layer_types) == 3
+
+
+# ---------------------------------------------------------------- issue 15: what a new user hits first
+
+
+def test_a_pattern_that_drops_source_layers_says_which(tmp_path, capsys):
+    """The README's partial-stacking pattern is written for 6 layers; on 8 it silently left out layers 6-7."""
+    src = tmp_path / "src"
+    make_model(src, tiny_llama_config(layers=8), tokenizer=False)
+    capsys.readouterr()
+    result = hfgrow.stack(str(src), tmp_path / "out", pattern="0-1,2-5*5,4-5", quiet=True)
+    err = capsys.readouterr().err
+    # 0,1 + 2..5 five times + 4,5 = 24 layers, none of them a copy of source layer 6 or 7
+    assert len(result.plan.layer_map) == 24 and not {6, 7} & set(result.plan.layer_map)
+    assert err == "warning: the layer map leaves out source layers 6-7 (2 of 8); the output has 24 layers\n"
+    assert "leaves out source layers 6-7" in (tmp_path / "out" / "README.md").read_text()
+    # fewer output layers than source layers: said too; a map that uses every layer says nothing
+    hfgrow.stack(str(src), None, pattern="0-3", dry_run=True)
+    assert capsys.readouterr().err == ("warning: the layer map leaves out source layers 4-7 (4 of 8); the output has "
+                                       "4 layers, fewer than the source's 8\n")
+    hfgrow.stack(str(src), None, pattern="0-7,7-0", dry_run=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_interpolation_is_recorded_in_the_pattern_language(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_model(src, tiny_llama_config(layers=3))
+    result = hfgrow.stack(str(src), tmp_path / "out", factor=2, order="interpolate", quiet=True)
+    assert result.plan.layer_map == [0, 0, 1, 1, 2, 2]
+    assert "layer map  0*2,1*2,2*2" in result.report()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "`0*2,1*2,2*2`" in card and "--pattern '0*2,1*2,2*2'" in card
+    assert Recipe.read(tmp_path / "out").params["pattern"] == "0*2,1*2,2*2"
+
+
+def test_inspect_shows_width_and_names_layer_kinds(tmp_path, capsys):
+    """What width targets are picked from, and layer kinds named by what they are (was 'block-kind-0 x30')."""
+    llama = tmp_path / "llama"
+    make_model(llama, tiny_llama_config(layers=3, hidden_size=64, intermediate_size=160, num_attention_heads=8,
+                                        num_key_value_heads=2, vocab_size=300, max_position_embeddings=512),
+               tokenizer=False)
+    info = hfgrow.inspect(str(llama))
+    assert (info["hidden_size"], info["num_attention_heads"], info["num_key_value_heads"], info["head_dim"]) == \
+        (64, 8, 2, 8)
+    assert info["ffn_sizes"] == {"intermediate_size": 160}
+    assert (info["vocab_size"], info["context_length"]) == (300, 512)
+    assert info["layer_types"] == ["dense"] * 3
+    assert run_cli(["inspect", str(llama)]) == 0
+    printed = capsys.readouterr().out
+    assert "width         hidden 64, 8 heads x head_dim 8 (2 key/value), FFN intermediate_size 160\n" in printed
+    assert "vocabulary    300 tokens, context 512 tokens\n" in printed
+    assert "layer types   dense: 3 layers (0-2)\n" in printed
+
+    # dense then MoE, told apart by the blocks' own parameters (DeepSeek-V3 describes it by a rule, not a list)
+    deepseek = tmp_path / "deepseek"
+    make_model(deepseek, FAMILIES["deepseek_v3"](3), tokenizer=False)
+    info = hfgrow.inspect(str(deepseek))
+    assert info["layer_types"] == ["dense"] + ["MoE of 4 experts + shared expert"] * 2
+    assert info["ffn_sizes"] == {"intermediate_size": 64, "moe_intermediate_size": 32}
+
+    # the config's layer_types name the attention; the MLP kind is added where it varies (mlp_only_layers)
+    qwen2_moe = tmp_path / "qwen2_moe"
+    make_model(qwen2_moe, FAMILIES["qwen2_moe"](2), tokenizer=False)
+    assert hfgrow.inspect(str(qwen2_moe))["layer_types"] == [
+        "full_attention / dense", "full_attention / MoE of 4 experts + shared expert"]
+    gemma3 = tmp_path / "gemma3"
+    make_model(gemma3, FAMILIES["gemma3_text"](3), tokenizer=False)
+    config = json.loads((gemma3 / "config.json").read_text())
+    assert hfgrow.inspect(str(gemma3))["layer_types"] == config["layer_types"]

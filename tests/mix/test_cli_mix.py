@@ -14,7 +14,7 @@ from helpers import mix_data as helpers
 from helpers.cli import run_cli
 from helpers.mix_data import TRUE_LAW, synthetic_observations
 from hfgrow.data.mixture import read_mixture
-from hfgrow.mix.law import load_law, save_observations
+from hfgrow.mix.law import Observation, load_law, save_observations
 from hfgrow.mix.optimize import optimize_mixture
 
 VOCAB = [f"w{i}" for i in range(300)]
@@ -138,3 +138,72 @@ def test_fit_and_optimize_help_import_neither_torch_nor_transformers(command):
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "click" in imported  # the import log was read
     assert not {name for name in imported if name.split(".")[0] in ("torch", "transformers")}
+
+
+# ---------------------------------------------------------------- issue 15: fits and extrapolations to distrust
+
+
+def short_runs(tmp_path: Path) -> Path:
+    """Three mixtures evaluated at steps 1-6 only, on a pure power law in s: the loss never levels off, so
+    the fitted floor A·C collapses to ~0 (the degenerate fit the issue reported: A 1.96e-11, C pinned)."""
+    log = tmp_path / "short.jsonl"
+    obs = [Observation({"a": r, "b": 1 - r}, float(s), d, 5.0 * (r if d == "a" else 1 - r) ** -0.1 * s ** -0.3)
+           for r in (0.2, 0.5, 0.8) for s in range(1, 7) for d in ("a", "b")]
+    save_observations(obs, log)
+    return log
+
+
+def test_fit_reports_what_the_data_fix_and_warns_about_a_degenerate_floor(tmp_path, capsys):
+    code, stdout, err = run_cli(["mix", "fit", str(short_runs(tmp_path)), "--out", str(tmp_path / "law.json")], capsys)
+    assert code == 0, err
+    law = load_law(tmp_path / "law.json")
+    # the table shows the gauge-free products, A*B and A*C, and the observed steps
+    header, *rows = stdout.splitlines()[:3]
+    assert header.split() == ["domain", "n", "steps", "alpha", "beta", "A*B", "A*C", "(floor)", "R2", "mean", "rel",
+                              "err"]
+    a = law.domains["a"]
+    assert rows[0].split()[:7] == ["a", "18", "1-6", f"{a.alpha:.4g}", f"{a.beta:.4g}", f"{a.A * a.B:.4g}",
+                                   f"{a.A * a.C:.4g}"]
+    assert "compare those with the paper's tables" in stdout
+    # the data are 5·r^-0.1·s^-0.3 exactly: A*B recovers 5, and the floor is ~0, under 1% of the lowest loss
+    lowest = 5.0 * 0.8 ** -0.1 * 6 ** -0.3  # domain a's lowest observed loss: r = 0.8, s = 6
+    assert a.A * a.B == pytest.approx(5.0, rel=1e-4) and a.A * a.C < 0.01 * lowest
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and all("has a loss floor A·C" in w and "cannot be extrapolated" in w for w in warnings)
+
+
+def test_fit_warns_when_the_law_explains_little(tmp_path, capsys):
+    """Losses that do not follow the law (noise of ±20% around 3): R² near 0, far under the 0.9 threshold."""
+    rng = __import__("random").Random(0)
+    obs = [Observation({"a": r, "b": 1 - r}, float(s), "a", 3.0 * (1 + 0.2 * rng.uniform(-1, 1)))
+           for r in (0.3, 0.7) for s in (100, 200, 400, 800, 1600)]
+    save_observations(obs, tmp_path / "noise.jsonl")
+    code, _, err = run_cli(["mix", "fit", str(tmp_path / "noise.jsonl"), "--holdout", "0.2", "--holdout-by",
+                            "random"], capsys)
+    assert code == 0
+    poor = [line for line in err.splitlines() if line.startswith("warning: the fit of domain 'a' is poor (R² ")]
+    assert len(poor) == 1 and "BiMix reports R² 0.97-0.99 and ~0.2%" in poor[0]
+    # the synthetic law of the other tests (1% noise, runs of 100-51,200 steps) fits well: no warning
+    save_observations(synthetic_observations(), tmp_path / "good.jsonl")
+    code, _, err = run_cli(["mix", "fit", str(tmp_path / "good.jsonl"), "--holdout", "0.3"], capsys)
+    assert code == 0 and "warning" not in err
+
+
+def test_optimize_warns_far_outside_the_fitted_steps(tmp_path, capsys):
+    save_observations(synthetic_observations(), tmp_path / "good.jsonl")  # longest run: 51,200 steps
+    assert run_cli(["mix", "fit", str(tmp_path / "good.jsonl"), "--out", str(tmp_path / "law.json")], capsys)[0] == 0
+    code, _, err = run_cli(["mix", "optimize", str(tmp_path / "law.json"), "--steps", "512000"], capsys)
+    assert code == 0 and err == ""  # 10x: the limit, no warning
+    code, _, err = run_cli(["mix", "optimize", str(tmp_path / "law.json"), "--steps", "1e6"], capsys)
+    assert code == 0
+    # 1e6 / 51,200 = 19.5x; an error of 0.05 in beta scales the reducible loss by 19.53^0.05 = 1.16
+    assert err == ("warning: --steps 1,000,000 is 20x the longest run the law was fitted on (51,200 steps), more "
+                   "than 10x: an error of 0.05 in a fitted beta changes the predicted loss above the floor by a "
+                   "factor 1.16 there; fit the law on runs of at least 100,000 steps.\n")
+    # the issue's case: runs of <= 6 steps optimised for 50,000 steps; the degenerate floors are repeated too
+    assert run_cli(["mix", "fit", str(short_runs(tmp_path)), "--out", str(tmp_path / "short.json")], capsys)[0] == 0
+    code, _, err = run_cli(["mix", "optimize", str(tmp_path / "short.json"), "--steps", "50000"], capsys)
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == 3 and sum("has a loss floor" in line for line in lines) == 2
+    assert lines[-1].startswith("warning: --steps 50,000 is 8,333x the longest run the law was fitted on (6 steps)")

@@ -49,23 +49,46 @@ from hfgrow.growth.ops.learn import Coefficients, WidthExpansion, initial_coeffi
 from hfgrow.io.checkpoint import Checkpoint
 
 
+#: Default ``--learn-lr`` (AdamW, the depth coefficients D) and the relative step of the width matrices
+#: (each B gets ``WIDTH_LR_SCALE·lr / fan-in``). Chosen by ``bench/bench_ligo_lr.py``; README, "LiGO learning
+#: rate", has the table.
+DEFAULT_LR = 1e-2
+WIDTH_LR_SCALE = 1.0
+
+
 @dataclass(frozen=True)
 class FitSettings:
-    """How the growth operator is fitted: AdamW steps, LR, batches of ``seq_len`` tokens, held-out size."""
+    """How the growth operator is fitted: AdamW steps, LR, batches of ``seq_len`` tokens, held-out size.
+
+    ``lr`` is the AdamW learning rate of the depth coefficients D. A width matrix B (``[new, old]``) gets
+    ``lr · width_lr_scale / old``: Adam moves every entry by about the LR per step, and a grown unit sums
+    ``old`` entries of its row of B, so a B entry's step must shrink with the number of units it mixes for
+    the grown weights to move by the same relative amount whatever the model width (the muP rule for
+    Adam on a hidden matrix). ``fan_in_scaling=False`` gives every matrix ``lr`` (hfgrow <= 0.2's rule,
+    kept for the benchmark that compares the two).
+
+    Example:
+        >>> FitSettings(steps=100).lr
+        0.01
+    """
 
     steps: int = 100
-    lr: float = 1e-3
+    lr: float = DEFAULT_LR
     seq_len: int = 256
     batch_size: int = 4
     seed: int = 0
     eval_sequences: int = 64
     evals: int = 4  # held-out evaluations during the fit (besides step 0): the best operator is kept
+    width_lr_scale: float = WIDTH_LR_SCALE
+    fan_in_scaling: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise HfgrowError(f"--learn-steps must be 0 or more, got {self.steps}.")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise HfgrowError(f"--learn-lr must be a positive number, got {self.lr}.")
+        if not math.isfinite(self.width_lr_scale) or self.width_lr_scale <= 0:
+            raise HfgrowError(f"the width LR scale must be a positive number, got {self.width_lr_scale}.")
         for flag, value in (("--seq-len", self.seq_len), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise HfgrowError(f"{flag} must be at least 1, got {value}.")
@@ -249,10 +272,6 @@ class GrownModel:
 
     # -- weights
 
-    def trainable(self) -> list[torch.nn.Parameter]:
-        params = [p for p in self.coefficients.values() if p.requires_grad]
-        return params + (list(self.expansion.parameters()) if self.expansion is not None else [])
-
     def _grow(self, x: torch.Tensor, role) -> torch.Tensor:
         if self.expansion is None:
             return x
@@ -338,6 +357,63 @@ class GrownModel:
 # ---------------------------------------------------------------- the fit
 
 
+class Progress:
+    """What the learning phase prints: one ``LiGO: ...`` line on stderr as each phase starts and ends, so a
+    long run (a big source being placed, a long step-0 evaluation) is never silent; nothing when disabled.
+
+    Example:
+        >>> say = Progress(True)
+        >>> say("tokenizing --data ...")
+        LiGO: tokenizing --data ...
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.started = time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"LiGO: {text}", file=sys.stderr)  # above a progress bar, if one is showing
+            sys.stderr.flush()
+
+    def lap(self) -> float:
+        """Seconds since the last lap (or since this object was made)."""
+        now = time.perf_counter()
+        elapsed, self.started = now - self.started, now
+        return elapsed
+
+
+def param_groups(model: GrownModel, settings: FitSettings) -> list[dict[str, Any]]:
+    """AdamW parameter groups: D at ``settings.lr``; each width matrix at ``lr·width_lr_scale / fan-in``.
+
+    Example:
+        >>> [round(g["lr"], 6) for g in param_groups(model, FitSettings(lr=1e-2))]   # D, then B [128, 64] ...
+        [0.01, 0.000156, ...]
+    """
+    groups: list[dict[str, Any]] = []
+    depth = [p for p in model.coefficients.values() if p.requires_grad]
+    if depth:
+        groups.append({"params": depth, "lr": settings.lr, "name": "D"})
+    if model.expansion is not None:
+        for name, matrix in model.expansion.matrices.items():
+            fan_in = matrix.shape[1] if settings.fan_in_scaling else 1
+            scale = settings.width_lr_scale if settings.fan_in_scaling else 1.0
+            groups.append({"params": [matrix], "lr": settings.lr * scale / fan_in, "name": f"B {name}"})
+    return groups
+
+
+def _describe_lrs(groups: list[dict[str, Any]]) -> str:
+    width = [g["lr"] for g in groups if g["name"] != "D"]
+    parts = [f"D at lr {g['lr']:.3g}" for g in groups if g["name"] == "D"]
+    if width:
+        low, high = min(width), max(width)
+        parts.append(f"{len(width)} width matrices at lr {low:.3g}" + (f"-{high:.3g}" if high != low else "")
+                     + " (lr/fan-in)")
+    return ", ".join(parts)
+
+
 def fit(model: GrownModel, train_set: torch.Tensor, eval_set: torch.Tensor, settings: FitSettings,
         progress: bool = True) -> LearnReport:
     """Train the growth parameters with AdamW; keep the operator with the lowest held-out loss seen.
@@ -345,23 +421,28 @@ def fit(model: GrownModel, train_set: torch.Tensor, eval_set: torch.Tensor, sett
     Held-out loss is measured at step 0 and ``settings.evals`` times during the fit; when learning made
     things worse than an earlier evaluation (e.g. an LR too high for the model), the earlier operator wins.
     """
-    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
+    say = Progress(progress)
     report = LearnReport(coefficients={}, expansion=model.expansion)
     if len(eval_set):
-        say(f"LiGO: held-out loss at step 0 on {len(eval_set)} sequences ...")
+        say(f"held-out loss at step 0 on {len(eval_set)} sequences ...")
+        say.lap()
     report.evals[0] = best = model.evaluate(eval_set, settings.batch_size)
+    if len(eval_set):
+        say(f"held-out loss at step 0: {best:.4f} ({say.lap():.1f} s)")
     kept = model.snapshot()
-    trained = model.trainable()
-    if settings.steps and trained:
+    groups = param_groups(model, settings)
+    if settings.steps and groups:
         rng = random.Random(settings.seed)
         checkpoints = {round(settings.steps * k / settings.evals) for k in range(1, settings.evals + 1)} \
             if len(eval_set) else set()
-        optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=0.0)
+        say(f"learning for {settings.steps} steps of {settings.batch_size} x {train_set.shape[1]} tokens: "
+            f"{_describe_lrs(groups)}; held-out loss at steps {', '.join(map(str, sorted(checkpoints))) or 'none'}")
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=settings.steps, desc="learning growth (LiGO)", leave=False)
+            bar = tqdm(total=settings.steps, desc="learning growth (LiGO)", leave=False, file=sys.stderr)
         for step in range(1, settings.steps + 1):
             started = time.perf_counter()
             picks = [rng.randrange(len(train_set)) for _ in range(settings.batch_size)]
@@ -375,9 +456,14 @@ def fit(model: GrownModel, train_set: torch.Tensor, eval_set: torch.Tensor, sett
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if step in checkpoints:
+                say.lap()
                 report.evals[step] = value = model.evaluate(eval_set, settings.batch_size)
+                verdict = "best so far" if value < best else f"worse than step {report.kept_step} ({best:.4f})"
                 if value < best:  # NaN never wins
                     best, report.kept_step, kept = value, step, model.snapshot()
+                recent = report.step_seconds[-min(10, len(report.step_seconds)):]
+                say(f"step {step}/{settings.steps}: training loss {loss.item():.4f}, held-out {value:.4f}, {verdict} "
+                    f"({sum(recent) / len(recent):.2f} s/step, evaluation {say.lap():.1f} s)")
         if bar is not None:
             bar.close()
     if len(eval_set):
@@ -385,9 +471,8 @@ def fit(model: GrownModel, train_set: torch.Tensor, eval_set: torch.Tensor, sett
     else:  # nothing held out to judge by: the operator of the last step
         report.kept_step = settings.steps
     report.coefficients = {rest: d.detach().cpu().tolist() for rest, d in model.coefficients.items()}
-    if len(eval_set):
-        say(f"LiGO: held-out loss {', '.join(f'step {s}: {v:.4f}' for s, v in report.evals.items())}; "
-            f"kept step {report.kept_step}")
+    if len(eval_set) and settings.steps:
+        say(f"kept the operator of step {report.kept_step} (held-out loss {report.eval_after:.4f})")
     return report
 
 
@@ -397,7 +482,8 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
     """Fit LiGO's growth parameters on ``data``: D (``learn_depth``) and the matrices of ``expansion``.
 
     ``grown_config`` is the grown model's config; ``roles`` (:func:`hfgrow.arch.roles.derive_roles`) is needed
-    with ``expansion``; ``placement`` puts the frozen source on devices or disk.
+    with ``expansion``; ``placement`` puts the frozen source on devices or disk. With ``progress`` every phase
+    (tokenizing, placing the source, the step-0 evaluation, learning, each evaluation) prints a line on stderr.
 
     Example:
         >>> ckpt, layout = open_model(Path("small"))
@@ -406,15 +492,22 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
         True
     """
     torch.manual_seed(settings.seed)
+    say = Progress(progress)
     max_len = context_length(hf_config_from_dict(grown_config))
     if max_len and settings.seq_len > max_len:
         raise HfgrowError(f"--seq-len {settings.seq_len} is longer than the model's context ({max_len} tokens).")
     vocab_size = hf_config_from_dict(grown_config).get_text_config().vocab_size
+    say(f"tokenizing {', '.join(data)} ...")
     sequences = read_sequences(checkpoint.folder, data, settings.seq_len, vocab_size)
     eval_set, train_set = split_sequences(sequences, settings.seed, settings.eval_sequences)
+    say(f"{sequences.numel():,} tokens: {len(train_set):,} training and {len(eval_set)} held-out sequences of "
+        f"{settings.seq_len} ({say.lap():.1f} s)")
+    where = "on the compute device" if placement is None else f"by --device-map {placement.device_map!r}"
+    say(f"placing the frozen source weights (float32) {where} ...")
     model = GrownModel.build(checkpoint, layout, grown_config, layer_map, roles=roles, expansion=expansion,
                              learn_depth=learn_depth, placement=placement, progress=progress)
     try:
+        say(f"source placed on {model.compute} ({say.lap():.1f} s)")
         report = fit(model, train_set, eval_set, settings, progress)
     finally:
         model.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-from hfgrow.growth.ligo.fit import FitSettings, learn_growth
+from hfgrow.growth.ligo.fit import DEFAULT_LR, FitSettings, learn_growth
 from hfgrow.growth.ligo.placement import Placement
 from hfgrow.growth.ops.learn import (SIDECAR, WIDTH_INITS, Coefficients, LigoWidthExpansion, WidthExpansion,
                                      initial_coefficients, learned_plan, learned_width_plan)
@@ -156,7 +156,7 @@ def learn(src: str, out: str | Path | None = None, *, data: list[str] | str | No
           factor: float | None = None, layers: int | None = None, pattern: str | None = None, order: str = "stack",
           hidden_size: int | None = None, intermediate_size: int | None = None, num_heads: int | None = None,
           num_kv_heads: int | None = None, width_init: str | None = None, style: str = "hfgrow",
-          learn_steps: int = 100, learn_lr: float = 1e-3, seq_len: int = 256, batch_size: int = 4, seed: int = 0,
+          learn_steps: int = 100, learn_lr: float = DEFAULT_LR, seq_len: int = 256, batch_size: int = 4, seed: int = 0,
           placement: Placement | None = None, coefficients: Coefficients | None = None,
           width_matrices: dict[str, Any] | None = None, dtype: str = "keep", op: str = "learn",
           **options: Any) -> GrowResult:

@@ -12,9 +12,11 @@ from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.errors import HfgrowError
 from hfgrow.io import dtypes
 from hfgrow.arch.layout import Layout, grown_config
+from hfgrow.arch.pattern import compact
 from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Operation
 from hfgrow.io.plan import TensorPlan
+
 
 def repeated_layers(layer_map: list[int]) -> list[int]:
     """Output positions holding a block already placed earlier (the "new" copies).
@@ -96,4 +98,23 @@ def stack_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: lis
         layer_map=list(layer_map),
         new_layers=repeated_layers(layer_map),
         operation=Operation(op="direct", direction="depth"),
+        warnings=[text] if (text := dropped_layers(layer_map, layout.num_layers)) else [],
     )
+
+
+def dropped_layers(layer_map: list[int], num_layers: int) -> str | None:
+    """One sentence naming the source layers a layer map leaves out (None when it uses every one).
+
+    A pattern written for a smaller model (the README's ``0-1,2-5*5,4-5`` is for 6 layers) silently
+    selects from a bigger one; this says so.
+
+    Example:
+        >>> dropped_layers([0, 1, 2, 3, 2, 3], 6)
+        'the layer map leaves out source layers 4-5 (2 of 6); the output has 6 layers'
+    """
+    missing = sorted(set(range(num_layers)) - set(layer_map))
+    if not missing:
+        return None
+    text = (f"the layer map leaves out source layer{'s' if len(missing) > 1 else ''} {compact(missing)} "
+            f"({len(missing)} of {num_layers}); the output has {len(layer_map)} layers")
+    return text + (f", fewer than the source's {num_layers}" if len(layer_map) < num_layers else "")

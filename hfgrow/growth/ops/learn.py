@@ -104,6 +104,7 @@ def learned_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: l
         layer_map=base.layer_map,
         new_layers=base.new_layers,
         operation=Operation(op="learn", direction="depth", coefficients=coefficients),
+        warnings=list(base.warnings),
     )
 
 

@@ -425,8 +425,8 @@ def remap(x: torch.Tensor, role: TensorRole, dim_maps: list[UnitMap | None], sha
                     rows.mul_(_view(by_source[start:stop] if dim == 0 else by_source, dim, ndim))
                 if constant != 1.0:
                     rows.mul_(constant)
-            elif constant != 1.0 and columns is not None:
-                rows = rows.mul(constant)  # scale the (smaller) rows before the column copies
+            elif constant != 1.0 and columns is not None:  # scale the (smaller) rows before the column copies,
+                rows = rows.to(compute_dtype(rows.dtype)).mul_(constant)  # in float32: one rounding, to the output
             _copy_columns(target, rows, columns)
             if constant != 1.0 and not per_unit and columns is None:
                 target.mul_(constant)
@@ -483,9 +483,11 @@ def _copy_columns(target: torch.Tensor, rows: torch.Tensor, columns: UnitMap | N
 
 
 def _scaled_source(x: torch.Tensor, per_unit: list, constant: float, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` times its per-source-unit scales (float32, one rounding to ``dtype``) or times a constant."""
+    """``x`` times its per-source-unit scales or a constant, computed in float32 and rounded once to ``dtype``
+    (``x * constant`` alone would round in ``x``'s dtype: a bf16 source widened into float32 lost the exactness
+    float32 output exists for)."""
     if not per_unit:
-        return x * constant
+        return x.to(compute_dtype(x.dtype)).mul_(constant).to(dtype)
     scaled = torch.empty(x.shape, dtype=dtype)
     for start, stop in row_chunks(tuple(x.shape)):
         rows = x[start:stop].to(torch.float32, copy=True)
@@ -671,6 +673,55 @@ def _preservation(op: str, roles: Roles, sizes: WidthSizes, maps: dict[str, Unit
     return not notes, notes
 
 
+def _power_of_two(value: float) -> bool:
+    """Multiplying by ``value`` is exact in any float format (barring overflow and subnormals)."""
+    return value > 0 and math.frexp(value)[0] == 0.5
+
+
+_SPACE_NAMES = {"hidden": "hidden units", "q": "query heads"}
+
+
+def inexact_scales(maps: dict[str, UnitMap], norm_rescale: float, embed_factor: float) -> list[str]:
+    """The weights a unit-map widening multiplies by a factor that is not a power of two.
+
+    Such a product is rounded when it is stored in bf16/fp16 (8 or 11 significant bits), so the grown
+    model then matches its source only to that rounding; powers of two (an even split: 1/2, 1/4) are exact.
+
+    Example:
+        >>> inexact_scales(space_maps(roles, resolve_sizes(roles, hidden_size=96), "direct", 0), 1.0, 1.0)
+        ['the weights reading split hidden units (x 1/copies, and sqrt(k/copies) where they are written)']
+    """
+    found = []
+    for space, unit_map in maps.items():
+        if space.startswith(("gate_up:", "qkv", "kv")):
+            continue  # the same units as an ffn: / q space listed already (key/value heads are never rescaled)
+        values = torch.cat([unit_map.read, unit_map.write]).unique().tolist()
+        if not all(_power_of_two(v) for v in values):
+            name = _SPACE_NAMES.get(space, "FFN units" if space.startswith("ffn:") else space)
+            where = ", and sqrt(k/copies) where they are written" if not bool((unit_map.write == 1).all()) else ""
+            found.append(f"the weights reading split {name} (x 1/copies{where})")
+    if not _power_of_two(norm_rescale):
+        found.append(f"the norm weights (x {norm_rescale:.6g})")
+    if not _power_of_two(embed_factor):
+        found.append(f"the embedding (x {embed_factor:.6g})")
+    return found
+
+
+def half_precision_caveat(tensors: list[TensorPlan], scaled: list[str]) -> str | None:
+    """Why a widening that preserves the function in exact arithmetic does not in its bf16/fp16 output.
+
+    Example:
+        >>> half_precision_caveat(plan.tensors, ["the norm weights (x 0.707107)"])[:64]
+        'BF16 output rounds the norm weights (x 0.707107): the grown model'
+    """
+    half = sorted({t.dtype for t in tensors if t.dtype in ("BF16", "F16") and t.transform is not None})
+    if not scaled or not half:
+        return None
+    return (f"{'/'.join(half)} output rounds {' and '.join(scaled)}: the grown model matches its source only to "
+            f"{half[0]} rounding, so it is not function-preserving (recipe: function_preserving false; verify --expect "
+            "preserved fails); --dtype float32 keeps the function")
+
+
 #: how training ramps new width units in, by style (recipe fields of :class:`~hfgrow.growth.recipe.Mask`):
 #: prts msg.py stages FFN, hidden, heads one ramp after another (MsgMask.getmask), scales the outputs of
 #: every projection that writes new units (MsgLayer) and normalises with mask-weighted statistics (MsgNorm)
@@ -709,6 +760,10 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
     widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out, style)
     tensors = widen_tensors(plan.tensors, roles, widened.untie, widen)
     preserving, caveats = _preservation(op, roles, sizes, maps, style, seed)
+    warnings = list(plan.warnings)
+    if preserving and (caveat := half_precision_caveat(tensors, inexact_scales(maps, rescale, widened.embed_factor))):
+        preserving = False
+        warnings.append(caveat)
     check_output_shapes(widened.config, {t.name: t.shape for t in tensors}, roles)
     operation = plan.operation.replace(width=WidthRecord(op, sizes.pairs(), sizes.head_dim, preserving))
     if op == "random":
@@ -716,4 +771,4 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
         operation = operation.replace(mask=dataclasses.replace(mask, width=_width_mask(sizes, maps, seed),
                                                                **WIDTH_RAMPS[style]))
     return dataclasses.replace(plan, tensors=tensors, config=widened.config, operation=operation,
-                               notes=plan.notes + widened.notes + caveats)
+                               notes=plan.notes + widened.notes + caveats, warnings=warnings)
