@@ -462,8 +462,17 @@ def _client_with_timeouts() -> Any:
     client = default_client_factory()
     connect = _seconds("HF_HUB_ETAG_TIMEOUT", constants.HF_HUB_ETAG_TIMEOUT)
     read = _seconds("HF_HUB_DOWNLOAD_TIMEOUT", constants.HF_HUB_DOWNLOAD_TIMEOUT)
-    timeout_type = type(client.timeout)
-    client.timeout = timeout_type(read, connect=connect)
+    defaults = {"connect": connect, "read": read, "write": read, "pool": connect}
+
+    def fill_timeouts(request: Any) -> None:
+        # huggingface_hub passes timeout=None on API calls, which overrides a client default: fill the gaps per
+        # request instead (an explicit timeout, e.g. a download's, is kept)
+        timeout = dict(request.extensions.get("timeout") or {})
+        request.extensions["timeout"] = {key: timeout.get(key) or value for key, value in defaults.items()}
+
+    hooks = dict(client.event_hooks)
+    hooks["request"] = [*hooks.get("request", []), fill_timeouts]
+    client.event_hooks = hooks
     return client
 
 
