@@ -31,7 +31,7 @@ from hfgrow.growth.recipe import Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, copies_bytes, write_weights
-from hfgrow.io.files import copy_carry_over
+from hfgrow.io.files import carry_over_files, copy_carry_over
 from hfgrow.io.source import Source, open_source
 from hfgrow.units import format_bytes, format_count, parse_bytes
 
@@ -207,6 +207,7 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
         if out_path is not None and not options.dry_run:
             check_output_path(out_path, [source.path], options.overwrite)
         checkpoint, layout = open_model(source.path)
+        carry_over_files(source.path)  # every file OUT will carry is checked before the first byte is written
         _preflight(growth, layout, checkpoint, out_path, options)
         plan = growth.plan(layout, checkpoint)
         check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
