@@ -47,7 +47,9 @@ class Layout:
         extra_layers: blocks stored after the last decoder block (e.g. multi-token
             prediction heads); kept after the grown stack.
         globals: tensors outside the blocks (embeddings, final norm, LM head, ...).
-        count_key: the config.json key that holds L.
+        count_key: the config.json key that holds L (a dotted path in a composite config).
+        count_aliases: ``num_hidden_layers`` when the blocks are counted by another key (e.g. xLSTM's
+            ``num_blocks``) and it held L too: kept equal, since caches and generation read it.
         per_layer_keys: config keys whose value is a list with one entry per layer.
         index_keys: config keys whose value is a list of layer indices.
         tied: weights transformers ties to another (target -> source), e.g. ``lm_head.weight`` ->
@@ -65,6 +67,7 @@ class Layout:
     extra_layers: list[list[str]]
     globals: list[str]
     count_key: str
+    count_aliases: list[str] = field(default_factory=list)  # other keys that held L (kept equal to the count)
     per_layer_keys: dict[str, list[Any]] = field(default_factory=dict)
     index_keys: dict[str, list[int]] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
@@ -227,8 +230,12 @@ def _block_list(model, text_config, hint: str | None = None) -> tuple[str, Any] 
     if not isinstance(decoder, torch.nn.Module):
         decoder = model
     names = {id(module): name for name, module in model.named_modules()}
-    lists = [(names.get(id(module)), module) for _, module in decoder.named_modules()
-             if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and id(module) in names]
+    lists = []
+    for scope in (decoder, model):  # some models call their LM head "decoder": then search the whole model
+        lists = [(names.get(id(module)), module) for _, module in scope.named_modules()
+                 if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and id(module) in names]
+        if lists:
+            break
     if not lists:
         return None
     declared = getattr(text_config, "num_hidden_layers", None)
@@ -254,11 +261,11 @@ def layer_signatures(hf_config, num_layers: int, hint: str) -> tuple[list[frozen
     return signatures, tied, model
 
 
-def _split_names(tensors: dict[str, TensorInfo], expected_layers: int | None, preferred: str | None = None):
+def _split_names(tensors: dict[str, TensorInfo], expected_layers: int | None, preferred=None):
     """Group tensor names by their first numeric component; pick the decoder-block prefix.
 
-    The prefix of the skeleton's decoder blocks (``preferred``) wins when the checkpoint has it; otherwise
-    the run that covers the expected layer count and has the most tensors.
+    ``preferred(prefix, first tensor name)`` says whether a run is the skeleton's decoder blocks (it wins);
+    otherwise the run that covers the expected layer count and has the most tensors.
     """
     groups: dict[str, dict[int, list[str]]] = {}
     for name in tensors:
@@ -272,7 +279,8 @@ def _split_names(tensors: dict[str, TensorInfo], expected_layers: int | None, pr
             continue  # not a contiguous 0..n-1 run: not a block stack
         n_tensors = sum(len(v) for v in by_index.values())
         fits = expected_layers is not None and count >= expected_layers
-        score = (prefix == preferred, fits, n_tensors)
+        is_decoder = preferred is not None and preferred(prefix, f"{prefix}0.{by_index[0][0]}")
+        score = (is_decoder, fits, n_tensors)
         if best is None or score > best[0]:
             best = (score, prefix, by_index)
     if best is None:
@@ -295,11 +303,10 @@ def _count_key(config: dict[str, Any], text_path: str, hf_config, num_layers: in
     mapped = attribute_map.get("num_hidden_layers")
     candidates = [key for key, value in raw.items()
                   if isinstance(value, int) and not isinstance(value, bool) and value == num_layers
-                  and ("layer" in key or key in _COUNT_KEYS)]
-    if mapped is None and "num_hidden_layers" in candidates:
-        return _join(text_path, "num_hidden_layers")
+                  and ("layer" in key or "block" in key or key in _COUNT_KEYS)]
     if len(candidates) == 1:
         return _join(text_path, candidates[0])
+    builds = []
     for key in candidates:
         probe = copy.deepcopy(hf_config)
         try:
@@ -308,13 +315,33 @@ def _count_key(config: dict[str, Any], text_path: str, hf_config, num_layers: in
         except Exception:  # noqa: BLE001 - a key the config validates against others: not the count
             continue
         if found is not None and len(found[1]) == num_layers + 1:
-            return _join(text_path, key)
+            builds.append(key)
+    if len(builds) == 1:
+        return _join(text_path, builds[0])
     if mapped and mapped in raw:
         return _join(text_path, mapped)
     for key in _COUNT_KEYS:
         if isinstance(raw.get(key), int):
             return _join(text_path, key)
     return _join(text_path, mapped or "num_hidden_layers")
+
+
+_PER_LAYER_HINT = re.compile(r"layer|block|type|pattern|window|head|size|sparsity|expert|moe|rope|kind|mixer")
+
+
+def _fixed_tuple(key: str, value: list) -> bool:
+    """A short list of numbers that is a fixed-size tuple (``time_step_limit: [0.0, inf]``, ``mlp_multipliers``)
+    rather than one entry per layer: it can only be confused with one for a model of 2 or 3 layers."""
+    return (len(value) <= 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and not _PER_LAYER_HINT.search(key))
+
+
+def _count_aliases(config: dict[str, Any], text_path: str, text_config, num_layers: int) -> list[str]:
+    raw = _get(config, text_path) if text_path else config
+    mapped = (getattr(type(text_config), "attribute_map", {}) or {}).get("num_hidden_layers")
+    if mapped is None and isinstance(raw, dict) and raw.get("num_hidden_layers") == num_layers:
+        return [_join(text_path, "num_hidden_layers")]
+    return []
 
 
 def _classify_lists(values: dict[str, Any], num_layers: int) -> tuple[dict[str, list], dict[str, list[int]]]:
@@ -334,7 +361,7 @@ def _classify_lists(values: dict[str, Any], num_layers: int) -> tuple[dict[str, 
         )
         if is_index_list:
             index_lists[key] = list(value)
-        elif len(value) == num_layers and (num_layers > 1 or "layer" in key):
+        elif len(value) == num_layers and (num_layers > 1 or "layer" in key) and not _fixed_tuple(key, value):
             per_layer[key] = list(value)
     return per_layer, index_lists
 
@@ -353,7 +380,13 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
     skeleton = meta_model(hf_config)
     found = _block_list(skeleton, text_config)
     declared = len(found[1]) if found is not None else getattr(text_config, "num_hidden_layers", None)
-    preferred = found[0] + "." if found is not None else None
+    preferred = None
+    if found is not None:
+        from hfgrow.arch.check import model_name
+
+        blocks_name = found[0] + "."
+        preferred = lambda prefix, sample: prefix == blocks_name or model_name(skeleton, sample).startswith(  # noqa: E731
+            blocks_name)
     split = _split_names(checkpoint.tensors, declared, preferred)
     if split is None:
         raise HfgrowError(
@@ -381,6 +414,7 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
         extra_layers=[sorted(names) for names in blocks[num_layers:]],
         globals=globals_,
         count_key=_count_key(config, text_path, hf_config, num_layers, hint),
+        count_aliases=_count_aliases(config, text_path, text_config, num_layers),
         per_layer_keys={_join(text_path, k): v for k, v in per_layer.items()},
         index_keys={_join(text_path, k): v for k, v in index_lists.items()},
         layer_types=per_layer.get("layer_types"),
@@ -409,6 +443,8 @@ def grown_config(layout: Layout, layer_map: list[int], extra: dict[str, Any] | N
     """
     config = json.loads(json.dumps(layout.config))
     _set(config, layout.count_key, len(layer_map))
+    for key in layout.count_aliases:
+        _set(config, key, len(layer_map))
     for key, values in layout.per_layer_keys.items():
         _set(config, key, [values[src] for src in layer_map])
     for key, indices in layout.index_keys.items():
@@ -454,6 +490,7 @@ class KindFit:
 
 #: Integer config keys that may state where layer kinds go ("the first k layers are dense", "every n-th is MoE").
 _RULE_KEY = re.compile(r"layer|replace|step|freq|period|offset|interval|every|dense|sparse|moe|first|start|end")
+_NOT_RULE = re.compile(r"size|dim|hidden|vocab|head|expert|rank|position|token|nextn|mtp|predict|window|group")
 
 
 def _rule_rewrites(layout: Layout, num_layers: int) -> list[dict[str, Any]]:
@@ -468,14 +505,25 @@ def _rule_rewrites(layout: Layout, num_layers: int) -> list[dict[str, Any]]:
     rewrites = []
     for key, value in raw.items():
         path = _join(text_path, key)
-        if key == count or path in layout.per_layer_keys or path in layout.index_keys:
+        if key == count or path in layout.per_layer_keys or path in layout.index_keys or _NOT_RULE.search(key):
             continue
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= layout.num_layers \
-                and _RULE_KEY.search(key):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0 and _RULE_KEY.search(key):
             scaled = round(value * num_layers / layout.num_layers)
             if scaled != value:
                 rewrites.append({path: scaled})
+        elif isinstance(value, list) and 0 < len(value) < layout.num_layers * 4 and len(value) != layout.num_layers \
+                and all(isinstance(v, str) for v in value) and _PER_LAYER_HINT.search(key):
+            # a cycle of layer kinds (``block_types: [recurrent, recurrent, attention]``): the source's layers
+            # follow the cycle; the output lists one kind per layer (a cycle as long as the model)
+            per_source = [value[i % len(value)] for i in range(layout.num_layers)]
+            rewrites.append({path: ("per-layer", per_source)})
     return rewrites
+
+
+def _materialize(rewrite: dict[str, Any], layer_map: list[int]) -> dict[str, Any]:
+    """Config values of a rewrite for ``layer_map`` (a per-layer rewrite follows the map)."""
+    return {key: [value[1][src] for src in layer_map] if isinstance(value, tuple) and value[0] == "per-layer"
+            else value for key, value in rewrite.items()}
 
 
 def _proportional(target: list[frozenset[str]], source: list[frozenset[str]]) -> bool:
@@ -505,7 +553,8 @@ def fit_layer_kinds(layout: Layout, layer_map: list[int], *, rearrange: bool) ->
     if base is None or base == needed:
         return KindFit(list(layer_map))
     attempts: list[tuple[dict[str, Any], list[frozenset[str]]]] = []
-    for changes in _rule_rewrites(layout, len(layer_map)):
+    for rewrite in _rule_rewrites(layout, len(layer_map)):
+        changes = _materialize(rewrite, layer_map)
         try:
             got = grown_signatures(layout, grown_config(layout, layer_map, changes), len(layer_map))
         except HfgrowError:
@@ -513,13 +562,17 @@ def fit_layer_kinds(layout: Layout, layer_map: list[int], *, rearrange: bool) ->
         if got == needed:
             return KindFit(list(layer_map), changes, _rule_note(layout, changes))
         if got is not None:
-            attempts.append((changes, got))
+            attempts.append((rewrite, got))
     if rearrange:
-        for changes, got in [*[a for a in attempts if _proportional(a[1], layout.signatures)], ({}, base)]:
+        for rewrite, got in [*[a for a in attempts if _proportional(a[1], layout.signatures)], ({}, base)]:
             kind_map = kind_preserving_map(layout.signatures, got)
             if kind_map is None:
                 continue
-            check = grown_signatures(layout, grown_config(layout, kind_map, changes), len(kind_map))
+            changes = _materialize(rewrite, kind_map)
+            try:
+                check = grown_signatures(layout, grown_config(layout, kind_map, changes), len(kind_map))
+            except HfgrowError:
+                continue
             if check == [layout.signatures[s] for s in kind_map]:
                 return KindFit(kind_map, changes, _kind_note(layout, layer_map, kind_map, changes))
     position = next(i for i, (a, b) in enumerate(zip(base, needed)) if a != b)
@@ -534,8 +587,16 @@ def fit_layer_kinds(layout: Layout, layer_map: list[int], *, rearrange: bool) ->
         f"(its layer kinds follow a rule, not a list);{hint}")
 
 
+def _describe_changes(layout: Layout, changes: dict[str, Any]) -> str:
+    def short(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return ", ".join(f"{k} = {short(v)} (was {short(_get(layout.config, k))})" for k, v in changes.items())
+
+
 def _rule_note(layout: Layout, changes: dict[str, Any]) -> str:
-    rewritten = ", ".join(f"{k} = {v} (was {_get(layout.config, k)})" for k, v in changes.items())
+    rewritten = _describe_changes(layout, changes)
     return f"{layout.model_type}'s config places layer kinds by a rule; rewritten for the new depth: {rewritten}"
 
 
@@ -547,10 +608,48 @@ def _kind_note(layout: Layout, asked: list[int], kind_map: list[int], changes: d
         labels.setdefault(signature, f"kind {len(labels)}")
     groups = ", ".join(f"{label} (source layers {compact([i for i, s in enumerate(layout.signatures) if s == sig])})"
                        for sig, label in labels.items())
-    rule = ("; " + ", ".join(f"{k} = {v} (was {_get(layout.config, k)})" for k, v in changes.items())) if changes else ""
+    rule = f"; {_describe_changes(layout, changes)}" if changes else ""
     return (f"kind-preserving stack: {layout.model_type}'s config places its {len(labels)} kinds of layer by a rule, "
             f"so each kind is stacked on its own ({groups}){rule}; plain Gstack ({compact(asked)}) would put a "
             "layer where the config builds another kind")
+
+
+def follow_packed_layers(tensors: list, layout: Layout, source: dict[str, TensorInfo], config: dict[str, Any],
+                         layer_map: list[int]) -> list:
+    """Global tensors that pack one slice per layer along one dimension (Gemma 3n's per-layer input embeddings,
+    ``[vocab, L * d]``) get their slices reordered by the layer map; other tensor plans are returned as they are.
+
+    Found by comparing each global's source shape with the grown skeleton's: exactly one dimension differs, and it
+    is ``L * k`` in the source and ``N * k`` in the grown model.
+    """
+    from hfgrow.arch.check import model_name
+    from hfgrow.io.plan import Fn, TensorPlan
+
+    model = grown_skeleton(layout, config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    globals_ = set(layout.globals)
+    old, new = layout.num_layers, len(layer_map)
+    result = []
+    for plan in tensors:
+        shape = tuple(source[plan.name].shape) if plan.name in globals_ and plan.name in source else None
+        want = expected.get(model_name(model, plan.name)) if shape is not None else None
+        diff = [d for d in range(len(shape)) if want and len(want) == len(shape) and shape[d] != want[d]] \
+            if shape is not None else []
+        if len(diff) != 1 or plan.transform is not None or shape[diff[0]] % old \
+                or want[diff[0]] != shape[diff[0]] // old * new:
+            result.append(plan)
+            continue
+        dim, size = diff[0], shape[diff[0]] // old
+
+        def reorder(t, dim=dim, size=size):
+            import torch
+
+            index = torch.tensor(layer_map, dtype=torch.long)
+            return t.unflatten(dim, (old, size)).index_select(dim, index).flatten(dim, dim + 1)
+
+        result.append(TensorPlan(plan.name, plan.dtype, tuple(want), plan.sources,
+                                 Fn(reorder, f"per-layer slices (dim {dim}, {size} each) follow the layer map")))
+    return result
 
 
 def check_layer_kinds(layout: Layout, config: dict[str, Any], layer_map: list[int]) -> None:

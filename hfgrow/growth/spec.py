@@ -169,7 +169,7 @@ class GrowSpec:
 
     def plan(self, layout, checkpoint):
         """The plan for ``layout`` (a :class:`hfgrow.arch.layout.Layout`) and its checkpoint's tensor table."""
-        from hfgrow.arch.layout import fit_layer_kinds, set_config_value
+        from hfgrow.arch.layout import fit_layer_kinds, follow_packed_layers, set_config_value
         from hfgrow.growth.ops.depth import stack_plan
 
         layer_map = self.depth.layer_map(layout.num_layers, self.default_order)
@@ -180,6 +180,8 @@ class GrowSpec:
             set_config_value(plan.config, key, value)
         if fit.note:
             plan.notes.append(fit.note)
+        if self.depth.given:  # globals holding one slice per layer follow the map too
+            plan.tensors = follow_packed_layers(plan.tensors, layout, checkpoint.tensors, plan.config, plan.layer_map)
         if self.op == "direct" and not self.width.given and not self.noise:
             return plan  # Gstack and friends: whole blocks copied, no roles needed
         return self._transform(plan, layout, checkpoint)
