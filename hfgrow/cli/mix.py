@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import sys
 
 import click
@@ -45,6 +46,10 @@ def _load_tokenizer(spec: str):
         from transformers import AutoTokenizer
     except ImportError:  # pragma: no cover - transformers is a dependency
         raise HfgrowError("loading a tokenizer needs transformers: pip install transformers.") from None
+    if Path(spec).is_dir():
+        from hfgrow.io.folder import ModelFolder
+
+        ModelFolder(spec).check_links()  # the tokenizer's files may not lead outside its folder
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except Exception as exc:  # transformers/hub raise OSError, ValueError, HTTP errors...

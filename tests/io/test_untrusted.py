@@ -517,3 +517,14 @@ def test_malformed_recipes_and_options(src, tmp_path, capsys):
     (tmp_path / "fit.jsonl").write_bytes(bytes(range(256)) * 4)
     refused(run_cli(["mix", "fit", tmp_path / "fit.jsonl"], capsys), "fit.jsonl")
     assert not (tmp_path / "o").exists()
+
+
+def test_folders_handed_to_transformers_are_checked_first(src, tmp_path, capsys):
+    # eval, verify and the mixture tokenizer let transformers read the folder: a link out of it is refused first
+    (src / "tokenizer.json").unlink()
+    (src / "tokenizer.json").symlink_to(tmp_path / "secret")
+    (tmp_path / "a.txt").write_text("some text to score\n")
+    refused(run_cli(["eval", src, "--data", tmp_path / "a.txt"], capsys), "tokenizer.json", "outside")
+    refused(run_cli(["verify", src, src], capsys), "tokenizer.json", "outside")
+    refused(run_cli(["mix", "entropy", "--domain", f"a={tmp_path / 'a.txt'}", "--domain", f"b={tmp_path / 'a.txt'}",
+                     "--tokenizer", src, "--out", tmp_path / "m.json"], capsys), "tokenizer.json", "outside")
