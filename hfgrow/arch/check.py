@@ -68,6 +68,16 @@ def _transforms(model) -> tuple[list, list, Any]:
     return renamings, converters, rename_source_key
 
 
+def model_name(model, key: str) -> str:
+    """The name transformers gives checkpoint tensor ``key`` in ``model`` (legacy names, prefixes, converters)."""
+    renamings, converters, rename = _transforms(model)
+    if rename is None:
+        return key
+    expected = dict.fromkeys(model.state_dict())
+    target, _ = rename(key, renamings, converters, getattr(model, "base_model_prefix", None), expected)
+    return target
+
+
 def _natural(key: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split(".")]
 

@@ -100,10 +100,14 @@ def replay(recipe_path: str | Path, out: str | Path | None, *, source: str | Non
     if recipe.command == "grow" and recipe.operation.op == "learn":
         from hfgrow.growth.ligo.operator import learn, read_matrices
 
-        folder = recipe_path if recipe_path.is_dir() else recipe_path.parent
+        from hfgrow.io.folder import ModelFolder
+
+        folder = ModelFolder(recipe_path if recipe_path.is_dir() else recipe_path.parent)
         width = recipe.operation.width
+        matrices = folder.file(width.matrices, f"the recipe's matrices file '{width.matrices}'") \
+            if width and width.matrices else None  # named by the recipe: it must lie beside it
         extra = {"coefficients": recipe.operation.coefficients,
-                 "width_matrices": read_matrices(folder / width.matrices) if width and width.matrices else None}
+                 "width_matrices": read_matrices(matrices) if matrices is not None else None}
         return _call(learn, src, out, params, extra, options)
     if recipe.command == "grow":
         return _call(grow, src, out, params, {}, options)
