@@ -77,6 +77,8 @@ class ModelFolder:
     def _resolve(self, name: str | os.PathLike, what: str | None) -> tuple[Path, Path]:
         """(path inside the folder, fully resolved target); refuses names and links that leave the folder."""
         label = what or str(name)
+        if not isinstance(name, (str, os.PathLike)):
+            raise HfgrowError(f"{label} is not a file name.")
         relative = Path(name)
         if relative.is_absolute() or not str(name).strip():
             raise HfgrowError(f"{label} is not a file name inside the model folder {self.path}; hfgrow reads only "
