@@ -211,6 +211,9 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+_OTHER_MODALITY = re.compile(r"vision|visual|image|audio|speech|video|patch")
+
+
 def _block_list(model, text_config, hint: str | None = None) -> tuple[str, Any] | None:
     """The decoder's block ModuleList in a skeleton and its qualified name (None when there is none).
 
@@ -238,6 +241,8 @@ def _block_list(model, text_config, hint: str | None = None) -> tuple[str, Any] 
             break
     if not lists:
         return None
+    text_lists = [(n, m) for n, m in lists if not _OTHER_MODALITY.search(n)]
+    lists = text_lists or lists  # a vision or audio tower's blocks are not the decoder's
     declared = getattr(text_config, "num_hidden_layers", None)
     last = lambda name: name.rsplit(".", 1)[-1]  # noqa: E731
     for choose in (lambda n, m: hint is not None and last(n) == hint, lambda n, m: last(n) == "layers",
