@@ -17,6 +17,7 @@ weights are tied.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hfgrow.io.checkpoint import Checkpoint, TensorInfo
 from hfgrow.errors import HfgrowError
+from hfgrow.io.checkpoint import Checkpoint, TensorInfo
+from hfgrow.io.folder import ModelFolder
 
 _LAYER_NAME = re.compile(r"^(?P<prefix>(?:[^.]+\.)*?)(?P<index>\d+)\.(?P<rest>.+)$")
 _INDEX_LIST_HINT = re.compile(r"(layers|layer_ids|layer_idx|indices|_idx)$")
@@ -45,7 +47,9 @@ class Layout:
         extra_layers: blocks stored after the last decoder block (e.g. multi-token
             prediction heads); kept after the grown stack.
         globals: tensors outside the blocks (embeddings, final norm, LM head, ...).
-        count_key: the config.json key that holds L.
+        count_key: the config.json key that holds L (a dotted path in a composite config).
+        count_aliases: ``num_hidden_layers`` when the blocks are counted by another key (e.g. xLSTM's
+            ``num_blocks``) and it held L too: kept equal, since caches and generation read it.
         per_layer_keys: config keys whose value is a list with one entry per layer.
         index_keys: config keys whose value is a list of layer indices.
         tied: weights transformers ties to another (target -> source), e.g. ``lm_head.weight`` ->
@@ -63,6 +67,7 @@ class Layout:
     extra_layers: list[list[str]]
     globals: list[str]
     count_key: str
+    count_aliases: list[str] = field(default_factory=list)  # other keys that held L (kept equal to the count)
     per_layer_keys: dict[str, list[Any]] = field(default_factory=dict)
     index_keys: dict[str, list[int]] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
@@ -74,14 +79,12 @@ class Layout:
         return f"{self.prefix}{layer}.{rest}"
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise HfgrowError(f"{folder} has no config.json; hfgrow needs a transformers model folder.")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise HfgrowError(f"{path} is not valid JSON ({exc}).") from None
+def read_config(folder: Path | ModelFolder) -> dict[str, Any]:
+    """config.json of a model folder, as a dict (inside the folder, a JSON object, or one sentence why not)."""
+    folder = ModelFolder(folder)
+    if folder.find("config.json") is None:
+        raise HfgrowError(f"{folder.path} has no config.json; hfgrow needs a transformers model folder.")
+    return folder.read_json("config.json")
 
 
 @contextlib.contextmanager
@@ -100,18 +103,21 @@ def hf_config_from_dict(config: dict[str, Any]):
     """A transformers config object for a raw config dict (no files, no network)."""
     from transformers import AutoConfig
 
+    from transformers import PretrainedConfig
+
     model_type = config.get("model_type")
-    if not model_type:
+    if not model_type or not isinstance(model_type, str):
         raise HfgrowError("config.json has no model_type; hfgrow cannot tell what architecture this is.")
-    if config.get("is_encoder_decoder"):
+    if config.get("is_encoder_decoder") is True:
         raise HfgrowError(f"'{model_type}' is an encoder-decoder model; hfgrow grows decoder-only causal LMs.")
-    kwargs = {k: v for k, v in config.items() if k != "model_type"}
+    decode = getattr(PretrainedConfig, "_decode_special_floats", lambda value: value)  # {"__float__": "Infinity"}
+    kwargs = {k: decode(v) for k, v in config.items() if k != "model_type"}
     try:
         with quiet_transformers():
             return AutoConfig.for_model(model_type, **kwargs)
     except Exception as exc:  # noqa: BLE001 - unknown type or a config transformers' validation rejects
-        first = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise HfgrowError(f"config.json ({model_type}) is not a config transformers accepts: {first}") from None
+        first = " ".join(str(exc).split())[:200].rstrip(".") or type(exc).__name__
+        raise HfgrowError(f"config.json ({model_type}) is not a config transformers accepts: {first}.") from None
 
 
 def meta_model(hf_config):
@@ -123,10 +129,19 @@ def meta_model(hf_config):
         with quiet_transformers(), torch.device("meta"):
             return AutoModelForCausalLM.from_config(hf_config)
     except ValueError as exc:
-        raise HfgrowError(
-            f"'{hf_config.model_type}' has no causal-LM class in transformers "
-            f"({str(exc).splitlines()[0][:120]}); hfgrow grows decoder-only causal LMs."
-        ) from None
+        if "Unrecognized configuration class" in str(exc):
+            raise HfgrowError(
+                f"'{hf_config.model_type}' has no causal-LM class in transformers; hfgrow grows decoder-only causal "
+                "LMs.") from None
+        raise _unbuildable(hf_config, exc) from None
+    except Exception as exc:  # noqa: BLE001 - model code fails on configs it does not expect (None sizes, ...)
+        raise _unbuildable(hf_config, exc) from None
+
+
+def _unbuildable(hf_config, exc: BaseException) -> HfgrowError:
+    first = " ".join(str(exc).split())[:160].rstrip(".") or type(exc).__name__
+    return HfgrowError(f"transformers cannot build '{hf_config.model_type}' from this config.json "
+                       f"({type(exc).__name__}: {first}).")
 
 
 def decoder_blocks(model, num_layers: int | None = None, hint: str | None = None) -> tuple[str, Any]:
@@ -161,20 +176,102 @@ def decoder_blocks(model, num_layers: int | None = None, hint: str | None = None
     return candidates[0]
 
 
+def _text_config(hf_config) -> tuple[str, Any]:
+    """(path of the decoder's sub-config in config.json, that sub-config): ``("", hf_config)`` for plain LMs,
+    ``("text_config", ...)`` for a composite model (e.g. a vision-language model whose language model grows)."""
+    for name in ("text_config", "decoder", "generator"):
+        sub = getattr(hf_config, name, None)
+        if sub is not None and hasattr(sub, "to_dict") and sub is not hf_config:
+            return name, sub
+    return "", hf_config
+
+
+def _get(config: dict[str, Any], path: str) -> Any:
+    value: Any = config
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _set(config: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[last] = value
+
+
+def set_config_value(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set a config.json key given as a dotted path (``text_config.num_hidden_layers``)."""
+    _set(config, path, value)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+_OTHER_MODALITY = re.compile(r"vision|visual|image|audio|speech|video|patch")
+
+
+def _block_list(model, text_config, hint: str | None = None) -> tuple[str, Any] | None:
+    """The decoder's block ModuleList in a skeleton and its qualified name (None when there is none).
+
+    Looked for under the model's decoder (``get_decoder()``: the language model of a composite model, BART's
+    decoder, ...): the list named ``hint`` or ``layers`` first, then one as long as the config's layer count,
+    then the longest.
+    """
+    import torch
+
+    decoder = model
+    getter = getattr(model, "get_decoder", None)
+    if getter is not None:
+        try:
+            decoder = getter() or model
+        except Exception:  # noqa: BLE001 - exotic models raise here; the whole model is searched instead
+            decoder = model
+    if not isinstance(decoder, torch.nn.Module):
+        decoder = model
+    names = {id(module): name for name, module in model.named_modules()}
+    lists = []
+    for scope in (decoder, model):  # some models call their LM head "decoder": then search the whole model
+        lists = [(names.get(id(module)), module) for _, module in scope.named_modules()
+                 if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and id(module) in names]
+        if lists:
+            break
+    if not lists:
+        return None
+    text_lists = [(n, m) for n, m in lists if not _OTHER_MODALITY.search(n)]
+    lists = text_lists or lists  # a vision or audio tower's blocks are not the decoder's
+    declared = getattr(text_config, "num_hidden_layers", None)
+    last = lambda name: name.rsplit(".", 1)[-1]  # noqa: E731
+    for choose in (lambda n, m: hint is not None and last(n) == hint, lambda n, m: last(n) == "layers",
+                   lambda n, m: len(m) == declared):
+        chosen = [(n, m) for n, m in lists if choose(n, m)]
+        if chosen:
+            return max(chosen, key=lambda item: len(item[1]))
+    return max(lists, key=lambda item: len(item[1]))
+
+
+def _signatures(blocks) -> list[frozenset[str]]:
+    return [frozenset(name for name, _ in block.named_parameters()) for block in blocks]
+
+
 def layer_signatures(hf_config, num_layers: int, hint: str) -> tuple[list[frozenset[str]] | None, dict[str, str], Any]:
     """Per-layer in-memory parameter names, the tied-weights map, and the skeleton itself."""
     model = meta_model(hf_config)
-    try:
-        _, blocks = decoder_blocks(model, num_layers, hint)
-        signatures = [frozenset(name for name, _ in block.named_parameters()) for block in blocks]
-    except HfgrowError:
-        signatures = None
+    found = _block_list(model, _text_config(hf_config)[1], hint)
+    signatures = _signatures(found[1]) if found is not None and len(found[1]) == num_layers else None
     tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
     return signatures, tied, model
 
 
-def _split_names(tensors: dict[str, TensorInfo], expected_layers: int | None):
-    """Group tensor names by their first numeric component; pick the decoder-block prefix."""
+def _split_names(tensors: dict[str, TensorInfo], expected_layers: int | None, preferred=None):
+    """Group tensor names by their first numeric component; pick the decoder-block prefix.
+
+    ``preferred(prefix, first tensor name)`` says whether a run is the skeleton's decoder blocks (it wins);
+    otherwise the run that covers the expected layer count and has the most tensors.
+    """
     groups: dict[str, dict[int, list[str]]] = {}
     for name in tensors:
         match = _LAYER_NAME.match(name)
@@ -187,7 +284,8 @@ def _split_names(tensors: dict[str, TensorInfo], expected_layers: int | None):
             continue  # not a contiguous 0..n-1 run: not a block stack
         n_tensors = sum(len(v) for v in by_index.values())
         fits = expected_layers is not None and count >= expected_layers
-        score = (fits, n_tensors)
+        is_decoder = preferred is not None and preferred(prefix, f"{prefix}0.{by_index[0][0]}")
+        score = (is_decoder, fits, n_tensors)
         if best is None or score > best[0]:
             best = (score, prefix, by_index)
     if best is None:
@@ -196,15 +294,59 @@ def _split_names(tensors: dict[str, TensorInfo], expected_layers: int | None):
     return prefix, [by_index[i] for i in range(len(by_index))]
 
 
-def _count_key(config: dict[str, Any], hf_config) -> str:
-    attribute_map = getattr(type(hf_config), "attribute_map", {}) or {}
+def _count_key(config: dict[str, Any], text_path: str, hf_config, num_layers: int, hint: str) -> str:
+    """The config.json key (a dotted path for composite configs) that sets how many decoder blocks are built.
+
+    Usually ``num_hidden_layers`` (or what the config class maps it to, e.g. GPT-2's ``n_layer``). When several
+    keys hold the layer count (BART-style decoders map ``num_hidden_layers`` to ``encoder_layers`` but build
+    ``decoder_layers`` blocks), each is tried on a meta skeleton and the one that changes the block count wins.
+    """
+    text_config = _text_config(hf_config)[1]
+    raw = _get(config, text_path) if text_path else config
+    raw = raw if isinstance(raw, dict) else {}
+    attribute_map = getattr(type(text_config), "attribute_map", {}) or {}
     mapped = attribute_map.get("num_hidden_layers")
-    if mapped and mapped in config:
-        return mapped
+    candidates = [key for key, value in raw.items()
+                  if isinstance(value, int) and not isinstance(value, bool) and value == num_layers
+                  and ("layer" in key or "block" in key or key in _COUNT_KEYS)]
+    if len(candidates) == 1:
+        return _join(text_path, candidates[0])
+    builds = []
+    for key in candidates:
+        probe = copy.deepcopy(hf_config)
+        try:
+            setattr(_text_config(probe)[1], key, num_layers + 1)
+            found = _block_list(meta_model(probe), _text_config(probe)[1], hint)
+        except Exception:  # noqa: BLE001 - a key the config validates against others: not the count
+            continue
+        if found is not None and len(found[1]) == num_layers + 1:
+            builds.append(key)
+    if len(builds) == 1:
+        return _join(text_path, builds[0])
+    if mapped and mapped in raw:
+        return _join(text_path, mapped)
     for key in _COUNT_KEYS:
-        if key in config and isinstance(config[key], int):
-            return key
-    return mapped or "num_hidden_layers"
+        if isinstance(raw.get(key), int):
+            return _join(text_path, key)
+    return _join(text_path, mapped or "num_hidden_layers")
+
+
+_PER_LAYER_HINT = re.compile(r"layer|block|type|pattern|window|head|size|sparsity|expert|moe|rope|kind|mixer")
+
+
+def _fixed_tuple(key: str, value: list) -> bool:
+    """A short list of numbers that is a fixed-size tuple (``time_step_limit: [0.0, inf]``, ``mlp_multipliers``)
+    rather than one entry per layer: it can only be confused with one for a model of 2 or 3 layers."""
+    return (len(value) <= 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and not _PER_LAYER_HINT.search(key))
+
+
+def _count_aliases(config: dict[str, Any], text_path: str, text_config, num_layers: int) -> list[str]:
+    raw = _get(config, text_path) if text_path else config
+    mapped = (getattr(type(text_config), "attribute_map", {}) or {}).get("num_hidden_layers")
+    if mapped is None and isinstance(raw, dict) and raw.get("num_hidden_layers") == num_layers:
+        return [_join(text_path, "num_hidden_layers")]
+    return []
 
 
 def _classify_lists(values: dict[str, Any], num_layers: int) -> tuple[dict[str, list], dict[str, list[int]]]:
@@ -224,7 +366,7 @@ def _classify_lists(values: dict[str, Any], num_layers: int) -> tuple[dict[str, 
         )
         if is_index_list:
             index_lists[key] = list(value)
-        elif len(value) == num_layers and (num_layers > 1 or "layer" in key):
+        elif len(value) == num_layers and (num_layers > 1 or "layer" in key) and not _fixed_tuple(key, value):
             per_layer[key] = list(value)
     return per_layer, index_lists
 
@@ -239,8 +381,18 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
     """
     config = read_config(folder) if config is None else config
     hf_config = hf_config_from_dict(config)
-    declared = getattr(hf_config, "num_hidden_layers", None)
-    split = _split_names(checkpoint.tensors, declared)
+    text_path, text_config = _text_config(hf_config)
+    skeleton = meta_model(hf_config)
+    found = _block_list(skeleton, text_config)
+    declared = len(found[1]) if found is not None else getattr(text_config, "num_hidden_layers", None)
+    preferred = None
+    if found is not None:
+        from hfgrow.arch.check import model_name
+
+        blocks_name = found[0] + "."
+        preferred = lambda prefix, sample: prefix == blocks_name or model_name(skeleton, sample).startswith(  # noqa: E731
+            blocks_name)
+    split = _split_names(checkpoint.tensors, declared, preferred)
     if split is None:
         raise HfgrowError(
             f"no repeated block found in {folder}: no tensor names of the form '<prefix>.<index>.<name>'."
@@ -254,8 +406,9 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
     in_blocks = {f"{prefix}{i}.{rest}" for i, names in enumerate(blocks) for rest in names}
     globals_ = [name for name in checkpoint.tensors if name not in in_blocks]
 
-    derived = hf_config.to_dict()
-    per_layer, index_lists = _classify_lists(derived, num_layers)
+    per_layer, index_lists = _classify_lists(text_config.to_dict(), num_layers)
+    hint = prefix.rstrip(".").split(".")[-1]
+    found = _block_list(skeleton, text_config, hint)
     layout = Layout(
         config=config,
         model_type=config["model_type"],
@@ -265,15 +418,15 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
         layers=[sorted(names) for names in blocks[:num_layers]],
         extra_layers=[sorted(names) for names in blocks[num_layers:]],
         globals=globals_,
-        count_key=_count_key(config, hf_config),
-        per_layer_keys=per_layer,
-        index_keys=index_lists,
+        count_key=_count_key(config, text_path, hf_config, num_layers, hint),
+        count_aliases=_count_aliases(config, text_path, text_config, num_layers),
+        per_layer_keys={_join(text_path, k): v for k, v in per_layer.items()},
+        index_keys={_join(text_path, k): v for k, v in index_lists.items()},
         layer_types=per_layer.get("layer_types"),
     )
-    hint = prefix.rstrip(".").split(".")[-1]
-    signatures, tied, layout.skeleton = layer_signatures(hf_config, num_layers, hint)
-    layout.signatures = signatures
-    layout.tied = tied
+    layout.signatures = _signatures(found[1]) if found is not None and len(found[1]) == num_layers else None
+    layout.tied = dict(getattr(skeleton, "all_tied_weights_keys", None) or {})
+    layout.skeleton = skeleton
     return layout
 
 
@@ -284,7 +437,8 @@ def grown_config(layout: Layout, layer_map: list[int], extra: dict[str, Any] | N
     per-layer lists are reindexed, lists of layer indices are remapped to the output
     positions of the listed source layers. Derived lists the source config left implicit
     are written out explicitly, because their rule (e.g. "every 6th layer is global")
-    would not follow the new order.
+    would not follow the new order. Keys may be dotted paths into a sub-config
+    (``text_config.num_hidden_layers``); ``extra`` is applied last, by path too.
 
     Example:
         >>> layout.per_layer_keys
@@ -292,34 +446,244 @@ def grown_config(layout: Layout, layer_map: list[int], extra: dict[str, Any] | N
         >>> grown_config(layout, [0, 1, 0, 1])["layer_types"]
         ['sliding_attention', 'full_attention', 'sliding_attention', 'full_attention']
     """
-    config = _remap_layers(layout.config, layout.count_key, layout.per_layer_keys, layout.index_keys, layer_map)
-    config.update(extra or {})
-    return config
+    return _remap_layers(layout.config, layer_map, count_keys=[layout.count_key, *layout.count_aliases],
+                         per_layer=layout.per_layer_keys, index_lists=layout.index_keys, extra=extra)
 
 
 def config_for_layers(config: dict[str, Any], layer_map: list[int]) -> dict[str, Any]:
     """Like :func:`grown_config`, from a config alone (no checkpoint): what planning needs for a base model.
+
+    The keys that follow the layer count are found as :func:`read_layout` finds them, on a meta skeleton.
 
     Example:
         >>> config_for_layers(gemma3_config, [0, 1])["layer_types"]      # the first two of the target's
         ['sliding_attention', 'sliding_attention']
     """
     hf_config = hf_config_from_dict(config)
-    num_layers = getattr(hf_config, "num_hidden_layers")
-    per_layer, index_lists = _classify_lists(hf_config.to_dict(), num_layers)
-    return _remap_layers(config, _count_key(config, hf_config), per_layer, index_lists, layer_map)
+    text_path, text_config = _text_config(hf_config)
+    found = _block_list(meta_model(hf_config), text_config)
+    num_layers = len(found[1]) if found is not None else int(getattr(text_config, "num_hidden_layers"))
+    hint = found[0].split(".")[-1] if found is not None else None
+    per_layer, index_lists = _classify_lists(text_config.to_dict(), num_layers)
+    count_keys = [_count_key(config, text_path, hf_config, num_layers, hint),
+                  *_count_aliases(config, text_path, text_config, num_layers)]
+    return _remap_layers(config, layer_map, count_keys=count_keys,
+                         per_layer={_join(text_path, k): v for k, v in per_layer.items()},
+                         index_lists={_join(text_path, k): v for k, v in index_lists.items()})
 
 
-def _remap_layers(config: dict[str, Any], count_key: str, per_layer: dict[str, list], index_lists: dict[str, list[int]],
-                  layer_map: list[int]) -> dict[str, Any]:
+def _remap_layers(config: dict[str, Any], layer_map: list[int], *, count_keys: list[str],
+                  per_layer: dict[str, list], index_lists: dict[str, list[int]],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` (keys may be dotted paths) with its layer count and per-layer lists following ``layer_map``."""
     config = json.loads(json.dumps(config))
-    config[count_key] = len(layer_map)
+    for key in count_keys:
+        _set(config, key, len(layer_map))
     for key, values in per_layer.items():
-        config[key] = [values[src] for src in layer_map]
+        _set(config, key, [values[src] for src in layer_map])
     for key, indices in index_lists.items():
         chosen = set(indices)
-        config[key] = [i for i, src in enumerate(layer_map) if src in chosen]
+        _set(config, key, [i for i, src in enumerate(layer_map) if src in chosen])
+    for key, value in (extra or {}).items():
+        _set(config, key, value)
     return config
+
+
+# ------------------------------------------------------------------ the grown model's skeleton
+
+_SKELETONS: dict[str, Any] = {}  # one or two grown skeletons per run (a kind probe, the final plan)
+
+
+def grown_skeleton(layout: Layout, config: dict[str, Any]):
+    """The meta skeleton transformers builds for a grown ``config`` (cached: the kind fit and the output check
+    of one plan share it)."""
+    key = f"{id(layout)}:{json.dumps(config, sort_keys=True, default=str)}"
+    if key not in _SKELETONS:
+        _SKELETONS.clear()
+        _SKELETONS[key] = meta_model(hf_config_from_dict(config))
+    return _SKELETONS[key]
+
+
+def grown_signatures(layout: Layout, config: dict[str, Any], num_layers: int) -> list[frozenset[str]] | None:
+    """Per-block parameter names of the grown model ``config`` describes (None: no block list of that length)."""
+    model = grown_skeleton(layout, config)
+    found = _block_list(model, _text_config(model.config)[1], layout.prefix.rstrip(".").split(".")[-1])
+    if found is None or len(found[1]) != num_layers:
+        return None
+    return _signatures(found[1])
+
+
+@dataclass
+class KindFit:
+    """A layer map the grown config can describe, the config keys rewritten for it, and what changed."""
+
+    layer_map: list[int]
+    changes: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+
+#: Integer config keys that may state where layer kinds go ("the first k layers are dense", "every n-th is MoE").
+_RULE_KEY = re.compile(r"layer|replace|step|freq|period|offset|interval|every|dense|sparse|moe|first|start|end")
+_NOT_RULE = re.compile(r"size|dim|hidden|vocab|head|expert|rank|position|token|nextn|mtp|predict|window|group")
+
+
+def _rule_rewrites(layout: Layout, num_layers: int) -> list[dict[str, Any]]:
+    """Candidate rewrites of the config's layer-kind rules for ``num_layers`` output layers, most likely first:
+    an integer rule scaled with the depth (``first_k_dense_replace = g*k``), a cyclic list of kinds written
+    out for the new depth."""
+    text_path = layout.count_key.rsplit(".", 1)[0] if "." in layout.count_key else ""
+    raw = _get(layout.config, text_path) if text_path else layout.config
+    if not isinstance(raw, dict):
+        return []
+    count = layout.count_key.rsplit(".", 1)[-1]
+    rewrites = []
+    for key, value in raw.items():
+        path = _join(text_path, key)
+        if key == count or path in layout.per_layer_keys or path in layout.index_keys or _NOT_RULE.search(key):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0 and _RULE_KEY.search(key):
+            scaled = round(value * num_layers / layout.num_layers)
+            if scaled != value:
+                rewrites.append({path: scaled})
+        elif isinstance(value, list) and 0 < len(value) < layout.num_layers * 4 and len(value) != layout.num_layers \
+                and all(isinstance(v, str) for v in value) and _PER_LAYER_HINT.search(key):
+            # a cycle of layer kinds (``block_types: [recurrent, recurrent, attention]``): the source's layers
+            # follow the cycle; the output lists one kind per layer (a cycle as long as the model)
+            per_source = [value[i % len(value)] for i in range(layout.num_layers)]
+            rewrites.append({path: ("per-layer", per_source)})
+    return rewrites
+
+
+def _materialize(rewrite: dict[str, Any], layer_map: list[int]) -> dict[str, Any]:
+    """Config values of a rewrite for ``layer_map`` (a per-layer rewrite follows the map)."""
+    return {key: [value[1][src] for src in layer_map] if isinstance(value, tuple) and value[0] == "per-layer"
+            else value for key, value in rewrite.items()}
+
+
+def _proportional(target: list[frozenset[str]], source: list[frozenset[str]]) -> bool:
+    """Every kind of ``target`` exists in ``source`` and keeps its share of the layers (within one layer)."""
+    scale = len(target) / len(source)
+    kinds = set(source) | set(target)
+    return set(target) <= set(source) and all(
+        abs(target.count(k) - source.count(k) * scale) < 1 for k in kinds)
+
+
+def fit_layer_kinds(layout: Layout, layer_map: list[int], *, rearrange: bool) -> KindFit:
+    """Make ``layer_map`` something the grown config can describe, before anything is planned in detail.
+
+    A config that lists its layer kinds follows any map (the lists are reindexed). A config that gives them by a
+    rule (DeepSeek's ``first_k_dense_replace``, Ernie's ``moe_layer_start_index``, ...) describes only some
+    orders: the rule key is rewritten in proportion to the new depth when that makes the map describable; with
+    ``rearrange`` (``--factor``/``--layers``, not an explicit ``--pattern``) the map becomes a kind-preserving
+    stack (Gstack within each kind of layer) when plain Gstack cannot be described.
+
+    Raises:
+        HfgrowError: no rewrite and no kind-preserving order fits; the sentence suggests a pattern when one exists.
+    """
+    if layout.signatures is None:
+        return KindFit(list(layer_map))
+    needed = [layout.signatures[s] for s in layer_map]
+    base = grown_signatures(layout, grown_config(layout, layer_map), len(layer_map))
+    if base is None or base == needed:
+        return KindFit(list(layer_map))
+    attempts: list[tuple[dict[str, Any], list[frozenset[str]]]] = []
+    for rewrite in _rule_rewrites(layout, len(layer_map)):
+        changes = _materialize(rewrite, layer_map)
+        try:
+            got = grown_signatures(layout, grown_config(layout, layer_map, changes), len(layer_map))
+        except HfgrowError:
+            continue
+        if got == needed:
+            return KindFit(list(layer_map), changes, _rule_note(layout, changes))
+        if got is not None:
+            attempts.append((rewrite, got))
+    if rearrange:
+        for rewrite, got in [*[a for a in attempts if _proportional(a[1], layout.signatures)], ({}, base)]:
+            kind_map = kind_preserving_map(layout.signatures, got)
+            if kind_map is None:
+                continue
+            changes = _materialize(rewrite, kind_map)
+            try:
+                check = grown_signatures(layout, grown_config(layout, kind_map, changes), len(kind_map))
+            except HfgrowError:
+                continue
+            if check == [layout.signatures[s] for s in kind_map]:
+                return KindFit(kind_map, changes, _kind_note(layout, layer_map, kind_map, changes))
+    position = next(i for i, (a, b) in enumerate(zip(base, needed)) if a != b)
+    from hfgrow.growth.pattern import compact
+
+    suggestion = kind_preserving_map(layout.signatures, base)
+    hint = (f" --pattern '{compact(suggestion)}' stacks each kind of layer where the config expects it."
+            if suggestion is not None else " choose another --pattern.")
+    raise HfgrowError(
+        f"the config cannot describe this layer order: output layer {position} would be a copy of source layer "
+        f"{layer_map[position]}, but {layout.model_type}'s config makes layer {position} a different kind of block "
+        f"(its layer kinds follow a rule, not a list);{hint}")
+
+
+def _describe_changes(layout: Layout, changes: dict[str, Any]) -> str:
+    def short(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return ", ".join(f"{k} = {short(v)} (was {short(_get(layout.config, k))})" for k, v in changes.items())
+
+
+def _rule_note(layout: Layout, changes: dict[str, Any]) -> str:
+    rewritten = _describe_changes(layout, changes)
+    return f"{layout.model_type}'s config places layer kinds by a rule; rewritten for the new depth: {rewritten}"
+
+
+def _kind_note(layout: Layout, asked: list[int], kind_map: list[int], changes: dict[str, Any]) -> str:
+    from hfgrow.growth.pattern import compact
+
+    labels: dict[frozenset[str], str] = {}
+    for signature in layout.signatures or []:
+        labels.setdefault(signature, f"kind {len(labels)}")
+    groups = ", ".join(f"{label} (source layers {compact([i for i, s in enumerate(layout.signatures) if s == sig])})"
+                       for sig, label in labels.items())
+    rule = f"; {_describe_changes(layout, changes)}" if changes else ""
+    return (f"kind-preserving stack: {layout.model_type}'s config places its {len(labels)} kinds of layer by a rule, "
+            f"so each kind is stacked on its own ({groups}){rule}; plain Gstack ({compact(asked)}) would put a "
+            "layer where the config builds another kind")
+
+
+def follow_packed_layers(tensors: list, layout: Layout, source: dict[str, TensorInfo], config: dict[str, Any],
+                         layer_map: list[int]) -> list:
+    """Global tensors that pack one slice per layer along one dimension (Gemma 3n's per-layer input embeddings,
+    ``[vocab, L * d]``) get their slices reordered by the layer map; other tensor plans are returned as they are.
+
+    Found by comparing each global's source shape with the grown skeleton's: exactly one dimension differs, and it
+    is ``L * k`` in the source and ``N * k`` in the grown model.
+    """
+    from hfgrow.arch.check import model_name
+    from hfgrow.io.plan import Fn, TensorPlan
+
+    model = grown_skeleton(layout, config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    globals_ = set(layout.globals)
+    old, new = layout.num_layers, len(layer_map)
+    result = []
+    for plan in tensors:
+        shape = tuple(source[plan.name].shape) if plan.name in globals_ and plan.name in source else None
+        want = expected.get(model_name(model, plan.name)) if shape is not None else None
+        diff = [d for d in range(len(shape)) if want and len(want) == len(shape) and shape[d] != want[d]] \
+            if shape is not None else []
+        if len(diff) != 1 or plan.transform is not None or shape[diff[0]] % old \
+                or want[diff[0]] != shape[diff[0]] // old * new:
+            result.append(plan)
+            continue
+        dim, size = diff[0], shape[diff[0]] // old
+
+        def reorder(t, dim=dim, size=size):
+            import torch
+
+            index = torch.tensor(layer_map, dtype=torch.long)
+            return t.unflatten(dim, (old, size)).index_select(dim, index).flatten(dim, dim + 1)
+
+        result.append(TensorPlan(plan.name, plan.dtype, tuple(want), plan.sources,
+                                 Fn(reorder, f"per-layer slices (dim {dim}, {size} each) follow the layer map")))
+    return result
 
 
 def check_layer_kinds(layout: Layout, config: dict[str, Any], layer_map: list[int]) -> None:
@@ -331,23 +695,33 @@ def check_layer_kinds(layout: Layout, config: dict[str, Any], layer_map: list[in
     """
     if layout.signatures is None:
         return
-    hint = layout.prefix.rstrip(".").split(".")[-1]
-    signatures, _, _ = layer_signatures(hf_config_from_dict(config), len(layer_map), hint)
+    signatures = grown_signatures(layout, config, len(layer_map))
     if signatures is None:
         return
     for position, src in enumerate(layer_map):
         if signatures[position] != layout.signatures[src]:
-            from hfgrow.arch.pattern import compact
-
-            hint = ""
-            suggestion = kind_preserving_map(layout.signatures, signatures)
-            if suggestion is not None:
-                hint = f" --pattern '{compact(suggestion)}' stacks each kind of layer where the config expects it."
             raise HfgrowError(
                 f"the config cannot describe this layer order: output layer {position} would be a copy of "
                 f"source layer {src}, but {layout.model_type}'s config makes layer {position} a different kind "
-                f"of block (its layer kinds follow a rule, not a list);{hint or ' choose another --pattern.'}"
-            )
+                "of block (its layer kinds follow a rule, not a list); choose another --pattern.")
+
+
+def check_grown(layout: Layout, config: dict[str, Any], layer_map: list[int] | None, shapes: dict[str, tuple]) -> None:
+    """Refuse a plan whose output would not load cleanly: the grown config must be one transformers accepts, build
+    the kind of block placed at each position, and expect exactly the planned tensors with their shapes.
+
+    Runs on the meta device before any byte is written.
+    """
+    from hfgrow.arch.check import check_tensors
+
+    model = grown_skeleton(layout, config)
+    if layer_map is not None:
+        check_layer_kinds(layout, config, layer_map)
+    extra = set()
+    if layer_map is not None:
+        extra = {layout.layer_tensor(len(layer_map) + k, rest)
+                 for k, names in enumerate(layout.extra_layers) for rest in names}
+    check_tensors(model, shapes, "the planned output", allowed_unexpected=extra)
 
 
 def kind_preserving_map(source: list[frozenset[str]], target: list[frozenset[str]]) -> list[int] | None:
@@ -383,9 +757,17 @@ def context_length(config) -> int | None:
     return None
 
 
-def open_model(folder: Path) -> tuple[Checkpoint, Layout]:
-    """Open a model folder: config checked first (clearer errors), then tensor table and layout."""
+def open_model(folder: Path | ModelFolder) -> tuple[Checkpoint, Layout]:
+    """Open a model folder: config checked first (clearer errors), then tensor table and layout, then every
+    tensor's name and shape against the skeleton the config builds (so a checkpoint that would load with
+    re-initialised weights is refused here, before anything is planned or written)."""
+    from hfgrow.arch.check import check_tensors
+
+    folder = ModelFolder(folder)
     config = read_config(folder)
     hf_config_from_dict(config)  # validates before any weights are touched; cheap to build again below
     checkpoint = Checkpoint.open(folder)
-    return checkpoint, read_layout(folder, checkpoint, config)
+    layout = read_layout(folder.path, checkpoint, config)
+    check_tensors(layout.skeleton, {name: info.shape for name, info in checkpoint.tensors.items()},
+                  f"the checkpoint in {folder.path}")
+    return checkpoint, layout

@@ -23,6 +23,15 @@ from hfgrow.errors import HfgrowError
 
 _ITEM = re.compile(r"^(\d+)(?:-(\d+))?(?:\*(\d+))?$")
 
+#: The most output layers hfgrow plans. The deepest released models have a few hundred layers; every output
+#: layer costs a block in the meta skeleton the plan is checked against (~40 kB, ~4 ms), so a limit keeps a
+#: mistyped --layers or pattern from exhausting memory before anything could be reported.
+MAX_LAYERS = 4096
+
+
+def too_many_layers(count: int, what: str) -> HfgrowError:
+    return HfgrowError(f"{what} gives {count:,} layers; hfgrow plans at most {MAX_LAYERS:,} layers.")
+
 
 def parse_pattern(pattern: str, num_layers: int) -> list[int]:
     """Expand ``pattern`` into the list of source layer indices, one per output layer.
@@ -34,7 +43,8 @@ def parse_pattern(pattern: str, num_layers: int) -> list[int]:
     text = "".join(pattern.split())
     if not text:
         raise HfgrowError("the layer pattern is empty; write e.g. '0-5*4' (layers 0..5 four times).")
-    layer_map: list[int] = []
+    items = []
+    total = 0
     for token in text.split(","):
         match = _ITEM.match(token)
         if not match:
@@ -44,6 +54,12 @@ def parse_pattern(pattern: str, num_layers: int) -> list[int]:
         start = int(match[1])
         end = int(match[2]) if match[2] is not None else start
         count = int(match[3]) if match[3] is not None else 1
+        items.append((token, start, end, count))
+        total += (abs(end - start) + 1) * count  # counted before anything is expanded
+    if total > MAX_LAYERS:
+        raise too_many_layers(total, f"the pattern '{pattern}'")
+    layer_map: list[int] = []
+    for token, start, end, count in items:
         for index in (start, end):
             if index >= num_layers:
                 raise HfgrowError(
@@ -146,11 +162,17 @@ def target_layer_count(num_layers: int, factor: float | None, layers: int | None
     if layers is not None:
         if layers < 1:
             raise HfgrowError(f"--layers must be positive, got {layers}.")
+        if layers > MAX_LAYERS:
+            raise too_many_layers(layers, f"--layers {layers}")
         return layers
     if factor is None:
         factor = 4
+    if not math.isfinite(factor) or factor <= 0:
+        raise HfgrowError(f"--factor must be a positive number, got {factor}.")
     target = num_layers * factor
-    if factor <= 0 or abs(target - round(target)) > 1e-9:
+    if target > MAX_LAYERS:
+        raise too_many_layers(int(target), f"--factor {factor:g} on {num_layers} layers")
+    if abs(target - round(target)) > 1e-9:
         raise HfgrowError(
             f"--factor {factor} does not give a whole number of layers from {num_layers}; use --layers instead."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import sys
 
 import click
@@ -43,6 +44,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
+    if Path(spec).is_dir():
+        from hfgrow.io.folder import ModelFolder
+
+        ModelFolder(spec).check_links()  # the tokenizer's files may not lead outside its folder
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except Exception as exc:  # transformers/hub raise OSError, ValueError, HTTP errors...

@@ -116,12 +116,22 @@ def open_binary(path: PathLike) -> IO[bytes]:
         ...     first = fh.readline()
     """
     if str(path).lower().endswith(".gz"):
+        _check_gzip(path)
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 
 
+def _check_gzip(path: PathLike) -> None:
+    """Refuse a ``.gz`` file that is not gzip data (gzip would raise mid-stream)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic and magic != b"\x1f\x8b":
+        raise HfgrowError(f"{path} is named .gz but is not gzip-compressed.")
+
+
 def _open_text(path: PathLike) -> IO[str]:
     if str(path).lower().endswith(".gz"):
+        _check_gzip(path)
         return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")  # type: ignore[return-value]
     return open(path, encoding="utf-8", errors="replace", newline="")
 

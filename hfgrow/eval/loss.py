@@ -223,6 +223,10 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
         raise HfgrowError(f"the model folder '{text}' does not exist.")
     if local.is_file():
         raise HfgrowError(f"'{text}' is a file; give the model's folder (with config.json).")
+    if local.is_dir():
+        from hfgrow.io.folder import ModelFolder
+
+        ModelFolder(local).check_links()  # transformers reads the folder's files on its own: none may lead outside
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001 - many loader exception types; one clear sentence

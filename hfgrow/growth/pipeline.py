@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hfgrow.arch.layout import Layout, check_layer_kinds, open_model
+from hfgrow.arch.layout import Layout, check_grown, open_model
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.card import grown_card
 from hfgrow.arch.pattern import compact
@@ -32,7 +32,7 @@ from hfgrow.growth.recipe import Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, copies_bytes, write_weights
-from hfgrow.io.files import copy_carry_over
+from hfgrow.io.files import carry_over_files, copy_carry_over
 from hfgrow.io.source import Source, open_source
 from hfgrow.units import format_bytes, format_count, parse_bytes
 
@@ -162,6 +162,32 @@ def same_mode(folder: Path, mode: int) -> None:
             path.chmod(mode & 0o777)
 
 
+#: The most tensors one plan may hold (each is a small object in memory; the largest MoE checkpoints have ~100k).
+MAX_TENSORS = 2_000_000
+
+
+def _preflight(growth: Growth, layout: Layout, checkpoint: Checkpoint, out: Path | None,
+               options: WriteOptions) -> None:
+    """Sizes from header arithmetic, before anything large is built: the tensor count of the plan and, when
+    writing, the disk space a depth growth needs (width growth is sized exactly once planned)."""
+    depth = getattr(growth, "depth", None)
+    if depth is None or not depth.given:
+        return
+    layer_map = depth.layer_map(layout.num_layers, getattr(growth, "default_order", "stack"))
+    block_tensors = [len(layout.layers[src]) for src in layer_map]
+    count = len(layout.globals) + sum(block_tensors) + sum(len(names) for names in layout.extra_layers)
+    if count > MAX_TENSORS:
+        raise HfgrowError(f"the output would have {count:,} tensors; hfgrow plans at most {MAX_TENSORS:,}.")
+    if out is None or options.dry_run:
+        return
+    tensors = checkpoint.tensors
+    layer_bytes = [sum(tensors[layout.layer_tensor(i, rest)].nbytes for rest in names)
+                   for i, names in enumerate(layout.layers)]
+    in_blocks = sum(layer_bytes)
+    others = sum(info.nbytes for name, info in tensors.items() if name not in layout.tied) - in_blocks
+    check_free_space(out.parent, others + sum(layer_bytes[src] for src in layer_map))
+
+
 def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteOptions = WriteOptions()) -> GrowResult:
     """Run one growth end to end: the only place that opens a source and writes a grown folder.
 
@@ -175,9 +201,10 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
         if out_path is not None and not options.dry_run:
             check_output_path(out_path, [source.path], options.overwrite)
         checkpoint, layout = open_model(source.path)
+        carry_over_files(source.path)  # every file OUT will carry is checked before the first byte is written
+        _preflight(growth, layout, checkpoint, out_path, options)
         plan = growth.plan(layout, checkpoint)
-        if plan.layer_map is not None:
-            check_layer_kinds(layout, plan.config, plan.layer_map)
+        check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
         for warning in plan.warnings:  # before the (long) writing, and also with --quiet
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         params = dict(growth.params(plan), max_shard_size=options.max_shard_size)

@@ -88,6 +88,9 @@ class SourceRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceRef:
+        for key in ("repo_id", "revision", "commit", "name", "path"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ValueError(f"source {key} is not a string")
         adapter = data.get("adapter")
         if isinstance(adapter, dict) and "spec" in adapter:  # 0.1: {spec, commit} of a Hub adapter
             adapter = {"repo_id": adapter["spec"], "commit": adapter.get("commit")}
@@ -364,7 +367,8 @@ class Recipe:
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise HfgrowError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
+            first = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+            raise HfgrowError(f"cannot read recipe {path}: {first}.") from None
         if not isinstance(data, dict):
             raise HfgrowError(f"{path} is not an hfgrow recipe.")
         return cls.from_dict(data, str(path))

@@ -51,7 +51,32 @@ def _call(function, src: str, out, params: dict[str, Any], extra: dict[str, Any]
     if unknown:
         raise HfgrowError(f"the recipe gives '{unknown[0]}', which `hfgrow {function.__name__}` does not take; "
                           "was it written by a newer hfgrow?")
+    _check_types(function, params)
     return function(src, out, **params, **extra, **options)
+
+
+def _check_types(function, params: dict[str, Any]) -> None:
+    """A recipe is a file from anywhere: each parameter must have the type the growth function declares."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: the function's own checks remain
+        return
+    for name, value in params.items():
+        hint = hints.get(name)
+        if hint is None or hint is typing.Any:
+            continue
+        allowed = tuple(t for t in (typing.get_args(hint) or (hint,)) if isinstance(t, type))
+        if not allowed or (value is None and type(None) in allowed):
+            continue
+        if float in allowed:
+            allowed += (int,)
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+            names = " or ".join(dict.fromkeys(words.get(t.__name__, t.__name__) for t in allowed
+                                              if t is not type(None)))
+            raise HfgrowError(f"the recipe's {name} is {value!r}, which is not {names}.")
 
 
 def replay(recipe_path: str | Path, out: str | Path | None, *, source: str | None = None,
@@ -75,10 +100,14 @@ def replay(recipe_path: str | Path, out: str | Path | None, *, source: str | Non
     if recipe.command == "grow" and recipe.operation.op == "learn":
         from hfgrow.growth.ligo.operator import learn, read_matrices
 
-        folder = recipe_path if recipe_path.is_dir() else recipe_path.parent
+        from hfgrow.io.folder import ModelFolder
+
+        folder = ModelFolder(recipe_path if recipe_path.is_dir() else recipe_path.parent)
         width = recipe.operation.width
+        matrices = folder.file(width.matrices, f"the recipe's matrices file '{width.matrices}'") \
+            if width and width.matrices else None  # named by the recipe: it must lie beside it
         extra = {"coefficients": recipe.operation.coefficients,
-                 "width_matrices": read_matrices(folder / width.matrices) if width and width.matrices else None}
+                 "width_matrices": read_matrices(matrices) if matrices is not None else None}
         return _call(learn, src, out, params, extra, options)
     if recipe.command == "grow":
         return _call(grow, src, out, params, {}, options)

@@ -175,10 +175,19 @@ class GrowSpec:
 
     def plan(self, layout, checkpoint):
         """The plan for ``layout`` (a :class:`hfgrow.arch.layout.Layout`) and its checkpoint's tensor table."""
+        from hfgrow.arch.layout import fit_layer_kinds, follow_packed_layers, set_config_value
         from hfgrow.growth.ops.depth import stack_plan
 
         layer_map = self.depth.layer_map(layout.num_layers, self.default_order)
-        plan = stack_plan(layout, checkpoint.tensors, layer_map, dtypes.from_option(self.dtype))
+        # a config that places layer kinds by a rule: rewrite the rule, or (--factor/--layers) stack each kind
+        fit = fit_layer_kinds(layout, layer_map, rearrange=self.depth.given and self.depth.pattern is None)
+        plan = stack_plan(layout, checkpoint.tensors, fit.layer_map, dtypes.from_option(self.dtype))
+        for key, value in fit.changes.items():
+            set_config_value(plan.config, key, value)
+        if fit.note:
+            plan.notes.append(fit.note)
+        if self.depth.given:  # globals holding one slice per layer follow the map too
+            plan.tensors = follow_packed_layers(plan.tensors, layout, checkpoint.tensors, plan.config, plan.layer_map)
         if self.op == "direct" and not self.width.given and not self.noise:
             plan.operation = plan.operation.replace(style=self.style)
             return plan  # Gstack and friends: whole blocks copied, no roles needed

@@ -14,6 +14,7 @@ into place only when complete: Ctrl-C, a crash or a full disk leave the output a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -160,24 +161,124 @@ def index_json(shards: list[Shard]) -> dict:
     }
 
 
+#: Files that make a folder a model folder (one of them, besides config.json) or an hfgrow output.
+_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a model (config.json and weights) or an hfgrow output (hfgrow.yaml)."""
+    folder = Path(folder)
+    if (folder / "hfgrow.yaml").is_file():
+        return True
+    if not (folder / "config.json").is_file():
+        return False
+    return any((folder / name).is_file() for name in _WEIGHT_NAMES) or any(folder.glob("model-*.safetensors"))
+
+
 def check_output_path(out: Path, sources: Iterable[Path], overwrite: bool) -> None:
-    """Refuse outputs that would clobber data: an existing OUT, OUT == SRC, one inside the other."""
-    out = out.resolve()
+    """Refuse outputs that would clobber data.
+
+    OUT may not be SRC, inside it or around it; it must be absent or empty unless ``overwrite`` is given, and
+    ``overwrite`` replaces only a model folder (config.json + weights, or an hfgrow output), never the current
+    folder or one above it.
+    """
+    try:
+        _check_output_path(Path(out).expanduser().resolve(), sources, overwrite)
+    except OSError as exc:  # a name too long, a path through a file, no permission to look
+        raise write_error(exc, Path(out)) from None
+
+
+def _check_output_path(out: Path, sources: Iterable[Path], overwrite: bool) -> None:
     for src in sources:
         src = Path(src).resolve()
         if out == src or src in out.parents:
             raise HfgrowError(f"the output {out} is the source folder or inside it; choose another output folder.")
         if out in src.parents:
             raise HfgrowError(f"the source {src} is inside the output {out}; choose another output folder.")
-    if out.exists():
-        if not out.is_dir():
-            raise HfgrowError(f"{out} exists and is not a folder.")
-        if not overwrite and any(out.iterdir()):
-            raise HfgrowError(f"{out} already exists and is not empty; pass --overwrite to replace it.")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise HfgrowError(f"the output {out} is the current folder or holds it, and OUT is replaced as a whole; "
+                          "name a new folder, e.g. ./grown.")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise HfgrowError(f"{out} exists and is not a folder; choose another output folder.")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise HfgrowError(f"{out} already exists and is not empty; pass --overwrite to replace it.")
+    if not is_model_folder(out):
+        raise HfgrowError(f"--overwrite replaces only an empty folder or a model folder (config.json with weights, "
+                          f"or an hfgrow output), and {out} is neither; choose another output folder.")
+
+
+def _temp_name(final: Path, kind: str, pid: int) -> Path:
+    """``.NAME.hfgrow-KIND-PID`` beside ``final``, shortened (with a hash) when it would exceed 255 bytes."""
+    name = f".{final.name}.hfgrow-{kind}-{pid}"
+    if len(name.encode()) > 255:
+        import hashlib
+
+        digest = hashlib.sha1(final.name.encode()).hexdigest()[:12]
+        name = f".{final.name.encode()[:120].decode(errors='ignore')}-{digest}.hfgrow-{kind}-{pid}"
+    return final.parent / name
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Delete the temporary folders an earlier run into ``final`` left behind when it was killed (SIGKILL, power
+    loss): ``.NAME.hfgrow-tmp-PID`` / ``-old-PID`` whose process is gone. Returns what was removed."""
+    removed = []
+    for kind in ("tmp", "old"):
+        pattern = _temp_name(final, kind, 0).name[:-1] + "*"
+        for path in final.parent.glob(glob_escape(pattern)):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and path.is_dir() \
+                    and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def glob_escape(pattern: str) -> str:
+    """Escape glob metacharacters of a file name, keeping a trailing ``*``."""
+    import glob
+
+    return glob.escape(pattern[:-1]) + "*" if pattern.endswith("*") else glob.escape(pattern)
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.ENAMETOOLONG: "a file name is too long for the file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "an input/output error occurred",
+}
+
+
+def write_error(exc: OSError, out: Path) -> HfgrowError:
+    """One sentence for a failed write into ``out`` (nothing of it was left behind, OUT is as it was)."""
+    reason = _OS_REASONS.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__).rstrip(".").lower()
+    where = f" ({exc.filename})" if exc.filename else ""
+    return HfgrowError(f"cannot write {out}: {reason}{where}; {out} was left as it was.")
 
 
 class OutputFolder:
     """A temporary sibling of ``out``, renamed to ``out`` on success and deleted on failure.
+
+    A failed write (full disk, read-only or missing permission, a name too long) becomes one HfgrowError
+    sentence; temporary folders of earlier runs into ``out`` that were killed are removed first.
 
     Example:
         >>> with OutputFolder(Path("big"), overwrite=False) as tmp:
@@ -185,21 +286,31 @@ class OutputFolder:
     """
 
     def __init__(self, out: Path, overwrite: bool = False):
-        self.out = Path(out).resolve()
+        self.out = Path(out).expanduser().resolve()
         self.overwrite = overwrite
-        self.tmp = self.out.parent / f".{self.out.name}.hfgrow-tmp-{os.getpid()}"
+        self.tmp = _temp_name(self.out, "tmp", os.getpid())
 
     def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.out)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise write_error(exc, self.out) from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise write_error(exc, self.out) from None
             return
-        swap_into_place(self.tmp, self.out)
+        try:
+            swap_into_place(self.tmp, self.out)
+        except OSError as error:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise write_error(error, self.out) from None
 
 
 def swap_into_place(tmp: Path, final: Path) -> None:
@@ -209,10 +320,15 @@ def swap_into_place(tmp: Path, final: Path) -> None:
     """
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.hfgrow-old-{os.getpid()}"
+        old = _temp_name(final, "old", os.getpid())
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old is not None:
+            os.replace(old, final)  # put the old folder back
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from hfgrow.io.folder import ModelFolder
+
 #: Tokenizer files of every kind transformers saves (fnmatch patterns, relative to the folder).
 TOKENIZER_FILES: tuple[str, ...] = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -26,23 +28,25 @@ CHAT_TEMPLATE_FILES: tuple[str, ...] = (
 CARRY_OVER: tuple[str, ...] = (*TOKENIZER_FILES, *CHAT_TEMPLATE_FILES, "generation_config.json")
 
 
-def carry_over_files(folder: Path) -> list[Path]:
-    """The files of ``folder`` that :data:`CARRY_OVER` names, sorted, each once."""
-    folder = Path(folder)
-    found: dict[Path, None] = {}
-    for pattern in CARRY_OVER:
-        for item in sorted(folder.glob(pattern)):
-            if item.is_file():
-                found[item] = None
-    return list(found)
+def carry_over_files(folder: Path | ModelFolder) -> list[Path]:
+    """The files of ``folder`` that :data:`CARRY_OVER` names, sorted, each once.
+
+    Raises:
+        HfgrowError: one of them is a link that leaves the folder (see :class:`~hfgrow.io.folder.ModelFolder`).
+    """
+    return ModelFolder(folder).glob(CARRY_OVER)
 
 
-def copy_carry_over(src: Path, dst: Path) -> list[str]:
-    """Copy the carried-over files of ``src`` into ``dst`` (sub-folders kept); return their relative names."""
+def copy_carry_over(src: Path | ModelFolder, dst: Path) -> list[str]:
+    """Copy the carried-over files of ``src`` into ``dst`` as regular files (sub-folders kept); return their names.
+
+    Every file is checked to lie inside ``src`` before the first one is copied.
+    """
+    folder = ModelFolder(src)
     copied = []
-    for item in carry_over_files(src):
-        relative = item.relative_to(src)
+    for item in carry_over_files(folder):
+        relative = item.relative_to(folder.root)
         (dst / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(item, dst / relative)
+        shutil.copyfile(item, dst / relative)
         copied.append(relative.as_posix())
     return copied

@@ -7,7 +7,6 @@ repo with ``adapter_config.json``) is merged into its base model with peft first
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Iterator
 
 from hfgrow.errors import HfgrowError
 from hfgrow.io.files import copy_carry_over
+from hfgrow.io.folder import ModelFolder
 
 
 @dataclass(frozen=True)
@@ -35,28 +35,40 @@ class Source:
 
 
 def _resolve_folder(spec: str, revision: str | None, token, progress: bool) -> Source:
+    """A local folder or a Hub snapshot; either way every link in it must stay inside it (ModelFolder)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         if revision:
             raise HfgrowError(f"--revision applies to Hub repos, but {spec} is a local folder.")
+        ModelFolder(path).check_links()
         return Source(spec, path.resolve())
-    if path.exists():
-        raise HfgrowError(f"{spec} is a file; SRC must be a model folder or a Hub repo id.")
+    if path.exists() or path.is_symlink():
+        raise HfgrowError(f"{spec} is not a folder; SRC must be a model folder or a Hub repo id.")
     from hfgrow.io import hub
 
     if not hub.looks_like_repo_id(spec):
         raise HfgrowError(f"{spec} is neither an existing folder nor a Hub repo id like 'org/name'.")
-    folder, commit = hub.download_source(spec, revision=revision, token=token, progress=progress)
+    try:
+        folder, commit = hub.download_source(spec, revision=revision, token=token, progress=progress)
+    except hub.RepoMissing as exc:
+        raise HfgrowError(f"there is no local folder {spec}, and {exc.reason}.") from None
+    ModelFolder(folder).check_links()
     return Source(spec, Path(folder), repo_id=spec, revision=revision, commit=commit)
 
 
 def _merge_adapter(adapter: Source, token, progress: bool, workdir: Path) -> Source:
     """Merge a PEFT adapter into its base model and save the result to ``workdir``."""
-    config = json.loads((adapter.path / "adapter_config.json").read_text())
+    config = ModelFolder(adapter.path).read_json("adapter_config.json")
     base_spec = config.get("base_model_name_or_path")
-    if not base_spec:
+    if not isinstance(base_spec, str) or not base_spec:
         raise HfgrowError(f"{adapter.spec}'s adapter_config.json does not name its base model.")
-    base = _resolve_folder(base_spec, config.get("revision"), token, progress)
+    revision = config.get("revision")
+    base = _resolve_folder(base_spec, revision if isinstance(revision, str) else None, token, progress)
+    base_folder = ModelFolder(base.path)
+    base_config = base_folder.file("config.json")
+    from hfgrow.arch.layout import open_model
+
+    open_model(base.path)  # the base's config and tensors are checked before transformers reads them
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -74,8 +86,8 @@ def _merge_adapter(adapter: Source, token, progress: bool, workdir: Path) -> Sou
         state.pop(target, None)
     with torch.no_grad():
         save_state_dict(state, workdir)
-    shutil.copy2(base.path / "config.json", workdir / "config.json")
-    copy_carry_over(base.path, workdir)
+    shutil.copyfile(base_config, workdir / "config.json")
+    copy_carry_over(base_folder, workdir)
     return Source(base.spec, workdir, base.repo_id, base.revision, base.commit, adapter=adapter)
 
 
@@ -88,7 +100,8 @@ def open_source(spec: str, revision: str | None = None, token=None, progress: bo
         ...     print(src.path, src.commit)
     """
     source = _resolve_folder(str(spec), revision, token, progress)
-    if (source.path / "adapter_config.json").is_file() and not (source.path / "config.json").is_file():
+    folder = ModelFolder(source.path)
+    if folder.find("adapter_config.json") is not None and folder.find("config.json") is None:
         with tempfile.TemporaryDirectory(prefix="hfgrow-merged-") as workdir:
             yield _merge_adapter(source, token, progress, Path(workdir))
         return

@@ -126,14 +126,33 @@ def test_index_lists_are_remapped(tmp_path):
 
 def test_rule_based_layer_kinds_refuse_and_suggest(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
-    make_model(src, FAMILIES["deepseek_v3"](3), tokenizer=False)
+    make_model(src, FAMILIES["deepseek_v3"](3), tokenizer=False)  # dense, MoE, MoE (first_k_dense_replace=1)
+    # an explicit pattern the rule cannot describe is refused, with one that it can
     with pytest.raises(HfgrowError, match=r"--pattern '0-2,1-2,1'"):
-        hfgrow.stack(str(src), out, factor=2, quiet=True)
+        hfgrow.stack(str(src), out, pattern="0-2*2", quiet=True)
     assert not out.exists()
     result = hfgrow.stack(str(src), out, pattern="0-2,1-2,1", quiet=True)
     _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert result.plan.layer_map == [0, 1, 2, 1, 2, 1]
+
+
+def test_rule_based_layer_kinds_stack_kind_by_kind(tmp_path):
+    # --factor 2 asks for a grown model: each kind is stacked on its own and the rule key follows the depth
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_model(src, FAMILIES["deepseek_v3"](3), tokenizer=False)
+    result = hfgrow.stack(str(src), out, factor=2, quiet=True)
+    assert result.plan.layer_map == [0, 0, 1, 2, 1, 2]
+    assert json.loads((out / "config.json").read_text())["first_k_dense_replace"] == 2
+    report = result.report()
+    assert "kind-preserving stack" in report and "plain Gstack (0-2*2)" in report
+    assert "first_k_dense_replace = 2" in report
+    _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # the recipe replays it (the pinned pattern gets the same rule rewrite)
+    again = hfgrow.stack(str(src), tmp_path / "again", pattern=result.recipe.params["pattern"], quiet=True)
+    assert (tmp_path / "again" / "config.json").read_text() == (out / "config.json").read_text()
+    assert again.plan.layer_map == result.plan.layer_map
 
 
 def test_sharded_output_and_index(tmp_path):

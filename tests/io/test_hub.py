@@ -58,6 +58,7 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     fake.sleep = lambda seconds: None
     monkeypatch.setattr(file_download, "time", fake)
     monkeypatch.setattr(_http, "time", fake)
+    monkeypatch.setattr("hfgrow.io.hub._sleep", lambda seconds: None)  # hfgrow's own retries
 
 
 def run_cli(args: list[str]) -> int:
@@ -194,7 +195,7 @@ def test_push_errors_are_one_clear_sentence(
     junk_only = tmp_path / "junk"
     (junk_only / "checkpoint-1").mkdir(parents=True)
     (junk_only / "checkpoint-1" / "optimizer.pt").write_bytes(b"x")
-    with pytest.raises(HfgrowError, match="Nothing to push"):
+    with pytest.raises(HfgrowError, match="nothing to push"):
         push_folder(junk_only, "org/x")
 
     with pytest.raises(HfgrowError, match="write access to the 'someone' namespace"):
@@ -226,7 +227,7 @@ def test_push_network_down_mid_upload_keeps_local_and_resumes(
     hub_server.create_repo("org/tiny", author="tester")
     initial = hub_server.head("org/tiny")
     fault = hub_server.add_fault("PUT", r"^/lfs-upload/", "drop", times=-1)
-    with pytest.raises(HfgrowError, match=r"Network problem while trying to push to 'org/tiny'.*re-run") as info:
+    with pytest.raises(HfgrowError, match=r"network problem while trying to push to 'org/tiny'.*re-run") as info:
         push_folder(model_dir, "org/tiny")
     assert "\n" not in str(info.value)
     assert fault.hits >= 2  # huggingface_hub retried before giving up
@@ -316,6 +317,7 @@ def test_download_equals_pushed_files_and_second_run_downloads_nothing(
 def test_download_falls_back_on_cache_when_hub_unreachable(
     hub_server: HubServer, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    no_sleep(monkeypatch)
     push_folder(model_dir, "org/tiny")
     folder, sha = download_source("org/tiny", progress=False)
     dead = HubServer().start()
@@ -324,7 +326,7 @@ def test_download_falls_back_on_cache_when_hub_unreachable(
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     assert download_source("org/tiny", progress=False) == (folder, sha)
-    with pytest.raises(HfgrowError, match="Network problem while trying to download 'org/other'"):
+    with pytest.raises(HfgrowError, match="network problem while trying to download 'org/other'"):
         download_source("org/other", progress=False)
 
 
@@ -443,7 +445,7 @@ def test_private_gated_missing_and_bad_token(
 
     with pytest.raises(HfgrowError, match="'org/nope' was not found"):
         download_source("org/nope", progress=False)
-    with pytest.raises(HfgrowError, match="Revision 'no-such-branch' does not exist in Hub repo 'org/secret'"):
+    with pytest.raises(HfgrowError, match="revision 'no-such-branch' does not exist in Hub repo 'org/secret'"):
         download_source("org/secret", revision="no-such-branch", progress=False)
     with pytest.raises(HfgrowError, match="does not exist"):
         download_source("org/secret", revision="0" * 40, progress=False)
@@ -471,7 +473,7 @@ def test_network_down_mid_download(hub_server: HubServer, model_dir: Path, monke
     # it keeps dropping: one clear error, the cache keeps only complete files, the next run finishes the job
     hub_server.create_repo("org/flaky", files=expected)
     fault = hub_server.add_fault("GET", r"^/lfs-download/", "truncate", times=-1)
-    with pytest.raises(HfgrowError, match=r"Network problem while trying to download 'org/flaky'.*re-run to resume"):
+    with pytest.raises(HfgrowError, match=r"network problem while trying to download 'org/flaky'.*re-run to resume"):
         download_source("org/flaky", progress=False)
     cache = Path(constants.HF_HUB_CACHE) / "models--org--flaky"
     assert not list(cache.rglob("*.incomplete"))
