@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hfgrow.errors import HfgrowError
@@ -224,8 +224,6 @@ class GrowSpec:
         if self.noise:
             plan = noise_plan(plan, roles, self.noise, seed=self.seed, hidden_size=sizes.hidden[1] if sizes else None)
         if width and self.resolved_width_op == "random":
-            from dataclasses import replace
-
             mask = plan.operation.mask
             plan.operation = plan.operation.replace(mask=replace(mask, steps=steps))
             each = f"{steps} steps each" if self.mask_steps is not None else f"sharing {length}"
@@ -233,8 +231,6 @@ class GrowSpec:
             plan.notes.append(f"new width units are random; training ramps them in ({staged}; MSG; mask in "
                               "hfgrow.yaml)")
         if self.masked and plan.operation.mask is not None:  # training fits a default ramp length to the run
-            from dataclasses import replace
-
             plan.operation = plan.operation.replace(mask=replace(plan.operation.mask,
                                                                  steps_given=self.mask_steps is not None))
         direction = "+".join(d for d, on in (("depth", depth), ("width", width)) if on)
