@@ -610,7 +610,7 @@ def fit_layer_kinds(layout: Layout, layer_map: list[int], *, rearrange: bool) ->
             if check == [layout.signatures[s] for s in kind_map]:
                 return KindFit(kind_map, changes, _kind_note(layout, layer_map, kind_map, changes))
     position = next(i for i, (a, b) in enumerate(zip(base, needed)) if a != b)
-    from hfgrow.growth.pattern import compact
+    from hfgrow.arch.pattern import compact
 
     suggestion = kind_preserving_map(layout.signatures, base)
     hint = (f" --pattern '{compact(suggestion)}' stacks each kind of layer where the config expects it."
@@ -635,7 +635,7 @@ def _rule_note(layout: Layout, changes: dict[str, Any]) -> str:
 
 
 def _kind_note(layout: Layout, asked: list[int], kind_map: list[int], changes: dict[str, Any]) -> str:
-    from hfgrow.growth.pattern import compact
+    from hfgrow.arch.pattern import compact
 
     labels: dict[frozenset[str], str] = {}
     for signature in layout.signatures or []:

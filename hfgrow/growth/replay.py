@@ -57,6 +57,7 @@ def _call(function, src: str, out, params: dict[str, Any], extra: dict[str, Any]
 
 def _check_types(function, params: dict[str, Any]) -> None:
     """A recipe is a file from anywhere: each parameter must have the type the growth function declares."""
+    import types
     import typing
 
     try:
@@ -67,8 +68,16 @@ def _check_types(function, params: dict[str, Any]) -> None:
         hint = hints.get(name)
         if hint is None or hint is typing.Any:
             continue
-        allowed = tuple(t for t in (typing.get_args(hint) or (hint,)) if isinstance(t, type))
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        allowed = tuple(typing.get_origin(t) or t for t in options)  # list[str] -> list
+        allowed = tuple(t for t in allowed if isinstance(t, type))
         if not allowed or (value is None and type(None) in allowed):
+            continue
+        if isinstance(value, list) and list in allowed:
+            items = [typing.get_args(t) for t in options if typing.get_origin(t) is list]
+            item = items[0][0] if items and items[0] else None
+            if isinstance(item, type) and not all(isinstance(v, item) for v in value):
+                raise HfgrowError(f"the recipe's {name} is {value!r}, which is not a list of {item.__name__}.")
             continue
         if float in allowed:
             allowed += (int,)

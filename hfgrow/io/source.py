@@ -66,16 +66,24 @@ def _merge_adapter(adapter: Source, token, progress: bool, workdir: Path) -> Sou
     base = _resolve_folder(base_spec, revision if isinstance(revision, str) else None, token, progress)
     base_folder = ModelFolder(base.path)
     base_config = base_folder.file("config.json")
-    from hfgrow.arch.layout import open_model
+    from hfgrow.io.checkpoint import Checkpoint
 
-    open_model(base.path)  # the base's config and tensors are checked before transformers reads them
+    base_folder.check_links()  # before transformers and peft open files in it on their own
+    Checkpoint.open(base_folder)  # headers and index checked as the safetensors library checks them
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from hfgrow.io.executor import save_state_dict
 
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype="auto", device_map="cpu")
+    model, loading = AutoModelForCausalLM.from_pretrained(base.path, dtype="auto", device_map="cpu",
+                                                          output_loading_info=True)
+    # a base whose tensors do not match its config would load with weights silently re-initialised
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        if loading.get(kind):
+            first = sorted(loading[kind], key=str)[0]
+            raise HfgrowError(f"the adapter's base model {base_spec} does not match its config.json: "
+                              f"{kind.replace('_', ' ')[:-1]} {first!s} ({len(loading[kind])} in all).")
     try:
         merged = PeftModel.from_pretrained(model, adapter.path).merge_and_unload()
     except Exception as exc:  # noqa: BLE001 - peft raises many types for mismatched adapters

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grow-optimizer", choices=OPTIMIZER_MODES, default="fresh",
       help="AdamW state at a growth: fresh (the paper) or carry (each copied block gets its source block's moments "
            "and step count; new zero/random blocks zero moments)")
+    a("--grow-style", choices=("hfgrow", "prts"), default="hfgrow",
+      help="each --grow operator as hfgrow runs it or as the paper's reference code does (as `hfgrow grow --style`; "
+           "e.g. random: new layers on top, the reference's init, the whole-block MSG ramp)")
     a("--grow-warmup-steps", type=int, default=0,
       help="after each growth, ramp the LR from 0 to the schedule's value over N steps (0: the global warmup + "
            "cosine continues through the growth)")

@@ -90,8 +90,9 @@ def parse_grow(text: str) -> GrowArg:
     return GrowArg(op, factor, tokens, text.strip())
 
 
-def grow_spec(op: str, factor: float, seed: int = 0):
-    """The :class:`~hfgrow.growth.spec.GrowSpec` of a ``--grow`` operator: what ``hfgrow stack`` / ``grow`` build.
+def grow_spec(op: str, factor: float, seed: int = 0, style: str = "hfgrow"):
+    """The :class:`~hfgrow.growth.spec.GrowSpec` of a ``--grow`` operator: what ``hfgrow stack`` / ``grow`` build
+    (``style``: ``--grow-style``, the same as ``grow --style``).
 
     Example:
         >>> grow_spec("stack", 4).command, grow_spec("zero", 2).op
@@ -101,8 +102,8 @@ def grow_spec(op: str, factor: float, seed: int = 0):
 
     spec_op, order = OPS[op]
     if spec_op == "direct":  # Gstack and friends: `hfgrow stack --order ...` replays them
-        return GrowSpec(op="direct", depth=Depth(factor=factor, order=order), command="stack")
-    return GrowSpec(op=spec_op, depth=Depth(factor=factor), seed=seed)
+        return GrowSpec(op="direct", depth=Depth(factor=factor, order=order), command="stack", style=style)
+    return GrowSpec(op=spec_op, depth=Depth(factor=factor), seed=seed, style=style)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _resolve_auto(grow: GrowArg, final_params: int, budget: int) -> tuple[int, s
 
 
 def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step: int, max_steps: int,
-                seed: int = 0) -> StagePlan:
+                seed: int = 0, style: str = "hfgrow") -> StagePlan:
     """Every stage of a run: growth steps and sizes, checked from the config alone.
 
     A growth at T tokens happens before the first optimizer step that would see more than T tokens
@@ -195,7 +196,7 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
     stages = [Stage(0, 0, layers or 0, _count(config))]
     configs, notes = [config], []
     for grow in grows:
-        spec = grow_spec(grow.op, grow.factor, seed)
+        spec = grow_spec(grow.op, grow.factor, seed, style)
         try:
             layer_map = spec.depth.layer_map(stages[-1].layers, spec.default_order)
         except HfgrowError as exc:  # the operator's own check (e.g. a factor that gives no whole layer count)

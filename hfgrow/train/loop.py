@@ -471,7 +471,7 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
         readme = card_text(small, state, folder, config, small.name, None)
         write_model_folder(weights, small, config=config, carry_from=folder, dtype=torch.float32,
                            use_cache=info.use_cache, readme=readme)
-        grow_model(str(small), grown, grow_spec(stage.growth.op, stage.growth.factor, args.seed),
+        grow_model(str(small), grown, grow_spec(stage.growth.op, stage.growth.factor, args.seed, args.grow_style),
                    WriteOptions(quiet=True, overwrite=True))
 
     _on_main(accelerator, partial(write_and_grow, weights))
@@ -537,7 +537,7 @@ def run(args: argparse.Namespace) -> Path | None:
         tokens_per_step = args.batch_size * accelerator.num_processes * args.grad_accum * setup.seq_len
         max_steps = steps_for(args.max_steps, args.max_tokens, tokens_per_step)
         plan = plan_stages(read_config(source.path), args.grow, tokens_per_step=tokens_per_step, max_steps=max_steps,
-                           seed=args.seed)
+                           seed=args.seed, style=args.grow_style)
         stage = resume_stage(setup, plan, out)
         folder = grown_folder(out, stage) if stage else source.path
         if is_main:

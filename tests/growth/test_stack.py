@@ -264,8 +264,9 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
 def test_output_safety(tmp_path, capsys, monkeypatch):
     src, out = tmp_path / "src", tmp_path / "out"
     make_model(src, tiny_llama_config(layers=2), tokenizer=False)
-    out.mkdir()
+    hfgrow.stack(str(src), out, factor=2, quiet=True)  # an earlier output: a model folder --overwrite may replace
     (out / "keep.txt").write_text("precious")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert run_cli(["stack", str(src), str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "precious"
@@ -285,8 +286,8 @@ def test_output_safety(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(executor, "write_shard", crash)
     with pytest.raises(KeyboardInterrupt):
         hfgrow.stack(str(src), out, factor=2, overwrite=True, quiet=True)
-    assert [p.name for p in tmp_path.iterdir()] == sorted(["src", "out"]) or set(p.name for p in tmp_path.iterdir()) == {"src", "out"}
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert {p.name for p in tmp_path.iterdir()} == {"src", "out"}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     monkeypatch.setattr(executor, "write_shard", real)
 
     # not enough disk space: refused before writing

@@ -74,7 +74,9 @@ def refused(result: tuple[int, str, str], *words: str) -> str:
     lines = err.strip().splitlines()
     assert code == 1, err
     assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("."), err
+    # progress lines ("writing ...", "LiGO: tokenizing ...") may come first; the refusal is one sentence, last
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and errors[0].endswith("."), err
     for word in words:
         assert word in err, (word, err)
     return err

@@ -69,6 +69,25 @@ def test_grow_syntax():
     assert grow_spec("zero", 2).op == "zero" and grow_spec("random", 2, seed=3).seed == 3
 
 
+def test_grow_style_prts_builds_the_reference_operator(tmp_path):
+    """--grow-style prts: the stage is grown as `hfgrow grow --style prts` grows it (random: the new layers on top
+    of the source's, ramped as whole blocks), and the stage plan counts the same layers."""
+    from hfgrow.eval.tiny import make_model as tiny_model, tiny_llama_config
+    from hfgrow.growth.pipeline import WriteOptions, grow_model
+    from hfgrow.growth.recipe import Recipe
+
+    tiny_model(tmp_path / "small", tiny_llama_config(layers=2), tokenizer=False)
+    for style in ("hfgrow", "prts"):
+        grow_model(str(tmp_path / "small"), tmp_path / style, grow_spec("random", 2, 0, style), WriteOptions(quiet=True))
+    ours, reference = Recipe.read(tmp_path / "hfgrow"), Recipe.read(tmp_path / "prts")
+    assert reference.operation.style == "prts" and reference.operation.mask.form == "block"
+    assert reference.new_layers == [2, 3] and list(reference.operation.mask.layers) == [2, 3]  # on top
+    assert ours.operation.mask.form == "sublayer" and ours.new_layers == [1, 3]  # interleaved
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    plan = plan_stages(config, [parse_grow("random:2@1024")], tokens_per_step=512, max_steps=4, style="prts")
+    assert [s.layers for s in plan.stages] == [2, 4]
+
+
 def test_stage_plan_steps_sizes_and_refusals():
     plan = plan_stages(llama(2), [parse_grow("stack:2@10240")], tokens_per_step=512, max_steps=40)
     assert [(s.index, s.start_step, s.layers) for s in plan.stages] == [(0, 0, 2), (1, 20, 4)]
