@@ -24,7 +24,7 @@ import click
 @click.option("--lr", type=float, default=None,
               help="Max LR of every arm. Default: chosen per arm by one rule, a sweep over --lr-grid on the arm's "
                    "first 5% of steps (the report states it).")
-@click.option("--lr-grid", default="1e-3,3e-3,1e-2", show_default=True, help="LRs the sweep tries, comma-separated.")
+@click.option("--lr-grid", default="1e-3,2e-3,4e-3,8e-3", show_default=True, help="LRs the sweep tries, comma-separated.")
 @click.option("--grow-optimizer", "optimizers", multiple=True, default=("fresh",), show_default=True,
               type=click.Choice(["fresh", "carry"]),
               help="AdamW state at the growth; repeat to run each operator both ways (carry arms: grown-<op>-carry).")

@@ -15,7 +15,9 @@ architecture's random initialisation (model folders with a config and a tokenize
 
 Learning rate: every arm's max LR is chosen by one rule (:func:`choose_lr`): the arm's own run, cut to
 its first :data:`SWEEP_FRACTION` of steps (at least :data:`MIN_SWEEP_STEPS`), at each LR of a grid;
-the LR with the lowest held-out loss at the end of that short run wins. ``lr=`` fixes one LR for all.
+the LR with the lowest held-out loss at the end of that short run wins — unless no LR has learned by
+then (still at the unigram plateau), when the whole arm runs at each LR and the lowest final loss wins.
+``lr=`` fixes one LR for all.
 
 Reported: final held-out losses, loss-vs-FLOPs curves (PNG), the regime (does the target beat the
 small model trained alone?) and the speedup sp = FLOPs_scratch / FLOPs_grown − 1 at the scratch run's
@@ -46,7 +48,7 @@ PRESETS = {
                  tie_word_embeddings=False),
 }
 GROW_OPS = {"direct": "stack", "zero": "zero", "random": "random"}  # compare's --op -> continue.py's --grow OP
-LR_GRID = (1e-3, 3e-3, 1e-2)
+LR_GRID = (1e-3, 2e-3, 4e-3, 8e-3)  # factor-2 steps: at toy scale the scratch arm is sensitive to the LR
 SWEEP_FRACTION = 0.05
 MIN_SWEEP_STEPS = 20
 LEARNED_MARGIN = 0.1  # nats below the unigram model's held-out loss
@@ -224,12 +226,21 @@ class Trainer:
 
 
 def choose_lr(trainer: Trainer, arm: Arm, grid: tuple[float, ...], folder: Path,
-              cache: dict[Arm, dict[float, float]]) -> tuple[float, dict[float, float], int]:
+              cache: dict[Arm, dict[float, float]], *, unigram: float | None = None,
+              evals: int = 1) -> tuple[float, dict[float, float], int, Path | None]:
     """The rule every arm's LR follows: run the arm's first :data:`SWEEP_FRACTION` of steps (at least
     :data:`MIN_SWEEP_STEPS`, at most all) at each LR of ``grid`` (its own warmup and cosine over those steps);
     the LR whose held-out loss is lowest at the end wins (ties: the smaller LR).
 
-    Returns (chosen LR, held-out loss per LR, sweep steps). Arms whose cut runs are identical share them.
+    A cut run that has not learned says nothing about the LR: when no LR of the grid ends
+    :data:`LEARNED_MARGIN` nats below ``unigram`` (the held-out loss of predicting token frequencies, which
+    every run reaches first), the arm is run in full at every LR (``evals`` evaluations) and the best final
+    loss wins; that run is then the arm's own. (At toy scale a target trained from scratch sits on the
+    unigram plateau for its first ~20% of steps, and the LR that leaves it first is not the one that ends
+    lowest: this is what keeps the scratch baseline from getting a poor LR.)
+
+    Returns (chosen LR, held-out loss per LR, sweep steps, the chosen full run's folder or None).
+    Arms whose cut runs are identical share them.
     """
     steps = min(arm.steps, max(MIN_SWEEP_STEPS, math.ceil(SWEEP_FRACTION * arm.steps)))
     cut = arm.sweep(steps)
@@ -240,11 +251,19 @@ def choose_lr(trainer: Trainer, arm: Arm, grid: tuple[float, ...], folder: Path,
             run_dir = trainer.run(cut, folder / f"{arm.name}-lr{lr:g}", lr, evals=1)
             losses[lr] = collect(arm.name, run_dir).final_loss
         cache[key] = losses
-    losses = cache[key]
+    losses, full = cache[key], None
+    informative = unigram is None or any(loss <= unigram - LEARNED_MARGIN for loss in losses.values())
+    if not informative and steps < arm.steps:
+        steps, full = arm.steps, {}
+        losses = {}
+        for lr in grid:
+            full[lr] = trainer.run(arm, folder / f"{arm.name}-full-lr{lr:g}", lr, evals=evals)
+            losses[lr] = collect(arm.name, full[lr]).final_loss
     finite = {lr: loss for lr, loss in losses.items() if math.isfinite(loss)}
     if not finite:
         raise HfgrowError(f"every LR of the sweep diverged for {arm.name}; give a smaller --lr.")
-    return min(finite, key=lambda lr: (finite[lr], lr)), losses, steps
+    chosen = min(finite, key=lambda lr: (finite[lr], lr))
+    return chosen, losses, steps, (full[chosen] if full else None)
 
 
 def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction: float, tokens_per_step: int,
@@ -339,20 +358,24 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
     chosen, sweeps, cache = {}, {}, {}
     for arm in arms:
         if lr is None:
-            chosen[arm.name], losses, steps = choose_lr(trainer, arm, tuple(lr_grid), out / "sweep", cache)
-            sweeps[arm.name] = {"steps": steps, "held_out_loss": {f"{k:g}": v for k, v in losses.items()}}
+            chosen[arm.name], losses, steps, ready = choose_lr(trainer, arm, tuple(lr_grid), out / "sweep", cache,
+                                                                unigram=unigram, evals=eval_points)
+            sweeps[arm.name] = {"steps": steps, "held_out_loss": {f"{k:g}": v for k, v in losses.items()},
+                                "full_length": ready is not None}
         else:
-            chosen[arm.name] = lr
+            chosen[arm.name], ready = lr, None
         say(f"{arm.name}: {arm.steps * tokens_per_step:,} tokens" + (f", --grow {arm.grow}" if arm.grow else "")
-            + f", lr {chosen[arm.name]:g}")
-        run_dir = trainer.run(arm, out / "runs" / arm.name, chosen[arm.name], eval_points)
+            + f", lr {chosen[arm.name]:g}" + (" (the sweep's full run)" if ready else ""))
+        run_dir = ready or trainer.run(arm, out / "runs" / arm.name, chosen[arm.name], eval_points)
         runs[arm.name] = collect(arm.name, run_dir)
         if arm.grow and "base" not in runs and arm.grow_tokens:
             runs = {"base": first_stage("base", run_dir), **runs}
 
     lr_rule = ({"rule": f"fixed: --lr {lr:g} for every arm"} if lr is not None else
                {"rule": f"per arm, the LR of the grid with the lowest held-out loss after the arm's first "
-                        f"{SWEEP_FRACTION:.0%} of steps (at least {MIN_SWEEP_STEPS}), run on its own",
+                        f"{SWEEP_FRACTION:.0%} of steps (at least {MIN_SWEEP_STEPS}), run on its own; when no LR "
+                        f"has learned by then ({LEARNED_MARGIN:g} nats below the unigram model), the lowest final "
+                        "loss of the whole arm run at each LR",
                 "grid": list(lr_grid), "sweeps": sweeps})
     setup = dict(config=config, factor=factor, ops=list(ops), optimizers=list(optimizers), target_params=n_target,
                  base_params=n_base, seq_len=seq_len, batch_size=batch_size, seed=seed, eval_points=eval_points,

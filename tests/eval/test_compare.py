@@ -152,9 +152,9 @@ def test_every_arm_chooses_its_lr_by_the_same_sweep_rule(tmp_path):
                                                     "target": {1e-3: 4.1, 3e-3: 4.2, 1e-2: 4.0}}[arm.model][lr])
     cache: dict = {}
     grown = Arm("grown-direct", "base", 400, "stack:4@51200", 51200)
-    lr, losses, steps = choose_lr(trainer, grown, (1e-3, 3e-3, 1e-2), tmp_path, cache)
+    lr, losses, steps, full = choose_lr(trainer, grown, (1e-3, 3e-3, 1e-2), tmp_path, cache)
     # the arm's first 5% of steps (20), its growth (at step 100) not reached: the base model alone
-    assert (lr, steps) == (3e-3, MIN_SWEEP_STEPS) and losses == {1e-3: 4.0, 3e-3: 3.5, 1e-2: 3.9}
+    assert (lr, steps, full) == (3e-3, MIN_SWEEP_STEPS, None) and losses == {1e-3: 4.0, 3e-3: 3.5, 1e-2: 3.9}
     assert trainer.calls == [("base", 20, None, 1e-3), ("base", 20, None, 3e-3), ("base", 20, None, 1e-2)]
     assert choose_lr(trainer, Arm("scratch", "target", 400), (1e-3, 3e-3, 1e-2), tmp_path, cache)[0] == 1e-2
     # an arm whose cut run is the same as one already swept shares it (no new runs)
@@ -165,6 +165,22 @@ def test_every_arm_chooses_its_lr_by_the_same_sweep_rule(tmp_path):
     # a growth inside the sweep is part of it (d = 0: the untrained base grown at once); 5% of 1000 steps is 50
     choose_lr(trainer, Arm("grown-untrained", "base", 1000, "stack:4@0", 0), (1e-3,), tmp_path, cache)
     assert trainer.calls[-1] == ("base", 50, "stack:4@0", 1e-3)
+
+
+def test_a_sweep_that_has_not_learned_runs_the_arm_in_full_at_each_lr(tmp_path):
+    """Cut runs all at the unigram plateau (5.2, unigram 5.25: none 0.1 nats below) say nothing about the LR:
+    the arm runs in full at each LR, the lowest final loss wins, and that run is the arm's own."""
+    plateau = {1e-3: 5.24, 3e-3: 5.20, 1e-2: 5.22}  # after 20 steps: 3e-3 leaves the plateau first...
+    final = {1e-3: 3.4, 3e-3: 3.7, 1e-2: 3.9}  # ...but after 400 steps 1e-3 ends lowest
+    trainer = FakeTrainer(tmp_path, lambda arm, lr: (plateau if arm.steps < 400 else final)[lr])
+    scratch = Arm("scratch", "target", 400)
+    lr, losses, steps, full = choose_lr(trainer, scratch, (1e-3, 3e-3, 1e-2), tmp_path, {}, unigram=5.25, evals=20)
+    assert (lr, steps, losses) == (1e-3, 400, final)
+    assert full == tmp_path / "scratch-full-lr0.001" and collect("scratch", full).final_loss == 3.4
+    assert [c[1] for c in trainer.calls] == [20, 20, 20, 400, 400, 400]
+    # a cut run that has learned (3.5 <= 5.25 - 0.1) decides on its own
+    trainer = FakeTrainer(tmp_path / "b", lambda arm, lr: {1e-3: 4.0, 3e-3: 3.5, 1e-2: 3.9}[lr])
+    assert choose_lr(trainer, scratch, (1e-3, 3e-3, 1e-2), tmp_path / "b", {}, unigram=5.25)[2:] == (20, None)
 
 
 def test_arms_share_the_flops_budget():
