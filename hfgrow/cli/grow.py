@@ -63,7 +63,7 @@ def _learn_options(fn):
         click.option("--data", multiple=True,
                      help="--op learn: text (.txt/.md, .jsonl, .parquet, .gz, or a folder) to learn the growth on."),
         click.option("--learn-steps", type=int, default=100, show_default=True, help="--op learn: steps of the fit."),
-        click.option("--learn-lr", type=float, default=1e-2, show_default=True,
+        click.option("--learn-lr", type=float, default=3e-2, show_default=True,
                      help="--op learn: AdamW learning rate of the depth coefficients D; each width matrix takes "
                           "lr/fan-in (the source units it mixes). The operator with the lowest held-out loss "
                           "seen (step 0 included) is written."),

@@ -348,7 +348,7 @@ def test_every_phase_of_grow_op_learn_prints_progress(trained, tmp_path, capsys)
         "LiGO: source placed on cpu \\(.* s\\)",
         "LiGO: held-out loss at step 0 on .* sequences ...",
         "LiGO: held-out loss at step 0: .* \\(.* s\\)",
-        "LiGO: learning for 4 steps of 4 x 64 tokens: D at lr 0.01, 8 width matrices at lr .* \\(lr/fan-in\\); held-out "
+        "LiGO: learning for 4 steps of 4 x 64 tokens: D at lr 0.03, 8 width matrices at lr .* \\(lr/fan-in\\); held-out "
         "loss at steps 1, 2, 3, 4",
         "LiGO: step 1/4: training loss .*, held-out .*, .* \\(.* s/step, evaluation .* s\\)",
         "LiGO: step 2/4: .*", "LiGO: step 3/4: .*", "LiGO: step 4/4: .*",
@@ -381,7 +381,7 @@ def test_width_matrices_step_by_lr_over_fan_in(trained):
         assert lrs == {"D": 0.01, **{f"B {space}__{side}": pytest.approx(0.01 / n) for space, n in fan_in.items()
                                      for side in ("write", "read")}}
         same = {group["name"]: group["lr"] for group in param_groups(model, FitSettings(lr=0.01, fan_in_scaling=False))}
-        assert set(same.values()) == {0.01}  # hfgrow <= 0.2: one LR for every matrix
+        assert set(same.values()) == {0.01}  # the old rule: one LR for every matrix
     finally:
         model.close()
 

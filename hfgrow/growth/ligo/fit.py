@@ -52,7 +52,7 @@ from hfgrow.io.checkpoint import Checkpoint
 #: Default ``--learn-lr`` (AdamW, the depth coefficients D) and the relative step of the width matrices
 #: (each B gets ``WIDTH_LR_SCALE·lr / fan-in``). Chosen by ``bench/bench_ligo_lr.py``; README, "LiGO learning
 #: rate", has the table.
-DEFAULT_LR = 1e-2
+DEFAULT_LR = 3e-2
 WIDTH_LR_SCALE = 1.0
 
 
