@@ -52,6 +52,19 @@ def domain_key(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
+def check_domains(state: dict, names) -> None:
+    """Refuse a checkpoint's data position whose domains are not this run's (text and token-folder samplers).
+
+    Example:
+        >>> check_domains({"domains": {"web": {}}}, ["web", "code"])
+        Traceback (most recent call last):
+        hfgrow.errors.HfgrowError: the checkpoint's data domains (web) differ from this run's (code, web).
+    """
+    if sorted(state["domains"]) != sorted(names):
+        raise HfgrowError(f"the checkpoint's data domains ({', '.join(sorted(state['domains']))}) differ from this "
+                          f"run's ({', '.join(sorted(names))}).")
+
+
 def draw_domains(seed: int, p: np.ndarray, start: int, n: int) -> np.ndarray:
     """The domain (index into ``p``) of global sequences ``start .. start+n-1``.
 
@@ -312,12 +325,7 @@ class Mixture:
         if state.get("kind", "text") != "text":
             raise HfgrowError("the checkpoint was trained on a token folder, not text data; resume it with the "
                               "same --data it was started with.")
-        if sorted(state["domains"]) != sorted(self.streams):
-            raise HfgrowError(
-                "the checkpoint's data domains "
-                f"({', '.join(sorted(state['domains']))}) differ from this run's "
-                f"({', '.join(sorted(self.streams))})."
-            )
+        check_domains(state, self.streams)
         self.drawn = int(state["drawn"])
         for n, s in self.streams.items():
             s.load_state_dict(state["domains"][n])

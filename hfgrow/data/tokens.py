@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from hfgrow.data.jsonfile import read_json, write_json
-from hfgrow.data.packing import Batch, domain_key, draw_domains
+from hfgrow.data.packing import Batch, check_domains, domain_key, draw_domains
 from hfgrow.data.specs import DomainSpec, open_domain
 from hfgrow.data.token_folder import (FORMAT, INDEX_FILE, PROGRESS_FILE, VERSION, TokenDomain, read_index,
                                       tokenizer_fingerprint)
@@ -432,12 +432,7 @@ class TokenMixture:
         if state.get("kind") != "tokens":
             raise HfgrowError("the checkpoint was trained on text data, not a token folder; resume it with the "
                               "same --data it was started with.")
-        if sorted(state["domains"]) != sorted(self.streams):
-            raise HfgrowError(
-                "the checkpoint's data domains "
-                f"({', '.join(sorted(state['domains']))}) differ from this run's "
-                f"({', '.join(sorted(self.streams))})."
-            )
+        check_domains(state, self.streams)
         self.drawn = int(state["drawn"])
         for name, s in self.streams.items():
             s.taken = int(state["domains"][name]["taken"])

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import doctest
 import json
-import re
 from fractions import Fraction
 
 import pytest
 
 from hfgrow.data import jsonfile, mixture
 from hfgrow.data.mixture import read_mixture, validate_mixture, write_mixture
-from hfgrow.errors import HfgrowError
-
-
-def raises(message: str):
-    return pytest.raises(HfgrowError, match=f"^{re.escape(message)}$")
+from helpers.errors import raises
 
 
 def test_doctests():

@@ -15,10 +15,7 @@ from hfgrow.data import specs as specs_module
 from hfgrow.data.specs import DomainSpec, HFSource, LocalSource, hf_dataset, open_domain, parse_specs
 from hfgrow.data.text import DocPart, read_documents
 from hfgrow.errors import HfgrowError
-
-
-def raises(message: str):
-    return pytest.raises(HfgrowError, match=f"^{re.escape(message)}$")
+from helpers.errors import raises
 
 
 def jsonl(*texts: str) -> str:

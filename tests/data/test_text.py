@@ -24,11 +24,7 @@ from hfgrow.data.text import (
     list_files,
     read_documents,
 )
-
-
-def raises(message: str):
-    """pytest.raises for an HfgrowError whose message is exactly ``message``."""
-    return pytest.raises(HfgrowError, match=f"^{re.escape(message)}$")
+from helpers.errors import raises
 
 
 def jsonl(*records) -> str:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import doctest
 import json
-import re
 
 import pytest
 
 from helpers.mix_data import STEPS, TRUE_LAW, synthetic_observations, true_loss
-from hfgrow.errors import HfgrowError
 from hfgrow.mix import law as law_module
 from hfgrow.mix.law import (
     Observation,
@@ -21,10 +19,7 @@ from hfgrow.mix.law import (
     save_observations,
     split_holdout,
 )
-
-
-def raises(message: str):
-    return pytest.raises(HfgrowError, match=f"^{re.escape(message)}$")
+from helpers.errors import raises
 
 
 def test_doctests():

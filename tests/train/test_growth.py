@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +24,8 @@ from hfgrow.train.growth import (AUTO_MIN_PARAMS, carry_moments, full_optimizer_
                                  load_optimizer_state, parse_grow, plan_stages)
 from hfgrow.train.loop import main as continue_main
 from hfgrow.train.schedule import Schedule, lr_at
+from helpers.launch import launch_continue
 
-ROOT = Path(__file__).resolve().parents[2]
-CONTINUE = ROOT / "hfgrow" / "continue.py"
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_model, make_text  # noqa: E402  (the tiny Llama and text of the training tests)
 
@@ -203,20 +200,8 @@ def run_continue(env: Path, out: str, *extra: str, procs: int = 1, config: str =
                  kill_at: int | None = None, batch: int = 8, grow: tuple = GROW) -> subprocess.CompletedProcess:
     args = ["--model", str(env / "base"), "--data", f"a={env / 'a.jsonl'}", "--output-dir", str(env / out),
             "--batch-size", str(batch), *RUN, *grow, *extra]
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if kill_at is not None:
-        e["HFGROW_DEBUG_KILL_AT_STEP"] = str(kill_at)
-    if procs == 1:
-        command = [sys.executable, "-m", "hfgrow.continue", *args]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / config),
-                   "--num_processes", str(procs), "--main_process_port", str(port), str(CONTINUE), *args]
-    proc = subprocess.run(command, env=e, capture_output=True, text=True, timeout=600)
-    if kill_at is None and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    extra_env = {"HFGROW_DEBUG_KILL_AT_STEP": str(kill_at)} if kill_at is not None else None
+    proc = launch_continue(args, procs=procs, config=config, env_extra=extra_env, timeout=600, check=kill_at is None)
     if kill_at is not None:
         assert proc.returncode != 0, "the debug kill did not happen"
     return proc

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import run_cli
+from helpers.launch import launch_continue
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTINUE = ROOT / "hfgrow" / "continue.py"
@@ -62,20 +62,7 @@ def run_continue(root: Path, out: str, *extra: str, procs: int = 1, env_extra: d
     args = ["--model", str(root / "model"), "--data", str(root / "tokens"), "--output-dir", str(root / out),
             "--seq-len", "32", "--eval-sequences", "2", "--lr", "3e-3", "--warmup-steps", "2", "--max-steps", "6",
             "--save-steps", "3", "--eval-steps", "3", *extra]
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    if procs == 1:
-        cmd = [sys.executable, str(CONTINUE), *args]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "configs" / "multi_cpu.yaml"), "--num_processes", str(procs), "--main_process_port",
-               str(port), str(CONTINUE), *args]
-    proc = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
+    return launch_continue(args, procs=procs, script=True, env_extra=env_extra, check=check)
 
 
 def records(run: Path, kind: str) -> list[dict]:

@@ -11,7 +11,6 @@ import math
 import os
 import random
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from hfgrow.train.checkpoints import read_state
 from hfgrow.train.loop import main as continue_main
 from hfgrow.train.msg import MaskRamp
 from hfgrow.train.schedule import default_lr, lr_at
+from helpers.launch import launch_continue
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTINUE = ROOT / "hfgrow" / "continue.py"  # the clone form, `accelerate launch hfgrow/continue.py`
@@ -94,20 +94,7 @@ def run_continue(env: Path, out: str, *extra: str, model: str = "model", procs: 
     args = ["--model", str(env / model), "--data", f"a={env / 'data' / 'a.jsonl'}",
             "--data", f"b={env / 'data' / 'b'}", "--output-dir", str(env / out), "--seq-len", "32",
             "--eval-sequences", "4", "--lr", "3e-3", "--warmup-steps", "2", *extra]
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    if procs == 1:  # the installed form
-        command = [sys.executable, "-m", "hfgrow.continue", *args]
-    else:  # the clone form, through accelerate's launcher
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                   str(ROOT / "configs" / "multi_cpu.yaml"), "--num_processes", str(procs), "--main_process_port",
-                   str(port), str(CONTINUE), *args]
-    proc = subprocess.run(command, env=e, capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
+    return launch_continue(args, procs=procs, env_extra=env_extra, check=check)
 
 
 def train_log(run: Path) -> list[dict]:
