@@ -256,6 +256,19 @@ WEIGHT_LAYOUTS: tuple[tuple[str, str], ...] = (
 )
 
 
+def has_weights(folder: Path | ModelFolder) -> bool:
+    """Whether a model folder holds weight files at all (a config-only folder holds none), by the rules of
+    :func:`weight_files`, which then checks them."""
+    folder = ModelFolder(folder)
+    return any(folder.find(name) is not None for layout in WEIGHT_LAYOUTS for name in layout) or bool(
+        _loose_weights(folder))
+
+
+def _loose_weights(folder: ModelFolder) -> list[Path]:
+    """safetensors files under other names (sharded without an index); adapters and hfgrow's sidecars are not weights."""
+    return [p for p in folder.glob(["*.safetensors"]) if not p.name.startswith(("adapter_", "hfgrow_"))]
+
+
 def weight_files(folder: Path | ModelFolder) -> list[Path]:
     """The weight files of a model folder: safetensors preferred, .bin as fallback; each checked to lie inside it."""
     return _weight_layout(ModelFolder(folder))[0]
@@ -284,7 +297,7 @@ def _weight_layout(folder: ModelFolder) -> tuple[list[Path], dict[str, str] | No
         single = folder.find(single_name)
         if single is not None:
             return [single], None, None
-    loose = [p for p in folder.glob(["*.safetensors"]) if not p.name.startswith(("adapter_", "hfgrow_"))]
+    loose = _loose_weights(folder)
     if loose:
         return loose, None, None
     raise HfgrowError(

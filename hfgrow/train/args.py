@@ -393,12 +393,9 @@ def has_weights(folder: Path) -> bool:
     Raises:
         HfgrowError: weight files are there but broken (an index naming a missing shard).
     """
-    from hfgrow.io.checkpoint import weight_files
+    from hfgrow.io import checkpoint
 
-    folder = Path(folder)
-    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    if not any((folder / n).is_file() for n in names) and not [
-            p for p in folder.glob("*.safetensors") if not p.name.startswith(("adapter_", "hfgrow_"))]:
+    if not checkpoint.has_weights(folder):
         return False
-    weight_files(folder)
+    checkpoint.weight_files(folder)
     return True
