@@ -243,11 +243,6 @@ class GrowSpec:
         return plan
 
 
-def _cast_rounds(source: str, output: str) -> bool:
-    """Whether casting values of dtype ``source`` to ``output`` can change them (safetensors names)."""
-    return source != output and not (output == "F64" or (output == "F32" and source in ("BF16", "F16")))
-
-
 def rounding_cast(plan, checkpoint) -> str | None:
     """Why ``--dtype`` makes a function-preserving growth inexact: it rounds source weights (e.g. F32 -> BF16).
 
@@ -257,7 +252,7 @@ def rounding_cast(plan, checkpoint) -> str | None:
     """
     casts = sorted({(checkpoint.tensors[t.sources[0]].dtype, t.dtype) for t in plan.tensors
                     if t.sources and t.sources[0] in checkpoint.tensors
-                    and _cast_rounds(checkpoint.tensors[t.sources[0]].dtype, t.dtype)})
+                    and dtypes.cast_rounds(checkpoint.tensors[t.sources[0]].dtype, t.dtype)})
     if not casts:
         return None
     source, output = casts[0]

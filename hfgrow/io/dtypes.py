@@ -85,3 +85,13 @@ def from_torch(torch_dtype: Any) -> str | None:
 def float_output(dtype: str, requested: str | None) -> str:
     """The output dtype of a source tensor: ``requested`` for floating tensors, its own dtype otherwise."""
     return requested if requested and dtype in FLOAT else dtype
+
+
+def cast_rounds(source: str, output: str) -> bool:
+    """Whether casting values of dtype ``source`` to ``output`` can change them (safetensors names).
+
+    Example:
+        >>> cast_rounds("F32", "BF16"), cast_rounds("BF16", "F32"), cast_rounds("F16", "F16")
+        (True, False, False)
+    """
+    return source != output and not (output == "F64" or (output == "F32" and source in ("BF16", "F16")))
