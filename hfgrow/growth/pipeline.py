@@ -139,27 +139,12 @@ def _write(result: GrowResult, checkpoint: Checkpoint, out: Path, options: Write
         write_weights(plan.tensors, checkpoint, tmp, options.max_shard_size, progress=not options.quiet)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
         result.files = copy_carry_over(result.source.path, tmp)
-        recipe = result.recipe.write(tmp)
+        result.recipe.write(tmp)
         for name, tensors in plan.sidecars.items():
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
         (tmp / "README.md").write_text(grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
             operator_name=plan.operation.name, source_params=result.source_params))
-        same_mode(tmp, recipe.stat().st_mode)
-
-
-def same_mode(folder: Path, mode: int) -> None:
-    """Give every file under ``folder`` the permission bits of ``mode`` (a file hfgrow wrote: the umask's).
-
-    safetensors writes through a private temporary file (mode 0600) and copied tokenizer files keep their
-    source's bits; a grown folder is shared and published as a whole, so its files should all read alike.
-
-    Example:
-        >>> same_mode(Path("big"), (Path("big") / "config.json").stat().st_mode)
-    """
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            path.chmod(mode & 0o777)
 
 
 #: The most tensors one plan may hold (each is a small object in memory; the largest MoE checkpoints have ~100k).

@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,10 +308,26 @@ class OutputFolder:
                 raise write_error(exc, self.out) from None
             return
         try:
+            uniform_modes(self.tmp)
             swap_into_place(self.tmp, self.out)
         except OSError as error:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise write_error(error, self.out) from None
+
+
+def uniform_modes(folder: Path) -> None:
+    """Give every file under ``folder`` the permission bits a new file gets here (the umask's).
+
+    safetensors writes through a private temporary file (mode 0600) and copied tokenizer files keep their
+    source's bits; an output folder is shared and published as a whole, so its files should all read alike.
+    """
+    probe = folder / ".hfgrow-mode"
+    probe.touch()
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def swap_into_place(tmp: Path, final: Path) -> None:
