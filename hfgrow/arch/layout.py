@@ -27,7 +27,7 @@ from typing import Any
 
 from hfgrow.errors import HfgrowError
 from hfgrow.io.checkpoint import Checkpoint, TensorInfo
-from hfgrow.io.folder import ModelFolder
+from hfgrow.io.folder import ModelFolder, parse_bounded_json, read_user_file
 
 _LAYER_NAME = re.compile(r"^(?P<prefix>(?:[^.]+\.)*?)(?P<index>\d+)\.(?P<rest>.+)$")
 _INDEX_LIST_HINT = re.compile(r"(layers|layer_ids|layer_idx|indices|_idx)$")
@@ -85,6 +85,26 @@ def read_config(folder: Path | ModelFolder) -> dict[str, Any]:
     if folder.find("config.json") is None:
         raise HfgrowError(f"{folder.path} has no config.json; hfgrow needs a transformers model folder.")
     return folder.read_json("config.json")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config a user names: a ``config.json`` file, or a model folder holding one (see :func:`read_config`).
+
+    Example:
+        >>> read_config_file("big/config.json")["model_type"]          # doctest: +SKIP
+        'llama'
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return read_config(p)
+    return parse_bounded_json(read_user_file(p, "config file"), f"the config file '{path}'")
+
+
+def text_config(config: Any) -> Any:
+    """The decoder's config of a transformers config: its text config for composite (vision-language) configs,
+    the config itself otherwise. The one place hfgrow asks for it."""
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
 
 
 @contextlib.contextmanager
@@ -162,7 +182,7 @@ def decoder_blocks(model, num_layers: int | None = None, hint: str | None = None
     import torch
 
     if num_layers is None:
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = text_config(model.config)
         num_layers = getattr(config, "num_hidden_layers", None)
     candidates = [(name, module) for name, module in model.named_modules()
                   if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers]
@@ -748,7 +768,7 @@ def kind_preserving_map(source: list[frozenset[str]], target: list[frozenset[str
 
 def context_length(config) -> int | None:
     """The longest sequence a model config allows, whatever the family calls it (None if unknown)."""
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    cfg = text_config(config)
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length",
                 "n_ctx"):
         value = getattr(cfg, key, None)

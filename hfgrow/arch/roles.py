@@ -31,7 +31,7 @@ import torch
 
 from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.errors import HfgrowError
-from hfgrow.arch.layout import Layout, hf_config_from_dict, meta_model
+from hfgrow.arch.layout import Layout, hf_config_from_dict, meta_model, text_config
 
 # ---------------------------------------------------------------- name rules (module path within a block)
 
@@ -280,7 +280,7 @@ def head_geometry(hf_config) -> tuple[int, int, int]:
         >>> head_geometry(LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2))
         (4, 2, 16)
     """
-    config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    config = text_config(hf_config)
     heads = getattr(config, "num_attention_heads", None)
     if not isinstance(heads, int) or heads < 1:
         return 0, 0, 0

@@ -112,7 +112,7 @@ def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_fiel
     for name, source in sources.items():
         with tqdm(total=max_tokens, desc=name, unit="tok", unit_scale=True, file=sys.stderr, disable=None, leave=False) as bar:
             if isinstance(source, TokenSource):  # a token folder: the stored stream, no tokenizing
-                source.folder.check_tokenizer(tokenizer)
+                source.check_tokenizer(tokenizer)
                 counts = count_ids(source.domain.chunks(max_tokens), tokenizer_vocab_size(tokenizer), seq_len)
             else:
                 counts = count_domain(source.texts(), tokenizer, seq_len=seq_len, max_tokens=max_tokens,

@@ -67,7 +67,7 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
 def _check(parsed, plan, machine) -> None:
     """preflight (clear one-line errors before any process starts), the growth stages, and the machine check
     (for the largest model the run trains: the last stage's, with --grow)."""
-    from hfgrow.arch.layout import read_config
+    from hfgrow.arch.layout import read_config, text_config
     from hfgrow.io.source import open_source
     from hfgrow.train.args import preflight
     from hfgrow.train.growth import plan_stages
@@ -76,7 +76,7 @@ def _check(parsed, plan, machine) -> None:
 
     with open_source(parsed.model) as source:
         setup = preflight(parsed, source)
-        text = setup.config.get_text_config() if hasattr(setup.config, "get_text_config") else setup.config
+        text = text_config(setup.config)
         fraction = trained_fraction(parsed.train, setup.new_layers, getattr(text, "num_hidden_layers", None))
         n_params = count_parameters(source.path) if setup.has_weights and not parsed.grow else None
         if n_params is None:

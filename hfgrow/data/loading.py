@@ -114,7 +114,7 @@ def _token_mixture(domains: list[DomainSpec], tokenizer, seq_len: int, seed: int
     trained: dict = {}
     for d in domains:
         src = TokenSource(d)
-        src.folder.check_tokenizer(tokenizer)
+        src.check_tokenizer(tokenizer)
         windows = src.domain.n_windows(seq_len)
         if windows == 0:
             raise HfgrowError(f"domain {d.name!r} ({d.spec}) has only {src.domain.n_tokens} tokens, fewer than one "
@@ -132,7 +132,7 @@ def _eval_sequences(spec: DomainSpec, tokenizer, tokenize: Tokenize, seq_len: in
     """The first ``n`` packed sequences of an explicit eval domain (text or token folder)."""
     if spec.part is not None:
         src = TokenSource(spec)
-        src.folder.check_tokenizer(tokenizer)
+        src.check_tokenizer(tokenizer)
         return [src.domain.window(w, seq_len).tolist() for w in range(min(n, src.domain.n_windows(seq_len)))]
     return take_eval(open_domain(spec, text_field), tokenize, seq_len, n, spec.name, need_rest=False)[0]
 

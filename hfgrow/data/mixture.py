@@ -31,7 +31,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from hfgrow.data.jsonfile import is_number, read_json, write_json
+from hfgrow.data.jsonfile import is_number, read_json
+from hfgrow.io.output import atomic_write
 from hfgrow.errors import HfgrowError
 
 __all__ = ["validate_mixture", "read_mixture", "write_mixture"]
@@ -114,4 +115,4 @@ def write_mixture(obj: dict, path: str | os.PathLike) -> None:
         >>> write_mixture({"measure": "ce", "domains": {"a": {"proportion": 1.0}}}, "mix.json")  # doctest: +SKIP
     """
     validate_mixture(obj)
-    write_json(obj, path)
+    atomic_write(path, obj)

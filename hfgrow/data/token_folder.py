@@ -24,14 +24,15 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from hfgrow.data.jsonfile import read_json
+from hfgrow.data.jsonfile import is_number
 from hfgrow.data.tokenization import eos_id, tokenizer_vocab_size
 from hfgrow.errors import HfgrowError
+from hfgrow.io.folder import Folder
 
 INDEX_FILE = "tokens.json"
 PROGRESS_FILE = ".tokenize.json"
@@ -98,31 +99,82 @@ def is_token_folder(path: str | os.PathLike) -> bool:
     return p.is_dir() and ((p / INDEX_FILE).is_file() or (p / PROGRESS_FILE).is_file())
 
 
+#: The dtypes a token folder stores ids in.
+DTYPES = ("uint16", "uint32")
+
+
 def read_index(folder: str | os.PathLike) -> dict:
-    """The index of a finished token folder.
+    """The index of a finished token folder, checked field by field (a hand-edited index is one sentence).
 
     Raises:
-        HfgrowError: the folder is unfinished (tokenizing was interrupted) or its index is not ours.
+        HfgrowError: the folder is unfinished (tokenizing was interrupted), or its index is not ours, of another
+            version, or malformed (a count that is not a whole number, an unknown dtype, a shard named outside
+            the folder...).
 
     Example:
         >>> sorted(read_index("tok/")["domains"])   # doctest: +SKIP
         ['code', 'web']
     """
-    p = Path(folder).expanduser()
-    if not (p / INDEX_FILE).is_file():
+    root = Folder(folder)
+    if root.find(INDEX_FILE, "token index") is None:
         raise HfgrowError(f"token folder '{folder}' is unfinished (hfgrow tokenize was interrupted); "
                           "run the same hfgrow tokenize command again to finish it.")
-    index = read_json(p / INDEX_FILE, "token index")
-    if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("domains"), dict):
-        raise HfgrowError(f"'{p / INDEX_FILE}' is not an hfgrow token index.")
+    index = root.read_json(INDEX_FILE, "token index")
+    if index.get("format") != FORMAT:
+        raise HfgrowError(f"'{root.path / INDEX_FILE}' is not an hfgrow token index.")
     if index.get("version") != VERSION:
-        raise HfgrowError(f"token folder '{folder}' has format version {index.get('version')}; this hfgrow "
+        raise HfgrowError(f"token folder '{folder}' has format version {index.get('version')!r}; this hfgrow "
                           f"reads version {VERSION}: tokenize the data again.")
+    _check_index(index, f"the token index of '{folder}'")
     return index
 
 
+def _count(value: Any, where: str, what: str) -> int:
+    if not (is_number(value) and float(value).is_integer() and value >= 0):
+        raise HfgrowError(f"{where} gives {what} as {value!r}, not a whole number of at least 0; tokenize the data "
+                          "again.")
+    return int(value)
+
+
+def _check_index(index: dict, where: str) -> None:
+    """Every field a reader uses, with its type and range; shard files must be relative names in the folder."""
+    if index.get("dtype") not in DTYPES:
+        raise HfgrowError(f"{where} gives the dtype {index.get('dtype')!r}; token folders store {' or '.join(DTYPES)}.")
+    tokenizer = index.get("tokenizer")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("vocab_hash"), str) \
+            or not isinstance(tokenizer.get("name"), str):
+        raise HfgrowError(f"{where} has no tokenizer record (name and vocabulary hash); tokenize the data again.")
+    for key in ("vocab_size", "eos_id"):
+        if tokenizer.get(key) is not None:
+            _count(tokenizer[key], where, f"the tokenizer's {key}")
+    domains = index.get("domains")
+    if not isinstance(domains, dict) or not domains:
+        raise HfgrowError(f"{where} lists no domains; tokenize the data again.")
+    for name, entry in domains.items():
+        label = f"domain '{name}'"
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+            raise HfgrowError(f"{where} gives no list of shards for {label}; tokenize the data again.")
+        total = 0
+        for shard in entry["shards"]:
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+                raise HfgrowError(f"{where} has a shard of {label} without a file name; tokenize the data again.")
+            file = PurePosixPath(shard["file"])
+            if file.is_absolute() or ".." in file.parts or not file.parts:
+                raise HfgrowError(f"{where} names the shard '{shard['file']}', which is not a file inside the token "
+                                  "folder; hfgrow reads only files inside it.")
+            total += _count(shard.get("tokens"), where, f"the token count of '{shard['file']}'")
+            _count(shard.get("documents"), where, f"the document count of '{shard['file']}'")
+            if shard.get("max_id") is not None:
+                _count(shard["max_id"], where, f"the largest id of '{shard['file']}'")
+        if _count(entry.get("tokens", total), where, f"the token count of {label}") != total:
+            raise HfgrowError(f"{where} gives {label} {entry.get('tokens')!r} tokens, but its shards hold {total:,}; "
+                              "tokenize the data again.")
+        _count(entry.get("documents"), where, f"the document count of {label}")
+
+
 class TokenDomain:
-    """One domain's token stream: its shards, memory-mapped, read as one flat array.
+    """One domain's token stream: its shards, memory-mapped (through the folder's containment), read as one flat
+    array.
 
     Example:
         >>> web = TokenFolder("tok/").domain("web")          # doctest: +SKIP
@@ -130,12 +182,13 @@ class TokenDomain:
         (1048576, (2048,))
     """
 
-    def __init__(self, folder: Path, name: str, entry: dict, dtype: str):
+    def __init__(self, folder: Folder, name: str, entry: dict, dtype: str):
         self.folder = folder
         self.name = name
         self.dtype = np.dtype(dtype)
-        self.shards = [folder / s["file"] for s in entry["shards"]]
-        sizes = [int(s["tokens"]) for s in entry["shards"]]
+        self.entries = entry["shards"]
+        self.shards = [s["file"] for s in self.entries]
+        sizes = [int(s["tokens"]) for s in self.entries]
         self.starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
         self.n_tokens = int(self.starts[-1])
         self.n_documents = int(entry["documents"])
@@ -144,11 +197,16 @@ class TokenDomain:
     def _shard(self, i: int) -> np.ndarray:
         if i not in self._maps:
             n = int(self.starts[i + 1] - self.starts[i])
-            path = self.shards[i]
-            if not path.is_file() or path.stat().st_size != n * self.dtype.itemsize:
-                raise HfgrowError(f"token shard '{path}' is missing or truncated; tokenize the data again.")
-            self._maps[i] = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+            self._maps[i] = self.folder.memmap(self.shards[i], self.dtype, n, f"token shard '{self.shards[i]}'")
         return self._maps[i]
+
+    def max_id(self) -> int:
+        """The largest token id in the domain: as recorded at tokenize time, or read from the shards (one pass
+        over them, for folders written before the record existed)."""
+        recorded = [s.get("max_id") for s in self.entries]
+        if all(m is not None for m in recorded):
+            return max(map(int, recorded), default=-1)
+        return max((int(self._shard(i).max()) for i in range(len(self.shards)) if len(self._shard(i))), default=-1)
 
     def tokens(self, start: int, stop: int) -> np.ndarray:
         """Tokens ``[start, stop)`` of the domain's stream (a view when inside one shard)."""
@@ -176,9 +234,14 @@ class TokenDomain:
     def document_ends(self) -> np.ndarray:
         """Every document's end in the domain's stream (the position after its EOS), in order."""
         ends = []
-        for i, path in enumerate(self.shards):
-            docs = np.load(path.with_suffix(".docs.npy"))
-            ends.append(docs + self.starts[i])
+        for i, name in enumerate(self.shards):
+            docs = self.folder.load_array(str(PurePosixPath(name).with_suffix(".docs.npy")),
+                                          f"document ends of '{name}'", max_bytes=1 << 34)
+            n = int(self.starts[i + 1] - self.starts[i])
+            if docs.ndim != 1 or docs.dtype.kind not in "iu" or (len(docs) and (docs.min() < 0 or docs.max() > n)):
+                raise HfgrowError(f"the document ends of '{name}' in {self.folder.path} do not fit its {n:,} tokens; "
+                                  "tokenize the data again.")
+            ends.append(docs.astype(np.int64) + self.starts[i])
         return np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
 
     def chunks(self, max_tokens: int | None = None) -> Iterator[np.ndarray]:
@@ -205,14 +268,24 @@ class TokenFolder:
         self.path = Path(path).expanduser()
         self.index = read_index(self.path)
         self.names = list(self.index["domains"])
+        self._folder = Folder(self.path)
 
     def domain(self, name: str) -> TokenDomain:
         if name not in self.index["domains"]:
             raise HfgrowError(f"token folder '{self.path}' has no domain '{name}' (it has {', '.join(self.names)}).")
-        return TokenDomain(self.path, name, self.index["domains"][name], self.index["dtype"])
+        return TokenDomain(self._folder, name, self.index["domains"][name], self.index["dtype"])
 
-    def check_tokenizer(self, tokenizer: Any) -> None:
+    def check_tokenizer(self, tokenizer: Any, names: list[str] | None = None) -> None:
+        """Refuse the folder when it was made with another tokenizer, or when a domain (all, or ``names``) holds
+        an id past the tokenizer's vocabulary (an edited shard: the ids would index past the embedding)."""
         check_tokenizer(self.index, tokenizer, self.path)
+        size = tokenizer_vocab_size(tokenizer)
+        for name in names or self.names:
+            largest = self.domain(name).max_id()
+            if largest >= size:
+                raise HfgrowError(f"token folder '{self.path}' holds id {largest:,} in domain '{name}', past the "
+                                  f"tokenizer's {size:,} ids (a shard was edited or damaged); tokenize the data "
+                                  "again.")
 
 
 class TokenSource:
@@ -232,9 +305,13 @@ class TokenSource:
         self.folder = TokenFolder(spec.spec)
         self.domain = self.folder.domain(spec.part or spec.name)
 
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """The folder's tokenizer check, for this domain's ids."""
+        self.folder.check_tokenizer(tokenizer, [self.domain.name])
+
     def stream(self, tokenizer: Any, max_tokens: int | None = None) -> np.ndarray:
         """The domain's stored token stream (all of it, or its first ``max_tokens``)."""
-        self.folder.check_tokenizer(tokenizer)
+        self.check_tokenizer(tokenizer)
         stop = self.domain.n_tokens if max_tokens is None else min(max_tokens, self.domain.n_tokens)
         return self.domain.tokens(0, stop)
 

@@ -45,7 +45,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from hfgrow.data.jsonfile import read_json, write_json
+from hfgrow.io.folder import Folder
+from hfgrow.io.output import atomic_write
 from hfgrow.data.packing import Batch, check_domains, domain_key, draw_domains
 from hfgrow.data.specs import DomainSpec, open_domain
 from hfgrow.data.token_folder import (FORMAT, INDEX_FILE, PROGRESS_FILE, VERSION, TokenDomain, read_index,
@@ -84,12 +85,6 @@ def _init_worker(tokenizer: Any, single: bool) -> None:
     _WORKER["tokenize"] = Tokenize(tokenizer)
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def _write_shard(base: str, texts: list[str], ends: list[bool], dtype: str, record: dict) -> dict:
     """Tokenize one shard's texts by the token-stream rule and write ``base``.bin/.docs.npy/.json."""
     ids = _WORKER["tokenize"].per_text(texts, ends)
@@ -100,16 +95,14 @@ def _write_shard(base: str, texts: list[str], ends: list[bool], dtype: str, reco
     cum = np.cumsum(lengths)
     doc_ends = cum[np.asarray(ends, dtype=bool)] if len(ends) else np.zeros(0, dtype=np.int64)
     final = Path(base)
-    tag = f".tmp-{os.getpid()}"
-    paths = {s: final.with_name(final.name + s) for s in (".bin", ".docs.npy", ".json")}
-    tmp = {s: p.with_name(p.name + tag) for s, p in paths.items()}
-    flat.astype(dtype).tofile(tmp[".bin"])
-    with open(tmp[".docs.npy"], "wb") as fh:
-        np.save(fh, doc_ends.astype(np.int64))
-    record = {**record, "tokens": int(flat.size), "documents": int(doc_ends.size)}
-    tmp[".json"].write_text(json.dumps(record) + "\n")
-    for s in (".bin", ".docs.npy", ".json"):  # the record last: its presence marks the shard complete
-        _replace(tmp[s], paths[s])
+    docs = io.BytesIO()
+    np.save(docs, doc_ends.astype(np.int64))
+    record = {**record, "tokens": int(flat.size), "documents": int(doc_ends.size),
+              "max_id": int(flat.max()) if flat.size else -1}
+    # the record last: its presence marks the shard complete
+    atomic_write(final.with_name(final.name + ".bin"), flat.astype(dtype).tobytes())
+    atomic_write(final.with_name(final.name + ".docs.npy"), docs.getvalue())
+    atomic_write(final.with_name(final.name + ".json"), record)
     return record
 
 
@@ -139,19 +132,26 @@ def _same_request(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys) and a["tokenizer"]["vocab_hash"] == b["tokenizer"]["vocab_hash"]
 
 
-def _done_shards(folder: Path) -> dict[int, dict]:
-    """Shard number -> record of the finished shards of one domain; leftover temporaries removed."""
-    done = {}
-    if not folder.is_dir():
+def _done_shards(out: Path, name: str) -> dict[int, dict]:
+    """Shard number -> record of the finished shards of domain ``name`` in ``out``; leftover temporaries and
+    records that are not ours removed (the shard is then tokenized again)."""
+    done: dict[int, dict] = {}
+    folder = out / name
+    if not folder.is_dir() or folder.is_symlink():
         return done
+    files = Folder(out)
     for p in folder.iterdir():
-        if ".tmp-" in p.name:
-            p.unlink()  # a shard an interrupted run was writing
+        if ".hfgrow-tmp-" in p.name or ".tmp-" in p.name:
+            p.unlink()  # a shard an interrupted run (of this or an earlier hfgrow) was writing
         elif p.name.endswith(".json") and p.name[:-5].isdigit():
             try:
-                done[int(p.name[:-5])] = json.loads(p.read_text())
-            except ValueError:
-                p.unlink()
+                record = files.read_json(f"{name}/{p.name}", "shard record")
+                if all(isinstance(record.get(k), int) and record[k] >= 0 for k in ("shard", "tokens", "documents")):
+                    done[int(p.name[:-5])] = record
+                    continue
+            except HfgrowError:
+                pass
+            p.unlink()
     return done
 
 
@@ -209,13 +209,13 @@ def tokenize_to_folder(
             return index
         raise HfgrowError(f"'{out}' holds tokens of other data or another tokenizer; choose another OUT.")
     if (out / PROGRESS_FILE).is_file():
-        if not _same_request(read_json(out / PROGRESS_FILE, "tokenize progress file"), request):
+        if not _same_request(Folder(out).read_json(PROGRESS_FILE, "tokenize progress file"), request):
             raise HfgrowError(f"'{out}' holds an unfinished tokenize run of other data or another tokenizer; "
                               "rerun that command or choose another OUT.")
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HfgrowError(f"'{out}' exists and is not a token folder; choose a new OUT.")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(request, out / PROGRESS_FILE)
+    atomic_write(out / PROGRESS_FILE, request)
 
     pool = None
     if workers > 1:
@@ -240,7 +240,7 @@ def tokenize_to_folder(
     try:
         for d in domains:
             folder = out / d.name
-            done = _done_shards(folder)
+            done = _done_shards(out, d.name)
             folder.mkdir(exist_ok=True)
             k = 0  # the first shard missing from the contiguous finished prefix
             while k in done:
@@ -286,10 +286,10 @@ def tokenize_to_folder(
             raise HfgrowError(f"domain '{d.name}' ({d.spec}) contains no text.")
         index["domains"][d.name] = {
             "spec": d.spec, "tokens": tokens, "documents": sum(s["documents"] for s in shards),
-            "shards": [{"file": f"{d.name}/{s['shard']:06d}.bin", "tokens": s["tokens"], "documents": s["documents"]}
-                       for s in shards],
+            "shards": [{"file": f"{d.name}/{s['shard']:06d}.bin", "tokens": s["tokens"], "documents": s["documents"],
+                        "max_id": s.get("max_id")} for s in shards],
         }
-    write_json(index, out / INDEX_FILE)
+    atomic_write(out / INDEX_FILE, index)
     (out / PROGRESS_FILE).unlink()
     return index
 

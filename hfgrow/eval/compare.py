@@ -29,7 +29,6 @@ token frequencies makes any speedup meaningless.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import subprocess
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.output import atomic_write
 from hfgrow.units import parse_count
 
 PRESETS = {
@@ -114,12 +114,12 @@ def speedup(scratch: Run, grown: Run) -> float | None:
 def _config(spec: str) -> dict[str, Any]:
     if spec in PRESETS:
         return dict(PRESETS[spec])
+    from hfgrow.arch.layout import read_config_file
+
     path = Path(spec)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
+    if not (path.is_dir() or path.is_file()):
         raise HfgrowError(f"--config '{spec}' is neither a preset ({', '.join(PRESETS)}) nor a config.json.")
-    return json.loads(path.read_text())
+    return read_config_file(path)
 
 
 def _count_params(config: dict[str, Any]) -> int:
@@ -142,8 +142,8 @@ def _split_corpus(data: list[str] | None, folder: Path, seed: int) -> tuple[Path
     n_eval = max(1, len(documents) // 20)
     folder.mkdir(parents=True, exist_ok=True)
     train, held_out = folder / "train.txt", folder / "eval.txt"
-    train.write_text("\n\n".join(documents[n_eval:]))
-    held_out.write_text("\n\n".join(documents[:n_eval]))
+    atomic_write(train, "\n\n".join(documents[n_eval:]))
+    atomic_write(held_out, "\n\n".join(documents[:n_eval]))
     return train, held_out, "\n".join(documents[n_eval:])[:2_000_000]
 
 
@@ -381,8 +381,8 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
                  base_params=n_base, seq_len=seq_len, batch_size=batch_size, seed=seed, eval_points=eval_points,
                  eval_sequences=eval_sequences, lr=dict(lr_rule, chosen=chosen), **budget)
     report = make_report(runs, setup, unigram)
-    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "compare.md").write_text(markdown(report))
+    atomic_write(out / "compare.json", report)
+    atomic_write(out / "compare.md", markdown(report))
     plot(runs, out / "compare.png", report)
     return report
 

@@ -125,12 +125,12 @@ def width_facts(layout, checkpoint) -> dict[str, Any]:
         >>> width_facts(layout, checkpoint)["num_key_value_heads"]
         4
     """
-    from hfgrow.arch.layout import context_length, hf_config_from_dict
+    from hfgrow.arch.layout import context_length, hf_config_from_dict, text_config
     from hfgrow.arch.roles import derive_roles, head_geometry
     from hfgrow.errors import HfgrowError
 
     hf_config = hf_config_from_dict(layout.config)
-    text = hf_config.get_text_config()
+    text = text_config(hf_config)
     try:
         roles = derive_roles(layout, checkpoint.tensors)
         hidden, heads, kv_heads, head_dim = roles.hidden_size, roles.num_heads, roles.num_kv_heads, roles.head_dim

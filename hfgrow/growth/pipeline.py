@@ -31,7 +31,8 @@ from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
-from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, copies_bytes, write_weights
+from hfgrow.io.executor import copies_bytes, write_weights
+from hfgrow.io.output import OutputFolder, check_free_space, check_output_path
 from hfgrow.io.files import carry_over_files, copy_carry_over
 from hfgrow.io.source import Source, open_source
 from hfgrow.units import format_bytes, format_count, parse_bytes

@@ -322,9 +322,9 @@ class Recipe:
         return _HEADER + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
 
     def write(self, folder: Path) -> Path:
-        path = Path(folder) / RECIPE_FILE
-        path.write_text(self.to_yaml())
-        return path
+        from hfgrow.io.output import atomic_write
+
+        return atomic_write(Path(folder) / RECIPE_FILE, self.to_yaml())
 
     # ------------------------------------------------------------------ reading
 

@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import re
@@ -40,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfgrow.arch.layout import hf_config_from_dict, read_config_file, text_config
 from hfgrow.errors import HfgrowError
 from hfgrow.units import format_count, format_flops, parse_count
 
@@ -85,11 +85,6 @@ class ParamCount:
             f"{format_count(self.total)} (embedding {format_count(self.embedding)}, "
             f"non-embedding {format_count(self.non_embedding)})"
         )
-
-
-def _text_config(config: Any) -> Any:
-    getter = getattr(config, "get_text_config", None)
-    return getter() if callable(getter) else config
 
 
 def count_params(config: Any) -> ParamCount:
@@ -146,22 +141,8 @@ def load_target_config(target: str) -> Any:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(target).expanduser()
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            model_type = data.pop("model_type")
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise HfgrowError(f"'{target}' is not a transformers config.json (no model_type).") from None
-        if model_type not in CONFIG_MAPPING:
-            raise HfgrowError(f"'{target}' has model_type '{model_type}', which this transformers does not know.")
-        return CONFIG_MAPPING[model_type].from_dict(data)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise HfgrowError(f"folder '{target}' has no config.json.")
-        try:
-            return AutoConfig.from_pretrained(str(path))
-        except (ValueError, KeyError, OSError) as exc:
-            raise HfgrowError(f"cannot read '{path / 'config.json'}': {str(exc).splitlines()[0]}") from None
+    if path.is_file() or path.is_dir():
+        return hf_config_from_dict(read_config_file(path))
     if target in CONFIG_MAPPING:
         return AutoConfig.for_model(target)
     try:
@@ -392,10 +373,10 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
     target_layers = hidden = base_layers = None
     model_type = None
     if config is not None:
-        text_config = _text_config(config)
+        text = text_config(config)
         model_type = getattr(config, "model_type", None)
-        target_layers = getattr(text_config, "num_hidden_layers", None)
-        hidden = getattr(text_config, "hidden_size", None)
+        target_layers = getattr(text, "num_hidden_layers", None)
+        hidden = getattr(text, "hidden_size", None)
         if not isinstance(target_layers, int):
             raise HfgrowError(f"the '{model_type}' config has no num_hidden_layers; cannot plan depth growth.")
         check_factor(target_layers, factor)
@@ -457,7 +438,7 @@ def _base_config(config: Any, base_layers: int) -> Any:
     """The target's config with its first ``base_layers`` layers: every per-layer list follows, by the layout's rule."""
     from hfgrow.arch.layout import config_for_layers
 
-    text = _text_config(config)
+    text = text_config(config)
     base_text = type(text).from_dict(config_for_layers(text.to_dict(), list(range(base_layers))))
     if text is config:
         return base_text

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfgrow.errors import HfgrowError
-from hfgrow.arch.layout import context_length, quiet_transformers
+from hfgrow.arch.layout import context_length, quiet_transformers, text_config
 
 SAMPLE_TEXT = """\
 The quick brown fox jumps over the lazy dog. A language model assigns a probability to every
@@ -110,7 +110,7 @@ def verify(src: str, out: str, *, text: str | None = None, tol: float = 1e-4, ma
         issues = [f"missing {k}" for k in info.get("missing_keys", [])]
         issues += [f"unexpected {k}" for k in info.get("unexpected_keys", [])]
         issues += [f"mismatched {k[0] if isinstance(k, tuple) else k}" for k in info.get("mismatched_keys", [])]
-        vocab = min(model_src.config.get_text_config().vocab_size, model_out.config.get_text_config().vocab_size)
+        vocab = min(text_config(model_src.config).vocab_size, text_config(model_out.config).vocab_size)
         positions = context_length(model_src.config) or max_tokens
         ids = _token_ids(text, [source.path, grown.path], vocab, min(max_tokens, positions)).to(device)
         with torch.no_grad():

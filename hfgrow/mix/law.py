@@ -27,12 +27,13 @@ import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hfgrow.data.jsonfile import is_number, parse_json, read_json, write_json
+from hfgrow.data.jsonfile import is_number, parse_json, read_json
+from hfgrow.io.folder import user_lines
+from hfgrow.io.output import atomic_write
 from hfgrow.errors import HfgrowError
 
 __all__ = [
@@ -123,14 +124,10 @@ def load_observations(paths: str | os.PathLike | Iterable[str | os.PathLike]) ->
         paths = [paths]
     out: list[Observation] = []
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise HfgrowError(f"the observation log '{path}' does not exist.")
-        with open(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    where = f"{path}:{lineno}"
-                    out.append(parse_observation(parse_json(line, where), where))
+        for lineno, line in user_lines(path, "observation log"):
+            if line.strip():
+                where = f"{path}:{lineno}"
+                out.append(parse_observation(parse_json(line, where), where))
     return out
 
 
@@ -140,9 +137,7 @@ def save_observations(observations: Iterable[Observation], path: str | os.PathLi
     Example:
         >>> save_observations([Observation({"a": 0.5, "b": 0.5}, 100.0, "a", 3.2)], "eval.jsonl")  # doctest: +SKIP
     """
-    with open(path, "w", encoding="utf-8") as f:
-        for ob in observations:
-            f.write(json.dumps(ob.to_json()) + "\n")
+    atomic_write(path, "".join(json.dumps(ob.to_json()) + "\n" for ob in observations))
 
 
 def split_holdout(
@@ -428,7 +423,7 @@ def save_law(law: Law, path: str | os.PathLike) -> None:
     Example:
         >>> save_law(fit_law(load_observations("eval.jsonl")), "law.json")   # doctest: +SKIP
     """
-    write_json(law.to_json(), path)
+    atomic_write(path, law.to_json())
 
 
 def load_law(path: str | os.PathLike) -> Law:

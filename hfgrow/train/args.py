@@ -293,11 +293,13 @@ def _load_tokenizer(folder: Path, model: str, config) -> Any:
     """The model's tokenizer, refused when it has ids the embedding has no row for."""
     from transformers import AutoTokenizer
 
+    from hfgrow.arch.layout import text_config
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001 - missing files, bad JSON, missing sentencepiece
         raise HfgrowError(f"cannot load the tokenizer of {model!r}: {str(exc).splitlines()[0]}") from None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     rows = getattr(text, "vocab_size", None)
     if isinstance(rows, int) and len(tokenizer) > rows:
         raise HfgrowError(

@@ -3,7 +3,7 @@
 A checkpoint is accelerate's state (model, optimizer, RNG; plain, FSDP-sharded or DeepSpeed) plus
 ``hfgrow_state.json`` (step, tokens, data position, the run's settings, last losses). The state file is
 written last, so its presence marks a complete checkpoint. A checkpoint is written into
-``.tmp-checkpoint-N`` and swapped into place (:func:`hfgrow.io.executor.swap_into_place`), so a kill
+``.tmp-checkpoint-N`` and swapped into place (:func:`hfgrow.io.output.swap_into_place`), so a kill
 at any moment leaves every ``checkpoint-N`` complete or absent.
 
 Example:
@@ -88,7 +88,7 @@ def save(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int
     ``state`` becomes the checkpoint's ``hfgrow_state.json``; it is written (and synced) after accelerate's
     files, then the folder is swapped into place.
     """
-    from hfgrow.io.executor import swap_into_place
+    from hfgrow.io.output import atomic_write, swap_into_place
 
     final = Path(run_dir) / f"checkpoint-{step}"
     tmp = Path(run_dir) / f".tmp-checkpoint-{step}"
@@ -99,10 +99,7 @@ def save(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         debug_kill("HFGROW_DEBUG_KILL_IN_SAVE", step)
-        with open(tmp / STATE_FILE, "w") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        atomic_write(tmp / STATE_FILE, state)
         swap_into_place(tmp, final)  # the final step may be saved twice after a resume: never in place
         if keep > 0:
             for old in list_checkpoints(run_dir)[:-keep]:

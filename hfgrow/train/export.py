@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-from hfgrow.io.executor import OutputFolder, save_state_dict
+from hfgrow.io.executor import save_state_dict
+from hfgrow.io.output import OutputFolder, atomic_write, check_output_path
 from hfgrow.train.checkpoints import STATE_FILE, read_state
 from hfgrow.units import format_count
 
@@ -372,7 +373,7 @@ def write_model_folder(weights: dict, out: Path, *, config, carry_from: Path, dt
         config.save_pretrained(tmp)
         copy_carry_over(carry_from, tmp)
         if readme is not None:
-            (tmp / "README.md").write_text(readme)
+            atomic_write(tmp / "README.md", readme)
     return Path(out)
 
 

@@ -182,10 +182,10 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
         HfgrowError: a growth at or past the end of the run, two at the same step, ``auto`` where the law
             does not apply (see :func:`_resolve_auto`), or an operator the architecture refuses.
     """
-    from hfgrow.arch.layout import config_for_layers, hf_config_from_dict
+    from hfgrow.arch.layout import config_for_layers, hf_config_from_dict, text_config
 
     hf_config = hf_config_from_dict(config)
-    layers = getattr(hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config,
+    layers = getattr(text_config(hf_config),
                      "num_hidden_layers", None)
     if grows and not isinstance(layers, int):
         raise HfgrowError(f"--grow: the '{config.get('model_type')}' config has no num_hidden_layers to grow.")

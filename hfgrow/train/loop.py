@@ -345,12 +345,11 @@ class Trainer:
 
     def write_sample(self, folder: Path) -> None:
         """ranks/rank-N.json: how many sequences this process trained on, and the ids of the first 4096."""
-        import json
+        from hfgrow.io.output import atomic_write
 
-        folder.mkdir(parents=True, exist_ok=True)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        (folder / f"rank-{rank:05d}.json").write_text(json.dumps(
-            {"rank": rank, "world_size": world, "sequences": self.sequences, "ids": self.sample[:4096]}) + "\n")
+        atomic_write(folder / f"rank-{rank:05d}.json",
+                     {"rank": rank, "world_size": world, "sequences": self.sequences, "ids": self.sample[:4096]})
 
 
 class Evaluator:

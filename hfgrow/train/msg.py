@@ -47,7 +47,7 @@ import os
 import sys
 from functools import partial
 
-from hfgrow.arch.layout import decoder_blocks
+from hfgrow.arch.layout import decoder_blocks, text_config
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.recipe import Mask
 
@@ -300,7 +300,7 @@ class MaskRamp:
         width = mask.width
         if width is None:
             return new
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        cfg = text_config(model.config)
         q_heads, kv_heads, head_dim = head_geometry(cfg)
         heads = {}
         for space, count, listed in (("q", q_heads, width.new_heads), ("kv", kv_heads, width.new_kv_heads)):

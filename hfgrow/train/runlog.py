@@ -20,12 +20,16 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.folder import Folder
+from hfgrow.io.output import atomic_file, atomic_write, open_log
+
+#: The largest run log read back (about 100 million steps' records).
+MAX_LOG_BYTES = 1 << 36
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -46,17 +50,23 @@ def truncate_log(path: Path, max_step: int, stage: int = 0) -> None:
     """
     if not path.is_file():
         return
-    keep = []
-    for line in path.read_text().splitlines():
+    keep = [line for line, record in _records(path)
+            if (record.get("step", 0), record.get("stage", 0)) <= (max_step, stage)]
+    atomic_write(path, "".join(line + "\n" for line in keep))
+
+
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of a run's JSON-lines log, read through the run folder; lines cut by a kill are skipped."""
+    text = Folder(path.parent).read_bytes(path.name, max_bytes=MAX_LOG_BYTES).decode("utf-8", errors="replace")
+    out = []
+    for line in text.splitlines():
         try:
             record = json.loads(line)
-            if (record.get("step", 0), record.get("stage", 0)) <= (max_step, stage):
-                keep.append(line)
-        except (ValueError, AttributeError):
+        except ValueError:
             continue  # a line cut by the kill
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+        if isinstance(record, dict):
+            out.append((line, record))
+    return out
 
 
 class RunLog:
@@ -84,8 +94,8 @@ class RunLog:
             if resume_step is not None:
                 truncate_log(self.run_dir / LOG_FILE, resume_step, resume_stage)
                 truncate_log(self.run_dir / OBSERVATIONS_FILE, resume_step, resume_stage)
-            self._log = open(self.run_dir / LOG_FILE, mode)
-            self._observations = open(self.run_dir / OBSERVATIONS_FILE, mode)
+            self._log = open_log(self.run_dir / LOG_FILE, append=mode == "a")
+            self._observations = open_log(self.run_dir / OBSERVATIONS_FILE, append=mode == "a")
 
     def __enter__(self) -> RunLog:
         return self
@@ -96,7 +106,7 @@ class RunLog:
     def start(self, info: dict[str, Any]) -> None:
         """Write ``run.json``: the run's settings."""
         if self.write:
-            (self.run_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            atomic_write(self.run_dir / RUN_FILE, info)
 
     def _record(self, record: dict[str, Any]) -> None:
         if self._log is not None:
@@ -195,20 +205,17 @@ def read_run(folder: Path | str) -> RunRecord:
     if not path.is_file():
         raise HfgrowError(f"{folder} has no {LOG_FILE}; is it a training run's --output-dir?")
     kinds: dict[str, dict[int, dict]] = {"train": {}, "eval": {}, "growth": {}}
-    for line in path.read_text().splitlines():
+    for _, record in _records(path):
         try:
-            record = json.loads(line)
             step = int(record["step"])
         except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a kill
-        kinds.get(record.get("type"), kinds["train"])[step] = record
+            continue
+        kind = record.get("type")
+        kinds.get(kind if isinstance(kind, str) else "train", kinds["train"])[step] = record
     train, evals, growths = kinds["train"], kinds["eval"], kinds["growth"]
     info: dict[str, Any] = {}
     if (folder / RUN_FILE).is_file():
-        try:
-            info = json.loads((folder / RUN_FILE).read_text())
-        except ValueError:
-            raise HfgrowError(f"{folder / RUN_FILE} is corrupt.") from None
+        info = Folder(folder).read_json(RUN_FILE)
     return RunRecord(folder, [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)], info,
                      [growths[k] for k in sorted(growths)])
 
@@ -253,7 +260,8 @@ def plot_curves(curves: list[Curve], path: Path, *, xlabel: str, title: str,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return Path(path)
 

@@ -82,7 +82,7 @@ def test_read_mixture_file_errors(tmp_path):
         read_mixture(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with raises(f"the mixture file '{bad}' is not valid JSON (Expecting property name enclosed in double quotes)."):
+    with raises(f"the mixture file '{bad}' is not valid JSON (Expecting property name enclosed in double quotes at line 1)."):
         read_mixture(bad)
     bad.write_text('{"domains": {"a": {"proportion": 0.5}, "a": {"proportion": 0.5}}}')
     with raises(f"the mixture file '{bad}' names 'a' twice."):

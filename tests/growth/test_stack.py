@@ -291,9 +291,10 @@ def test_output_safety(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(executor, "write_shard", real)
 
     # not enough disk space: refused before writing
+    import hfgrow.io.output as output
     import shutil as _shutil
 
-    monkeypatch.setattr(executor.shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(10, 10, 10))
+    monkeypatch.setattr(output.shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(10, 10, 10))
     with pytest.raises(HfgrowError, match="not enough disk space"):
         hfgrow.stack(str(src), out, factor=2, overwrite=True, quiet=True)
     monkeypatch.undo()

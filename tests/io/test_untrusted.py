@@ -105,7 +105,7 @@ def test_carried_over_link_outside_the_folder_is_refused(src, tmp_path, capsys, 
     before = tree(src)
     out = tmp_path / "out"
     refused(run_cli(["stack", src, out, "--factor", "2", "--push-to", "org/x"], capsys), name,
-            "outside the model folder")
+            "outside the folder")
     assert not out.exists() and tree(src) == before
     refused(run_cli(["inspect", src], capsys), name)
 
@@ -115,7 +115,7 @@ def test_linked_folder_of_templates_outside_is_refused(src, tmp_path, capsys):
     (tmp_path / "elsewhere" / "t.jinja").write_bytes(SECRET)
     (src / "additional_chat_templates").symlink_to(tmp_path / "elsewhere")
     refused(run_cli(["stack", src, tmp_path / "out"], capsys), "additional_chat_templates",
-            "outside the model folder")
+            "outside the folder")
     assert not (tmp_path / "out").exists()
 
 
@@ -162,7 +162,7 @@ def test_hf_cache_snapshot_links_into_blobs_work(tiny, tmp_path, capsys, monkeyp
     other = hf_cache_snapshot(tiny, cache, "org--other")
     (snapshot / "tokenizer.json").unlink()
     (snapshot / "tokenizer.json").symlink_to(other.parent.parent / "blobs" / os.listdir(other.parent.parent / "blobs")[0])
-    refused(run_cli(["stack", snapshot, tmp_path / "o3"], capsys), "tokenizer.json", "outside the model folder")
+    refused(run_cli(["stack", snapshot, tmp_path / "o3"], capsys), "tokenizer.json", "outside the folder")
 
 
 @pytest.mark.parametrize("where", ["relative", "absolute", "passwd"])
@@ -176,7 +176,7 @@ def test_index_naming_files_outside_the_folder_is_refused(src, tmp_path, capsys,
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
     before = tree(src)
     err = refused(run_cli(["stack", src, tmp_path / "out"], capsys), "model.safetensors.index.json")
-    assert "outside the model folder" in err or "not a file name inside" in err
+    assert "outside the folder" in err or "not a file name inside" in err
     refused(run_cli(["inspect", src], capsys), "model.safetensors.index.json")
     assert not (tmp_path / "out").exists() and tree(src) == before
 
@@ -184,7 +184,7 @@ def test_index_naming_files_outside_the_folder_is_refused(src, tmp_path, capsys,
 def test_weight_file_linked_outside_is_refused(src, tmp_path, capsys):
     shutil.move(src / "model.safetensors", tmp_path / "elsewhere.safetensors")
     (src / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
-    refused(run_cli(["stack", src, tmp_path / "out"], capsys), "model.safetensors", "outside the model folder")
+    refused(run_cli(["stack", src, tmp_path / "out"], capsys), "model.safetensors", "outside the folder")
     assert not (tmp_path / "out").exists()
 
 
@@ -199,7 +199,7 @@ def test_push_refuses_a_folder_with_links_outside(src, tmp_path):
 
     (src / "tokenizer.json").unlink()
     (src / "tokenizer.json").symlink_to(tmp_path / "secret")
-    with pytest.raises(HfgrowError, match="tokenizer.json .*outside the model folder"):
+    with pytest.raises(HfgrowError, match="tokenizer.json .*outside the folder"):
         push_folder(src, "org/x", token="hf_x")  # refused before any request
 
 
@@ -215,7 +215,7 @@ def test_adapter_merge_refuses_links_outside(src, tmp_path, capsys):
     (src / "tokenizer.json").unlink()
     (src / "tokenizer.json").symlink_to(tmp_path / "secret")  # in the base model folder
     capsys.readouterr()
-    refused(run_cli(["stack", adapter, tmp_path / "out"], capsys), "tokenizer.json", "outside the model folder")
+    refused(run_cli(["stack", adapter, tmp_path / "out"], capsys), "tokenizer.json", "outside the folder")
     (src / "tokenizer.json").unlink()
     (adapter / "adapter_model.safetensors").rename(tmp_path / "w.safetensors")
     (adapter / "adapter_model.safetensors").symlink_to(tmp_path / "w.safetensors")  # in the adapter folder
@@ -424,10 +424,10 @@ def test_sizes_are_checked_before_anything_large_is_built(src, tmp_path, capsys,
 
 
 def test_disk_space_is_checked_before_planning(src, tmp_path, capsys, monkeypatch):
-    import hfgrow.io.executor as executor
+    import hfgrow.io.output as output
     import hfgrow.growth.pipeline as pipeline
 
-    monkeypatch.setattr(executor.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
+    monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
     planned = []
     monkeypatch.setattr(pipeline, "check_grown", lambda *a: planned.append(a))
     refused(run_cli(["stack", src, tmp_path / "out", "--factor", "1000"], capsys), "not enough disk space")

@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from hfgrow.arch.layout import Layout, context_length, decoder_blocks, hf_config_from_dict, quiet_transformers
+from hfgrow.arch.layout import (Layout, context_length, decoder_blocks, hf_config_from_dict, quiet_transformers,
+                                 text_config)
 from hfgrow.arch.roles import embed_scale_for, kind_of
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.ligo.placement import Placement, SourceWeights, source_devices
@@ -496,7 +497,7 @@ def learn_growth(checkpoint: Checkpoint, layout: Layout, grown_config: dict, lay
     max_len = context_length(hf_config_from_dict(grown_config))
     if max_len and settings.seq_len > max_len:
         raise HfgrowError(f"--seq-len {settings.seq_len} is longer than the model's context ({max_len} tokens).")
-    vocab_size = hf_config_from_dict(grown_config).get_text_config().vocab_size
+    vocab_size = text_config(hf_config_from_dict(grown_config)).vocab_size
     say(f"tokenizing {', '.join(data)} ...")
     sequences = read_sequences(checkpoint.folder, data, settings.seq_len, vocab_size)
     eval_set, train_set = split_sequences(sequences, settings.seed, settings.eval_sequences)
