@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 import sys
 
 import click
@@ -42,17 +41,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _load_tokenizer(spec: str):
-    from transformers import AutoTokenizer
+    from hfgrow.io.tokenizer import load_tokenizer
 
-    if Path(spec).is_dir():
-        from hfgrow.io.folder import ModelFolder
-
-        ModelFolder(spec).check_links()  # the tokenizer's files may not lead outside its folder
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-    except Exception as exc:  # transformers/hub raise OSError, ValueError, HTTP errors...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-        raise HfgrowError(f"could not load the tokenizer '{spec}': {first}.") from None
+    tokenizer = load_tokenizer(spec)
     if not getattr(tokenizer, "is_fast", False):
         click.echo(f"warning: '{spec}' is not a fast tokenizer; counting will be slow.", err=True)
     return tokenizer

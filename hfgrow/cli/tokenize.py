@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from hfgrow.cli.options import BYTES, hub_options
-from hfgrow.errors import HfgrowError
 
 
 def _cores() -> int:
@@ -94,12 +93,9 @@ def tokenize(out, data, tokenizer_spec, workers, shard_size, text_field, quiet, 
 
 
 def _load_tokenizer(spec: str, revision: str | None, token: str | None):
-    from transformers import AutoTokenizer
+    from hfgrow.io.tokenizer import load_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(spec, revision=revision, token=token)
-    except Exception as exc:  # noqa: BLE001 - offline, missing folder, gated repo: one line for the user
-        raise HfgrowError(f"cannot load the tokenizer '{spec}': {str(exc).strip().splitlines()[0]}") from None
+    return load_tokenizer(spec, revision=revision, token=token)
 
 
 COMMANDS = [tokenize]

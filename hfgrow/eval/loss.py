@@ -211,7 +211,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
         >>> model, tok = load_model("out/grown", device="cpu")              # doctest: +SKIP
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
     dtype = dtype or ("float32" if device == "cpu" else "auto")
@@ -223,14 +223,9 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
         raise HfgrowError(f"the model folder '{text}' does not exist.")
     if local.is_file():
         raise HfgrowError(f"'{text}' is a file; give the model's folder (with config.json).")
-    if local.is_dir():
-        from hfgrow.io.folder import ModelFolder
+    from hfgrow.io.tokenizer import load_tokenizer
 
-        ModelFolder(local).check_links()  # transformers reads the folder's files on its own: none may lead outside
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:  # noqa: BLE001 - many loader exception types; one clear sentence
-        raise HfgrowError(f"cannot load a tokenizer from '{path}': {_first_line(exc)}.") from None
+    tokenizer = load_tokenizer(path)  # a folder's links are checked first: transformers reads its files on its own
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype if dtype == "auto" else getattr(torch, dtype)

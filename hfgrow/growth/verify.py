@@ -58,11 +58,11 @@ def _token_ids(text: str, folders: list[Path], vocab_size: int, max_tokens: int)
     import torch
 
     for folder in folders:
-        try:
-            from transformers import AutoTokenizer
+        from hfgrow.io.tokenizer import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-        except Exception:  # noqa: BLE001 - no/unknown tokenizer in this folder: try the next
+        try:
+            tokenizer = load_tokenizer(folder)
+        except HfgrowError:  # no/unknown tokenizer in this folder: try the next
             continue
         ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
         if ids.numel() >= 2 and int(ids.max()) < vocab_size:

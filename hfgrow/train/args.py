@@ -291,22 +291,11 @@ def _check_trackers(trackers: list[str]) -> None:
 
 def _load_tokenizer(folder: Path, model: str, config) -> Any:
     """The model's tokenizer, refused when it has ids the embedding has no row for."""
-    from transformers import AutoTokenizer
-
     from hfgrow.arch.layout import text_config
+    from hfgrow.io.tokenizer import load_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except Exception as exc:  # noqa: BLE001 - missing files, bad JSON, missing sentencepiece
-        raise HfgrowError(f"cannot load the tokenizer of {model!r}: {str(exc).splitlines()[0]}") from None
-    text = text_config(config)
-    rows = getattr(text, "vocab_size", None)
-    if isinstance(rows, int) and len(tokenizer) > rows:
-        raise HfgrowError(
-            f"the tokenizer of {model!r} has {len(tokenizer):,} tokens but the model's embedding has {rows:,} rows, "
-            f"so token ids from {rows:,} up would crash training; use the tokenizer the model was trained with."
-        )
-    return tokenizer
+    rows = getattr(text_config(config), "vocab_size", None)
+    return load_tokenizer(folder, rows=rows if isinstance(rows, int) else None, what=repr(model))
 
 
 def preflight(args: argparse.Namespace, source) -> Setup:

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.folder import Folder
 
 STATE_FILE = "hfgrow_state.json"  # written last into a checkpoint: its presence marks it complete
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -68,18 +68,67 @@ def read_state(path: Path) -> dict[str, Any]:
         HfgrowError: missing or unreadable (one sentence naming the checkpoint).
     """
     path = Path(path)
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-        int(state["step"])
-        int(state["tokens"])
-        state["data"]["domains"]
-        dict(state["run"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HfgrowError(
-            f"checkpoint {path} is corrupt or incomplete ({STATE_FILE}: {type(exc).__name__}); delete it to "
-            "resume from an earlier one."
-        ) from None
+    state = Folder(path).read_json(STATE_FILE, f"the checkpoint's {STATE_FILE}")
+    check_state(state, path)
     return state
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bad_numbers(value: Any, where: str = "") -> str | None:
+    """The first place in a data position that is not a whole number >= 0 (positions and counts are nothing else)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _bad_numbers(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_numbers(item, f"{where}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, (int, float)) and not _whole(value):
+        return f"{where} = {value!r}"
+    return None
+
+
+def check_state(state: Any, path: Path) -> None:
+    """What a checkpoint claims, checked before anything is resumed from it: types and ranges of the step, token
+    count, stage and data position, the step against the folder's name, the tokens against the step and the
+    run's tokens per step, the stage against the run's stages. (``run.json`` is rewritten by every launch, a
+    resume with other settings included, so the checkpoint's own copy of the settings is the reference.)
+
+    Raises:
+        HfgrowError: one sentence naming the checkpoint and the first field that is wrong.
+    """
+    def bad(what: str) -> HfgrowError:
+        return HfgrowError(f"checkpoint {path} is corrupt or was edited ({STATE_FILE}: {what}); delete it to resume "
+                           "from an earlier one.")
+
+    if not isinstance(state, dict):
+        raise bad("not a JSON object")
+    for key in ("step", "tokens"):
+        if not _whole(state.get(key)):
+            raise bad(f"{key} is {state.get(key)!r}, not a whole number of at least 0")
+    if state.get("stage") is not None and not _whole(state["stage"]):
+        raise bad(f"stage is {state['stage']!r}, not a whole number of at least 0")
+    named = CHECKPOINT_RE.match(path.name)
+    if named and int(named.group(1)) != state["step"]:
+        raise bad(f"step {state['step']} in a folder named {path.name}")
+    data, run = state.get("data"), state.get("run")
+    if not isinstance(data, dict) or not isinstance(data.get("domains"), dict) or not isinstance(run, dict):
+        raise bad("no data position or run settings")
+    wrong = _bad_numbers(data)
+    if wrong:
+        raise bad(f"data position {wrong}, not a whole number of at least 0")
+    per_step = run.get("tokens_per_step")
+    if not _whole(per_step) or not per_step or state["tokens"] != state["step"] * per_step:
+        raise bad(f"{state['tokens']:,} tokens at step {state['step']:,} with {per_step!r} tokens per step")
+    stages = run.get("stages")
+    if state.get("stage") and (not isinstance(stages, list) or state["stage"] >= len(stages)):
+        raise bad(f"stage {state['stage']} of a run with {len(stages) if isinstance(stages, list) else 'no'} stages")
 
 
 def save(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int = 0) -> Path:
@@ -114,6 +163,7 @@ def load(accelerator, checkpoint: Path) -> None:
     Raises:
         HfgrowError: the files are truncated, corrupt or of another model.
     """
+    Folder(checkpoint).check_links()  # accelerate opens what it finds there on its own
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as exc:  # noqa: BLE001 - truncated safetensors, bad pickle, shape mismatch

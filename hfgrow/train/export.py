@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.folder import Folder
 from hfgrow.io.executor import save_state_dict
 from hfgrow.io.output import OutputFolder, atomic_write, check_output_path
 from hfgrow.train.checkpoints import STATE_FILE, read_state
@@ -39,20 +40,22 @@ def load_checkpoint_weights(checkpoint: Path) -> dict:
     """The model weights of an accelerate checkpoint as {name: tensor} (names unwrapped)."""
     import torch
 
-    checkpoint = Path(checkpoint)
-    single = checkpoint / "model.safetensors"
+    folder = Folder(checkpoint)
+    folder.check_links()  # FSDP and DeepSpeed readers open the files they find on their own
+    checkpoint = folder.path
+    single = folder.find("model.safetensors", "the checkpoint's weights")
+    binary = folder.find("pytorch_model.bin", "the checkpoint's weights") or \
+        folder.find("pytorch_model_fsdp.bin", "the checkpoint's weights")
     fsdp = checkpoint / "pytorch_model_fsdp_0"
     ds = [p for p in checkpoint.iterdir() if p.is_dir() and (p / "mp_rank_00_model_states.pt").exists()] \
         if checkpoint.is_dir() else []
     try:
-        if single.is_file():
+        if single is not None:
             from safetensors.torch import load_file
 
             weights = load_file(single)
-        elif (checkpoint / "pytorch_model.bin").is_file():
-            weights = torch.load(checkpoint / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        elif (checkpoint / "pytorch_model_fsdp.bin").is_file():
-            weights = torch.load(checkpoint / "pytorch_model_fsdp.bin", map_location="cpu", weights_only=True)
+        elif binary is not None:
+            weights = torch.load(binary, map_location="cpu", weights_only=True)
         elif fsdp.is_dir():
             # torch's own converter, without a process group: accelerate's merge_fsdp_weights waits for every
             # process, and only the main one exports
@@ -290,8 +293,8 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
     checkpoint, out = Path(checkpoint), Path(out)
     if not (checkpoint / STATE_FILE).is_file():
         raise HfgrowError(f"{checkpoint} is not a complete hfgrow checkpoint (no {STATE_FILE}).")
-    if out.exists() and not replace and any(out.iterdir()):
-        raise HfgrowError(f"{out} already exists and is not empty; choose a new output folder.")
+    # OUT may not be the checkpoint, its run folder or anything holding them; --overwrite replaces model folders only
+    check_output_path(out, [checkpoint], replace)
     state = read_state(checkpoint)
     run = state["run"]
     if "model_spec" not in run:

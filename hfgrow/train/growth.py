@@ -201,6 +201,9 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
             layer_map = spec.depth.layer_map(stages[-1].layers, spec.default_order)
         except HfgrowError as exc:  # the operator's own check (e.g. a factor that gives no whole layer count)
             raise HfgrowError(f"--grow {grow.text} (of {stages[-1].layers} layers): {exc}") from None
+        if len(layer_map) <= stages[-1].layers:
+            raise HfgrowError(f"--grow {grow.text} turns {stages[-1].layers} layers into {len(layer_map)}; a growth must "
+                              "add layers (give a factor that does, e.g. 2).")
         configs.append(config_for_layers(configs[-1], layer_map))
         stages.append(Stage(len(stages), -1, len(layer_map), _count(configs[-1]), grow))
     resolved = []

@@ -130,15 +130,11 @@ class LearnReport:
 
 def read_sequences(folder: Path, data: list[str], seq_len: int, vocab_size: int | None = None) -> torch.Tensor:
     """The text of ``data`` tokenized with the tokenizer in ``folder``, cut into ``seq_len`` sequences."""
-    from transformers import AutoTokenizer
-
     from hfgrow.data.tokenization import token_stream
     from hfgrow.data.text import read_documents
+    from hfgrow.io.tokenizer import load_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError):
-        raise HfgrowError(f"{folder} has no tokenizer; --op learn needs one to read --data.") from None
+    tokenizer = load_tokenizer(folder, what=f"{folder} (--op learn reads --data with it)")
     documents = [doc for path in data for doc in read_documents(path)]
     ids = token_stream(tokenizer, documents)
     if vocab_size is not None and ids and max(ids) >= vocab_size:
