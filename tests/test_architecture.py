@@ -80,3 +80,87 @@ def test_import_hfgrow_does_not_import_torch():
     run = subprocess.run([sys.executable, "-c", "import hfgrow, sys; print('torch' in sys.modules)"],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.stdout.strip() == "False"
+
+
+# Files are opened in the gateways only: hfgrow/io/folder.py (every read of a folder or file a user names) and
+# hfgrow/io/output.py (every write), with the modules of io/ that read and write weights on their behalf.
+# Anything else that touches the file system is listed here with the reason it is not a user's file.
+FILE_GATEWAYS = {
+    "hfgrow/io/folder.py": "the read gateway",
+    "hfgrow/io/output.py": "the write gateway",
+    "hfgrow/io/executor.py": "writes shards into the temporary folder OutputFolder made",
+    "hfgrow/io/checkpoint.py": "reads safetensors headers and weights of files Folder resolved",
+    "hfgrow/io/files.py": "copies files Folder listed into the temporary folder OutputFolder made",
+    "hfgrow/io/source.py": "resolves SRC; writes a merged adapter's base config into its own work folder",
+    "hfgrow/io/hub.py": "the Hugging Face cache, written and read through huggingface_hub's layout",
+}
+FILE_EXCEPTIONS = {
+    ("hfgrow/train/launch.py", "read_text"): "/proc/meminfo and cgroup limits: facts of the machine",
+    ("hfgrow/eval/tiny.py", "save"): "builds its own tiny model folders (demo, tests)",
+    ("hfgrow/eval/tiny.py", "unlink"): "builds its own tiny model folders (demo, tests)",
+    ("hfgrow/data/tokens.py", "unlink"): "removes the partial shards of its own resumable token folder",
+    ("hfgrow/data/tokens.py", "mkdir"): "creates its own resumable token folder",
+    ("hfgrow/train/checkpoints.py", "rmtree"): "prunes the run's own checkpoints",
+    ("hfgrow/growth/ligo/placement.py", "rmtree"): "removes its own offload folder",
+    ("hfgrow/growth/ligo/placement.py", "mkdir"): "creates its own offload folder",
+    ("hfgrow/growth/pipeline.py", "write_text"): "writes config and card into the temporary folder OutputFolder made",
+    ("hfgrow/growth/pipeline.py", "save_file"): "writes sidecars into the temporary folder OutputFolder made",
+    ("hfgrow/growth/ligo/operator.py", "load_file"): "the matrices file Folder.file resolved beside the recipe",
+    ("hfgrow/train/export.py", "load_file"): "the checkpoint's weights, resolved by Folder.find",
+    ("hfgrow/train/export.py", "load"): "the checkpoint's weights (weights_only), resolved by Folder.find",
+    ("hfgrow/eval/compare.py", "mkdir"): "creates its own experiment folder",
+    ("hfgrow/train/runlog.py", "mkdir"): "creates the run folder",
+    ("hfgrow/train/runlog.py", "savefig"): "draws into the file handle io.output.atomic_file gave",
+    ("hfgrow/data/tokens.py", "save"): "an array into memory (io.BytesIO), then atomic_write",
+}
+_FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "memmap", "fromfile", "tofile",
+               "savefig", "safe_open", "load_file", "save_file", "rmtree", "copyfile", "copytree", "unlink", "mkdir",
+               "touch", "rename", "symlink_to"}
+_MODULE_CALLS = {("np", "load"), ("np", "save"), ("numpy", "load"), ("torch", "load"), ("torch", "save"),
+                 ("_torch", "save"), ("json", "load"), ("json", "dump"), ("os", "replace"), ("os", "rename"),
+                 ("os", "remove"), ("shutil", "move"), ("shutil", "copy"), ("shutil", "copy2")}
+
+
+def _file_calls(path: Path) -> list[tuple[str, int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "open":
+            found.append(("open", node.lineno, ast.unparse(node)))
+        elif isinstance(func, ast.Attribute):
+            owner = func.value.id if isinstance(func.value, ast.Name) else None
+            receiver = ast.unparse(func.value)
+            if "Folder(" in receiver or receiver.lower().endswith("folder"):
+                continue  # a method of the read gateway's Folder
+            if (owner, func.attr) in _MODULE_CALLS or (func.attr in _FILE_CALLS and owner not in {"gzip", "io"}
+                                                       and func.attr != "open"):
+                found.append((func.attr, node.lineno, ast.unparse(node)))
+            elif func.attr == "open" and owner not in {"Checkpoint", "gzip", "folder", "self"}:
+                found.append(("open", node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_only_the_gateways_open_files():
+    """No module outside the read and write gateways opens, writes or deletes a file, except those listed with
+    their reason: a new command inherits containment, limits, atomic writes and one-sentence errors by calling
+    the gateways, and this test fails when one opens a file on its own."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in FILE_GATEWAYS:
+            continue
+        for call, line, text in _file_calls(path):
+            if (rel, call) not in FILE_EXCEPTIONS:
+                offenders.append(f"{rel}:{line}: {text[:100]}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_gateway_check_sees_a_file_opened_on_its_own(tmp_path):
+    """The check above is not vacuous: each way of opening a file is found."""
+    module = tmp_path / "m.py"
+    module.write_text("import json, numpy as np\nfrom pathlib import Path\n"
+                      "open('x')\nPath('x').read_text()\nnp.memmap('x')\njson.load(fh)\nPath('y').write_bytes(b'')\n"
+                      "gzip.open('z')\nFolder('a').read_bytes('b')\nself.folder.memmap('c')\n")
+    assert [call for call, _, _ in _file_calls(module)] == ["open", "read_text", "memmap", "load", "write_bytes"]

@@ -208,15 +208,13 @@ def verify(src, out, text_file, expect, tol, max_tokens, revision, token):
       hfgrow verify ./small ./small-zero --expect preserved
       hfgrow verify TinyLlama/TinyLlama_v1.1 ./wide --text notes.txt
     """
-    from hfgrow.errors import HfgrowError
     from hfgrow.growth.verify import verify as run_verify
 
     text = None
     if text_file is not None:
-        try:
-            text = text_file.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HfgrowError(f"cannot read {text_file}: {exc}") from None
+        from hfgrow.io.folder import read_user_file
+
+        text = read_user_file(text_file, "text file").decode("utf-8", errors="replace")
     result = run_verify(src, out, text=text, tol=tol, max_tokens=max_tokens, revision=revision, token=token)
     click.echo(result.report())
     if expect == "preserved" and not result.preserved:

@@ -46,19 +46,29 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from hfgrow.io.output import Terminated, stop_on_signals
+
     _register()
     try:
-        cli.main(args=argv, prog_name="hfgrow", standalone_mode=False)
+        with stop_on_signals():  # SIGTERM unwinds like Ctrl-C: temporary folders are removed, OUT is as it was
+            cli.main(args=argv, prog_name="hfgrow", standalone_mode=False)
     except HfgrowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except click.exceptions.Abort:
-        click.echo("aborted.", err=True)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("stopped by SIGTERM; nothing was written to the output folder.", err=True)
+            sys.exit(143)
+        click.echo("aborted." if exc.__cause__ is None else "interrupted; nothing was written to the output folder.",
+                   err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            click.echo("stopped by SIGTERM; nothing was written to the output folder.", err=True)
+            sys.exit(143)
         click.echo("interrupted; nothing was written to the output folder.", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:

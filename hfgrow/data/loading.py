@@ -93,6 +93,8 @@ def _text_mixture(domains: list[DomainSpec], tokenize: Tokenize, seq_len: int, s
     streams: dict[str, DomainStream] = {}
     for d in domains:
         src = open_domain(d, text_field)
+        if hasattr(src, "check"):
+            src.check()  # a bad JSON line is said now, naming file and line, not when the sampler reaches it
         if weights[d.name] == 0:  # not trained on: all of it is held out
             if d.name not in explicit and eval_sequences > 0:
                 evals[d.name] = take_eval(src, tokenize, seq_len, eval_sequences, d.name, need_rest=False)[0]

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfgrow.data.text import TEXT_SUFFIXES, DocPart, iter_documents_from, list_files
+from hfgrow.data.text import TEXT_SUFFIXES, DocPart, file_kind, iter_documents_from, list_files
 from hfgrow.data.token_folder import TokenSource, is_token_folder, token_folder_domains
 from hfgrow.errors import HfgrowError
 
@@ -198,6 +198,15 @@ class LocalSource(_Source):
         self.spec = spec
         self.files = list_files(spec)
         self.text_field = text_field
+
+    def check(self) -> None:
+        """Read every JSON-lines file once, so a bad line is an error naming its file and line before training
+        starts rather than when the sampler reaches it. Costs one parse of those files (plain text needs none;
+        parquet files are checked for the text column when opened)."""
+        for path in self.files:
+            if file_kind(path) == "jsonl":
+                for _ in iter_documents_from(path, 0, self.text_field):
+                    pass
 
     def iter_units(self, pos: list) -> Iterator[tuple[str, bool, list]]:
         first, offset = int(pos[0]), int(pos[1])

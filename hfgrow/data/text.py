@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.folder import open_user_file
 
 __all__ = [
     "TXT_SUFFIXES",
@@ -115,25 +117,21 @@ def open_binary(path: PathLike) -> IO[bytes]:
         >>> with open_binary("web.jsonl.gz") as fh:                  # doctest: +SKIP
         ...     first = fh.readline()
     """
+    raw = open_user_file(path, "data file")
     if str(path).lower().endswith(".gz"):
-        _check_gzip(path)
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
-
-
-def _check_gzip(path: PathLike) -> None:
-    """Refuse a ``.gz`` file that is not gzip data (gzip would raise mid-stream)."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic and magic != b"\x1f\x8b":
-        raise HfgrowError(f"{path} is named .gz but is not gzip-compressed.")
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic and magic != b"\x1f\x8b":  # gzip itself would fail mid-stream
+            raw.close()
+            raise HfgrowError(f"{path} is named .gz but is not gzip-compressed.")
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
+        unzipped.myfileobj = raw  # closed with it, as gzip.open(name) does for the file it opens
+        return unzipped  # type: ignore[return-value]
+    return raw
 
 
 def _open_text(path: PathLike) -> IO[str]:
-    if str(path).lower().endswith(".gz"):
-        _check_gzip(path)
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")  # type: ignore[return-value]
-    return open(path, encoding="utf-8", errors="replace", newline="")
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace", newline="")
 
 
 def _unknown_type(path: PathLike) -> HfgrowError:
@@ -156,10 +154,13 @@ def list_files(path: PathLike) -> list[Path]:
     """
     root = Path(path).expanduser()
     if root.is_dir():
+        from hfgrow.io.folder import Folder
+
+        folder = Folder(root)  # every file must lie inside the folder named: a link out refuses the whole folder
         files = sorted(
             p
-            for p in root.rglob("*")
-            if p.is_file() and file_kind(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            for p in folder.glob(["**/*"])
+            if file_kind(p) and not any(part.startswith(".") for part in p.relative_to(folder.root).parts)
         )
         if not files:
             raise HfgrowError(f"folder '{path}' holds no {SUPPORTED_FILES} files.")
@@ -168,7 +169,9 @@ def list_files(path: PathLike) -> list[Path]:
         raise HfgrowError(f"data file or folder '{path}' does not exist.")
     if file_kind(root) is None:
         raise _unknown_type(path)
-    return [root]
+    from hfgrow.io.folder import user_file
+
+    return [user_file(root, "data file")]
 
 
 def _space_before(buf: bytes, i: int) -> bool:

@@ -182,10 +182,11 @@ class TokenDomain:
         (1048576, (2048,))
     """
 
-    def __init__(self, folder: Folder, name: str, entry: dict, dtype: str):
+    def __init__(self, folder: Folder, name: str, entry: dict, dtype: str, vocab_size: int | None = None):
         self.folder = folder
         self.name = name
         self.dtype = np.dtype(dtype)
+        self.vocab_size = vocab_size  # ids read must be below it (None: unchecked)
         self.entries = entry["shards"]
         self.shards = [s["file"] for s in self.entries]
         sizes = [int(s["tokens"]) for s in self.entries]
@@ -217,7 +218,12 @@ class TokenDomain:
             lo = pos - int(self.starts[i])
             hi = min(stop, int(self.starts[i + 1])) - int(self.starts[i])
             if hi > lo:
-                parts.append(self._shard(i)[lo:hi])
+                part = self._shard(i)[lo:hi]
+                if self.vocab_size is not None and int(part.max()) >= self.vocab_size:
+                    raise HfgrowError(f"token shard '{self.shards[i]}' of {self.folder.path} holds id {int(part.max()):,}, "
+                                      f"past its tokenizer's {self.vocab_size:,} ids (the shard was edited or "
+                                      "damaged); tokenize the data again.")
+                parts.append(part)
             pos = int(self.starts[i]) + hi
             i += 1
         if len(parts) == 1:
@@ -273,7 +279,8 @@ class TokenFolder:
     def domain(self, name: str) -> TokenDomain:
         if name not in self.index["domains"]:
             raise HfgrowError(f"token folder '{self.path}' has no domain '{name}' (it has {', '.join(self.names)}).")
-        return TokenDomain(self._folder, name, self.index["domains"][name], self.index["dtype"])
+        return TokenDomain(self._folder, name, self.index["domains"][name], self.index["dtype"],
+                           self.index["tokenizer"].get("vocab_size"))
 
     def check_tokenizer(self, tokenizer: Any, names: list[str] | None = None) -> None:
         """Refuse the folder when it was made with another tokenizer, or when a domain (all, or ``names``) holds

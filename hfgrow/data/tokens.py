@@ -379,7 +379,7 @@ class TokenMixture:
             n = domain.n_windows(seq_len) - held_out
             if n <= 0:
                 raise HfgrowError(
-                    f"domain '{name}' ({domain.folder}) has {domain.n_tokens} tokens: no window of --seq-len "
+                    f"domain '{name}' ({domain.folder.path}) has {domain.n_tokens} tokens: no window of --seq-len "
                     f"{seq_len} is left for training after the {held_out} held-out sequences; add data or lower "
                     "--eval-sequences.")
             self.streams[name] = _Stream(domain, held_out, n)

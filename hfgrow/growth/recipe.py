@@ -359,14 +359,19 @@ class Recipe:
         """
         import yaml
 
+        from hfgrow.io.folder import Folder, read_user_file
+
         path = Path(path)
         if path.is_dir():
-            path = path / RECIPE_FILE
-            if not path.is_file():
+            if Folder(path).find(RECIPE_FILE, "the recipe") is None:
                 return None
+            text = Folder(path).read_bytes(RECIPE_FILE, "the recipe")
+            path = path / RECIPE_FILE
+        else:
+            text = read_user_file(path, "recipe")
         try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            data = yaml.safe_load(text.decode("utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
             raise HfgrowError(f"cannot read recipe {path}: {first}.") from None
         if not isinstance(data, dict):

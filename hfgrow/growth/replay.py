@@ -25,7 +25,12 @@ _WRITE_FIELDS = set(WriteOptions.__dataclass_fields__)
 
 def resolve_source(recipe: Recipe, recipe_path: Path, source: str | None = None) -> tuple[str, str | None]:
     """(SRC, revision) to replay from: ``source`` if given, else the recipe's Hub repo at its commit, else the
-    local folder it names, looked up beside the grown folder and in the current folder."""
+    local folder it names, looked up beside the grown folder and in the current folder.
+
+    A recipe is a file from anywhere, so the folder it names is a name, never a path: ``../other``, an absolute
+    path or a name with a separator is refused (a 0.1 recipe's absolute ``source.path`` is looked up by its last
+    component, like a name). Only the user names a path, as SRC.
+    """
     ref = recipe.source
     if source is not None:
         return source, None
@@ -33,16 +38,21 @@ def resolve_source(recipe: Recipe, recipe_path: Path, source: str | None = None)
         return ref.adapter.repo_id, ref.adapter.commit or ref.adapter.revision
     if ref.repo_id:
         return ref.repo_id, ref.commit or ref.revision
-    if ref.path and Path(ref.path).is_dir():  # a 0.1 recipe recorded the absolute path
-        return ref.path, None
-    if ref.name:
+    name = ref.name or (Path(ref.path).name if ref.path else None)
+    if name:
+        if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+            raise HfgrowError(f"the recipe names its source folder '{name}', which is a path, not a folder name; "
+                              "hfgrow looks a recipe's source up by name only. Give the source yourself: "
+                              f"hfgrow grow SRC OUT --recipe {recipe_path}.")
         grown = recipe_path if recipe_path.is_dir() else recipe_path.parent
-        for candidate in (grown.parent / ref.name, Path.cwd() / ref.name):
+        for candidate in (grown.parent / name, Path.cwd() / name):
             if candidate.is_dir():
                 return str(candidate), None
-        raise HfgrowError(f"the recipe was grown from a local folder named '{ref.name}', which is neither beside "
-                          f"{grown} nor in the current folder; give its path with --source.")
-    raise HfgrowError(f"{recipe_path} does not say which model it was grown from; give it with --source.")
+        raise HfgrowError(f"the recipe was grown from a local folder named '{name}', which is neither beside "
+                          f"{grown} nor in the current folder; give it as SRC: hfgrow grow SRC OUT --recipe "
+                          f"{recipe_path}.")
+    raise HfgrowError(f"{recipe_path} does not say which model it was grown from; give it as SRC: hfgrow grow SRC "
+                      f"OUT --recipe {recipe_path}.")
 
 
 def _call(function, src: str, out, params: dict[str, Any], extra: dict[str, Any], options: dict[str, Any]):
@@ -109,9 +119,9 @@ def replay(recipe_path: str | Path, out: str | Path | None, *, source: str | Non
     if recipe.command == "grow" and recipe.operation.op == "learn":
         from hfgrow.growth.ligo.operator import learn, read_matrices
 
-        from hfgrow.io.folder import ModelFolder
+        from hfgrow.io.folder import Folder
 
-        folder = ModelFolder(recipe_path if recipe_path.is_dir() else recipe_path.parent)
+        folder = Folder(recipe_path if recipe_path.is_dir() else recipe_path.parent)
         width = recipe.operation.width
         matrices = folder.file(width.matrices, f"the recipe's matrices file '{width.matrices}'") \
             if width and width.matrices else None  # named by the recipe: it must lie beside it

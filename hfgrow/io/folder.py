@@ -260,6 +260,16 @@ def user_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def open_user_file(path: str | os.PathLike, what: str) -> IO[bytes]:
+    """A single file a user named (see :func:`user_file`), or one a :class:`Folder` listed, opened for reading
+    bytes (the caller closes it); a failure is one sentence."""
+    p = user_file(path, what)
+    try:
+        return open(p, "rb")
+    except OSError as exc:
+        raise HfgrowError(f"cannot read the {what} '{path}' ({exc.strerror or exc}).") from None
+
+
 def read_user_file(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     """The bytes of a single file a user named (see :func:`user_file`), at most ``max_bytes``."""
     return _read_bounded(user_file(path, what), f"the {what} '{path}'", max_bytes)
@@ -310,7 +320,7 @@ def _read_bounded(path: Path, label: str, max_bytes: int) -> bytes:
             raise HfgrowError(f"{label} is {size / 1e6:,.0f} MB, more than the {max_bytes / 1e6:,.0f} MB hfgrow "
                               "reads from such a file.")
         with open(path, "rb") as fh:
-            return fh.read(max_bytes + 1)[:max_bytes]
+            return fh.read(size)  # what the size said (a file growing meanwhile is read as it was)
     except OSError as exc:
         raise HfgrowError(f"cannot read {label} ({exc.strerror or exc}).") from None
 

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import os
 import sys
@@ -263,8 +264,15 @@ def _check_numbers(args: argparse.Namespace) -> None:
                         ("--weight-decay", args.weight_decay), ("--grad-clip", args.grad_clip),
                         ("--eval-sequences", args.eval_sequences), ("--keep-checkpoints", args.keep_checkpoints),
                         ("--grow-warmup-steps", args.grow_warmup_steps)):
+        if value is not None and not math.isfinite(value):
+            raise HfgrowError(f"{flag} must be a finite number (got {value}).")
         if value is not None and value < 0:
             raise HfgrowError(f"{flag} cannot be negative (got {value}).")
+    for flag, value in (("--beta1", args.beta1), ("--beta2", args.beta2)):
+        if not 0 <= value < 1:  # also false for nan
+            raise HfgrowError(f"{flag} must be at least 0 and below 1 (got {value}).")
+    if not math.isfinite(args.lora_alpha):
+        raise HfgrowError(f"--lora-alpha must be a finite number (got {args.lora_alpha}).")
     if args.max_steps is None and args.max_tokens is None:
         raise HfgrowError("give --max-steps or --max-tokens.")
     if args.max_steps is not None and args.max_steps < 1:
@@ -315,6 +323,10 @@ def preflight(args: argparse.Namespace, source) -> Setup:
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise HfgrowError(f"--output-dir {out} is a file; give a folder.")
+    model_root, run_root = Path(source.path).resolve(), out.resolve()
+    if run_root == model_root or model_root in run_root.parents:
+        raise HfgrowError(f"--output-dir {out} is the model folder {args.model} or inside it; checkpoints "
+                          "and final/ would mix with the model's files: give the run its own folder.")
     try:
         config = AutoConfig.from_pretrained(source.path)
     except Exception as exc:  # noqa: BLE001 - bad or unknown config

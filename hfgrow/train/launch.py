@@ -93,11 +93,12 @@ def read_accelerate_config(path: Path) -> dict[str, Any]:
     """An accelerate config file (YAML or JSON) as a dict."""
     import yaml
 
-    if not path.is_file():
-        raise HfgrowError(f"accelerate config {str(path)!r} does not exist.")
+    from hfgrow.io.folder import read_user_file
+
+    text = read_user_file(path, "accelerate config")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(text.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise HfgrowError(f"cannot read accelerate config {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise HfgrowError(f"{path} is not an accelerate config.")
@@ -215,6 +216,11 @@ def launch_command(plan: LaunchPlan, args: list[str]) -> list[str]:
     return [*cmd, "-m", "hfgrow.continue", *args]
 
 
+#: Set by ``hfgrow train`` for the processes it launches: its pid, which each training process watches (it stops
+#: when that process is gone, e.g. killed with SIGKILL, instead of training on alone).
+PARENT_ENV = "HFGROW_LAUNCHED_BY"
+
+
 def _forward(group: int, signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature
     try:
         os.killpg(group, signum)
@@ -227,9 +233,10 @@ def run_launcher(cmd: list[str]) -> int:
 
     SIGINT and SIGTERM sent to this process go to the whole group (the launcher and every training
     process), so a scheduler's SIGTERM reaches training, which stops cleanly, even though the launcher
-    itself does not pass signals on.
+    itself does not pass signals on. A SIGKILL cannot be passed on: every training process watches this
+    one (:data:`PARENT_ENV`) and stops as on SIGTERM when it is gone.
     """
-    process = subprocess.Popen(cmd, start_new_session=True)
+    process = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, PARENT_ENV: str(os.getpid())})
     previous = {signum: signal.signal(signum, partial(_forward, process.pid))
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -48,9 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
+from hfgrow.io.folder import Folder
 from hfgrow.train import checkpoints
 from hfgrow.train.args import Setup, build_parser, preflight
 from hfgrow.train.growth import Stage, StagePlan
+from hfgrow.train.launch import PARENT_ENV
 from hfgrow.train.runlog import RunLog
 from hfgrow.train.schedule import Schedule, steps_for
 
@@ -141,10 +143,18 @@ def load_model(args: argparse.Namespace, setup: Setup, folder: Path, ramp, *, ra
     from hfgrow.train.msg import MaskRamp
 
     export_dtype = str(getattr(setup.config, "dtype", None) or "float32").replace("torch.", "")
-    if random_init:
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    Folder(folder).check_links()  # transformers opens the folder's files on its own
+    try:
+        if random_init:
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - truncated weights, a pickle carrying code, a config transformers rejects
+        import pickle
+
+        why = ("a pickled weight file holds code or objects that torch refuses to load safely (nothing of it was run)"
+               if isinstance(exc, pickle.UnpicklingError) else " ".join(str(exc).split())[:200].rstrip("."))
+        raise HfgrowError(f"cannot load the model in {folder}: {why}.") from None
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     n_params = sum(p.numel() for p in model.parameters())
@@ -650,13 +660,21 @@ def run(args: argparse.Namespace) -> Path | None:
     return final
 
 
-class Stop(KeyboardInterrupt):
-    """SIGTERM (what schedulers send), handled like Ctrl-C: the run stops where it is and cleans up."""
+def _watch_parent(pid: int) -> None:
+    """Stop this training process (as SIGTERM would) when ``pid``, the ``hfgrow train`` that launched it, is gone:
+    a launcher killed with SIGKILL cannot pass the signal on, and a worker left running keeps writing checkpoints."""
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:  # alive, another user's (the pid was reused): keep watching
+                pass
 
-
-def _stop_on_signal(signum: int, frame) -> None:
-    signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the cleanup
-    raise Stop(signal.Signals(signum).name)
+    threading.Thread(target=watch, name="hfgrow-watch-parent", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -666,22 +684,23 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["--model", "grown", "--data", "web.jsonl", "--output-dir", "run", "--max-tokens", "2B"])
         0
     """
+    from hfgrow.io.output import Terminated, stop_on_signals
+
     args = build_parser().parse_args(argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _stop_on_signal) if in_main_thread else None
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent.isdigit():
+        _watch_parent(int(parent))
     try:
-        run(args)
+        with stop_on_signals():  # SIGTERM (what schedulers send) stops like Ctrl-C; a second signal is ignored
+            run(args)
     except HfgrowError as exc:
         if _rank() == 0:  # every rank fails the same way; say it once
             print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        name = "SIGTERM" if isinstance(exc, Stop) else "Ctrl-C"
+        name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
         if _rank() == 0:
             print(f"stopped by {name}; every complete checkpoint in {args.output_dir} is intact (rerun with --resume "
                   "to continue from the latest).", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, Stop) else signal.SIGINT)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     return 0

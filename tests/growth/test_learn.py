@@ -216,7 +216,7 @@ def test_placement_errors(trained, tmp_path, capsys):
         parse_max_memory("cpu:8GiB")
     code, _, err = run_cli(["grow", str(src), str(tmp_path / "y"), "--op", "learn", "--factor", "2", "--data",
                             str(data), "--device-map", "{not json"], capsys)
-    assert code != 0 and "--device-map is not a readable JSON object" in err and "Traceback" not in err
+    assert code != 0 and "--device-map is not valid JSON" in err and "Traceback" not in err
     code, _, err = run_cli(["grow", str(src), str(tmp_path / "y"), "--factor", "2", "--device-map", "auto"], capsys)
     assert code != 0 and "--device-map is for --op learn" in err
 

@@ -341,7 +341,7 @@ def test_recipe_replay_is_bit_for_bit(args, models, tmp_path, capsys):
     assert run_cli(["grow", src, first, "-q", *args], capsys)[0] == 0
     # the recipe names a local source by its folder name only, so it is found beside the grown folder or given
     code, _, err = run_cli(["grow", "--recipe", first / "hfgrow.yaml", second, "-q"], capsys)
-    assert code == 1 and f"a local folder named '{src.name}'" in err and "--source" in err
+    assert code == 1 and f"a local folder named '{src.name}'" in err and "hfgrow grow SRC OUT --recipe" in err
     assert run_cli(["grow", src, second, "--recipe", first / "hfgrow.yaml", "-q"], capsys)[0] == 0
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     assert json.loads((first / "config.json").read_text()) == json.loads((second / "config.json").read_text())

@@ -7,7 +7,6 @@ one, everything sits on the compute device. :class:`SourceWeights` holds them ei
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -68,10 +67,10 @@ def parse_device_map(text: str | None) -> str | dict[str, Any] | None:
         return None
     text = text.strip()
     if text.startswith("{") or text.endswith(".json"):
-        try:
-            value = json.loads(Path(text).read_text() if text.endswith(".json") else text)
-        except (OSError, ValueError) as exc:
-            raise HfgrowError(f"--device-map is not a readable JSON object: {exc}") from None
+        from hfgrow.io.folder import parse_bounded_json, read_user_file
+
+        value = parse_bounded_json(read_user_file(text, "--device-map file") if text.endswith(".json") else text,
+                                   "--device-map", None)
         if not isinstance(value, dict):
             raise HfgrowError("--device-map JSON must be an object {module name: device}.")
         return value
