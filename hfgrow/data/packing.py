@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import itertools
 import zlib
 
@@ -63,6 +65,18 @@ def check_domains(state: dict, names) -> None:
     if sorted(state["domains"]) != sorted(names):
         raise HfgrowError(f"the checkpoint's data domains ({', '.join(sorted(state['domains']))}) differ from this "
                           f"run's ({', '.join(sorted(names))}).")
+
+
+@contextlib.contextmanager
+def reading_position(kind: str):
+    """Inside the block, a data position that lacks a field or holds one of the wrong type is one sentence (a
+    checkpoint's position is a file from disk, checked for ranges by hfgrow.train.checkpoints)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        field = f"'{exc.args[0]}' is missing" if isinstance(exc, KeyError) else "a field has the wrong type"
+        raise HfgrowError(f"the checkpoint's {kind} data position is damaged ({field}); resume from another "
+                          "checkpoint.") from None
 
 
 def draw_domains(seed: int, p: np.ndarray, start: int, n: int) -> np.ndarray:
@@ -325,7 +339,8 @@ class Mixture:
         if state.get("kind", "text") != "text":
             raise HfgrowError("the checkpoint was trained on a token folder, not text data; resume it with the "
                               "same --data it was started with.")
-        check_domains(state, self.streams)
-        self.drawn = int(state["drawn"])
-        for n, s in self.streams.items():
-            s.load_state_dict(state["domains"][n])
+        with reading_position("text"):
+            check_domains(state, self.streams)
+            self.drawn = int(state["drawn"])
+            for n, s in self.streams.items():
+                s.load_state_dict(state["domains"][n])

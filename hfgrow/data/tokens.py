@@ -57,7 +57,7 @@ import numpy as np
 
 from hfgrow.io.folder import Folder
 from hfgrow.io.output import atomic_write
-from hfgrow.data.packing import Batch, check_domains, domain_key, draw_domains
+from hfgrow.data.packing import Batch, check_domains, domain_key, draw_domains, reading_position
 from hfgrow.data.specs import DomainSpec, open_domain
 from hfgrow.data.token_folder import (FORMAT, INDEX_FILE, PROGRESS_FILE, VERSION, TokenDomain, read_index,
                                       tokenizer_fingerprint)
@@ -432,7 +432,8 @@ class TokenMixture:
         if state.get("kind") != "tokens":
             raise HfgrowError("the checkpoint was trained on text data, not a token folder; resume it with the "
                               "same --data it was started with.")
-        check_domains(state, self.streams)
-        self.drawn = int(state["drawn"])
-        for name, s in self.streams.items():
-            s.taken = int(state["domains"][name]["taken"])
+        with reading_position("token"):
+            check_domains(state, self.streams)
+            self.drawn = int(state["drawn"])
+            for name, s in self.streams.items():
+                s.taken = int(state["domains"][name]["taken"])

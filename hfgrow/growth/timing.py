@@ -401,7 +401,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
     grow_argument = launch = None
     if d < D:
         grow_argument = f"stack:{factor}@{format_count(d, 2)}"
-        launch = (f"accelerate launch --config_file configs/fsdp2.yaml --num_processes N -m hfgrow.continue "
+        launch = (f"accelerate launch --quiet --config_file configs/fsdp2.yaml --num_processes N -m hfgrow.continue "
                   f"--model BASE/ --grow {grow_argument} --data DATA --output-dir RUN --max-tokens "
                   f"{format_count(D, 2)}")
     base_flops = 6.0 * base_params * d

@@ -200,3 +200,123 @@ def test_mutated_checkpoints_are_refused_or_load(bases, tmp_path):
     # offsets, extra bytes that are really gaps...) still grow
     print(outcomes)
     assert outcomes["refused"] > CASES // 2 and outcomes["grown"] > 5, outcomes
+
+
+# ------------------------------------------------------------------- token folders and training checkpoints
+
+
+def _paths(value, prefix=()) -> list[tuple]:
+    """Every key path of a JSON value (dict keys and list indices), leaves and inner nodes."""
+    out = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _paths(item, (*prefix, i))
+    return out
+
+
+def mutate_json(rng: random.Random, data):
+    """One random change at a random place of a JSON value: a junk value, a deletion, or a nudged number."""
+    path = rng.choice(_paths(data)[1:])
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    key = path[-1]
+    kind = rng.randrange(3)
+    if kind == 0:
+        parent[key] = rng.choice([*JUNK, "../../secret", "/etc/passwd", -64, 10**12])
+    elif kind == 1 and isinstance(parent, dict):
+        del parent[key]
+    elif isinstance(parent[key], int) and not isinstance(parent[key], bool):
+        parent[key] += rng.choice([-10**6, -1, 1, 7, 10**9])
+    else:
+        parent[key] = rng.choice(JUNK)
+    return f"{'.'.join(map(str, path))} ({['junk', 'deleted', 'nudged'][kind]})"
+
+
+@pytest.fixture(scope="module")
+def token_world(tmp_path_factory):
+    from hfgrow.data.specs import parse_specs
+    from hfgrow.data.tokens import tokenize_to_folder
+    from hfgrow.eval.tiny import make_tokenizer
+
+    root = tmp_path_factory.mktemp("fuzz-tokens")
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    rng = random.Random(0)
+    (root / "a.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(30)) for _ in range(200)))
+    tok = make_tokenizer(text=(root / "a.txt").read_text(), vocab_size=64)
+    tokenize_to_folder(parse_specs([f"a={root / 'a.txt'}"]), tok, root / "tok", shard_chars=3000)
+    return root, tok
+
+
+def test_mutated_token_indexes_are_refused_or_read_in_bounds(token_world, tmp_path):
+    from hfgrow.data.token_folder import TokenFolder
+
+    root, tok = token_world
+    (tmp_path / "secret").write_bytes(b"x" * 4096)
+    rng = random.Random(21)
+    outcomes = {"refused": 0, "read": 0}
+    for case in range(CASES):
+        folder = tmp_path / "w" / f"case{case}" / "tok"
+        shutil.copytree(root / "tok", folder)
+        index = json.loads((folder / "tokens.json").read_text())
+        what = mutate_json(rng, index)
+        (folder / "tokens.json").write_text(json.dumps(index))
+        try:
+            tokens = TokenFolder(folder)
+            tokens.check_tokenizer(tok)
+            for name in tokens.names:
+                domain = tokens.domain(name)
+                windows = [domain.window(w, 16) for w in range(domain.n_windows(16))]
+                assert all(int(w.max()) < 64 for w in windows), (case, what)
+                domain.document_ends()
+        except HfgrowError as exc:
+            message = str(exc)
+            assert message and "\n" not in message and message.endswith("."), (case, what, message)
+            outcomes["refused"] += 1
+        except Exception as exc:  # noqa: BLE001 - a traceback a user would see
+            pytest.fail(f"case {case} ({what}) raised {type(exc).__name__}: {exc}")
+        else:
+            outcomes["read"] += 1
+        shutil.rmtree(folder.parent)
+    print(outcomes)
+    assert outcomes["refused"] > CASES // 3 and outcomes["read"] > 5, outcomes
+
+
+def test_mutated_checkpoint_states_are_refused_or_resume_in_bounds(token_world, tmp_path):
+    from hfgrow.data.loading import build_data
+    from hfgrow.data.specs import parse_specs
+    from hfgrow.train.checkpoints import read_state
+
+    root, tok = token_world
+    data = build_data(parse_specs([f"a={root / 'tok'}"]), tok, seq_len=16, seed=0, eval_sequences=2)
+    batch_tokens = 4 * 16
+    for _ in range(3):
+        data.train.next_batch(4)
+    state = {"step": 3, "tokens": 3 * batch_tokens, "stage": 0, "data": data.train.state_dict(),
+             "run": {"tokens_per_step": batch_tokens, "seq_len": 16, "stages": [{"layers": 2}]}}
+    rng = random.Random(22)
+    outcomes = {"refused": 0, "resumed": 0}
+    for case in range(CASES):
+        folder = tmp_path / f"checkpoint-3"
+        folder.mkdir(exist_ok=True)
+        mutated = json.loads(json.dumps(state))
+        what = mutate_json(rng, mutated)
+        (folder / "hfgrow_state.json").write_text(json.dumps(mutated))
+        try:
+            loaded = read_state(folder)
+            data.train.load_state_dict(loaded["data"])
+            batch = data.train.next_batch(4)
+            assert all(0 <= t < 64 for _, _, seq in batch for t in seq), (case, what)
+        except HfgrowError as exc:
+            message = str(exc)
+            assert message and "\n" not in message and message.endswith("."), (case, what, message)
+            outcomes["refused"] += 1
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"case {case} ({what}) raised {type(exc).__name__}: {exc}")
+        else:
+            outcomes["resumed"] += 1
+    print(outcomes)
+    assert outcomes["refused"] > CASES // 3 and outcomes["resumed"] > 5, outcomes
