@@ -71,19 +71,19 @@ def _check(parsed, plan, machine) -> None:
     from hfgrow.io.source import open_source
     from hfgrow.train.args import preflight
     from hfgrow.train.growth import plan_stages
-    from hfgrow.train.launch import check_machine, count_parameters, trained_fraction
+    from hfgrow.train.launch import check_machine, trained_fraction
     from hfgrow.train.schedule import steps_for
 
     with open_source(parsed.model) as source:
         setup = preflight(parsed, source)
         text = text_config(setup.config)
         fraction = trained_fraction(parsed.train, setup.new_layers, getattr(text, "num_hidden_layers", None))
-        n_params = count_parameters(source.path) if setup.has_weights and not parsed.grow else None
-        if n_params is None:
-            tokens_per_step = parsed.batch_size * plan.total_processes * parsed.grad_accum * setup.seq_len
-            n_params = plan_stages(read_config(source.path), parsed.grow, tokens_per_step=tokens_per_step,
-                                   max_steps=steps_for(parsed.max_steps, parsed.max_tokens, tokens_per_step),
-                                   seed=parsed.seed, style=parsed.grow_style).final_params
+        # the largest stage's parameters, counted from its config (one owner: growth.timing.count_params, tied
+        # weights once), whether or not the folder holds weights
+        tokens_per_step = parsed.batch_size * plan.total_processes * parsed.grad_accum * setup.seq_len
+        n_params = plan_stages(read_config(source.path), parsed.grow, tokens_per_step=tokens_per_step,
+                               max_steps=steps_for(parsed.max_steps, parsed.max_tokens, tokens_per_step),
+                               seed=parsed.seed, style=parsed.grow_style).final_params
         check_machine(plan, machine, n_params, fraction)
 
 

@@ -184,18 +184,6 @@ def check_machine(plan: LaunchPlan, machine: Machine, n_params: int, trained_fra
                           "(--num-processes) or use a machine with more memory.")
 
 
-def count_parameters(folder: Path) -> int:
-    """Parameters in a model folder's weights, from the safetensors headers (no tensor is read)."""
-    import math
-
-    from hfgrow.io.checkpoint import read_safetensors_header, weight_files
-
-    files = weight_files(folder)
-    if files[0].suffix != ".safetensors":
-        return sum(f.stat().st_size for f in files) // 2  # pickled weights: assume 2 bytes per parameter
-    return sum(math.prod(info.shape) for f in files for info in read_safetensors_header(f)[0].values())
-
-
 def launch_command(plan: LaunchPlan, args: list[str]) -> list[str]:
     """``python -m accelerate.commands.launch ... -m hfgrow.continue ARGS``: what ``hfgrow train`` runs.
 
