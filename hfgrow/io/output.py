@@ -37,8 +37,11 @@ from hfgrow.errors import HfgrowError
 from hfgrow.io.checkpoint import has_weights
 from hfgrow.units import format_bytes
 
-#: Free space kept on top of what an output needs (file-system metadata, logs written meanwhile).
-_DISK_MARGIN = 64 << 20
+#: Free space kept on top of what an output needs (file-system metadata, logs written meanwhile): a tenth of it,
+#: at least 1 MB and at most 64 MB (a fixed 64 MB refused a 1.3 MB output on a small file system).
+def _disk_margin(needed: int) -> int:
+    return min(64 << 20, max(1 << 20, needed // 10))
+
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -227,9 +230,10 @@ def check_free_space(folder: Path, needed: int) -> None:
     while not folder.exists():
         folder = folder.parent
     free = shutil.disk_usage(folder).free
-    if free < needed + _DISK_MARGIN:
+    margin = _disk_margin(needed)
+    if free < needed + margin:
         raise HfgrowError(f"not enough disk space at {folder}: the output needs {format_bytes(needed)} (and "
-                          f"{format_bytes(_DISK_MARGIN)} to spare), {format_bytes(free)} free.")
+                          f"{format_bytes(margin)} to spare), {format_bytes(free)} free.")
 
 
 @contextlib.contextmanager

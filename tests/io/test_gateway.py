@@ -386,11 +386,12 @@ def test_killing_hfgrow_train_stops_its_training_processes(work, tmp_path):
     assert not alive, [p.cmdline() for p in alive]
 
 
-def test_a_small_output_on_a_nearly_full_disk_says_its_size(tmp_path, monkeypatch):
+def test_a_small_output_fits_a_small_file_system_and_sizes_are_said_in_their_unit(tmp_path, monkeypatch):
     import hfgrow.io.output as output
 
     monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 0, 50 << 20))
+    output.check_free_space(tmp_path, 1_300_000)  # 1.3 MB on a file system with 50 MiB free: room enough
     with pytest.raises(HfgrowError) as info:
-        output.check_free_space(tmp_path, 1_300_000)
-    assert str(info.value) == (f"not enough disk space at {tmp_path}: the output needs 1.3 MB (and 67.1 MB to "
-                               "spare), 52.4 MB free.")
+        output.check_free_space(tmp_path, 50_000_000)
+    assert str(info.value) == (f"not enough disk space at {tmp_path}: the output needs 50 MB (and 5 MB to spare), "
+                               "52.4 MB free.")
