@@ -25,7 +25,7 @@ def mix() -> None:
 
     \b
     Examples:
-      hfgrow mix entropy --domain web=data/web.jsonl --domain code=data/code/ \\
+      hfgrow mix entropy --data web=data/web.jsonl --data code=data/code/ \\
           --tokenizer TinyLlama/TinyLlama_v1.1 --out mix.json
       hfgrow mix fit runs/*/eval.jsonl --holdout 0.2 --out law.json
       hfgrow mix optimize law.json --steps 50000 --out mix.json
@@ -50,8 +50,10 @@ def _load_tokenizer(spec: str):
 
 
 @mix.command("entropy", short_help="Training-free mixture from each domain's token entropy.")
-@click.option("--domain", "domain_args", multiple=True, required=True, metavar="NAME=PATH",
-              help="A domain: a .txt/.md, .jsonl or .parquet file (.gz too), a folder of them, hf:DATASET[:CONFIG][:SPLIT], or a token folder (hfgrow tokenize; its domains). Repeat for each domain.")
+@click.option("--data", "domain_args", multiple=True, metavar="NAME=PATH",
+              help="A domain: a .txt/.md, .jsonl or .parquet file (.gz too), a folder of them, hf:DATASET[:CONFIG][:SPLIT], or a token folder (hfgrow tokenize; its domains). Repeat for each domain (as in every command).")
+@click.option("--domain", "old_domain_args", multiple=True, hidden=True, metavar="NAME=PATH",
+              help="The old spelling of --data (hfgrow 0.2); accepted with a warning for one release.")
 @click.option("--tokenizer", "tokenizer_spec", required=True, metavar="MODEL_OR_FOLDER",
               help="Hub id or local folder of the tokenizer of the model you will train.")
 @click.option("--measure", type=click.Choice(MEASURE_CHOICES), default="ce", show_default=True,
@@ -67,7 +69,8 @@ def _load_tokenizer(spec: str):
 @click.option("--temperature", type=float, default=1.0, show_default=True,
               help="Softmax temperature: proportions are softmax(H / T). BiMix uses 1.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the mixture JSON here.")
-def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_field, log_base, temperature, out) -> None:
+def entropy(domain_args, old_domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_field, log_base,
+            temperature, out) -> None:
     """Training-free mixture from each domain's token entropy.
 
     Tokenizes each domain, joins documents with EOS, cuts the stream into sequences of --seq-len
@@ -77,16 +80,19 @@ def entropy(domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_fiel
 
     \b
     Examples:
-      hfgrow mix entropy --domain web=data/web.jsonl --domain code=data/code/ \\
+      hfgrow mix entropy --data web=data/web.jsonl --data code=data/code/ \\
           --tokenizer TinyLlama/TinyLlama_v1.1 --out mix.json
-      hfgrow mix entropy --domain wiki=hf:wikitext:wikitext-103-raw-v1 --domain books=books.txt \\
+      hfgrow mix entropy --data wiki=hf:wikitext:wikitext-103-raw-v1 --data books=books.txt \\
           --tokenizer ./my-model --measure se --max-tokens 50000000
     """
     from hfgrow.data.specs import LocalSource, open_domain, parse_specs
 
-    specs = parse_specs(list(domain_args), require_name=True)
+    if old_domain_args:
+        click.echo("warning: --domain is now --data, as in every other command; --domain goes in the next release.",
+                   err=True)
+    specs = parse_specs([*domain_args, *old_domain_args], require_name=True)
     if len(specs) < 2:
-        raise HfgrowError(f"a mixture needs at least 2 domains (got {len(specs)}): repeat --domain NAME=PATH.")
+        raise HfgrowError(f"a mixture needs at least 2 domains (got {len(specs)}): repeat --data NAME=PATH.")
     sources = {spec.name: open_domain(spec, text_field) for spec in specs}
     for name, source in sources.items():  # catch empty files before the (slow) tokenizing
         if isinstance(source, LocalSource) and all(f.stat().st_size == 0 for f in source.files):

@@ -1,7 +1,7 @@
 """Data specs: the one parser of ``[NAME=]PATH|hf:NAME[:CONFIG][:SPLIT]`` and the one opener of a spec's documents.
 
 Every command that takes text (``hfgrow train --data/--eval-data``, ``hfgrow eval --data``,
-``hfgrow mix entropy --domain``) goes through :func:`parse_specs` and :func:`open_domain`.
+``hfgrow mix entropy --data``) goes through :func:`parse_specs` and :func:`open_domain`.
 
 A spec is
 

@@ -312,7 +312,7 @@ def test_eval_and_mix_entropy_read_a_token_folder_like_its_text(corpus, tmp_path
         code, out, err = run_cli(args, capsys)
         assert code == 0, err
         results[label] = json.loads(out)
-        args = ["mix", "entropy", *sum((["--domain", d] for d in data), []), "--tokenizer", model, "--seq-len", "64"]
+        args = ["mix", "entropy", *sum((["--data", d] for d in data), []), "--tokenizer", model, "--seq-len", "64"]
         code, out, err = run_cli(args, capsys)
         assert code == 0, err
         results[label + "-mix"] = out

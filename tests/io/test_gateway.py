@@ -100,7 +100,7 @@ def train_refused(argv: list[str], capsys, *words: str) -> str:
 
 def entropy(work: Path, web: Path | str) -> list:
     """`hfgrow mix entropy` of two domains: ``web`` and the text corpus."""
-    return ["mix", "entropy", "--domain", f"web={web}", "--domain", f"text={work / 'data.jsonl'}", "--tokenizer",
+    return ["mix", "entropy", "--data", f"web={web}", "--data", f"text={work / 'data.jsonl'}", "--tokenizer",
             work / "model"]
 
 

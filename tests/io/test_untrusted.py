@@ -527,5 +527,5 @@ def test_folders_handed_to_transformers_are_checked_first(src, tmp_path, capsys)
     (tmp_path / "a.txt").write_text("some text to score\n")
     refused(run_cli(["eval", src, "--data", tmp_path / "a.txt"], capsys), "tokenizer.json", "outside")
     refused(run_cli(["verify", src, src], capsys), "tokenizer.json", "outside")
-    refused(run_cli(["mix", "entropy", "--domain", f"a={tmp_path / 'a.txt'}", "--domain", f"b={tmp_path / 'a.txt'}",
+    refused(run_cli(["mix", "entropy", "--data", f"a={tmp_path / 'a.txt'}", "--data", f"b={tmp_path / 'a.txt'}",
                      "--tokenizer", src, "--out", tmp_path / "m.json"], capsys), "tokenizer.json", "outside")

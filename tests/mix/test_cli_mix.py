@@ -36,7 +36,7 @@ def domains(tmp_path, monkeypatch):
 
 def test_cli_entropy_writes_a_valid_mixture(domains, capsys):
     out = domains / "mix.json"
-    code, stdout, err = run_cli(["mix", "entropy", "--domain", f"a={domains / 'a.txt'}", "--domain", f"b={domains / 'b.jsonl'}",
+    code, stdout, err = run_cli(["mix", "entropy", "--data", f"a={domains / 'a.txt'}", "--data", f"b={domains / 'b.jsonl'}",
                                  "--tokenizer", str(domains / "tok"), "--seq-len", "128", "--out", str(out)], capsys)
     assert code == 0, err
     m = json.loads(out.read_text())
@@ -53,10 +53,22 @@ def test_cli_entropy_writes_a_valid_mixture(domains, capsys):
     assert (m["rule"], m["log_base"], m["temperature"]) == ("softmax", "e", 1.0)
 
 
+def test_cli_entropy_takes_the_old_domain_spelling_with_a_warning(domains, capsys):
+    """--domain (0.2) still works for one release and says it is now --data; the mixture is the same."""
+    new, old = domains / "new.json", domains / "old.json"
+    common = ["--tokenizer", str(domains / "tok"), "--seq-len", "128"]
+    assert run_cli(["mix", "entropy", "--data", f"a={domains / 'a.txt'}", "--data", f"b={domains / 'b.jsonl'}",
+                    *common, "--out", new], capsys)[0] == 0
+    code, _, err = run_cli(["mix", "entropy", "--domain", f"a={domains / 'a.txt'}", "--domain",
+                            f"b={domains / 'b.jsonl'}", *common, "--out", old], capsys)
+    assert code == 0 and "warning: --domain is now --data" in err
+    assert json.loads(old.read_text()) == json.loads(new.read_text())
+
+
 def test_cli_entropy_base_and_temperature_are_explicit(domains, capsys):
     """--log-base 2 and --temperature 0.5 are recorded; the proportions follow softmax(H_bits / 0.5), checked
     against the nats entropies the default run writes (H_bits = H_nats / ln 2)."""
-    args = ["mix", "entropy", "--domain", f"a={domains / 'a.txt'}", "--domain", f"b={domains / 'b.jsonl'}",
+    args = ["mix", "entropy", "--data", f"a={domains / 'a.txt'}", "--data", f"b={domains / 'b.jsonl'}",
             "--tokenizer", str(domains / "tok"), "--seq-len", "128"]
     assert run_cli([*args, "--out", str(domains / "nats.json")], capsys)[0] == 0
     code, stdout, err = run_cli([*args, "--log-base", "2", "--temperature", "0.5", "--out", str(domains / "bits.json")],
@@ -92,12 +104,12 @@ def _obs_line(mixture, step, domain, loss):
 
 
 BAD = {
-    "empty domain": (lambda d: write(d / "e.txt", "") or ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"e={d / 'e.txt'}"], "empty"),
-    "single domain": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}"], "at least 2 domains"),
-    "duplicate names": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"a={d / 'b.jsonl'}"], "twice"),
-    "no name": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", str(d / "b.jsonl")], "has no name"),
-    "unknown file type": (lambda d: write(d / "x.csv", "a,b") or ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"x={d / 'x.csv'}"], "unknown file type"),
-    "missing file": (lambda d: ["entropy", "--domain", f"a={d / 'a.txt'}", "--domain", f"m={d / 'missing.txt'}"], "does not exist"),
+    "empty domain": (lambda d: write(d / "e.txt", "") or ["entropy", "--data", f"a={d / 'a.txt'}", "--data", f"e={d / 'e.txt'}"], "empty"),
+    "single domain": (lambda d: ["entropy", "--data", f"a={d / 'a.txt'}"], "at least 2 domains"),
+    "duplicate names": (lambda d: ["entropy", "--data", f"a={d / 'a.txt'}", "--data", f"a={d / 'b.jsonl'}"], "twice"),
+    "no name": (lambda d: ["entropy", "--data", f"a={d / 'a.txt'}", "--data", str(d / "b.jsonl")], "has no name"),
+    "unknown file type": (lambda d: write(d / "x.csv", "a,b") or ["entropy", "--data", f"a={d / 'a.txt'}", "--data", f"x={d / 'x.csv'}"], "unknown file type"),
+    "missing file": (lambda d: ["entropy", "--data", f"a={d / 'a.txt'}", "--data", f"m={d / 'missing.txt'}"], "does not exist"),
     "too few observations": (
         lambda d: write(d / "few.jsonl", "".join(_obs_line({"a": 0.5, "b": 0.5}, s, "a", 3.0 - s / 1e4) for s in (100, 200, 300, 400)))
         or ["fit", str(d / "few.jsonl")],

@@ -24,7 +24,7 @@ def test_entropy_mixture_drives_training_and_logs_observations(tmp_path):
 
     mix = tmp_path / "mix.json"
     try:
-        main(["mix", "entropy", "--domain", f"prose={prose}", "--domain", f"code={code}", "--tokenizer", str(model),
+        main(["mix", "entropy", "--data", f"prose={prose}", "--data", f"code={code}", "--tokenizer", str(model),
               "--seq-len", "64", "--out", str(mix)])
     except SystemExit as exc:
         assert exc.code in (0, None)
