@@ -49,7 +49,7 @@ def machine(monkeypatch):
 
 def train(model: Path, capsys, *options: str) -> tuple[int, str, str]:
     return run_cli(["train", *options, "--model", model, "--data", model / "data.txt", "--output-dir",
-                    model / "run", "--seq-len", "32", "--max-steps", "2"], capsys)
+                    model.parent / "run", "--seq-len", "32", "--max-steps", "2"], capsys)
 
 
 def n_params(model: Path) -> int:
@@ -79,7 +79,7 @@ def test_gpu_config_starts_one_process_per_gpu(model, machine, capsys):
     command = launched[0]
     assert command[command.index("--num_processes") + 1] == "4"
     assert command[command.index("-m", 3):][:2] == ["-m", "hfgrow.continue"]
-    assert err.splitlines()[0].endswith("--output-dir " + str(model / "run") + " --seq-len 32 --max-steps 2")
+    assert err.splitlines()[0].endswith("--output-dir " + str(model.parent / "run") + " --seq-len 32 --max-steps 2")
 
 
 def test_cpu_processes_need_cores_and_memory(model, machine, capsys):
