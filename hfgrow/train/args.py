@@ -29,12 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-from hfgrow.growth.recipe import Mask, Recipe
+from hfgrow.growth.recipe import RAMP_FRACTION, Mask, Recipe
 from hfgrow.train.growth import OPTIMIZER_MODES, GrowArg, parse_grow
 from hfgrow.units import parse_count
-
-#: the MSG ramp of a recipe whose length grow chose by default takes this fraction of the run, stages together
-RAMP_FRACTION = 0.1
 
 EXAMPLES = """\
 examples:
@@ -111,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="training tokens, e.g. 2B, 500M or 2e9 (alternative to --max-steps)")
     a("--lr", type=float, help="max LR (default: by model size, 6e-4 at <=410M params down to 1e-4 at >=7B)")
     a("--min-lr", type=float, help="final LR of the cosine (default 10%% of --lr)")
-    a("--warmup-steps", type=int, help="linear warmup steps (default min(3000, 5%% of steps))")
+    a("--warmup-steps", type=int, help="linear warmup steps (default: 5%% of the steps, at least 100 or half the "
+                                        "run when it is shorter, at most 3000; the run prints its warmup)")
     a("--weight-decay", type=float, default=0.1, help="AdamW weight decay of the matrices (not of norms or biases)")
     a("--beta1", type=float, default=0.9, help="AdamW beta1")
     a("--beta2", type=float, default=0.95, help="AdamW beta2")
@@ -198,7 +196,8 @@ def recorded_mask(recipe: Recipe | None) -> Mask | None:
         (4, 5, 6, 7)
     """
     mask = recipe.operation.mask if recipe else None
-    return mask if mask is not None and (mask.layers or mask.width) and mask.steps > 0 else None
+    return mask if mask is not None and (mask.layers or mask.width) and (mask.steps > 0 or not mask.steps_given) \
+        else None
 
 
 def fit_ramp(mask: Mask | None, run_steps: int, *, asked: int | None = None, resumed: int | None = None,
@@ -218,7 +217,7 @@ def fit_ramp(mask: Mask | None, run_steps: int, *, asked: int | None = None, res
     warned about with ``--no-export`` (the run can go on with a larger --max-steps).
 
     Example:
-        >>> mask, warning = fit_ramp(Mask(layers=(4, 5), steps=5000, steps_given=False), 450)
+        >>> mask, warning = fit_ramp(Mask(layers=(4, 5), steps_given=False), 450)
         >>> mask.steps, warning
         (45, None)
     """

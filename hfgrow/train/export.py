@@ -24,7 +24,7 @@ from typing import Any
 from hfgrow.errors import HfgrowError
 from hfgrow.io.executor import OutputFolder, save_state_dict
 from hfgrow.train.checkpoints import STATE_FILE, read_state
-from hfgrow.units import format_count
+from hfgrow.units import counted, format_count
 
 
 def _strip_prefixes(name: str) -> str:
@@ -167,7 +167,7 @@ def _growth_rows(run: dict[str, Any], upto_stage: int) -> list[tuple[str, str]]:
         carry = run.get("grow_optimizer") == "carry"
         rows.append(("across growth", ("AdamW moments carried to the copies of each block" if carry else
                                        "AdamW fresh after every growth") + "; " +
-                     (f"LR re-warmed over {run['grow_warmup_steps']:,} steps" if run.get("grow_warmup_steps") else
+                     (f"LR re-warmed over {counted(run['grow_warmup_steps'], 'step')}" if run.get("grow_warmup_steps") else
                       "the LR schedule continues")))
     return rows
 
@@ -220,13 +220,13 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
                             f"{world} × {run['batch_size']} × {run['grad_accum']} × {run['seq_len']})"),
         ("optimizer", f"AdamW, fresh (β₁ {betas[0]:g}, β₂ {betas[1]:g}, weight decay {run['weight_decay']:g}, "
                       f"gradient clipping {run['grad_clip']:g})"),
-        ("learning rate", f"{run['max_lr']:.3g} → {run['min_lr']:.3g}: linear warmup over {run['warmup_steps']:,} "
-                          "steps, then cosine decay"),
+        ("learning rate", f"{run['max_lr']:.3g} → {run['min_lr']:.3g}: linear warmup over "
+                          f"{counted(run['warmup_steps'], 'step')}, then cosine decay"),
     ]
     rows += _growth_rows(run, stage)
     mask = run.get("mask")
     if mask and not stage:
-        rows.append(("MSG mask ramp", f"new structure scaled by c = 0 → 1 over the first {mask['steps']:,} steps"))
+        rows.append(("MSG mask ramp", f"new structure scaled by c = 0 → 1 over the first {counted(mask['steps'], 'step')}"))
     last_loss, evals = _losses(Path(checkpoint), state)
     if last_loss is not None:
         rows.append((f"train loss at step {steps:,}", f"{last_loss:.4f}"))

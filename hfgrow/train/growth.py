@@ -175,8 +175,10 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
                 seed: int = 0, style: str = "hfgrow") -> StagePlan:
     """Every stage of a run: growth steps and sizes, checked from the config alone.
 
-    A growth at T tokens happens before the first optimizer step that would see more than T tokens
-    (step ⌈T / tokens per step⌉, 0-based), so the small model trains on at least T tokens.
+    A growth at T tokens happens once the run has seen at least T tokens: after ⌈T / tokens per step⌉
+    optimizer steps (``start_step``, the 0-based step it comes before), so the small model trains on at
+    least T tokens; ``stack:2@1k`` at 256 tokens per step grows after step 4 (1,024 tokens), not after
+    step 3 (768).
 
     Raises:
         HfgrowError: a growth at or past the end of the run, two at the same step, ``auto`` where the law
@@ -208,8 +210,9 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
         tokens = stage.growth.tokens
         if stage.growth.auto:
             tokens, law = _resolve_auto(stage.growth, stages[-1].n_params, budget)
-            notes.append(f"--grow {stage.growth.text}: {law}; the run grows at step {math.ceil(tokens / tokens_per_step):,}"
-                         f" ({math.ceil(tokens / tokens_per_step) * tokens_per_step:,} tokens).")
+            notes.append(f"--grow {stage.growth.text}: {law}; the run grows after step "
+                         f"{math.ceil(tokens / tokens_per_step):,} ({math.ceil(tokens / tokens_per_step) * tokens_per_step:,}"
+                         " tokens).")
         step = math.ceil(tokens / tokens_per_step)
         if step >= max_steps:
             raise HfgrowError(f"--grow {stage.growth.text}: the run ends after {budget:,} tokens ({max_steps:,} steps of "

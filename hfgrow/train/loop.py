@@ -52,7 +52,8 @@ from hfgrow.train import checkpoints
 from hfgrow.train.args import Setup, build_parser, preflight
 from hfgrow.train.growth import Stage, StagePlan
 from hfgrow.train.runlog import RunLog
-from hfgrow.train.schedule import Schedule, steps_for
+from hfgrow.train.schedule import Schedule, describe_warmup, steps_for
+from hfgrow.units import counted
 
 
 def _rank() -> int:
@@ -180,11 +181,18 @@ def stage_ramp(setup: Setup, recipe, stage: int, steps_left: int):
     still running at the end is a warning there, never a refusal mid-run)."""
     from hfgrow.train.args import fit_ramp, recorded_mask
 
+    from hfgrow.train.msg import ramp_length
+
     if not stage:
-        return setup.mask
-    mask, warning = fit_ramp(recorded_mask(recipe), steps_left, exports=False)
-    if warning and _rank() == 0:
-        print(warning, file=sys.stderr)
+        mask = setup.mask
+    else:
+        mask, warning = fit_ramp(recorded_mask(recipe), steps_left, exports=False)
+        if warning and _rank() == 0:
+            print(warning, file=sys.stderr)
+    if mask is not None and _rank() == 0:
+        what = " and ".join(w for w, on in (("new layers", mask.layers), ("new units", mask.width)) if on)
+        print(f"MSG mask ramp: the {what} are scaled by c = 0 -> 1 over the first {counted(ramp_length(mask), 'step')}"
+              + (f" of stage {stage}" if stage else ""), file=sys.stderr)
     return mask
 
 
@@ -552,6 +560,9 @@ def run(args: argparse.Namespace) -> Path | None:
         schedule = Schedule.plan(n_params=plan.final_params if args.grow else info.n_params, max_steps=max_steps,
                                  lr=args.lr, min_lr=args.min_lr, warmup=args.warmup_steps,
                                  rewarm=args.grow_warmup_steps, growth_steps=[s.start_step for s in plan.stages[1:]])
+        if is_main and not setup.resume_from:
+            print(describe_warmup(schedule.warmup, schedule.max_steps, given=args.warmup_steps is not None),
+                  file=sys.stderr)
         optimizer = make_optimizer(model, args, accelerator, schedule.max_lr)
         model, optimizer = accelerator.prepare(model, optimizer)
         trainer = Trainer(accelerator, model, optimizer, data.train, schedule, args, setup.seq_len, info.mask,
