@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--beta2", type=float, default=0.95, help="AdamW beta2")
     a("--grad-clip", type=float, default=1.0, help="clip the global grad norm (0: off)")
     a("--save-steps", type=int, default=1000, help="checkpoint every N steps (and at the end)")
-    a("--keep-checkpoints", type=int, default=0, help="keep only the N newest checkpoints (0: all)")
+    a("--save-total-limit", "--keep-checkpoints", dest="save_total_limit", type=int, default=2, metavar="N",
+      help="keep the N newest RUN/checkpoint-* folders, deleting older ones after each save (default 2: the newest "
+           "to resume from and the one before it; 0 keeps all). stage-K/ and grown-K/ are always kept")
     a("--eval-steps", type=int, default=500, help="evaluate every N steps (and before the first and after the last)")
     a("--resume", action="store_true", help="continue from the latest complete checkpoint in --output-dir")
     a("--seed", type=int, default=0, help="seed of the data order and of LoRA's initial weights")
@@ -260,7 +262,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise HfgrowError(f"{flag} must be at least 1 (got {value}).")
     for flag, value in (("--lr", args.lr), ("--min-lr", args.min_lr), ("--warmup-steps", args.warmup_steps),
                         ("--weight-decay", args.weight_decay), ("--grad-clip", args.grad_clip),
-                        ("--eval-sequences", args.eval_sequences), ("--keep-checkpoints", args.keep_checkpoints),
+                        ("--eval-sequences", args.eval_sequences), ("--save-total-limit", args.save_total_limit),
                         ("--grow-warmup-steps", args.grow_warmup_steps)):
         if value is not None and value < 0:
             raise HfgrowError(f"{flag} cannot be negative (got {value}).")

@@ -618,7 +618,7 @@ def run(args: argparse.Namespace) -> Path | None:
                     state = {"step": done, "tokens": record["tokens"], "data": data.train.state_dict(),
                              "run": run_info, "last_loss": last_loss, "last_eval": last_eval,
                              "last_eval_step": last_eval_step, "stage": trainer.stage}
-                    last_checkpoint = checkpoints.save(accelerator, out, done, state, keep=args.keep_checkpoints)
+                    last_checkpoint = checkpoints.save(accelerator, out, done, state, keep=args.save_total_limit)
                 checkpoints.debug_kill("HFGROW_DEBUG_KILL_AT_STEP", done)
         trainer.write_sample(out / "ranks")
         if setup.trackers:

@@ -70,3 +70,43 @@ def test_a_short_run_prints_its_warmup_and_ramp_and_follows_them(msg_model, tmp_
     lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
            if r["type"] == "train"]
     assert lrs[0] == pytest.approx(lrs[2] / 3, rel=1e-12) and lrs[1] == pytest.approx(2 * lrs[2] / 3, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tied")
+    tokenizer = make_tokenizer(root / "m", vocab_size=300)
+    make_model(root / "m", tiny_llama_config(layers=2, vocab_size=len(tokenizer), tie_word_embeddings=True),
+               tokenizer=False)
+    (root / "d.txt").write_text("the cat sat on the mat. the dog ran over the log. " * 200)
+    return root
+
+
+def test_save_total_limit_keeps_the_newest_and_resume_is_exact(tied, tmp_path):
+    """The default keeps 2 checkpoints; a tied model is saved without its alias (no accelerate warning, no
+    lm_head.weight in the file); a run killed after step 3 and resumed gives the unbroken run's losses."""
+    from safetensors import safe_open
+
+    def run(out, *extra, **kw):
+        return launch_continue(["--model", str(tied / "m"), "--data", str(tied / "d.txt"), "--output-dir",
+                                str(tmp_path / out), "--seq-len", "32", "--batch-size", "2", "--max-steps", "5",
+                                "--save-steps", "1", "--eval-sequences", "0", "--no-export", *extra], **kw)
+
+    proc = run("whole")
+    assert sorted(p.name for p in (tmp_path / "whole").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    assert "Removed shared tensor" not in proc.stderr
+    with safe_open(tmp_path / "whole" / "checkpoint-5" / "model.safetensors", "pt") as fh:
+        names = set(fh.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    killed = run("killed", env_extra={"HFGROW_DEBUG_KILL_AT_STEP": "3"}, check=False)
+    assert killed.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    run("killed", "--resume")
+
+    def losses(out):
+        return [r["loss"] for r in map(json.loads, (tmp_path / out / "log.jsonl").read_text().splitlines())
+                if r["type"] == "train"]
+
+    assert losses("killed") == losses("whole")
+    run("all", "--save-total-limit", "0")
+    assert len(list((tmp_path / "all").glob("checkpoint-*"))) == 5
