@@ -69,7 +69,8 @@ def command_line(command: str, source: SourceRef, out: str, params: dict[str, An
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [flag, str(value)]
+        values = value if isinstance(value, (list, tuple)) else [value]  # a repeatable option: once per value
+        argv += [flag] if value is True else [part for item in values for part in (flag, str(item))]
     return shlex.join(argv)
 
 

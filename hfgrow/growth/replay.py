@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def resolve_source(recipe: Recipe, recipe_path: Path, source: str | None = None)
     if ref.path and Path(ref.path).is_dir():  # a 0.1 recipe recorded the absolute path
         return ref.path, None
     if ref.name:
-        grown = recipe_path if recipe_path.is_dir() else recipe_path.parent
+        grown = Path(os.path.abspath(recipe_path if recipe_path.is_dir() else recipe_path.parent))  # "." has a parent
         for candidate in (grown.parent / ref.name, Path.cwd() / ref.name):
             if candidate.is_dir():
                 return str(candidate), None

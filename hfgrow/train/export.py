@@ -21,6 +21,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from hfgrow.data.specs import published_spec
 from hfgrow.errors import HfgrowError
 from hfgrow.io.executor import OutputFolder, save_state_dict
 from hfgrow.train.checkpoints import STATE_FILE, read_state
@@ -119,11 +120,22 @@ def _data_source(spec: str) -> str:
     if spec.startswith("hf:"):
         name = spec[3:].split(":")[0]
         return f"[{name}](https://huggingface.co/datasets/{name})"
-    return f"`{Path(spec.rstrip('/')).name}` (local)"
+    return f"`{published_spec(spec)}` (local)"
 
 
-def _data_argument(name: str, spec: str) -> str:
-    return f"{name}={spec if spec.startswith('hf:') else Path(spec.rstrip('/')).name}"
+def _data_arguments(flag: str, specs: dict[str, str], parts: dict[str, str]) -> list[str]:
+    """``--data`` (or ``--eval-data``) arguments giving these domains again: ``NAME=SPEC`` for text; a token folder
+    once, by its name alone, when its domains keep their names (``NAME=FOLDER`` renames a folder's only domain)."""
+    argv: list[str] = []
+    given: set[str] = set()
+    for name, spec in specs.items():
+        if name in parts and parts[name] == name:
+            if spec not in given:
+                given.add(spec)
+                argv += [flag, published_spec(spec)]
+            continue
+        argv += [flag, f"{name}={published_spec(spec)}"]
+    return argv
 
 
 def _command(run: dict[str, Any], base: str) -> str:
@@ -132,10 +144,9 @@ def _command(run: dict[str, Any], base: str) -> str:
     if int(run.get("world_size") or 1) > 1:
         argv += ["--num-processes", str(run["world_size"])]
     argv += ["--model", base]
-    for name, spec in (run.get("data") or {}).items():
-        argv += ["--data", _data_argument(name, spec)]
-    for name, spec in (run.get("eval_data") or {}).items():
-        argv += ["--eval-data", _data_argument(name, spec)]
+    parts = run.get("data_parts") or {}
+    argv += _data_arguments("--data", run.get("data") or {}, parts)
+    argv += _data_arguments("--eval-data", run.get("eval_data") or {}, parts)
     if run.get("mixture_file"):
         argv += ["--mixture", run["mixture_file"]]
     argv += ["--output-dir", "run/", "--seq-len", str(run["seq_len"]), "--batch-size", str(run["batch_size"]),
@@ -148,7 +159,7 @@ def _command(run: dict[str, Any], base: str) -> str:
         argv += ["--lora-r", str(run["lora"]["r"]), "--lora-alpha", f"{run['lora']['lora_alpha']:g}"]
     for stage in (run.get("stages") or [])[1:]:
         argv += ["--grow", stage["grow"]]
-    if run.get("grow_optimizer", "fresh") != "fresh":
+    if run.get("grow_optimizer") not in (None, "fresh"):  # None: a run without --grow
         argv += ["--grow-optimizer", run["grow_optimizer"]]
     if run.get("grow_warmup_steps"):
         argv += ["--grow-warmup-steps", str(run["grow_warmup_steps"])]
@@ -211,7 +222,8 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
     world = int(run.get("world_size") or 1)
     betas = run.get("betas") or [0.9, 0.95]
     rows = [
-        ("model trained", f"`{base}`"),
+        ("model trained", f"`{base}`'s architecture from random initialisation (seed {run.get('seed', 0)})"
+                          if run.get("random_init") else f"`{base}`"),
         ("parameters", f"{format_count(n_params)} ({n_params:,})"),
         ("parameters trained", trained.get(run.get("train", "all"), "all")),
         ("steps", f"{steps:,}"),
@@ -241,11 +253,17 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
     datasets = sorted({spec[3:].split(":")[0] for spec in [*(run.get("data") or {}).values(),
                                                            *(run.get("eval_data") or {}).values()]
                        if spec.startswith("hf:")})
+    grown = [(f"from {before['layers']} to {after['layers']} layers with `{after['op']}` ×{after['factor']:g} after "
+              f"step {after['start_step']:,} ({after['start_tokens']:,} tokens)")
+             for before, after in zip((run.get("stages") or [])[: stage + 1], (run.get("stages") or [])[1 : stage + 1])]
+    # in a later stage, base_folder is the run's own grown-K: its growth is the run's (told above), not the base's
     return trained_card(
         model_name=model_name, base_display=base, base_repo_id=repo_id,
-        model_type=getattr(config, "model_type", "model"), base_recipe=Recipe.read(base_folder), steps=steps,
-        tokens=tokens, training=rows, eval_columns=columns, eval_rows=eval_rows, data=data, datasets=datasets,
-        command=_command(run, base))
+        model_type=getattr(config, "model_type", "model"), base_recipe=None if stage else Recipe.read(base_folder),
+        steps=steps, tokens=tokens, training=rows, eval_columns=columns, eval_rows=eval_rows, data=data,
+        datasets=datasets, command=_command(run, base), random_init=bool(run.get("random_init")),
+        run_growth="; then ".join(grown) or None,
+        run_growth_ops=[s["op"] for s in (run.get("stages") or [])[1 : stage + 1]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,17 +272,18 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
 
 
 @contextlib.contextmanager
-def _base_folder(run: dict[str, Any], base):
-    """The folder of the model the run started from: ``base`` when given, else resolved again from run.json."""
+def _base_folder(run: dict[str, Any], base, run_dir: Path):
+    """The folder of the model the run started from: ``base`` when given, else resolved again from run.json
+    (a local folder is recorded relative to the run folder ``run_dir``)."""
     if base is not None:
         yield base
         return
     from hfgrow.io.source import open_source
 
+    spec = str(run_dir / run["model_spec"]) if run.get("model_folder") else run["model_spec"]
     with contextlib.ExitStack() as stack:
         try:
-            source = stack.enter_context(open_source(run["model_spec"], revision=run.get("model_revision"),
-                                                     progress=False))
+            source = stack.enter_context(open_source(spec, revision=run.get("model_revision"), progress=False))
         except HfgrowError as exc:
             raise HfgrowError(f"cannot open {run.get('model')!r}, the model this run started from: {exc}") from None
         yield source
@@ -320,7 +339,7 @@ def _stage_folder(checkpoint: Path, state: dict[str, Any], run: dict[str, Any], 
                               "that stage started from) is missing; export it from inside its run folder.")
         yield folder
         return
-    with _base_folder(run, base) as source:
+    with _base_folder(run, base, checkpoint.parent) as source:
         yield source.path
 
 

@@ -215,15 +215,25 @@ def make_optimizer(model, args: argparse.Namespace, accelerator, lr: float):
 
 def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo, data, schedule: Schedule,
                  accelerator, tokens_per_step: int, plan: StagePlan) -> dict[str, Any]:
-    """run.json: the run's settings. ``model`` is a Hub id or a folder name (it reaches the card);
-    ``model_spec`` is what to open again to resume or export (a local path stays in the run folder)."""
+    """run.json (and every checkpoint's hfgrow_state.json): the run's settings, with no path of this machine.
+
+    ``model`` is a Hub id or a folder name (it reaches the card); ``model_spec`` is what to open again to
+    export: a Hub id, or for a local folder its path relative to the run folder (``model_folder`` true), so
+    the run and its model can move together. Local data are recorded relative to the run folder too;
+    ``data_parts`` names the domain of a token folder each data name reads."""
     from hfgrow.growth.recipe import SourceRef
 
     ref = SourceRef.from_source(source)
     local = Path(args.model).expanduser().is_dir()
+    here = Path(args.output_dir).expanduser().resolve()
+
+    def relative(spec: str) -> str:
+        path = Path(spec).expanduser()
+        return os.path.relpath(path.resolve(), here) if not spec.startswith("hf:") and path.exists() else spec
+
     return {
         "model": ref.display, "model_source": ref.to_dict(),
-        "model_spec": str(Path(args.model).expanduser().resolve()) if local else args.model,
+        "model_spec": relative(args.model) if local else args.model, "model_folder": local,
         "model_revision": None if local else source.commit,
         "base_model_id": args.base_model_id or ref.repo_id,
         "train": args.train, "lora": info.lora, "n_params": plan.final_params if args.grow else info.n_params,
@@ -232,9 +242,10 @@ def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo
         "tokens_per_step": tokens_per_step, "max_steps": schedule.max_steps, "max_lr": schedule.max_lr,
         "min_lr": schedule.min_lr, "warmup_steps": schedule.warmup, "weight_decay": args.weight_decay,
         "betas": [args.beta1, args.beta2], "grad_clip": args.grad_clip, "seed": args.seed,
-        "data": {d.name: d.spec for d in data.specs}, "mixture": data.weights,
+        "data": {d.name: relative(d.spec) for d in data.specs}, "mixture": data.weights,
+        "data_parts": {d.name: d.part for d in [*data.specs, *setup.eval_specs] if d.part is not None},
         "mixture_file": Path(args.mixture).name if args.mixture else None,
-        "eval_data": {d.name: d.spec for d in setup.eval_specs}, "export_dtype": info.export_dtype,
+        "eval_data": {d.name: relative(d.spec) for d in setup.eval_specs}, "export_dtype": info.export_dtype,
         "use_cache": info.use_cache, "new_layers": setup.new_layers,
         "mask": setup.mask.to_dict() if info.mask is not None else None,
         "mixed_precision": accelerator.mixed_precision, "distributed_type": str(accelerator.distributed_type),
