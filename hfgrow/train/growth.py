@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hfgrow.errors import HfgrowError
+from hfgrow.growth.timing import LAW_MIN_PARAMS
 from hfgrow.units import format_count, parse_count
 
 # --grow OP -> (GrowSpec op, depth order). Every depth operator of the engine but LiGO, which learns its
@@ -41,9 +42,7 @@ from hfgrow.units import format_count, parse_count
 OPS = {"stack": ("direct", "stack"), "interpolate": ("direct", "interpolate"), "zero": ("zero", None),
        "random": ("random", None)}
 OPTIMIZER_MODES = ("fresh", "carry")
-# The paper's experiments span 410M-7B parameters (shared/REFERENCE.md §1); below that the growth-timing law is
-# an extrapolation far outside its fit (it asks ~10^10 tokens of a 1M-parameter model).
-AUTO_MIN_PARAMS = 410_000_000
+AUTO_MIN_PARAMS = LAW_MIN_PARAMS  # the growth-timing law's smallest model (410M): `auto` is refused below it
 _GROW = re.compile(r"^(?P<op>[a-z]+):(?P<factor>[0-9.]+)@(?P<when>.+)$")
 
 
