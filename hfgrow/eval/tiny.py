@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,68 @@ def pretrain_tiny(folder: Path, documents: list[str], steps: int = 100, seq_len:
         optimizer.step()
     model.save_pretrained(folder)
     return loss.item()
+
+
+@dataclass
+class DemoCheck:
+    """What ``hfgrow demo`` measured on the grown model: each value its line states."""
+
+    layers: int  # num_hidden_layers of the grown model as transformers loads it
+    expected_layers: int  # the source's layers times the factor
+    load_issues: dict[str, list] = field(default_factory=dict)  # transformers' loading report, non-empty entries
+    layer_map: list[int] = field(default_factory=list)
+    differing_layers: list[int] = field(default_factory=list)  # grown layers not bit for bit their source layer
+    differing_globals: list[str] = field(default_factory=list)  # embeddings, final norm, head not equal
+    loss: float = float("nan")
+
+    @property
+    def ok(self) -> bool:
+        import math
+
+        return (self.layers == self.expected_layers and not self.load_issues and not self.differing_layers
+                and not self.differing_globals and math.isfinite(self.loss))
+
+
+def check_stacked(small: Path, grown: Path, layer_map: list[int], text: str = DEMO_TEXT) -> DemoCheck:
+    """Load ``grown`` with transformers and check it against ``small``, which it was Gstacked from: its layer count,
+    the loading report (no missing, unexpected or mismatched weights), every grown layer bit for bit the source
+    layer ``layer_map`` names, the other weights bit for bit, and a finite loss on ``text``.
+
+    Example:
+        >>> check = check_stacked(Path("small"), Path("grown"), [0, 1, 2, 3] * 4)    # doctest: +SKIP
+        >>> check.ok, check.layers
+        (True, 16)
+    """
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hfgrow.data.tokenization import token_stream
+
+    source = AutoModelForCausalLM.from_pretrained(small, dtype=torch.float32)
+    model, info = AutoModelForCausalLM.from_pretrained(grown, dtype=torch.float32, output_loading_info=True)
+    issues = {key: list(value) for key, value in info.items() if value}
+    prefix = "model.layers."
+    src, out = source.state_dict(), model.state_dict()
+    differing_layers = sorted({int(name[len(prefix):].split(".")[0]) for name, tensor in out.items()
+                               if name.startswith(prefix) and not _same_as_source(name, tensor, src, layer_map, prefix)})
+    differing_globals = [name for name, tensor in out.items()
+                         if not name.startswith(prefix) and not (name in src and torch.equal(tensor, src[name]))]
+    tokenizer = AutoTokenizer.from_pretrained(grown)
+    ids = torch.tensor([token_stream(tokenizer, [text])])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    return DemoCheck(layers=model.config.num_hidden_layers, expected_layers=len(layer_map), load_issues=issues,
+                     layer_map=list(layer_map), differing_layers=differing_layers,
+                     differing_globals=differing_globals, loss=loss if math.isfinite(loss) else float("nan"))
+
+
+def _same_as_source(name: str, tensor, src: dict, layer_map: list[int], prefix: str) -> bool:
+    import torch
+
+    index, rest = name[len(prefix):].split(".", 1)
+    if int(index) >= len(layer_map):
+        return False
+    twin = src.get(f"{prefix}{layer_map[int(index)]}.{rest}")
+    return twin is not None and torch.equal(tensor, twin)
