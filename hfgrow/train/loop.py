@@ -598,6 +598,9 @@ def run(args: argparse.Namespace) -> Path | None:
                 Console(is_main, schedule.max_steps, start) as console:
             log.start(run_info)
             if start == 0 and evaluator:
+                n_eval = sum(len(seqs) for seqs in data.eval.values())
+                console.say(f"evaluating the model before training: {n_eval:,} held-out sequences of "
+                            f"{setup.seq_len:,} tokens ({', '.join(data.eval)})")
                 last_eval, last_eval_step = evaluator(trainer.model), 0
                 console.eval(log.eval(0, 0, last_eval, data.weights))
             for step in range(start, schedule.max_steps):

@@ -172,3 +172,22 @@ def test_eval_entropy_ligo_and_verify_read_the_same_stream(gemma):
 
     ids = _token_ids(documents[0], [root / "gemma"], 512, 256)
     assert ids[0].tolist() == reference_stream(tokenizer, documents[:1], 256)
+
+
+def test_a_long_text_split_over_shards_has_one_bos(gemma, tmp_path):
+    """A plain-text file is one document read in pieces; cut over several token-folder shards (and read by the
+    text path, whose eval split may end inside it) it still starts with one BOS and ends with one EOS."""
+    from hfgrow.data.specs import open_domain, parse_specs
+    from hfgrow.data.token_folder import TokenFolder
+    from hfgrow.data.tokens import tokenize_to_folder
+
+    _, documents, tokenizer = gemma
+    text = "\n".join(documents) * 4  # ~240k characters: several 64 KiB pieces
+    (tmp_path / "book.txt").write_text(text)
+    want = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    specs = parse_specs([f"book={tmp_path / 'book.txt'}"])
+    index = tokenize_to_folder(specs, tokenizer, tmp_path / "tok", shard_chars=50_000)
+    assert len(index["domains"]["book"]["shards"]) >= 2  # the second starts inside the document
+    domain = TokenFolder(tmp_path / "tok").domain("book")
+    assert domain.tokens(0, domain.n_tokens).tolist() == want
+    assert token_stream(tokenizer, open_domain(specs[0]).texts()) == want
