@@ -117,6 +117,16 @@ def format_count(n: float, decimals: int | None = None) -> str:
     return f"{sign}{text}{suffix}"
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1, thousands separated: ``1 step``, ``1,000 steps``.
+
+    Example:
+        >>> counted(1, "step"), counted(2000, "step")
+        ('1 step', '2,000 steps')
+    """
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def format_flops(x: float) -> str:
     """A FLOP count in compact scientific notation: ``3.2e21``.
 

@@ -89,7 +89,8 @@ def eval_(
     Loss uses a sliding window (the Hugging Face perplexity guide's method): windows of --seq-len
     tokens every --stride tokens, each token scored exactly once with the previous window's tokens
     as context. --stride equal to --seq-len gives the plain chunked loss. Documents are tokenized
-    as in training: each followed by EOS, no BOS. With several --data inputs the loss is reported
+    as in training: each after the tokenizer's BOS (where it adds one) and followed by EOS. With several
+    --data inputs the loss is reported
     per domain and in total (token-weighted).
 
     \b

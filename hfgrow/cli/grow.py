@@ -105,7 +105,8 @@ def _learn_options(fn):
               help="Blend every weight matrix with seeded noise: W <- (1-a)W + a*eps (paper's scales), a in [0,1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice and value.")
 @click.option("--mask-steps", type=COUNT, default=None,
-              help="--op random: steps of the MSG mask ramp recorded for training [default: 5000].")
+              help="--op random: steps of the MSG mask ramp recorded for training [default: 10% of the training "
+                   "run, fitted when training starts].")
 @click.option("--style", type=click.Choice(["hfgrow", "prts"]), default="hfgrow", show_default=True,
               help="hfgrow's own operator variants, or each operator exactly as the papers' reference code runs "
                    "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-zero and "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -35,17 +36,16 @@ def inspect(src, as_json, revision, token):
               help="Keep the demo folders here (default: a temporary folder).")
 @click.option("--factor", type=int, default=4, show_default=True)
 def demo(out, factor):
-    """Build a tiny Llama offline, Gstack it, and check the result loads and runs.
+    """Build a tiny Llama offline, Gstack it, and check the result: its layer count, transformers' loading report
+    (nothing missing, unexpected or mismatched), every layer bit for bit the source layer it copies, the other
+    weights bit for bit, and a finite loss. Exits 1 when a check fails.
 
     No network is needed: the model has random weights and a tokenizer trained on the spot.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hfgrow.growth.pipeline import stack as run_stack
-    from hfgrow.eval.tiny import DEMO_TEXT, make_model, tiny_llama_config
-
     from transformers.utils import logging as hf_logging
+
+    from hfgrow.eval.tiny import check_stacked, make_model, tiny_llama_config
+    from hfgrow.growth.pipeline import stack as run_stack
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -59,16 +59,22 @@ def demo(out, factor):
         click.echo(f"2. hfgrow stack {small} {big} --factor {factor}")
         result = run_stack(str(small), big, factor=factor, quiet=True)
         click.echo(result.report())
-        click.echo("3. loading the grown model with transformers and running it")
-        model = AutoModelForCausalLM.from_pretrained(big)
-        tokenizer = AutoTokenizer.from_pretrained(big)
-        ids = tokenizer(DEMO_TEXT.splitlines()[0], return_tensors="pt").input_ids
-        with torch.no_grad():
-            loss = model(ids, labels=ids).loss.item()
-        click.echo(f"   {model.config.num_hidden_layers} layers, {model.num_parameters():,} parameters, "
-                   f"loss on a demo sentence {loss:.3f} (random weights: about ln(vocab) = "
-                   f"{torch.log(torch.tensor(float(model.config.vocab_size))).item():.3f})")
-        click.echo("demo ok" + (f"; folders kept in {root}" if out else ""))
+        click.echo("3. loading the grown model with transformers and checking it against the source")
+        check = check_stacked(small, big, list(result.plan.layer_map))
+        issues = "; ".join(f"{key}: {', '.join(map(str, value))}" for key, value in check.load_issues.items())
+        click.echo(f"   layers          {check.layers} (4 x {factor} = {check.expected_layers})"
+                   + ("" if check.layers == check.expected_layers else "  MISMATCH"))
+        click.echo(f"   loading report  {issues or 'no missing, unexpected or mismatched weights'}")
+        click.echo(f"   layers          {check.layers - len(check.differing_layers)} of {check.layers} bit for bit "
+                   "the source layer they copy" + (f"; differ: {check.differing_layers}" if check.differing_layers
+                                                    else ""))
+        click.echo("   other weights   " + (f"differ: {', '.join(check.differing_globals)}" if check.differing_globals
+                                           else "embeddings, final norm and head bit for bit the source's"))
+        click.echo(f"   loss            {check.loss:.3f} on a demo sentence (random weights: about ln(vocab) = "
+                   f"{math.log(tiny_llama_config().vocab_size):.3f})")
+        if not check.ok:
+            raise HfgrowError("the demo's grown model failed a check above.")
+        click.echo("demo ok: every check passed" + (f"; folders kept in {root}" if out else ""))
 
 
 COMMANDS = [inspect, demo]

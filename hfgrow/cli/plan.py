@@ -24,13 +24,16 @@ import click
     metavar="G",
     help="Growth factor g (the paper recommends 4); must divide the target's layer count.",
 )
+@click.option("--extrapolate", is_flag=True,
+              help="Plan a target below 410M parameters anyway (outside the law's fit; refused without it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(target: str, tokens: str, factor: int, as_json: bool) -> None:
+def plan(target: str, tokens: str, factor: int, extrapolate: bool, as_json: bool) -> None:
     """Plan a Gstack growth: when to grow (d tokens), the base model's shape, and the FLOPs.
 
     Uses the growth-timing law of Du et al. 2024 (§4.2):
     log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, with C = 6·N·D.
-    N is the target's total parameter count (embeddings included).
+    N is the target's total parameter count (embeddings included). The law was fitted on 410M-7B models: a
+    smaller target is refused unless --extrapolate, and every warning is printed first.
 
     \b
     Examples:
@@ -38,9 +41,16 @@ def plan(target: str, tokens: str, factor: int, as_json: bool) -> None:
       hfgrow plan --target llama --tokens 300B --factor 4
       hfgrow plan --target ./my-model/config.json --tokens 50B --json
     """
-    from hfgrow.growth.timing import make_plan
+    from hfgrow.errors import HfgrowError
+    from hfgrow.growth.timing import LAW_MIN_PARAMS, make_plan
+    from hfgrow.units import format_count
 
     result = make_plan(target, tokens, factor=factor)
+    if result.params.total < LAW_MIN_PARAMS and not extrapolate:
+        raise HfgrowError(f"the target has {format_count(result.params.total)} parameters, below "
+                          f"{format_count(LAW_MIN_PARAMS)}, the smallest model the growth-timing law was fitted on "
+                          "(Du et al. 2024: 410M-7B), so its d is not the paper's guidance there; give --extrapolate "
+                          "to see the numbers anyway.")
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -36,7 +36,8 @@ def _cores() -> int:
 def tokenize(out, data, tokenizer_spec, workers, shard_size, text_field, quiet, revision, token) -> None:
     """Tokenize text once into the token folder OUT, for `--data OUT` in training.
 
-    Every document becomes its tokens followed by EOS (no BOS), as in training from text; the
+    Every document becomes its tokens followed by EOS, after the tokenizer's BOS where it adds one
+    (Gemma, Llama), as in training from text; the index records that BOS (tokens.json). The
     shards are flat uint16 (uint32 for vocabularies of 65536+ ids) arrays that training reads
     memory-mapped. Safe to interrupt: run the same command again and it goes on where it stopped.
 

@@ -263,7 +263,7 @@ def take_eval(source, tokenize: Tokenize, seq_len: int, n_sequences: int, name: 
                 break
     if texts:
         tokens.extend(tokenize(texts, ends))
-    if not got_any or not tokens or (len(tokens) == 1 and tokens[0] == tokenize.eos):
+    if not got_any or len(tokens) <= len(tokenize.bos) + 1:  # nothing, or only an empty document's BOS and EOS
         raise HfgrowError(f"domain {name!r} ({source.spec}) contains no text.")
     n_full = len(tokens) // seq_len
     if n_full == 0 and n_sequences > 0:

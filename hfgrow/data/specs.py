@@ -107,6 +107,20 @@ def spec_name(spec: str) -> str:
     return name
 
 
+def published_spec(spec: str) -> str:
+    """How a spec is written where others read it (cards, recipes, the commands they print): a ``hf:`` dataset
+    as given, a local file or folder by its name only (no path of this machine).
+
+    Example:
+        >>> published_spec("/home/me/corpora/web.jsonl"), published_spec("hf:org/ds:cfg"), published_spec("tok/")
+        ('web.jsonl', 'hf:org/ds:cfg', 'tok')
+    """
+    if spec.startswith("hf:"):
+        return spec
+    path = Path(spec.rstrip("/") or spec).expanduser()
+    return path.name if path.name not in ("", ".", "..") else path.resolve().name
+
+
 def _split_name(value: str) -> tuple[str, str]:
     """``NAME=SPEC`` -> (NAME, SPEC); anything else -> ("", value)."""
     head, sep, tail = value.partition("=")

@@ -43,6 +43,9 @@ __all__ = [
     "TEXT_SUFFIXES",
     "SUPPORTED_FILES",
     "DocPart",
+    "DocRest",
+    "DocMiddle",
+    "piece",
     "file_kind",
     "open_binary",
     "list_files",
@@ -89,6 +92,39 @@ class DocPart(str):
     """
 
     __slots__ = ()
+
+
+class DocRest(str):
+    """A piece of a document that goes on from the previous item: no BOS is put before it.
+
+    The last piece of a long plain-text file (and the first piece read from inside the file, when
+    reading starts at an offset) is one; :class:`DocMiddle` is both this and a :class:`DocPart`.
+
+    Example:
+        >>> isinstance(DocRest("    return 1"), str)
+        True
+    """
+
+    __slots__ = ()
+
+
+class DocMiddle(DocPart, DocRest):
+    """A piece that goes on from the previous item and in the next one: neither BOS nor EOS around it."""
+
+    __slots__ = ()
+
+
+def piece(text: str, *, starts: bool, ends: bool) -> str:
+    """``text`` marked as what it is in its document: whole (``str``), first piece (:class:`DocPart`),
+    middle piece (:class:`DocMiddle`) or last piece (:class:`DocRest`).
+
+    Example:
+        >>> type(piece("a", starts=False, ends=True)).__name__, type(piece("a", starts=True, ends=True)).__name__
+        ('DocRest', 'str')
+    """
+    if starts:
+        return text if ends else DocPart(text)
+    return DocRest(text) if ends else DocMiddle(text)
 
 
 def file_kind(path: PathLike) -> Kind | None:
@@ -226,7 +262,9 @@ def iter_txt_from(path: PathLike, offset: int = 0, piece_bytes: int = 1 << 16) -
     """Yield ``(piece, byte offset after it)`` for a plain-text file (or its .gz) from byte ``offset``.
 
     The file is one document, read in pieces of about ``piece_bytes`` bytes so memory stays bounded;
-    all pieces but the last are :class:`DocPart`. Pieces are cut at a single newline (or, failing
+    all pieces but the last are :class:`DocPart`, all but the first :class:`DocRest` (see :func:`piece`;
+    reading from ``offset`` > 0 starts inside the document, so its first piece goes on from the
+    previous one). Pieces are cut at a single newline (or, failing
     that, a single space) between two non-space characters, where byte-level BPE pre-tokenizers
     split anyway, so for them the token stream is the same as for the whole file (tokenizers that
     prepend a space to every text, e.g. SentencePiece "Metaspace", may differ by a token per
@@ -241,6 +279,7 @@ def iter_txt_from(path: PathLike, offset: int = 0, piece_bytes: int = 1 << 16) -
         if offset:
             fh.seek(offset)
         pos, buf = offset, b""
+        starts = not offset  # from inside the file, the first piece goes on from the previous one
         while True:
             block = fh.read(piece_bytes)
             if not block:
@@ -254,10 +293,11 @@ def iter_txt_from(path: PathLike, offset: int = 0, piece_bytes: int = 1 << 16) -
                     continue
                 cut = _char_start(buf, len(buf) - piece_bytes)  # no word boundary at all: cut anywhere
             pos += cut
-            yield DocPart(buf[:cut].decode("utf-8", errors="replace")), pos
+            yield piece(buf[:cut].decode("utf-8", errors="replace"), starts=starts, ends=False), pos
+            starts = False
             buf = buf[cut:]
         if buf:
-            yield buf.decode("utf-8", errors="replace"), pos + len(buf)
+            yield piece(buf.decode("utf-8", errors="replace"), starts=starts, ends=True), pos + len(buf)
 
 
 def iter_txt(path: PathLike, piece_bytes: int = 1 << 16) -> Iterator[str]:

@@ -8,8 +8,10 @@ Layout::
     OUT/NAME/000000.json         the shard's record: reader positions before/after it, counts
     OUT/.tokenize.json           the request (data, tokenizer hash, shard size) while unfinished
 
-The index records the token and document counts per domain and shard, the tokenizer's name and a
-SHA-256 of its vocabulary (ids, EOS id), and the dtype. Writing and sampling are in
+The index records the token and document counts per domain and shard, the tokenizer's name, a
+SHA-256 of its vocabulary (ids, EOS id), the ids put before every document (``bos``: the
+tokenizer's BOS where it adds one, see :func:`hfgrow.data.tokenization.document_prefix`), and the
+dtype. Writing and sampling are in
 :mod:`hfgrow.data.tokens`; this module is what every reader needs.
 
 Example:
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from hfgrow.data.jsonfile import is_number
-from hfgrow.data.tokenization import eos_id, tokenizer_vocab_size
+from hfgrow.data.tokenization import document_prefix, eos_id, tokenizer_vocab_size
 from hfgrow.errors import HfgrowError
 from hfgrow.io.folder import Folder
 
@@ -46,7 +48,7 @@ VERSION = 1
 
 
 def tokenizer_fingerprint(tokenizer: Any, name: str | None = None) -> dict:
-    """Name, vocabulary hash, vocabulary size and EOS id of a tokenizer.
+    """Name, vocabulary hash, vocabulary size, EOS id and document prefix (``bos``) of a tokenizer.
 
     The hash is SHA-256 of the sorted ``(token, id)`` pairs (added tokens included) and the EOS id:
     two tokenizers with the same hash map every known token to the same id and end documents the
@@ -61,14 +63,17 @@ def tokenizer_fingerprint(tokenizer: Any, name: str | None = None) -> dict:
     eos = eos_id(tokenizer)
     digest = hashlib.sha256(json.dumps([sorted(vocab.items()), eos], ensure_ascii=False).encode()).hexdigest()
     return {"name": name or str(getattr(tokenizer, "name_or_path", "") or "tokenizer"),
-            "vocab_hash": digest, "vocab_size": tokenizer_vocab_size(tokenizer), "eos_id": eos}
+            "vocab_hash": digest, "vocab_size": tokenizer_vocab_size(tokenizer), "eos_id": eos,
+            "bos": document_prefix(tokenizer)}
 
 
 def check_tokenizer(index: dict, tokenizer: Any, folder: str | os.PathLike) -> None:
-    """Refuse a token folder whose vocabulary hash differs from ``tokenizer``'s.
+    """Refuse a token folder whose vocabulary hash or document prefix (BOS) differs from ``tokenizer``'s.
+
+    A folder written before the prefix was recorded has none (documents were written without BOS).
 
     Raises:
-        HfgrowError: the folder was tokenized with another tokenizer.
+        HfgrowError: the folder was tokenized with another tokenizer, or with another BOS convention.
 
     Example:
         >>> check_tokenizer(TokenFolder("tok/").index, AutoTokenizer.from_pretrained("gpt2"), "tok/")  # doctest: +SKIP
@@ -80,6 +85,16 @@ def check_tokenizer(index: dict, tokenizer: Any, folder: str | os.PathLike) -> N
             f"token folder '{folder}' was made with tokenizer '{made['name']}' (vocabulary hash "
             f"{made['vocab_hash'][:12]}), not this model's tokenizer '{mine['name']}' (hash "
             f"{mine['vocab_hash'][:12]}); run hfgrow tokenize again with --tokenizer set to this model."
+        )
+    made_bos = [int(t) for t in made.get("bos", [])]
+    if made_bos != mine["bos"]:
+        def said(ids: list[int]) -> str:
+            return f"BOS id {', '.join(map(str, ids))}" if ids else "no BOS"
+
+        raise HfgrowError(
+            f"token folder '{folder}' starts every document with {said(made_bos)}, but this model's tokenizer "
+            f"starts them with {said(mine['bos'])}; run hfgrow tokenize again with this hfgrow so the tokens "
+            "follow the tokenizer's convention."
         )
 
 
@@ -147,6 +162,11 @@ def _check_index(index: dict, where: str) -> None:
     for key in ("vocab_size", "eos_id"):
         if tokenizer.get(key) is not None:
             _count(tokenizer[key], where, f"the tokenizer's {key}")
+    bos = tokenizer.get("bos", [])
+    if not isinstance(bos, list):
+        raise HfgrowError(f"{where} gives the tokenizer's document prefix as {bos!r}, not a list of ids.")
+    for token in bos:
+        _count(token, where, "an id of the tokenizer's document prefix")
     domains = index.get("domains")
     if not isinstance(domains, dict) or not domains:
         raise HfgrowError(f"{where} lists no domains; tokenize the data again.")

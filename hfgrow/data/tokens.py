@@ -9,8 +9,9 @@
     OUT/.tokenize.json           the request (data, tokenizer hash, shard size) while unfinished
 
 The tokens are exactly :func:`hfgrow.data.tokenization.token_stream` of each domain's documents (the
-one rule: EOS after every document, no BOS); the index records the token and document counts per
-domain and shard, the tokenizer's name and a SHA-256 of its vocabulary (ids, EOS id), and the dtype.
+one rule: the tokenizer's BOS, if it adds one, before every document and EOS after it); the index
+records the token and document counts per domain and shard, the tokenizer's name, a SHA-256 of its
+vocabulary (ids, EOS id), the BOS ids put before every document (``bos``), and the dtype.
 
 Why flat memmapped shards (and not ``datasets`` Arrow or litdata): training cuts each domain's
 stream into fixed windows and wants window *w* in O(1) without decoding anything; a flat array
@@ -129,7 +130,8 @@ def _request(domains: list[DomainSpec], fingerprint: dict, dtype: str, shard_cha
 
 def _same_request(a: dict, b: dict) -> bool:
     keys = ("data", "dtype", "shard_chars", "text_field")
-    return all(a.get(k) == b.get(k) for k in keys) and a["tokenizer"]["vocab_hash"] == b["tokenizer"]["vocab_hash"]
+    return all(a.get(k) == b.get(k) for k in keys) and a["tokenizer"]["vocab_hash"] == b["tokenizer"]["vocab_hash"] \
+        and a["tokenizer"].get("bos", []) == b["tokenizer"].get("bos", [])
 
 
 def _done_shards(out: Path, name: str) -> dict[int, dict]:

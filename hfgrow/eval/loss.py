@@ -9,8 +9,8 @@ context and is not scored). A stream of n tokens scores n − 1 tokens when ``st
 
 Text: a domain's documents are opened through :mod:`hfgrow.data.specs` (the files
 :mod:`hfgrow.data.text` reads, or a folder of them) and become one token stream by the project's
-one rule (:func:`hfgrow.data.tokenization.token_stream`: ``doc1 EOS doc2 EOS … docN EOS``, no BOS), the
-stream the model is trained on; every token of it after the first is scored.
+one rule (:func:`hfgrow.data.tokenization.token_stream`: ``BOS doc1 EOS … BOS docN EOS``, BOS where the
+tokenizer adds one), the stream the model is trained on; every token of it after the first is scored.
 
 Benchmarks (lm-evaluation-harness) are in :mod:`hfgrow.eval.tasks`.
 

@@ -37,9 +37,10 @@ def render_card(template: str, *, base_model: str | None, relation: str | None, 
     return str(card)
 
 
-def _tags(model_type: str, recipe, *extra: str) -> list[str]:
-    """Hub tags: hfgrow, what was done (growth, training), the architecture."""
-    grown = ["model-growth", f"grow-{recipe.operation.op}"] if recipe is not None else []
+def _tags(model_type: str, recipe, *extra: str, ops: tuple[str, ...] = ()) -> list[str]:
+    """Hub tags: hfgrow, what was done (growth: the recipe's operator or ``ops``, training), the architecture."""
+    ops = ((recipe.operation.op,) if recipe is not None else ()) + tuple(ops)
+    grown = ["model-growth", *dict.fromkeys(f"grow-{op}" for op in ops)] if ops else []
     return ["hfgrow", *grown, *extra, model_type]
 
 
@@ -116,12 +117,16 @@ def _growth(recipe) -> dict[str, Any]:
 def trained_card(*, model_name: str, base_display: str, base_repo_id: str | None, model_type: str, base_recipe,
                  steps: int, tokens: int, training: list[tuple[str, str]], eval_columns: list[str],
                  eval_rows: list[tuple[str, list[str]]], data: list[tuple[str, str, str]], datasets: list[str],
-                 command: str) -> str:
+                 command: str, random_init: bool = False, run_growth: str | None = None,
+                 run_growth_ops: list[str] | tuple[str, ...] = ()) -> str:
     """The card of a trained folder: the run that made it and, when its base was grown, that growth.
 
     ``training`` are the rows of the training table, ``eval_rows`` the held-out losses per domain at the
     evaluations named by ``eval_columns``, ``data`` the (domain, source, proportion) rows; every value is
     already formatted. ``base_recipe`` is the base model's recipe (None when it was not grown).
+    ``random_init``: the run started from the base's architecture with random weights (pre-training, not
+    continued pre-training; no ``base_model``). ``run_growth``: the growths the run made itself, in words
+    (their operators in ``run_growth_ops``, for the tags).
 
     Example:
         >>> card = trained_card(model_name="tl-g4-cpt", base_display="org/tl-g4", base_repo_id="org/tl-g4",
@@ -136,13 +141,16 @@ def trained_card(*, model_name: str, base_display: str, base_repo_id: str | None
 
     return render_card(
         "trained.md",
-        base_model=base_repo_id,
+        base_model=None if random_init else base_repo_id,
         relation="finetune",
-        tags=_tags(model_type, base_recipe, "continued-pretraining"),
+        tags=_tags(model_type, base_recipe, "pretraining" if random_init else "continued-pretraining",
+                   ops=tuple(run_growth_ops)),
         extra_data={"datasets": datasets} if datasets else None,
         model_name=model_name,
         base_display=base_display,
         base_url=f"https://huggingface.co/{base_repo_id}" if base_repo_id else None,
+        random_init=random_init,
+        run_growth=run_growth,
         steps=f"{steps:,}",
         tokens=format_count(tokens),
         growth=_growth(base_recipe) if base_recipe is not None else None,

@@ -11,13 +11,31 @@ import math
 from collections import Counter
 from typing import Any
 
-from hfgrow.io.checkpoint import weight_files
+from hfgrow.io.checkpoint import has_weights, weight_files
 from hfgrow.arch.layout import open_model
 from hfgrow.io.source import open_source
 
 
+def _config_only(folder) -> tuple[Any, Any]:
+    """(tensor table, layout) of a folder with a config and no weights (what ``hfgrow train`` starts from at random
+    initialisation): the tensors the config's model would save, from its skeleton on the meta device (tied
+    aliases once, as a saved checkpoint holds them), in the config's dtype; nothing is read or allocated."""
+    from hfgrow.arch.layout import hf_config_from_dict, meta_model, read_config, read_layout
+    from hfgrow.io import dtypes
+    from hfgrow.io.checkpoint import Checkpoint, TensorInfo
+
+    config = read_config(folder)
+    hf_config = hf_config_from_dict(config)
+    dtype = dtypes.from_option(str(config.get("dtype") or config.get("torch_dtype") or "float32")) or "F32"
+    tensors = {name: TensorInfo(name, dtype, tuple(p.shape), None, 0, dtypes.nbytes(dtype, tuple(p.shape)))
+               for name, p in meta_model(hf_config).named_parameters()}
+    checkpoint = Checkpoint(folder, tensors)
+    return checkpoint, read_layout(folder, checkpoint, config)
+
+
 def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = True) -> dict[str, Any]:
-    """Describe a model without loading its weights.
+    """Describe a model without loading its weights; a folder with a config and no weights is described from the
+    config alone (``"format": "config only"``, no files).
 
     Example:
         >>> info = inspect("TinyLlama/TinyLlama_v1.1")
@@ -25,7 +43,8 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
         (22, 1100048384, False)
     """
     with open_source(src, revision=revision, token=token, progress=not quiet) as source:
-        checkpoint, layout = open_model(source.path)
+        weights = has_weights(source.path)
+        checkpoint, layout = open_model(source.path) if weights else _config_only(source.path)
         vocab = layout.config.get("vocab_size")
         embedding = non_embedding = 0
         for name, info in checkpoint.tensors.items():
@@ -37,7 +56,7 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
             else:
                 non_embedding += math.prod(info.shape)
         kinds = layer_kinds(layout)
-        files = weight_files(source.path)
+        files = weight_files(source.path) if weights else []
         tie = layout.config.get("tie_word_embeddings", layout.config.get("text_config", {}).get("tie_word_embeddings"))
         return {
             "source": source.display,
@@ -57,7 +76,7 @@ def inspect(src: str, *, revision: str | None = None, token=None, quiet: bool = 
             "params": {"embedding": embedding, "non_embedding": non_embedding, "total": embedding + non_embedding},
             "tied_embeddings": bool(layout.tied) or bool(tie),
             "dtypes": dict(Counter(info.dtype for info in checkpoint.tensors.values())),
-            "format": checkpoint.format,
+            "format": checkpoint.format if weights else "config only",
             "files": len(files),
             "bytes_on_disk": sum(f.stat().st_size for f in files),
         }
@@ -165,8 +184,11 @@ def format_inspect(info: dict[str, Any]) -> str:
         f"params        {format_count(params['total'])} total: {format_count(params['embedding'])} embedding, "
         f"{format_count(params['non_embedding'])} non-embedding ({params['total']:,})",
         f"tied embed.   {'yes' if info['tied_embeddings'] else 'no'}",
-        "dtypes        " + ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items()),
-        f"on disk       {info['bytes_on_disk'] / 1e9:.3f} GB in {info['files']} {info['format']} file(s)",
+        "dtypes        " + ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items())
+        + (" (the config's dtype)" if info["format"] == "config only" else ""),
+        (f"on disk       {info['bytes_on_disk'] / 1e9:.3f} GB in {info['files']} {info['format']} file(s)"
+         if info["format"] != "config only" else "on disk       no weights: a config-only folder (training starts it "
+                                                  "from random initialisation)"),
     ]
     if info["per_layer_config_keys"] or info["layer_index_config_keys"]:
         lines.append("per-layer cfg " + ", ".join(info["per_layer_config_keys"] + info["layer_index_config_keys"]))

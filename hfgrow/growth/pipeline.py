@@ -70,8 +70,35 @@ def command_line(command: str, source: SourceRef, out: str, params: dict[str, An
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [flag, str(value)]
+        values = value if isinstance(value, (list, tuple)) else [value]  # a repeatable option: once per value
+        argv += [flag] if value is True else [part for item in values for part in (flag, str(item))]
     return shlex.join(argv)
+
+
+def config_value_text(value: Any) -> str:
+    """A config value as the report shows it: JSON, and a long list in full but folded, each run of equal items
+    as ``item*n`` and a repeating period as ``(...)*k`` (nothing is cut off).
+
+    Example:
+        >>> config_value_text(["a", "a", "b"]), config_value_text(4)
+        ('["a", "a", "b"]', '4')
+        >>> config_value_text((["sliding_attention"] * 3 + ["full_attention"]) * 12)
+        '("sliding_attention"*3, "full_attention")*12'
+    """
+    shown = json.dumps(value)
+    if not isinstance(value, list) or len(shown) < 100 or not value:
+        return shown
+    items = [json.dumps(v) for v in value]
+    period = next(p for p in range(1, len(items) + 1) if len(items) % p == 0 and items == items[:p] * (len(items) // p))
+    runs: list[list] = []
+    for item in items[:period]:
+        if runs and runs[-1][0] == item:
+            runs[-1][1] += 1
+        else:
+            runs.append([item, 1])
+    body = ", ".join(item if n == 1 else f"{item}*{n}" for item, n in runs)
+    repeats = len(items) // period
+    return f"({body})" + (f"*{repeats}" if repeats > 1 else "")
 
 
 @dataclass
@@ -119,8 +146,7 @@ class GrowResult:
         lines += [f"transform  {count} x {text}" for text, count in transforms.items()]
         for key, value in plan.config.items():
             if layout.config.get(key) != value:
-                shown = json.dumps(value)
-                lines.append(f"config     {key} = {shown if len(shown) < 100 else shown[:97] + '...'}")
+                lines.append(f"config     {key} = {config_value_text(value)}")
         lines += [f"note       {note}" for note in plan.notes]
         if self.out is not None:
             lines.append(f"written    {self.out}")

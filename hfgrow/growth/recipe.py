@@ -123,6 +123,12 @@ class WidthMask:
                    new_kv_heads=tuple(int(h) for h in data.get("new_kv_heads") or ()))
 
 
+#: grow's default MSG ramp takes this fraction of the training run (its stages together), fitted when training starts
+RAMP_FRACTION = 0.1
+#: how a recipe writes that default length in place of a number of steps
+DEFAULT_RAMP = f"{RAMP_FRACTION:.0%} of the training run"
+
+
 @dataclass(frozen=True)
 class Mask:
     """MSG: new structure is scaled by c, which ramps 0 -> 1 over ``steps`` training steps.
@@ -153,8 +159,9 @@ class Mask:
     ``readers``, ``fill``.
 
     ``steps_given`` says whether ``steps`` was chosen (``grow --mask-steps``) or is grow's default: training
-    keeps a chosen length and fits a default one to the run (:func:`hfgrow.train.args.fit_ramp`). Written
-    only when false; recipes without it read as chosen (the ramp they always had).
+    keeps a chosen length and fits a default one to the run (:func:`hfgrow.train.args.fit_ramp`: the ramp
+    takes :data:`RAMP_FRACTION` of the run). Written only when false, with ``steps`` then written as that
+    rule (:data:`DEFAULT_RAMP`); recipes without it read as chosen (the ramp they always had).
     """
 
     layers: tuple[int, ...] = ()
@@ -166,8 +173,13 @@ class Mask:
     norm_stats: str = "fill"
     steps_given: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.steps_given:  # grow's default: no number of steps until training fits it to the run
+            object.__setattr__(self, "steps", 0)
+
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"layers": list(self.layers), "steps": self.steps, "form": self.form}
+        steps = self.steps if self.steps_given else DEFAULT_RAMP  # grow's default is fitted when training starts
+        data: dict[str, Any] = {"layers": list(self.layers), "steps": steps, "form": self.form}
         if not self.steps_given:
             data["steps_given"] = False
         if self.width is not None:
@@ -180,13 +192,16 @@ class Mask:
     def from_dict(cls, data: dict[str, Any]) -> Mask:
         width = data.get("width")
         stages = data.get("stages")
-        return cls(layers=tuple(int(i) for i in data.get("layers") or ()), steps=int(data.get("steps") or 0),
+        steps = data.get("steps")
+        given = data.get("steps_given") is not False and not isinstance(steps, str)
+        return cls(layers=tuple(int(i) for i in data.get("layers") or ()),
+                   steps=0 if isinstance(steps, str) else int(steps or 0),
                    width=WidthMask.from_dict(width) if isinstance(width, dict) else None,
                    form=str(data.get("form") or "sublayer"),
                    stages=tuple(tuple(str(s) for s in stage) for stage in stages) if stages else cls.stages,
                    units_at=str(data.get("units_at") or cls.units_at),
                    norm_stats=str(data.get("norm_stats") or cls.norm_stats),
-                   steps_given=data.get("steps_given") is not False)
+                   steps_given=given)
 
 
 @dataclass(frozen=True)

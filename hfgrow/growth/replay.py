@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def resolve_source(recipe: Recipe, recipe_path: Path, source: str | None = None)
             raise HfgrowError(f"the recipe names its source folder '{name}', which is a path, not a folder name; "
                               "hfgrow looks a recipe's source up by name only. Give the source yourself: "
                               f"hfgrow grow SRC OUT --recipe {recipe_path}.")
-        grown = recipe_path if recipe_path.is_dir() else recipe_path.parent
+        grown = Path(os.path.abspath(recipe_path if recipe_path.is_dir() else recipe_path.parent))  # "." has a parent
         for candidate in (grown.parent / name, Path.cwd() / name):
             if candidate.is_dir():
                 return str(candidate), None

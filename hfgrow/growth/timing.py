@@ -60,6 +60,9 @@ __all__ = [
 GROWTH_LAW = {"a": 0.88, "b": 163.27, "c": -5.74}
 #: The paper's recommended growth factor (optimum between 2 and 4).
 DEFAULT_FACTOR = 4
+#: The paper's experiments span 410M-7B parameters; below that the growth-timing law is an extrapolation far
+#: outside its fit (it asks ~10^10 tokens of a 1M-parameter model).
+LAW_MIN_PARAMS = 410_000_000
 
 
 
@@ -274,6 +277,7 @@ class GrowthPlan:
         lines = [
             f"Gstack plan: grow a {format_count(self.params.total)}-parameter model trained on "
             f"{format_count(self.tokens)} tokens",
+            *(f"  warning: {warning}" for warning in self.warnings),  # first: they qualify every number below
             "",
         ]
         shape = ""
@@ -324,8 +328,6 @@ class GrowthPlan:
             f"    2. {self.command}",
             f"    3. continue training OUT for the remaining {format_count(max(self.tokens - self.growth_tokens, 0), 2)} tokens",
         ]
-        for warning in self.warnings:
-            lines.append(f"  warning: {warning}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -392,6 +394,12 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
     C = 6.0 * N * D
     d = growth_tokens(N, C)
     warnings: list[str] = []
+    if N < LAW_MIN_PARAMS:
+        warnings.append(
+            f"the target has {format_count(N)} parameters, below {format_count(LAW_MIN_PARAMS)}, the smallest model "
+            "the growth-timing law was fitted on (Du et al. 2024: 410M-7B); below it d is an extrapolation, not "
+            "the paper's guidance."
+        )
     if d >= D:
         warnings.append(
             f"the law's growth timing d = {format_count(d, 2)} tokens is not below the budget D = "
@@ -399,7 +407,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
             "than training the target from scratch); train from scratch or raise D."
         )
     grow_argument = launch = None
-    if d < D:
+    if d < D and N >= LAW_MIN_PARAMS:
         grow_argument = f"stack:{factor}@{format_count(d, 2)}"
         launch = (f"accelerate launch --quiet --config_file configs/fsdp2.yaml --num_processes N -m hfgrow.continue "
                   f"--model BASE/ --grow {grow_argument} --data DATA --output-dir RUN --max-tokens "

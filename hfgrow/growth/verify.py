@@ -57,6 +57,8 @@ class VerifyResult:
 def _token_ids(text: str, folders: list[Path], vocab_size: int, max_tokens: int):
     import torch
 
+    from hfgrow.data.tokenization import token_stream
+
     for folder in folders:
         from hfgrow.io.tokenizer import load_tokenizer
 
@@ -64,7 +66,7 @@ def _token_ids(text: str, folders: list[Path], vocab_size: int, max_tokens: int)
             tokenizer = load_tokenizer(folder)
         except HfgrowError:  # no/unknown tokenizer in this folder: try the next
             continue
-        ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
+        ids = torch.tensor([token_stream(tokenizer, [text], max_tokens=max_tokens)])  # as training reads it
         if ids.numel() >= 2 and int(ids.max()) < vocab_size:
             return ids
     data = list(text.encode())[:max_tokens]

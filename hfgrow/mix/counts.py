@@ -2,7 +2,8 @@
 
 Reference implementation of "BiMix: a bivariate data mixing law" (Ge et al., arXiv 2405.14908),
 see REFERENCE.md §2. Each domain's text becomes one token stream by the project's one rule
-(:mod:`hfgrow.data.tokenization`: ``d1 EOS d2 EOS ... dn EOS``, no BOS); the stream is cut into
+(:mod:`hfgrow.data.tokenization`: ``BOS d1 EOS ... BOS dn EOS``, BOS where the tokenizer adds one); the
+stream is cut into
 consecutive sequences of ``seq_len`` tokens (the last one may be shorter), and unigrams and
 adjacent-token bigrams are counted *within* sequences (no bigram spans a sequence boundary).
 From the counts (natural log):

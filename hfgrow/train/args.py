@@ -30,12 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-from hfgrow.growth.recipe import Mask, Recipe
+from hfgrow.growth.recipe import RAMP_FRACTION, Mask, Recipe
 from hfgrow.train.growth import OPTIMIZER_MODES, GrowArg, parse_grow
 from hfgrow.units import parse_count
-
-#: the MSG ramp of a recipe whose length grow chose by default takes this fraction of the run, stages together
-RAMP_FRACTION = 0.1
 
 EXAMPLES = """\
 examples:
@@ -112,13 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
       help="training tokens, e.g. 2B, 500M or 2e9 (alternative to --max-steps)")
     a("--lr", type=float, help="max LR (default: by model size, 6e-4 at <=410M params down to 1e-4 at >=7B)")
     a("--min-lr", type=float, help="final LR of the cosine (default 10%% of --lr)")
-    a("--warmup-steps", type=int, help="linear warmup steps (default min(3000, 5%% of steps))")
+    a("--warmup-steps", type=int, help="linear warmup steps (default: 5%% of the steps, at least 100 or half the "
+                                        "run when it is shorter, at most 3000; the run prints its warmup)")
     a("--weight-decay", type=float, default=0.1, help="AdamW weight decay of the matrices (not of norms or biases)")
     a("--beta1", type=float, default=0.9, help="AdamW beta1")
     a("--beta2", type=float, default=0.95, help="AdamW beta2")
     a("--grad-clip", type=float, default=1.0, help="clip the global grad norm (0: off)")
     a("--save-steps", type=int, default=1000, help="checkpoint every N steps (and at the end)")
-    a("--keep-checkpoints", type=int, default=0, help="keep only the N newest checkpoints (0: all)")
+    a("--save-total-limit", "--keep-checkpoints", dest="save_total_limit", type=int, default=2, metavar="N",
+      help="keep the N newest RUN/checkpoint-* folders, deleting older ones after each save (default 2: the newest "
+           "to resume from and the one before it; 0 keeps all). stage-K/ and grown-K/ are always kept")
     a("--eval-steps", type=int, default=500, help="evaluate every N steps (and before the first and after the last)")
     a("--resume", action="store_true", help="continue from the latest complete checkpoint in --output-dir")
     a("--seed", type=int, default=0, help="seed of the data order and of LoRA's initial weights")
@@ -199,7 +199,8 @@ def recorded_mask(recipe: Recipe | None) -> Mask | None:
         (4, 5, 6, 7)
     """
     mask = recipe.operation.mask if recipe else None
-    return mask if mask is not None and (mask.layers or mask.width) and mask.steps > 0 else None
+    return mask if mask is not None and (mask.layers or mask.width) and (mask.steps > 0 or not mask.steps_given) \
+        else None
 
 
 def fit_ramp(mask: Mask | None, run_steps: int, *, asked: int | None = None, resumed: int | None = None,
@@ -219,7 +220,7 @@ def fit_ramp(mask: Mask | None, run_steps: int, *, asked: int | None = None, res
     warned about with ``--no-export`` (the run can go on with a larger --max-steps).
 
     Example:
-        >>> mask, warning = fit_ramp(Mask(layers=(4, 5), steps=5000, steps_given=False), 450)
+        >>> mask, warning = fit_ramp(Mask(layers=(4, 5), steps_given=False), 450)
         >>> mask.steps, warning
         (45, None)
     """
@@ -262,7 +263,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise HfgrowError(f"{flag} must be at least 1 (got {value}).")
     for flag, value in (("--lr", args.lr), ("--min-lr", args.min_lr), ("--warmup-steps", args.warmup_steps),
                         ("--weight-decay", args.weight_decay), ("--grad-clip", args.grad_clip),
-                        ("--eval-sequences", args.eval_sequences), ("--keep-checkpoints", args.keep_checkpoints),
+                        ("--eval-sequences", args.eval_sequences), ("--save-total-limit", args.save_total_limit),
                         ("--grow-warmup-steps", args.grow_warmup_steps)):
         if value is not None and not math.isfinite(value):
             raise HfgrowError(f"{flag} must be a finite number (got {value}).")

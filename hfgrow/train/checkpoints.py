@@ -144,7 +144,11 @@ def save(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    hook = accelerator.register_save_state_pre_hook(drop_aliases)
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        hook.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         debug_kill("HFGROW_DEBUG_KILL_IN_SAVE", step)
@@ -155,6 +159,27 @@ def save(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int
                 shutil.rmtree(old.path, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def drop_aliases(models, weights: list[dict], output_dir) -> None:
+    """accelerate's save-state pre-hook: leave out every name that is another view of a tensor already saved.
+
+    A tied model's ``lm_head.weight`` *is* its embedding; safetensors cannot hold two names for one storage,
+    and accelerate would remove the alias itself with a warning at every save. The alias is rebuilt by the
+    model's tying on load, as accelerate's own removal relies on.
+    """
+    for state in weights:
+        seen = set()
+        for name in list(state):
+            tensor = state[name]
+            if not hasattr(tensor, "untyped_storage") or tensor.device.type == "meta":
+                continue
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                   tuple(tensor.stride()))
+            if key in seen:
+                del state[name]
+            else:
+                seen.add(key)
 
 
 def load(accelerator, checkpoint: Path) -> None:

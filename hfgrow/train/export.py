@@ -21,12 +21,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from hfgrow.data.specs import published_spec
 from hfgrow.errors import HfgrowError
 from hfgrow.io.folder import Folder
 from hfgrow.io.executor import save_state_dict
 from hfgrow.io.output import OutputFolder, atomic_write, check_output_path
 from hfgrow.train.checkpoints import STATE_FILE, read_state
-from hfgrow.units import format_count
+from hfgrow.units import counted, format_count
 
 
 def _strip_prefixes(name: str) -> str:
@@ -123,11 +124,22 @@ def _data_source(spec: str) -> str:
     if spec.startswith("hf:"):
         name = spec[3:].split(":")[0]
         return f"[{name}](https://huggingface.co/datasets/{name})"
-    return f"`{Path(spec.rstrip('/')).name}` (local)"
+    return f"`{published_spec(spec)}` (local)"
 
 
-def _data_argument(name: str, spec: str) -> str:
-    return f"{name}={spec if spec.startswith('hf:') else Path(spec.rstrip('/')).name}"
+def _data_arguments(flag: str, specs: dict[str, str], parts: dict[str, str]) -> list[str]:
+    """``--data`` (or ``--eval-data``) arguments giving these domains again: ``NAME=SPEC`` for text; a token folder
+    once, by its name alone, when its domains keep their names (``NAME=FOLDER`` renames a folder's only domain)."""
+    argv: list[str] = []
+    given: set[str] = set()
+    for name, spec in specs.items():
+        if name in parts and parts[name] == name:
+            if spec not in given:
+                given.add(spec)
+                argv += [flag, published_spec(spec)]
+            continue
+        argv += [flag, f"{name}={published_spec(spec)}"]
+    return argv
 
 
 def _command(run: dict[str, Any], base: str) -> str:
@@ -136,10 +148,9 @@ def _command(run: dict[str, Any], base: str) -> str:
     if int(run.get("world_size") or 1) > 1:
         argv += ["--num-processes", str(run["world_size"])]
     argv += ["--model", base]
-    for name, spec in (run.get("data") or {}).items():
-        argv += ["--data", _data_argument(name, spec)]
-    for name, spec in (run.get("eval_data") or {}).items():
-        argv += ["--eval-data", _data_argument(name, spec)]
+    parts = run.get("data_parts") or {}
+    argv += _data_arguments("--data", run.get("data") or {}, parts)
+    argv += _data_arguments("--eval-data", run.get("eval_data") or {}, parts)
     if run.get("mixture_file"):
         argv += ["--mixture", run["mixture_file"]]
     argv += ["--output-dir", "run/", "--seq-len", str(run["seq_len"]), "--batch-size", str(run["batch_size"]),
@@ -152,7 +163,7 @@ def _command(run: dict[str, Any], base: str) -> str:
         argv += ["--lora-r", str(run["lora"]["r"]), "--lora-alpha", f"{run['lora']['lora_alpha']:g}"]
     for stage in (run.get("stages") or [])[1:]:
         argv += ["--grow", stage["grow"]]
-    if run.get("grow_optimizer", "fresh") != "fresh":
+    if run.get("grow_optimizer") not in (None, "fresh"):  # None: a run without --grow
         argv += ["--grow-optimizer", run["grow_optimizer"]]
     if run.get("grow_warmup_steps"):
         argv += ["--grow-warmup-steps", str(run["grow_warmup_steps"])]
@@ -171,7 +182,7 @@ def _growth_rows(run: dict[str, Any], upto_stage: int) -> list[tuple[str, str]]:
         carry = run.get("grow_optimizer") == "carry"
         rows.append(("across growth", ("AdamW moments carried to the copies of each block" if carry else
                                        "AdamW fresh after every growth") + "; " +
-                     (f"LR re-warmed over {run['grow_warmup_steps']:,} steps" if run.get("grow_warmup_steps") else
+                     (f"LR re-warmed over {counted(run['grow_warmup_steps'], 'step')}" if run.get("grow_warmup_steps") else
                       "the LR schedule continues")))
     return rows
 
@@ -215,7 +226,8 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
     world = int(run.get("world_size") or 1)
     betas = run.get("betas") or [0.9, 0.95]
     rows = [
-        ("model trained", f"`{base}`"),
+        ("model trained", f"`{base}`'s architecture from random initialisation (seed {run.get('seed', 0)})"
+                          if run.get("random_init") else f"`{base}`"),
         ("parameters", f"{format_count(n_params)} ({n_params:,})"),
         ("parameters trained", trained.get(run.get("train", "all"), "all")),
         ("steps", f"{steps:,}"),
@@ -224,13 +236,13 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
                             f"{world} × {run['batch_size']} × {run['grad_accum']} × {run['seq_len']})"),
         ("optimizer", f"AdamW, fresh (β₁ {betas[0]:g}, β₂ {betas[1]:g}, weight decay {run['weight_decay']:g}, "
                       f"gradient clipping {run['grad_clip']:g})"),
-        ("learning rate", f"{run['max_lr']:.3g} → {run['min_lr']:.3g}: linear warmup over {run['warmup_steps']:,} "
-                          "steps, then cosine decay"),
+        ("learning rate", f"{run['max_lr']:.3g} → {run['min_lr']:.3g}: linear warmup over "
+                          f"{counted(run['warmup_steps'], 'step')}, then cosine decay"),
     ]
     rows += _growth_rows(run, stage)
     mask = run.get("mask")
     if mask and not stage:
-        rows.append(("MSG mask ramp", f"new structure scaled by c = 0 → 1 over the first {mask['steps']:,} steps"))
+        rows.append(("MSG mask ramp", f"new structure scaled by c = 0 → 1 over the first {counted(mask['steps'], 'step')}"))
     last_loss, evals = _losses(Path(checkpoint), state)
     if last_loss is not None:
         rows.append((f"train loss at step {steps:,}", f"{last_loss:.4f}"))
@@ -245,11 +257,17 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
     datasets = sorted({spec[3:].split(":")[0] for spec in [*(run.get("data") or {}).values(),
                                                            *(run.get("eval_data") or {}).values()]
                        if spec.startswith("hf:")})
+    grown = [(f"from {before['layers']} to {after['layers']} layers with `{after['op']}` ×{after['factor']:g} after "
+              f"step {after['start_step']:,} ({after['start_tokens']:,} tokens)")
+             for before, after in zip((run.get("stages") or [])[: stage + 1], (run.get("stages") or [])[1 : stage + 1])]
+    # in a later stage, base_folder is the run's own grown-K: its growth is the run's (told above), not the base's
     return trained_card(
         model_name=model_name, base_display=base, base_repo_id=repo_id,
-        model_type=getattr(config, "model_type", "model"), base_recipe=Recipe.read(base_folder), steps=steps,
-        tokens=tokens, training=rows, eval_columns=columns, eval_rows=eval_rows, data=data, datasets=datasets,
-        command=_command(run, base))
+        model_type=getattr(config, "model_type", "model"), base_recipe=None if stage else Recipe.read(base_folder),
+        steps=steps, tokens=tokens, training=rows, eval_columns=columns, eval_rows=eval_rows, data=data,
+        datasets=datasets, command=_command(run, base), random_init=bool(run.get("random_init")),
+        run_growth="; then ".join(grown) or None,
+        run_growth_ops=[s["op"] for s in (run.get("stages") or [])[1 : stage + 1]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,17 +276,18 @@ def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config
 
 
 @contextlib.contextmanager
-def _base_folder(run: dict[str, Any], base):
-    """The folder of the model the run started from: ``base`` when given, else resolved again from run.json."""
+def _base_folder(run: dict[str, Any], base, run_dir: Path):
+    """The folder of the model the run started from: ``base`` when given, else resolved again from run.json
+    (a local folder is recorded relative to the run folder ``run_dir``)."""
     if base is not None:
         yield base
         return
     from hfgrow.io.source import open_source
 
+    spec = str(run_dir / run["model_spec"]) if run.get("model_folder") else run["model_spec"]
     with contextlib.ExitStack() as stack:
         try:
-            source = stack.enter_context(open_source(run["model_spec"], revision=run.get("model_revision"),
-                                                     progress=False))
+            source = stack.enter_context(open_source(spec, revision=run.get("model_revision"), progress=False))
         except HfgrowError as exc:
             raise HfgrowError(f"cannot open {run.get('model')!r}, the model this run started from: {exc}") from None
         yield source
@@ -324,7 +343,7 @@ def _stage_folder(checkpoint: Path, state: dict[str, Any], run: dict[str, Any], 
                               "that stage started from) is missing; export it from inside its run folder.")
         yield folder
         return
-    with _base_folder(run, base) as source:
+    with _base_folder(run, base, checkpoint.parent) as source:
         yield source.path
 
 

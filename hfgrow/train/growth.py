@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hfgrow.errors import HfgrowError
+from hfgrow.growth.timing import LAW_MIN_PARAMS
 from hfgrow.units import format_count, parse_count
 
 # --grow OP -> (GrowSpec op, depth order). Every depth operator of the engine but LiGO, which learns its
@@ -41,9 +42,7 @@ from hfgrow.units import format_count, parse_count
 OPS = {"stack": ("direct", "stack"), "interpolate": ("direct", "interpolate"), "zero": ("zero", None),
        "random": ("random", None)}
 OPTIMIZER_MODES = ("fresh", "carry")
-# The paper's experiments span 410M-7B parameters (shared/REFERENCE.md §1); below that the growth-timing law is
-# an extrapolation far outside its fit (it asks ~10^10 tokens of a 1M-parameter model).
-AUTO_MIN_PARAMS = 410_000_000
+AUTO_MIN_PARAMS = LAW_MIN_PARAMS  # the growth-timing law's smallest model (410M): `auto` is refused below it
 _GROW = re.compile(r"^(?P<op>[a-z]+):(?P<factor>[0-9.]+)@(?P<when>.+)$")
 
 
@@ -175,8 +174,10 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
                 seed: int = 0, style: str = "hfgrow") -> StagePlan:
     """Every stage of a run: growth steps and sizes, checked from the config alone.
 
-    A growth at T tokens happens before the first optimizer step that would see more than T tokens
-    (step ⌈T / tokens per step⌉, 0-based), so the small model trains on at least T tokens.
+    A growth at T tokens happens once the run has seen at least T tokens: after ⌈T / tokens per step⌉
+    optimizer steps (``start_step``, the 0-based step it comes before), so the small model trains on at
+    least T tokens; ``stack:2@1k`` at 256 tokens per step grows after step 4 (1,024 tokens), not after
+    step 3 (768).
 
     Raises:
         HfgrowError: a growth at or past the end of the run, two at the same step, ``auto`` where the law
@@ -211,8 +212,9 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
         tokens = stage.growth.tokens
         if stage.growth.auto:
             tokens, law = _resolve_auto(stage.growth, stages[-1].n_params, budget)
-            notes.append(f"--grow {stage.growth.text}: {law}; the run grows at step {math.ceil(tokens / tokens_per_step):,}"
-                         f" ({math.ceil(tokens / tokens_per_step) * tokens_per_step:,} tokens).")
+            notes.append(f"--grow {stage.growth.text}: {law}; the run grows after step "
+                         f"{math.ceil(tokens / tokens_per_step):,} ({math.ceil(tokens / tokens_per_step) * tokens_per_step:,}"
+                         " tokens).")
         step = math.ceil(tokens / tokens_per_step)
         if step >= max_steps:
             raise HfgrowError(f"--grow {stage.growth.text}: the run ends after {budget:,} tokens ({max_steps:,} steps of "

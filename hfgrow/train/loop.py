@@ -54,7 +54,8 @@ from hfgrow.train.args import Setup, build_parser, preflight
 from hfgrow.train.growth import Stage, StagePlan
 from hfgrow.train.launch import PARENT_ENV
 from hfgrow.train.runlog import RunLog
-from hfgrow.train.schedule import Schedule, steps_for
+from hfgrow.train.schedule import Schedule, describe_warmup, steps_for
+from hfgrow.units import counted
 
 
 def _rank() -> int:
@@ -190,11 +191,18 @@ def stage_ramp(setup: Setup, recipe, stage: int, steps_left: int):
     still running at the end is a warning there, never a refusal mid-run)."""
     from hfgrow.train.args import fit_ramp, recorded_mask
 
+    from hfgrow.train.msg import ramp_length
+
     if not stage:
-        return setup.mask
-    mask, warning = fit_ramp(recorded_mask(recipe), steps_left, exports=False)
-    if warning and _rank() == 0:
-        print(warning, file=sys.stderr)
+        mask = setup.mask
+    else:
+        mask, warning = fit_ramp(recorded_mask(recipe), steps_left, exports=False)
+        if warning and _rank() == 0:
+            print(warning, file=sys.stderr)
+    if mask is not None and _rank() == 0:
+        what = " and ".join(w for w, on in (("new layers", mask.layers), ("new units", mask.width)) if on)
+        print(f"MSG mask ramp: the {what} are scaled by c = 0 -> 1 over the first {counted(ramp_length(mask), 'step')}"
+              + (f" of stage {stage}" if stage else ""), file=sys.stderr)
     return mask
 
 
@@ -217,15 +225,25 @@ def make_optimizer(model, args: argparse.Namespace, accelerator, lr: float):
 
 def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo, data, schedule: Schedule,
                  accelerator, tokens_per_step: int, plan: StagePlan) -> dict[str, Any]:
-    """run.json: the run's settings. ``model`` is a Hub id or a folder name (it reaches the card);
-    ``model_spec`` is what to open again to resume or export (a local path stays in the run folder)."""
+    """run.json (and every checkpoint's hfgrow_state.json): the run's settings, with no path of this machine.
+
+    ``model`` is a Hub id or a folder name (it reaches the card); ``model_spec`` is what to open again to
+    export: a Hub id, or for a local folder its path relative to the run folder (``model_folder`` true), so
+    the run and its model can move together. Local data are recorded relative to the run folder too;
+    ``data_parts`` names the domain of a token folder each data name reads."""
     from hfgrow.growth.recipe import SourceRef
 
     ref = SourceRef.from_source(source)
     local = Path(args.model).expanduser().is_dir()
+    here = Path(args.output_dir).expanduser().resolve()
+
+    def relative(spec: str) -> str:
+        path = Path(spec).expanduser()
+        return os.path.relpath(path.resolve(), here) if not spec.startswith("hf:") and path.exists() else spec
+
     return {
         "model": ref.display, "model_source": ref.to_dict(),
-        "model_spec": str(Path(args.model).expanduser().resolve()) if local else args.model,
+        "model_spec": relative(args.model) if local else args.model, "model_folder": local,
         "model_revision": None if local else source.commit,
         "base_model_id": args.base_model_id or ref.repo_id,
         "train": args.train, "lora": info.lora, "n_params": plan.final_params if args.grow else info.n_params,
@@ -234,9 +252,10 @@ def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo
         "tokens_per_step": tokens_per_step, "max_steps": schedule.max_steps, "max_lr": schedule.max_lr,
         "min_lr": schedule.min_lr, "warmup_steps": schedule.warmup, "weight_decay": args.weight_decay,
         "betas": [args.beta1, args.beta2], "grad_clip": args.grad_clip, "seed": args.seed,
-        "data": {d.name: d.spec for d in data.specs}, "mixture": data.weights,
+        "data": {d.name: relative(d.spec) for d in data.specs}, "mixture": data.weights,
+        "data_parts": {d.name: d.part for d in [*data.specs, *setup.eval_specs] if d.part is not None},
         "mixture_file": Path(args.mixture).name if args.mixture else None,
-        "eval_data": {d.name: d.spec for d in setup.eval_specs}, "export_dtype": info.export_dtype,
+        "eval_data": {d.name: relative(d.spec) for d in setup.eval_specs}, "export_dtype": info.export_dtype,
         "use_cache": info.use_cache, "new_layers": setup.new_layers,
         "mask": setup.mask.to_dict() if info.mask is not None else None,
         "mixed_precision": accelerator.mixed_precision, "distributed_type": str(accelerator.distributed_type),
@@ -577,6 +596,9 @@ def run(args: argparse.Namespace) -> Path | None:
         schedule = Schedule.plan(n_params=plan.final_params if args.grow else info.n_params, max_steps=max_steps,
                                  lr=args.lr, min_lr=args.min_lr, warmup=args.warmup_steps,
                                  rewarm=args.grow_warmup_steps, growth_steps=[s.start_step for s in plan.stages[1:]])
+        if is_main and not setup.resume_from:
+            print(describe_warmup(schedule.warmup, schedule.max_steps, given=args.warmup_steps is not None),
+                  file=sys.stderr)
         optimizer = make_optimizer(model, args, accelerator, schedule.max_lr)
         model, optimizer = accelerator.prepare(model, optimizer)
         trainer = Trainer(accelerator, model, optimizer, data.train, schedule, args, setup.seq_len, info.mask,
@@ -601,6 +623,9 @@ def run(args: argparse.Namespace) -> Path | None:
                 Console(is_main, schedule.max_steps, start) as console:
             log.start(run_info)
             if start == 0 and evaluator:
+                n_eval = sum(len(seqs) for seqs in data.eval.values())
+                console.say(f"evaluating the model before training: {n_eval:,} held-out sequences of "
+                            f"{setup.seq_len:,} tokens ({', '.join(data.eval)})")
                 last_eval, last_eval_step = evaluator(trainer.model), 0
                 console.eval(log.eval(0, 0, last_eval, data.weights))
             for step in range(start, schedule.max_steps):
@@ -632,7 +657,7 @@ def run(args: argparse.Namespace) -> Path | None:
                     state = {"step": done, "tokens": record["tokens"], "data": data.train.state_dict(),
                              "run": run_info, "last_loss": last_loss, "last_eval": last_eval,
                              "last_eval_step": last_eval_step, "stage": trainer.stage}
-                    last_checkpoint = checkpoints.save(accelerator, out, done, state, keep=args.keep_checkpoints)
+                    last_checkpoint = checkpoints.save(accelerator, out, done, state, keep=args.save_total_limit)
                 checkpoints.debug_kill("HFGROW_DEBUG_KILL_AT_STEP", done)
         trainer.write_sample(out / "ranks")
         if setup.trackers:

@@ -15,6 +15,7 @@ from hfgrow.errors import HfgrowError
 from hfgrow.data.text import (
     TEXT_SUFFIXES,
     DocPart,
+    DocRest,
     file_kind,
     iter_documents,
     iter_documents_from,
@@ -107,7 +108,10 @@ def test_txt_pieces_are_docparts_that_join_to_the_file(tmp_path):
     (tmp_path / "a.txt").write_text(body)
     pieces = list(iter_documents(tmp_path / "a.txt", piece_bytes=100))
     assert len(pieces) > 10 and "".join(pieces) == body
-    assert all(type(p) is DocPart for p in pieces[:-1]) and type(pieces[-1]) is str
+    # all but the last go on in the next (DocPart: no EOS), all but the first go on from the previous (DocRest:
+    # no BOS); the middle ones are both
+    assert type(pieces[0]) is DocPart and type(pieces[-1]) is DocRest
+    assert all(isinstance(p, DocPart) and isinstance(p, DocRest) for p in pieces[1:-1])
     assert all(p.endswith("\n") for p in pieces)  # cut right after a newline
 
 
@@ -204,7 +208,8 @@ def test_txt_pieces_resume_from_every_offset_and_join_to_the_file(tmp_path):
     raw = body.encode()
     pieces = list(iter_txt_from(path, 0, piece_bytes=8))
     assert len(pieces) > 20 and "".join(t for t, _ in pieces) == body
-    assert all(type(t) is DocPart for t, _ in pieces[:-1]) and type(pieces[-1][0]) is str
+    assert all(isinstance(t, DocPart) for t, _ in pieces[:-1]) and not isinstance(pieces[-1][0], DocPart)
+    assert all(isinstance(t, DocRest) for t, _ in pieces[1:]) and not isinstance(pieces[0][0], DocRest)
     assert [off for _, off in pieces] == [len("".join(t for t, _ in pieces[: k + 1]).encode()) for k in range(len(pieces))]
     assert pieces[-1][1] == len(raw)
     for k, (_, offset) in enumerate(pieces[:-1]):  # resuming after any piece gives the rest of the file

@@ -39,9 +39,40 @@ def test_make_model_writes_a_tokenizer_the_model_can_embed(vocab_size, tmp_path)
     assert len(tokenizer) <= vocab_size and tokenizer_vocab_size(tokenizer) <= vocab_size
 
 
-def test_demo_runs(capsys):
-    from helpers.cli import run_cli
+def test_demo_checks_what_it_claims(tmp_path, capsys):
+    """hfgrow demo exits 0 and prints the values its check measured; the check itself is tested on the kept folders:
+    layer count, transformers' loading report, every layer bit for bit its source layer, a finite loss (equal to a
+    plain forward on the tokenizer's own stream) -- and it catches a changed layer and a missing weight."""
+    import math
 
-    code, out, err = run_cli(["demo"], capsys)
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.cli import run_cli
+    from hfgrow.eval.tiny import check_stacked
+
+    code, out, err = run_cli(["demo", "--out", tmp_path / "d", "--factor", "2"], capsys)
     assert code == 0, err
-    assert out.rstrip().endswith("demo ok")
+    small, grown = tmp_path / "d" / "small", tmp_path / "d" / "grown"
+    layer_map = [0, 1, 2, 3, 0, 1, 2, 3]
+    check = check_stacked(small, grown, layer_map)
+    assert check.ok and check.layers == 8 == check.expected_layers
+    assert check.load_issues == {} and check.differing_layers == [] and check.differing_globals == []
+    tokenizer = AutoTokenizer.from_pretrained(grown)
+    ids = torch.tensor([tokenizer(DEMO_TEXT)["input_ids"] + [tokenizer.eos_token_id]])
+    with torch.no_grad():
+        by_hand = AutoModelForCausalLM.from_pretrained(grown)(input_ids=ids, labels=ids).loss.item()
+    assert math.isfinite(check.loss) and abs(check.loss - by_hand) < 1e-5
+    assert f"   layers          8 (4 x 2 = 8)" in out and f"   loss            {check.loss:.3f} " in out
+    assert "   layers          8 of 8 bit for bit the source layer they copy" in out
+
+    weights = load_file(grown / "model.safetensors")
+    weights["model.layers.5.self_attn.q_proj.weight"][0, 0] += 1.0
+    save_file(weights, grown / "model.safetensors", metadata={"format": "pt"})
+    changed = check_stacked(small, grown, layer_map)
+    assert not changed.ok and changed.differing_layers == [5] and changed.load_issues == {}
+    del weights["model.layers.6.mlp.up_proj.weight"]
+    save_file(weights, grown / "model.safetensors", metadata={"format": "pt"})
+    missing = check_stacked(small, grown, layer_map)
+    assert not missing.ok and missing.load_issues["missing_keys"] == ["model.layers.6.mlp.up_proj.weight"]

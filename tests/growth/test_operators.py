@@ -271,7 +271,7 @@ def test_random_depth_initialises_and_records_mask(models, tmp_path):
     out = tmp_path / "out"
     result = grow(str(src), out, op="random", factor=2, seed=5, quiet=True)
     recipe = Recipe.read(out)
-    assert recipe.operation.mask == Mask(layers=(1, 3), steps=5000, steps_given=False)  # grow's default length
+    assert recipe.operation.mask == Mask(layers=(1, 3), steps_given=False)  # grow's default length (10% of the run)
     assert recipe.new_layers == [1, 3] and result.plan.operation.function_preserving is False
     state = tensors(out)
     for name in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "mlp.up_proj.weight"):
@@ -298,7 +298,9 @@ def test_random_width_keeps_source_units_and_records_new_units(models, tmp_path)
     src = models("llama")
     out = tmp_path / "out"
     grow(str(src), out, op="random", hidden_size=48, num_heads=6, quiet=True)
-    assert Recipe.read(out).operation.mask.steps == 5000
+    recorded = Recipe.read(out).operation.mask
+    assert recorded.steps_given is False and recorded.steps == 0  # grow's default: 10% of the run, fitted by training
+    assert "steps: 10% of the training run" in (out / "hfgrow.yaml").read_text()
     mask = Recipe.read(out).operation.mask.width
     assert mask == WidthMask(hidden=(32, 48), ffn={"intermediate_size": (64, 96)}, new_heads=(4, 5), new_kv_heads=(2,))
     a, b = tensors(src), tensors(out)

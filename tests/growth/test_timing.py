@@ -104,9 +104,16 @@ def test_plan_from_config_file(tmp_path, capsys):
     assert plan.total_flops == pytest.approx(plan.base_flops + plan.grown_flops)
     assert plan.saving_flops == pytest.approx(plan.scratch_flops - plan.total_flops)
 
-    # folder form, human report
-    code, out, _ = run_cli(["plan", "--target", str(tmp_path), "--tokens", "300B", "--factor", "2"], capsys)
+    # folder form, human report: a target this small is outside the law's fit (410M-7B), refused up front ...
+    code, out, err = run_cli(["plan", "--target", str(tmp_path), "--tokens", "300B", "--factor", "2"], capsys)
+    assert code == 1 and out == "" and "below 410M, the smallest model the growth-timing law was fitted on" in err
+    # ... and with --extrapolate planned, every warning before the numbers
+    code, out, _ = run_cli(["plan", "--target", str(tmp_path), "--tokens", "300B", "--factor", "2", "--extrapolate"],
+                           capsys)
     assert code == 0
+    lines = out.splitlines()
+    assert lines[1].startswith("  warning: the target has ") and lines.index("  FLOPs") > 2
+    assert "--grow stack" not in out  # no one-run recipe for a law that does not apply
     assert "4 layers, hidden 32" in out
     assert "hfgrow stack BASE_MODEL OUT --factor 2" in out
     assert "embedding" in out and "non-embedding" in out

@@ -49,7 +49,7 @@ def test_card_of_a_trained_grown_hub_model(tmp_path):
     # the training: 4 steps of 8 processes x 8 sequences x 16 micro-steps x 2048 tokens = 8,388,608 tokens
     assert "| tokens | 8,388,608 |" in card
     assert "| tokens per step | 2,097,152 (processes × sequences × micro-steps × tokens = 8 × 8 × 16 × 2048) |" in card
-    assert "| learning rate | 0.0003 → 3e-05: linear warmup over 1 steps, then cosine decay |" in card
+    assert "| learning rate | 0.0003 → 3e-05: linear warmup over 1 step, then cosine decay |" in card
     assert "| train loss at step 4 | 2.6000 |" in card  # 3.0 - 0.1·4, the log's step 4, not its last step
     assert "| domain | step 0 (before training) | step 4 |" in card
     assert "| web | 3.5000 | 3.1000 |" in card and "| code | 2.5000 | 2.2000 |" in card

@@ -31,7 +31,7 @@ from test_train import make_model, make_text  # noqa: E402  (the tiny Llama and 
 
 # 8 sequences x 64 tokens = 512 tokens per step; 10240 tokens = step 20 of 40
 RUN = ("--seq-len", "64", "--max-steps", "40", "--save-steps", "10", "--eval-steps", "10", "--eval-sequences", "4",
-       "--lr", "3e-3", "--warmup-steps", "2")
+       "--lr", "3e-3", "--warmup-steps", "2", "--save-total-limit", "3")
 GROW = ("--grow", "stack:2@10240")
 
 
@@ -261,6 +261,9 @@ def test_growth_run_end_to_end(env, grown_run):
     by_hand = stack(str(run / "stage-0"), env / "stacked-by-hand", factor=2, quiet=True).out
     a, b = load_file(run / "grown-1" / "model.safetensors"), load_file(by_hand / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # --save-total-limit 3: checkpoint-10 went, the stage folders stay
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30", "checkpoint-40"]
+    assert (run / "stage-0").is_dir() and (run / "grown-1").is_dir()
     assert json.loads((run / "checkpoint-20" / "hfgrow_state.json").read_text())["stage"] == 0
     assert json.loads((run / "checkpoint-30" / "hfgrow_state.json").read_text())["stage"] == 1
 

@@ -2,7 +2,7 @@
 refused (or, with --no-export, warned about) at the start.
 
 The rule: a resumed run keeps its ramp; else --mask-steps; else the recipe's steps when `grow --mask-steps` chose
-them; else (grow's default, 5000) 10% of the run shared by the ramp's stages. Expected lengths below are that
+them; else (grow's default, written "10% of the training run" in the recipe) 10% of the run shared by the ramp's stages. Expected lengths below are that
 rule worked by hand: T = max(1, ⌊0.1 · run steps / stages⌋).
 """
 
@@ -65,8 +65,9 @@ def test_a_ramp_that_cannot_finish_is_refused_or_warned_about():
 def test_the_recipe_says_whether_grow_chose_the_length(tmp_path):
     make_model(tmp_path / "small", tiny_llama_config(layers=2))
     default = grow(str(tmp_path / "small"), tmp_path / "default", op="random", factor=2, quiet=True).recipe
-    assert default.operation.mask.steps == 5000 and default.operation.mask.steps_given is False
-    assert "steps_given: false" in (tmp_path / "default" / "hfgrow.yaml").read_text()
+    assert default.operation.mask.steps == 0 and default.operation.mask.steps_given is False  # no number yet
+    written = (tmp_path / "default" / "hfgrow.yaml").read_text()
+    assert "steps: 10% of the training run" in written and "steps_given: false" in written
     assert "mask_steps" not in default.params  # a replay takes the default again, and says so
     replay(tmp_path / "default" / "hfgrow.yaml", tmp_path / "again", quiet=True)
     assert Recipe.read(tmp_path / "again").operation.mask == default.operation.mask
@@ -130,7 +131,7 @@ def test_help_states_the_rule():
 
 
 def test_a_default_ramp_finishes_early_in_a_real_run(models, tmp_path):
-    """grow's default 5000 steps in a 20-step run: the ramp takes 2 steps (10%), c = 0, 0.5, 1, then no mask."""
+    """grow's default (10% of the run) in a 20-step run: the ramp takes 2 steps (10%), c = 0, 0.5, 1, then no mask."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, "-m", "hfgrow.continue", "--model", str(models / "default"), "--data",
@@ -141,4 +142,5 @@ def test_a_default_ramp_finishes_early_in_a_real_run(models, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r.get("mask_c") for r in records if r["type"] == "train"] == [0.0, 0.5, 1.0] + [None] * 17
     assert json.loads((tmp_path / "run" / "run.json").read_text())["mask"]["steps"] == 2
-    assert "MSG" not in proc.stderr  # no warning: the ramp ended long before the run
+    assert "MSG mask ramp: the new layers are scaled by c = 0 -> 1 over the first 2 steps" in proc.stderr
+    assert "warning" not in proc.stderr  # no warning: the ramp ended long before the run

@@ -171,9 +171,11 @@ def test_single_process_loss_decreases_and_export(env, monkeypatch, tmp_path_fac
     model = AutoModelForCausalLM.from_pretrained(final)
     assert model.config.use_cache is True
     assert torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
-    # nothing in final/ names a path of this machine (run.json keeps the model's path to resume from)
+    # nothing in final/, run.json or a checkpoint's state names a path of this machine (the model's folder is
+    # recorded relative to the run folder)
     root = str(tmp_path_factory.getbasetemp())
-    assert root in (run / "run.json").read_text()
+    assert root not in (run / "run.json").read_text() and root not in (run / "checkpoint-16" / "hfgrow_state.json").read_text()
+    assert json.loads((run / "run.json").read_text())["model_spec"] == "../model"
     for path in final.rglob("*"):
         assert root.encode() not in path.read_bytes(), path
 

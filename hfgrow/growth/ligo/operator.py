@@ -21,6 +21,7 @@ from hfgrow.growth.ligo.fit import DEFAULT_LR, FitSettings, learn_growth
 from hfgrow.growth.ligo.placement import Placement
 from hfgrow.growth.ops.learn import (SIDECAR, WIDTH_INITS, Coefficients, LigoWidthExpansion, WidthExpansion,
                                      initial_coefficients, learned_plan, learned_width_plan)
+from hfgrow.data.specs import published_spec
 from hfgrow.arch.pattern import compact
 from hfgrow.growth.pipeline import GrowResult, WriteOptions, grow_model
 from hfgrow.growth.spec import STYLES, Depth, Width, nothing_to_grow
@@ -91,7 +92,7 @@ class LearnSpec:
             params["width_init"] = self.width_init
         if self.style != "hfgrow":
             params["style"] = self.style
-        params.update(data=list(self.data) or None, learn_steps=self.fit.steps, learn_lr=self.fit.lr,
+        params.update(data=[published_spec(d) for d in self.data] or None, learn_steps=self.fit.steps, learn_lr=self.fit.lr,
                       seq_len=self.fit.seq_len, batch_size=self.fit.batch_size, seed=self.fit.seed,
                       dtype=self.dtype if self.dtype != "keep" else None)
         return {k: v for k, v in params.items() if v is not None}
@@ -149,7 +150,7 @@ class LearnSpec:
         report = learn_growth(checkpoint, layout, grown_config, layer_map, list(self.data), self.fit, roles=roles,
                               expansion=expansion, learn_depth=self.depth.given, placement=self.placement,
                               progress=self.progress)
-        return report.coefficients, [report.summary(", ".join(self.data))]
+        return report.coefficients, [report.summary(", ".join(published_spec(d) for d in self.data))]
 
 
 def learn(src: str, out: str | Path | None = None, *, data: list[str] | str | None = None,
