@@ -16,10 +16,11 @@ from hfgrow.cli.options import (COUNT, depth_options, given, hub_options, output
 OPS = ["direct", "zero", "random", "learn"]
 # options each mode does not take (the recipe fixes everything; LiGO has its own; fixed operators none of LiGO's)
 RECIPE_FIXES = ("op", "width_op", "factor", "layers", "pattern", "order", "hidden_size", "intermediate_size",
-                "num_heads", "num_kv_heads", "noise", "seed", "mask_steps", "style", "dtype", "revision")
+                "num_heads", "num_kv_heads", "noise", "seed", "mask_steps", "style", "dtype", "revision",
+                "keep_tied")
 LEARN_ONLY = ("data", "learn_steps", "learn_lr", "seq_len", "batch_size", "width_init", "device_map", "max_memory",
               "offload_folder")
-NOT_FOR_LEARN = ("width_op", "noise", "mask_steps")
+NOT_FOR_LEARN = ("width_op", "noise", "mask_steps", "keep_tied")
 
 
 @click.command()
@@ -106,6 +107,10 @@ def _learn_options(fn):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice and value.")
 @click.option("--mask-steps", type=COUNT, default=None,
               help="--op random: steps of the MSG mask ramp recorded for training [default: 5000].")
+@click.option("--keep-tied", is_flag=True, default=False,
+              help="Width growth with --op/--width-op zero: keep tied input and output embeddings tied (new hidden "
+                   "units are zero in the embedding, so the tied LM head reads nothing from them; function-preserving). "
+                   "Without it, widening a tied model unties it.")
 @click.option("--style", type=click.Choice(["hfgrow", "prts"]), default="hfgrow", show_default=True,
               help="hfgrow's own operator variants, or each operator exactly as the papers' reference code runs "
                    "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-zero and "
@@ -118,8 +123,8 @@ def _learn_options(fn):
 @hub_options
 @click.pass_context
 def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_size, intermediate_size, num_heads,
-         num_kv_heads, noise, seed, mask_steps, style, data, learn_steps, learn_lr, seq_len, batch_size, width_init,
-         device_map, max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
+         num_kv_heads, noise, seed, mask_steps, keep_tied, style, data, learn_steps, learn_lr, seq_len, batch_size,
+         width_init, device_map, max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
          revision, token):
     """Grow SRC in depth, width or both with one of the paper's operators, and write OUT.
 
@@ -135,6 +140,7 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
       hfgrow grow ./small ./deep --op zero --factor 2            # LLaMA-Pro identity blocks
       hfgrow grow ./small ./wide --hidden-size 4096              # HyperCloning x2 (FFN, heads follow)
       hfgrow grow ./small ./big --op zero --width-op direct --factor 2 --hidden-size 4096
+      hfgrow grow ./tied ./wide --op zero --hidden-size 2048 --keep-tied   # embeddings stay tied
       hfgrow grow ./small ./msg --op random --layers 24 --mask-steps 2000
       hfgrow grow ./small ./noisy --factor 4 --noise 0.2         # Gstack + noise
       hfgrow grow ./small ./ligo --op learn --factor 4 --data corpus.txt --learn-steps 100   # LiGO
@@ -179,7 +185,8 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
 
         refuse(given(ctx, LEARN_ONLY), "is for --op learn.")
         result = run_grow(src, out, op=op, width_op=width_op, order=order, **depth, **width, noise=noise, seed=seed,
-                          mask_steps=mask_steps, style=style, dtype=dtype, revision=revision, **write)
+                          mask_steps=mask_steps, style=style, dtype=dtype, revision=revision, keep_tied=keep_tied,
+                          **write)
     report(result, dry_run, quiet)
 
 

@@ -528,3 +528,46 @@ def test_zero_blocks_of_post_norm_models_stay_near_the_source_under_training(fam
     assert after - before <= 0.05, (before, after)
     gains = [blocks[i].post_feedforward_layernorm.weight for i in result.plan.new_layers]
     assert all(not torch.equal(g, torch.full_like(g, gain_zero)) for g in gains)  # the gains did learn
+
+
+# --------------------------------------------------------------------------- --keep-tied (issue 25)
+
+
+@pytest.mark.parametrize("family", ["gemma", "llama_tied"])
+def test_zero_width_keep_tied_preserves_and_stays_tied(family, models, tmp_path, capsys):
+    """G-right-zero with --keep-tied: new hidden units zero in the (tied) embedding, no LM head tensor written,
+    the config still tied, and the function kept (Gemma: the sqrt(hidden) embedding factor is undone in the final
+    norm, since the tied LM head reads the rescaled embedding)."""
+    if family == "llama_tied":
+        src = tmp_path / "src"
+        make_model(src, T.LlamaConfig(**dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=128, **COMMON), tie_word_embeddings=True))
+    else:
+        src = models(family)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["grow", str(src), str(out), "--op", "zero", "--hidden-size", "64", "--keep-tied", "-q"],
+                           capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["hidden_size"] == 64
+    grown = tensors(out)
+    assert "lm_head.weight" not in grown
+    embedding = grown["model.embed_tokens.weight"]
+    assert embedding.shape[1] == 64 and torch.count_nonzero(embedding[:, 32:]) == 0
+    check_preserved(src, out)
+    model = T.AutoModelForCausalLM.from_pretrained(out)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied in memory
+    assert Recipe.read(out).params["keep_tied"] is True
+    again = tmp_path / "again"
+    assert run_cli(["grow", str(src), str(again), "--recipe", str(out / "hfgrow.yaml"), "-q"], capsys)[0] == 0
+    assert all(torch.equal(v, tensors(again)[k]) for k, v in grown.items())
+
+
+def test_keep_tied_needs_zero_width_and_tied_embeddings(models, tmp_path, capsys):
+    code, _, err = run_cli(["grow", str(models("gemma")), str(tmp_path / "a"), "--hidden-size", "64", "--keep-tied"],
+                           capsys)
+    assert code == 1 and "--keep-tied is for width growth with --op zero" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["grow", str(models("llama")), str(tmp_path / "b"), "--op", "zero", "--hidden-size", "64",
+                            "--keep-tied"], capsys)
+    assert code == 1 and "embeddings are not tied" in err and not (tmp_path / "b").exists()

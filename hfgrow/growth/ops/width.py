@@ -529,8 +529,9 @@ class Widened:
     notes: list[str]
 
 
-def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: str) -> Widened:
-    """The grown config and the model-level changes every width operator shares."""
+def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: str, keep_tied: bool = False) -> Widened:
+    """The grown config and the model-level changes every width operator shares (``keep_tied``: tied embeddings
+    stay tied, for a widening whose new hidden units are zero in the embedding)."""
     H, H2 = sizes.hidden
     config = json.loads(json.dumps(config))
     keys = roles.keys
@@ -550,7 +551,14 @@ def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: st
     untie = {}
     if H2 != H:
         untie = {target: source for target, source in roles.tied.items() if roles.role(source).kind == "embedding"}
-        if untie:
+        if keep_tied:
+            if not untie:
+                raise HfgrowError(f"--keep-tied keeps tied embeddings tied, but this {roles.model_type} model's input "
+                                  "and output embeddings are not tied.")
+            untie = {}
+            notes.append("input and output embeddings stay tied (--keep-tied): the new hidden units are zero in the "
+                         "embedding, so the tied LM head reads nothing from them")
+        elif untie:
             config["tie_word_embeddings"] = False
             notes.append("input and output embeddings are untied (grown width needs different values)")
     factor = 1.0
@@ -589,10 +597,11 @@ class _UnitMapWidening:
     """Grows one tensor by the unit maps of its dimensions (the direct, zero and random operators)."""
 
     def __init__(self, roles: Roles, maps: dict[str, UnitMap], op: str, seed: int, embed_factor: float,
-                 norm_rescale: float, layers_out: int, style: str = "hfgrow"):
+                 norm_rescale: float, layers_out: int, style: str = "hfgrow", final_norm_rescale: float = 1.0):
         self.roles, self.maps, self.op, self.seed = roles, maps, op, seed
         self.embed_factor, self.norm_rescale, self.layers_out = embed_factor, norm_rescale, layers_out
         self.style = style
+        self.final_norm_rescale = final_norm_rescale  # extra factor on the final norm (tied LM head kept, Gemma)
 
     def __call__(self, tensor: TensorPlan, role: TensorRole) -> TensorPlan:
         roles = self.roles
@@ -603,6 +612,8 @@ class _UnitMapWidening:
         norm = None
         if role.is_norm:
             scale = self.norm_rescale if role.dims[0] == "hidden" and not role.is_bias else 1.0
+            if not roles.is_block_tensor(tensor.sources[0]) and role.dims[0] == "hidden":
+                scale *= self.final_norm_rescale  # biases too: the norm's whole output feeds the LM head
             # new norm units: their init (effective weight one), or, for prts's zero operator, effective weight zero
             init = 0.0 if role.is_bias else 0.0 - roles.norm_offset if prts and self.op == "zero" else roles.norm_init
             norm = (roles.norm_offset, init, scale)
@@ -740,7 +751,7 @@ def _width_mask(sizes: WidthSizes, maps: dict[str, UnitMap], seed: int) -> Width
 
 
 def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0,
-               style: str = "hfgrow") -> Plan:
+               style: str = "hfgrow", keep_tied: bool = False) -> Plan:
     """Grow the width of every tensor of ``plan`` (any depth plan: its tensors' sources are source tensors).
 
     Example:
@@ -748,16 +759,25 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
         >>> wide = width_plan(stack_plan(layout, ckpt.tensors, [0, 1]), roles, sizes)
         >>> wide.config["hidden_size"], wide.operation.width.function_preserving
         (128, True)
+
+    ``keep_tied`` (G-right-zero only) keeps tied input and output embeddings tied: the new hidden units are zero
+    in the embedding and stay zero through every block, so the tied LM head reads zeros from them. Where the
+    embedding is rescaled (Gemma's sqrt(hidden) factor), the final norm's effective weight takes the inverse
+    factor, so the logits, read through the rescaled tied embedding, are unchanged.
     """
     if not sizes.changed:
         return plan
+    if keep_tied and op != "zero":
+        raise HfgrowError("--keep-tied widens the hidden size the G-right-zero way (new hidden units zero in the tied "
+                          f"embedding); use it with --op zero or --width-op zero, not {op}.")
     maps = space_maps(roles, sizes, op, seed, style)
-    widened = widen_config(plan.config, roles, sizes, op)
+    widened = widen_config(plan.config, roles, sizes, op, keep_tied)
     rescale = 1.0
     if op == "zero" and style == "hfgrow" and sizes.hidden[1] != sizes.hidden[0] and roles.norm_kind == "rms":
         rescale = _zero_norm_rescale(widened, roles, sizes)
     layers_out = len(plan.layer_map) if plan.layer_map else 1
-    widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out, style)
+    final = 1.0 / widened.embed_factor if keep_tied and sizes.hidden[1] != sizes.hidden[0] else 1.0
+    widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out, style, final)
     tensors = widen_tensors(plan.tensors, roles, widened.untie, widen)
     preserving, caveats = _preservation(op, roles, sizes, maps, style, seed)
     warnings = list(plan.warnings)
