@@ -65,9 +65,10 @@ def _learn_options(fn):
                      help="--op learn: text (.txt/.md, .jsonl, .parquet, .gz, or a folder) to learn the growth on."),
         click.option("--learn-steps", type=int, default=100, show_default=True, help="--op learn: steps of the fit."),
         click.option("--learn-lr", type=float, default=3e-2, show_default=True,
-                     help="--op learn: AdamW learning rate of the depth coefficients D; each width matrix takes "
-                          "lr/fan-in (the source units it mixes). The operator with the lowest held-out loss "
-                          "seen (step 0 included) is written."),
+                     help="--op learn: AdamW learning rate, divided by each growth parameter's fan-in: the depth "
+                          "coefficients D take lr/L (L source layers mixed into each grown layer), each width matrix "
+                          "lr/(the source units it mixes). The operator with the lowest held-out loss seen (step 0 "
+                          "included) is written."),
         click.option("--seq-len", type=int, default=256, show_default=True, help="--op learn: sequence length."),
         click.option("--batch-size", type=int, default=4, show_default=True, help="--op learn: sequences per step."),
         click.option("--width-init", type=click.Choice(["direct", "identity"]), default=None,
