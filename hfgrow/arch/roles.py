@@ -35,7 +35,7 @@ import torch
 
 from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.errors import HfgrowError
-from hfgrow.arch.layout import Layout, decoder_blocks, hf_config_from_dict, meta_model
+from hfgrow.arch.layout import Layout, decoder_blocks, hf_config_from_dict, meta_model, quiet_transformers
 
 # ---------------------------------------------------------------- name rules (module path within a block)
 
@@ -643,7 +643,7 @@ def post_norms(model, num_layers: int | None = None, prefix: str = "") -> dict[s
                     return {}
                 mlp.forward = stand_in
             try:
-                with torch.no_grad():
+                with torch.no_grad(), quiet_transformers():
                     model(input_ids=torch.zeros(1, 2, dtype=torch.long, device="meta"))
             except _Done:
                 break

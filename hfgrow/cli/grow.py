@@ -114,8 +114,8 @@ def _learn_options(fn):
                    "Without it, widening a tied model unties it.")
 @click.option("--style", type=click.Choice(["hfgrow", "prts"]), default="hfgrow", show_default=True,
               help="hfgrow's own operator variants, or each operator exactly as the papers' reference code runs "
-                   "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-zero and "
-                   "G-right-random, LiGO's width matrices; see README).")
+                   "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-direct "
+                   "(bert2BERT), G-right-zero and G-right-random, LiGO's width matrices; see README).")
 @_learn_options
 @click.option("--recipe", "recipe", type=click.Path(exists=True, path_type=Path), default=None,
               help="Rebuild from a recipe (hfgrow.yaml or a grown folder): `hfgrow grow --recipe FILE OUT`; "

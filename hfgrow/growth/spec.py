@@ -108,8 +108,8 @@ class GrowSpec:
 
     ``style`` picks each operator's variant: ``hfgrow`` (this tool's) or ``prts`` (exactly as the reference
     code of Du et al. 2024 runs it; see PRTS_TABLE.md). The two differ for G-up-random (placement on top,
-    prts's init, whole-block ramp), G-right-zero and G-right-random; Gstack, G-up-zero, G-right-direct
-    and noise are the same under both.
+    prts's init, whole-block ramp), G-right-direct (bert2BERT's copies drawn with replacement),
+    G-right-zero and G-right-random; Gstack, G-up-zero and noise are the same under both.
 
     ``command`` is the function that replays it: ``stack`` (Gstack only) or ``grow``.
     """
