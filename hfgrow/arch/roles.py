@@ -8,6 +8,9 @@ The growth operators never look at model types or tensor names. They ask this mo
   output dimension), *reads* them (an input dimension) or normalises them;
 * which tensors are a block's output projections (attention output, MLP/expert down
   projections and their biases): zeroing them makes the block an identity map;
+* which norms normalise a sublayer's output before it joins the residual stream (the
+  post-norms of Gemma 2/3, OLMo 2/3, EXAONE 4, GLM-4): found by following, on one forward
+  pass of the meta skeleton, which module takes the attention's or MLP's output as its input;
 * how transformers initialises each tensor (for new blocks and new units);
 * what a norm computes (RMSNorm or LayerNorm, ``w`` or Gemma's ``1 + w``), whether the
   embedding output is scaled by ``sqrt(hidden_size)``, which weights are tied.
@@ -22,6 +25,7 @@ layout of a fused q|k|v tensor, ALiBi, GPT-2's scaled residual init) are the tab
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,7 +35,8 @@ import torch
 
 from hfgrow.io.checkpoint import TensorInfo
 from hfgrow.errors import HfgrowError
-from hfgrow.arch.layout import Layout, hf_config_from_dict, meta_model, text_config
+from hfgrow.arch.layout import (Layout, decoder_blocks, hf_config_from_dict, meta_model, quiet_transformers,
+                                text_config)
 
 # ---------------------------------------------------------------- name rules (module path within a block)
 
@@ -151,6 +156,8 @@ class TensorRole:
             contribution to the residual stream is zero.
         is_bias: a bias vector (transformers initialises biases to zero).
         reason: why the role is unknown.
+        post_norm_of: for a norm (weight or bias) that normalises a sublayer's output before the residual
+            add, the kind of that sublayer's output projection (``o`` or ``down``); empty otherwise.
     """
 
     kind: str
@@ -160,6 +167,7 @@ class TensorRole:
     is_bias: bool = False
     reason: str = ""
     width_ok: bool = True  # False: the role is known by name only (e.g. fused 3-D expert tensors)
+    post_norm_of: str = ""
 
     @property
     def is_norm(self) -> bool:
@@ -570,7 +578,101 @@ def derive_roles(layout: Layout, tensors: Mapping[str, TensorInfo]) -> Roles:
         globals={name: _global_role(name, tensors[name].shape, transposed(name), hidden) for name in layout.globals},
     )
     _check_sizes(roles, layout, tensors, set(modules_params(model)))
+    post = post_norms(model, layout.num_layers, layout.prefix)
+    for rest, role in roles.block.items():
+        module = _module_of(rest)[0]
+        if module in post and role.kind == "norm":
+            roles.block[rest] = dataclasses.replace(role, post_norm_of=post[module])
     return roles
+
+
+def post_norms(model, num_layers: int | None = None, prefix: str = "") -> dict[str, str]:
+    """Block-relative paths of the norms that normalise a sublayer's output -> ``o`` (attention) or ``down`` (MLP).
+
+    A post-norm (Gemma 2/3, OLMo 2/3: ``post_attention_layernorm``, ``post_feedforward_layernorm``) is a norm
+    that takes the attention's or the MLP's output as its input; Llama's ``post_attention_layernorm`` takes the
+    residual sum instead and is no post-norm. Names cannot tell them apart, so one forward pass of ``model``
+    (the meta skeleton: no values, no memory) records which module takes which module's output; the chain from
+    the block child holding the ``o`` (or ``down``) projection is followed through every module that takes its
+    output (a dropout, a norm), and the norms on it are the post-norms. Empty when the pass fails.
+
+    Example:
+        >>> post_norms(meta_model(Gemma3TextConfig(num_hidden_layers=2)))
+        {'post_attention_layernorm': 'o', 'post_feedforward_layernorm': 'down'}
+    """
+    try:
+        _, blocks = decoder_blocks(model, num_layers, prefix.rstrip(".").rsplit(".", 1)[-1] or None)
+    except HfgrowError:
+        return {}
+    block = blocks[0]  # blocks share a structure: the first one is probed
+    modules = {path: m for path, m in block.named_modules() if path}
+    paths = {id(m): path for path, m in modules.items()}
+    starts: dict[str, str] = {}
+    for kind in ("o", "down"):
+        # modules first, then parameters (fused experts hold "down_proj" as a parameter of the experts module)
+        names = [p for p in [*modules, *(n for n, _ in block.named_parameters())]
+                 if p and kind_of(p) == kind]
+        if names:
+            child = names[0].split(".")[0]
+            # BLOOM and MPT add the residual inside the sublayer: the projection's own output is the update
+            starts[names[0] if adds_residual(modules[child]) else child] = kind
+    calls: list[tuple[str, Any, Any]] = []
+
+    def record(module, args, kwargs, output) -> None:
+        calls.append((paths[id(module)], args[0] if args else kwargs.get("hidden_states"),
+                      output[0] if isinstance(output, tuple) else output))
+
+    class _Done(Exception):
+        pass
+
+    def stop(*_) -> None:
+        raise _Done
+
+    def stand_in(hidden_states, *args, **kwargs):
+        return hidden_states * 1
+
+    hooks = [m.register_forward_hook(record, with_kwargs=True) for m in modules.values()]
+    hooks.append(block.register_forward_hook(stop))
+    mlp = next((modules[path] for path, kind in starts.items() if kind == "down"), None)
+    try:
+        # routed experts do not run on meta tensors (data-dependent shapes): the second try has the MLP pass its
+        # input through, which is all the probe needs to see where its output goes
+        for attempt in ("real", "stand-in"):
+            calls.clear()
+            if attempt == "stand-in":
+                if mlp is None:
+                    return {}
+                mlp.forward = stand_in
+            try:
+                with torch.no_grad(), quiet_transformers():
+                    model(input_ids=torch.zeros(1, 2, dtype=torch.long, device="meta"))
+            except _Done:
+                break
+            except Exception:  # noqa: BLE001 - a forward that does not run on meta tensors: no post-norms known
+                continue
+        else:
+            return {}
+    finally:
+        if mlp is not None and "forward" in vars(mlp):
+            del mlp.forward
+        for hook in hooks:
+            hook.remove()
+    found: dict[str, str] = {}
+    for path, _, out in calls:
+        kind = starts.get(path)
+        if kind is None:
+            continue
+        seen = {path}
+        while True:
+            nxt = next(((p, o) for p, x, o in calls if x is out and p not in seen), None)
+            if nxt is None:
+                break
+            path_next, out = nxt
+            seen.add(path_next)
+            module = modules[path_next]
+            if "Norm" in type(module).__name__ or isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)):
+                found[path_next] = kind
+    return found
 
 
 def _block_names(layout: Layout) -> dict[str, str]:

@@ -16,10 +16,11 @@ from hfgrow.cli.options import (COUNT, depth_options, given, hub_options, output
 OPS = ["direct", "zero", "random", "learn"]
 # options each mode does not take (the recipe fixes everything; LiGO has its own; fixed operators none of LiGO's)
 RECIPE_FIXES = ("op", "width_op", "factor", "layers", "pattern", "order", "hidden_size", "intermediate_size",
-                "num_heads", "num_kv_heads", "noise", "seed", "mask_steps", "style", "dtype", "revision")
+                "num_heads", "num_kv_heads", "noise", "seed", "mask_steps", "style", "dtype", "revision",
+                "keep_tied")
 LEARN_ONLY = ("data", "learn_steps", "learn_lr", "seq_len", "batch_size", "width_init", "device_map", "max_memory",
               "offload_folder")
-NOT_FOR_LEARN = ("width_op", "noise", "mask_steps")
+NOT_FOR_LEARN = ("width_op", "noise", "mask_steps", "keep_tied")
 
 
 @click.command()
@@ -64,9 +65,10 @@ def _learn_options(fn):
                      help="--op learn: text (.txt/.md, .jsonl, .parquet, .gz, or a folder) to learn the growth on."),
         click.option("--learn-steps", type=int, default=100, show_default=True, help="--op learn: steps of the fit."),
         click.option("--learn-lr", type=float, default=3e-2, show_default=True,
-                     help="--op learn: AdamW learning rate of the depth coefficients D; each width matrix takes "
-                          "lr/fan-in (the source units it mixes). The operator with the lowest held-out loss "
-                          "seen (step 0 included) is written."),
+                     help="--op learn: AdamW learning rate, divided by each growth parameter's fan-in: the depth "
+                          "coefficients D take lr/L (L source layers mixed into each grown layer), each width matrix "
+                          "lr/(the source units it mixes). The operator with the lowest held-out loss seen (step 0 "
+                          "included) is written."),
         click.option("--seq-len", type=int, default=256, show_default=True, help="--op learn: sequence length."),
         click.option("--batch-size", type=int, default=4, show_default=True, help="--op learn: sequences per step."),
         click.option("--width-init", type=click.Choice(["direct", "identity"]), default=None,
@@ -107,10 +109,14 @@ def _learn_options(fn):
 @click.option("--mask-steps", type=COUNT, default=None,
               help="--op random: steps of the MSG mask ramp recorded for training [default: 10% of the training "
                    "run, fitted when training starts].")
+@click.option("--keep-tied", is_flag=True, default=False,
+              help="Width growth with --op/--width-op zero: keep tied input and output embeddings tied (new hidden "
+                   "units are zero in the embedding, so the tied LM head reads nothing from them; function-preserving). "
+                   "Without it, widening a tied model unties it.")
 @click.option("--style", type=click.Choice(["hfgrow", "prts"]), default="hfgrow", show_default=True,
               help="hfgrow's own operator variants, or each operator exactly as the papers' reference code runs "
-                   "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-zero and "
-                   "G-right-random, LiGO's width matrices; see README).")
+                   "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-direct "
+                   "(bert2BERT), G-right-zero and G-right-random, LiGO's width matrices; see README).")
 @_learn_options
 @click.option("--recipe", "recipe", type=click.Path(exists=True, path_type=Path), default=None,
               help="Rebuild from a recipe (hfgrow.yaml or a grown folder): `hfgrow grow --recipe FILE OUT`; "
@@ -119,8 +125,8 @@ def _learn_options(fn):
 @hub_options
 @click.pass_context
 def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_size, intermediate_size, num_heads,
-         num_kv_heads, noise, seed, mask_steps, style, data, learn_steps, learn_lr, seq_len, batch_size, width_init,
-         device_map, max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
+         num_kv_heads, noise, seed, mask_steps, keep_tied, style, data, learn_steps, learn_lr, seq_len, batch_size,
+         width_init, device_map, max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
          revision, token):
     """Grow SRC in depth, width or both with one of the paper's operators, and write OUT.
 
@@ -136,6 +142,7 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
       hfgrow grow ./small ./deep --op zero --factor 2            # LLaMA-Pro identity blocks
       hfgrow grow ./small ./wide --hidden-size 4096              # HyperCloning x2 (FFN, heads follow)
       hfgrow grow ./small ./big --op zero --width-op direct --factor 2 --hidden-size 4096
+      hfgrow grow ./tied ./wide --op zero --hidden-size 2048 --keep-tied   # embeddings stay tied
       hfgrow grow ./small ./msg --op random --layers 24 --mask-steps 2000
       hfgrow grow ./small ./noisy --factor 4 --noise 0.2         # Gstack + noise
       hfgrow grow ./small ./ligo --op learn --factor 4 --data corpus.txt --learn-steps 100   # LiGO
@@ -180,7 +187,8 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
 
         refuse(given(ctx, LEARN_ONLY), "is for --op learn.")
         result = run_grow(src, out, op=op, width_op=width_op, order=order, **depth, **width, noise=noise, seed=seed,
-                          mask_steps=mask_steps, style=style, dtype=dtype, revision=revision, **write)
+                          mask_steps=mask_steps, style=style, dtype=dtype, revision=revision, keep_tied=keep_tied,
+                          **write)
     report(result, dry_run, quiet)
 
 

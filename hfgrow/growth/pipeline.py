@@ -263,7 +263,8 @@ def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_o
          factor: float | None = None, layers: int | None = None, pattern: str | None = None,
          order: str | None = None, hidden_size: int | None = None, intermediate_size: int | None = None,
          num_heads: int | None = None, num_kv_heads: int | None = None, noise: float | None = None, seed: int = 0,
-         mask_steps: int | None = None, style: str = "hfgrow", dtype: str = "keep", **options: Any) -> GrowResult:
+         mask_steps: int | None = None, style: str = "hfgrow", dtype: str = "keep", keep_tied: bool = False,
+         **options: Any) -> GrowResult:
     """Grow SRC in depth (``factor``/``layers``/``pattern``), width (``hidden_size``/...), or both.
 
     ``op`` is the operator: ``direct`` (Gstack in depth, neuron splitting in width), ``zero`` (identity
@@ -271,7 +272,8 @@ def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_o
     with an MSG mask recorded in the recipe); ``width_op`` overrides it for the width part. ``order``
     places depth copies: ``stack`` (default for direct), ``interleave`` (LLaMA Pro, default for
     zero/random) or ``interpolate``. ``noise`` (alpha in [0, 1)) blends every weight matrix with seeded
-    noise. Everything random is seeded by ``seed``. ``options`` are :class:`WriteOptions` fields.
+    noise. Everything random is seeded by ``seed``. ``keep_tied`` (width ``zero``) keeps tied embeddings tied.
+    ``options`` are :class:`WriteOptions` fields.
 
     Example:
         >>> grow("./small-12l", "./deep", op="zero", layers=16).plan.layer_map[:8]   # LLaMA Pro
@@ -280,5 +282,5 @@ def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_o
     """
     spec = GrowSpec(op=op, width_op=width_op, depth=Depth(factor, layers, pattern, order),
                     width=Width(hidden_size, intermediate_size, num_heads, num_kv_heads), noise=noise, seed=seed,
-                    mask_steps=mask_steps, style=style, dtype=dtype)
+                    mask_steps=mask_steps, style=style, dtype=dtype, keep_tied=keep_tied)
     return grow_model(src, out, spec, WriteOptions(**options))

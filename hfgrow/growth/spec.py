@@ -108,8 +108,8 @@ class GrowSpec:
 
     ``style`` picks each operator's variant: ``hfgrow`` (this tool's) or ``prts`` (exactly as the reference
     code of Du et al. 2024 runs it; see PRTS_TABLE.md). The two differ for G-up-random (placement on top,
-    prts's init, whole-block ramp), G-right-zero and G-right-random; Gstack, G-up-zero, G-right-direct
-    and noise are the same under both.
+    prts's init, whole-block ramp), G-right-direct (bert2BERT's copies drawn with replacement),
+    G-right-zero and G-right-random; Gstack, G-up-zero and noise are the same under both.
 
     ``command`` is the function that replays it: ``stack`` (Gstack only) or ``grow``.
     """
@@ -124,6 +124,7 @@ class GrowSpec:
     style: str = "hfgrow"
     dtype: str = "keep"
     command: str = "grow"
+    keep_tied: bool = False  # G-right-zero: tied embeddings stay tied (new hidden units zero in the embedding)
 
     def __post_init__(self) -> None:
         for flag, value in (("--op", self.op), ("--width-op", self.width_op or self.op)):
@@ -140,6 +141,9 @@ class GrowSpec:
                 raise HfgrowError(f"--mask-steps must be positive, got {self.mask_steps}.")
         elif self.mask_steps is not None:
             raise HfgrowError("--mask-steps applies to --op random (new layers or units ramped in by an MSG mask).")
+        if self.keep_tied and (not self.width.given or self.resolved_width_op != "zero"):
+            raise HfgrowError("--keep-tied is for width growth with --op zero or --width-op zero (new hidden units "
+                              "zero in the tied embedding).")
         dtypes.from_option(self.dtype)
 
     @property
@@ -169,7 +173,7 @@ class GrowSpec:
         if self.command == "grow":
             params.update({k: v for k, v in self.width.params().items() if v is not None})
             params.update(noise=self.noise or None, seed=self.seed, mask_steps=self.mask_steps,
-                          style=self.style if self.style != "hfgrow" else None)
+                          style=self.style if self.style != "hfgrow" else None, keep_tied=self.keep_tied or None)
         params["dtype"] = self.dtype if self.dtype != "keep" else None
         return {k: v for k, v in params.items() if v is not None}
 
@@ -212,7 +216,8 @@ class GrowSpec:
             w = self.width
             sizes = resolve_sizes(roles, w.hidden_size, w.intermediate_size, w.num_heads, w.num_kv_heads,
                                   op=self.resolved_width_op)
-            plan = width_plan(plan, roles, sizes, op=self.resolved_width_op, seed=self.seed, style=self.style)
+            plan = width_plan(plan, roles, sizes, op=self.resolved_width_op, seed=self.seed, style=self.style,
+                              keep_tied=self.keep_tied)
             preserving = preserving and plan.operation.width.function_preserving
         if depth and self.op == "zero":
             plan = zero_plan(plan, roles)

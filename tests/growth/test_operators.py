@@ -428,3 +428,153 @@ def test_zero_with_reordered_pattern_is_not_called_preserving(models, tmp_path):
     assert result.plan.operation.function_preserving is False
     in_order = grow(str(src), tmp_path / "out2", op="zero", pattern="0,0,1", quiet=True)
     assert in_order.plan.operation.function_preserving is True
+
+
+# --------------------------------------------------------------------------- post-norm blocks (issue 25)
+
+_POST = {"post_attention_layernorm": "o", "post_feedforward_layernorm": "down"}
+
+
+@pytest.mark.parametrize("config, expected", [
+    (lambda: T.Gemma2Config(num_hidden_layers=2, vocab_size=128, pad_token_id=0), _POST),
+    (lambda: T.Gemma3TextConfig(num_hidden_layers=2, vocab_size=128, pad_token_id=0), _POST),
+    (lambda: T.Olmo2Config(num_hidden_layers=2, vocab_size=128, **{k: 0 for k in ("pad_token_id", "eos_token_id")}),
+     _POST),
+    (lambda: T.Olmo3Config(num_hidden_layers=2, vocab_size=128, pad_token_id=0, eos_token_id=0), _POST),
+    (lambda: T.Exaone4Config(num_hidden_layers=2, vocab_size=128, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+     _POST),
+    (lambda: T.Glm4Config(num_hidden_layers=2, vocab_size=128, pad_token_id=0, eos_token_id=0),
+     {"post_self_attn_layernorm": "o", "post_mlp_layernorm": "down"}),
+    (lambda: T.FlexOlmoConfig(num_hidden_layers=2, vocab_size=128, pad_token_id=0, eos_token_id=0), _POST),
+    (lambda: T.LlamaConfig(num_hidden_layers=2, vocab_size=128), {}),  # its post_attention_layernorm is pre-MLP
+    (lambda: T.Qwen3MoeConfig(num_hidden_layers=2, vocab_size=128), {}),
+    (lambda: T.CohereConfig(num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=0, eos_token_id=0),
+     {}),
+], ids=["gemma2", "gemma3", "olmo2", "olmo3", "exaone4", "glm4", "flex_olmo", "llama", "qwen3_moe", "cohere"])
+def test_post_norms_are_the_norms_that_take_a_sublayer_output(config, expected):
+    from hfgrow.arch.layout import meta_model
+    from hfgrow.arch.roles import post_norms
+
+    assert post_norms(meta_model(config())) == expected
+
+
+def _post_norm_source(folder: Path, family: str, docs: list[str]) -> None:
+    """A trained 4-layer model of a post-norm family: Gemma-3-shaped (sliding/full layer types, GQA 4:1, tied,
+    (1 + w) norms, sqrt(H) embedding scale) or OLMo-2-shaped (plain-w RMSNorm post-norms, q/k norms, tied)."""
+    from hfgrow.eval.tiny import make_tokenizer, pretrain_tiny
+
+    make_tokenizer(folder, text="\n".join(docs[:20]), vocab_size=512)
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2, head_dim=8, vocab_size=512, max_position_embeddings=256,
+                 tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "gemma3":
+        config = T.Gemma3TextConfig(**shape, sliding_window=16, layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    else:
+        config = T.Olmo2Config(**shape)
+    make_model(folder, config, tokenizer=False)
+    pretrain_tiny(folder, docs[20:], steps=150, seq_len=64, batch_size=8, lr=3e-3)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "olmo2"])
+def test_zero_blocks_of_post_norm_models_stay_near_the_source_under_training(family, tmp_path):
+    """Identity blocks zero the post-norms' effective gain (Gemma's 1 + w at w = -1, OLMo 2's w at 0) and keep the
+    projections as copies: the function is preserved, and 3 steps at 1e-4 of the new blocks only (what
+    ``--train new`` trains) leave the held-out loss within 0.05 of the source's. With the projections zeroed
+    instead, the post-norm scales their first small update to full size: on these same models the loss rose
+    by 0.08 (Gemma 3) and 0.12 (OLMo 2)."""
+    from hfgrow.arch.layout import decoder_blocks
+    from hfgrow.eval.tiny import python_docs_corpus
+
+    docs = python_docs_corpus()
+    src, out = tmp_path / "src", tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and the test is not slowed by other processes
+    try:
+        _post_norm_source(src, family, docs)
+    finally:
+        torch.set_num_threads(threads)
+    result = grow(str(src), out, op="zero", layers=8, quiet=True)
+    assert result.plan.new_layers == [1, 3, 5, 7] and result.plan.operation.function_preserving
+    check_preserved(src, out)
+    grown, source = tensors(out), tensors(src)
+    gain_zero = -1.0 if family == "gemma3" else 0.0
+    for name, value in grown.items():
+        if not name.startswith("model.layers.") or int(name.split(".")[2]) not in (1, 3, 5, 7):
+            continue
+        rest = name.split(".", 3)[3]
+        if rest.startswith(("post_attention_layernorm", "post_feedforward_layernorm")):
+            assert torch.equal(value, torch.full_like(value, gain_zero)), name
+        else:  # the projections (o_proj and down_proj included) are copies of the neighbour below
+            assert torch.equal(value, source[f"model.layers.{int(name.split('.')[2]) // 2}.{rest}"]), name
+
+    tokenizer = T.AutoTokenizer.from_pretrained(src)
+    ids = tokenizer(tokenizer.eos_token.join(docs[:20]), add_special_tokens=False)["input_ids"]
+    windows = torch.tensor(ids[: len(ids) // 64 * 64]).view(-1, 64)
+    held_out, train = windows[:32], windows[32:]
+    model = T.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    model.requires_grad_(False)
+    _, blocks = decoder_blocks(model)
+    for i in result.plan.new_layers:
+        blocks[i].requires_grad_(True)
+
+    def loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=held_out, labels=held_out).loss.item()
+
+    before = loss()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(3):
+        batch = train[torch.randint(len(train), (8,), generator=generator)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = loss()
+    assert after - before <= 0.05, (before, after)
+    gains = [blocks[i].post_feedforward_layernorm.weight for i in result.plan.new_layers]
+    assert all(not torch.equal(g, torch.full_like(g, gain_zero)) for g in gains)  # the gains did learn
+
+
+# --------------------------------------------------------------------------- --keep-tied (issue 25)
+
+
+@pytest.mark.parametrize("family", ["gemma", "llama_tied"])
+def test_zero_width_keep_tied_preserves_and_stays_tied(family, models, tmp_path, capsys):
+    """G-right-zero with --keep-tied: new hidden units zero in the (tied) embedding, no LM head tensor written,
+    the config still tied, and the function kept (Gemma: the sqrt(hidden) embedding factor is undone in the final
+    norm, since the tied LM head reads the rescaled embedding)."""
+    if family == "llama_tied":
+        src = tmp_path / "src"
+        make_model(src, T.LlamaConfig(**dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=128, **COMMON), tie_word_embeddings=True))
+    else:
+        src = models(family)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["grow", str(src), str(out), "--op", "zero", "--hidden-size", "64", "--keep-tied", "-q"],
+                           capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["hidden_size"] == 64
+    grown = tensors(out)
+    assert "lm_head.weight" not in grown
+    embedding = grown["model.embed_tokens.weight"]
+    assert embedding.shape[1] == 64 and torch.count_nonzero(embedding[:, 32:]) == 0
+    check_preserved(src, out)
+    model = T.AutoModelForCausalLM.from_pretrained(out)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied in memory
+    assert Recipe.read(out).params["keep_tied"] is True
+    again = tmp_path / "again"
+    assert run_cli(["grow", str(src), str(again), "--recipe", str(out / "hfgrow.yaml"), "-q"], capsys)[0] == 0
+    assert all(torch.equal(v, tensors(again)[k]) for k, v in grown.items())
+
+
+def test_keep_tied_needs_zero_width_and_tied_embeddings(models, tmp_path, capsys):
+    code, _, err = run_cli(["grow", str(models("gemma")), str(tmp_path / "a"), "--hidden-size", "64", "--keep-tied"],
+                           capsys)
+    assert code == 1 and "--keep-tied is for width growth with --op zero" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["grow", str(models("llama")), str(tmp_path / "b"), "--op", "zero", "--hidden-size", "64",
+                            "--keep-tied"], capsys)
+    assert code == 1 and "embeddings are not tied" in err and not (tmp_path / "b").exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -273,18 +274,99 @@ def test_prts_learn_refuses_a_width_init(text_models, tmp_path, capsys):
 @pytest.mark.parametrize("kwargs", [
     dict(factor=2),  # Gstack (stackingpt.py)
     dict(op="zero", factor=2),  # G-up-zero (G_zero_depthwise.py, lemon=True: copies after their source, zeroed)
-    dict(hidden_size=2 * H),  # G-right-direct (bert2bert.py)
     dict(factor=2, noise=0.2, seed=4),  # noise (paper §5.2 scales)
-], ids=["gstack", "g-up-zero", "g-right-direct", "noise"])
-def test_operators_the_audit_found_faithful_are_the_same_under_both_styles(kwargs, llama, tmp_path):
-    """Gstack, G-up-zero, G-right-direct and the noise scales were found faithful to the reference: --style prts
-    writes the same tensors and the recipe differs only in the style it records."""
+], ids=["gstack", "g-up-zero", "noise"])
+def test_prts_style_writes_hfgrows_tensors_for_gstack_zero_blocks_and_noise(kwargs, llama, tmp_path):
+    """Gstack, G-up-zero and the noise scales have one rule in both hfgrow and the reference: --style prts writes
+    the same tensors, and the recipe differs only in the style it records."""
     own = grow(str(llama), tmp_path / "own", quiet=True, **kwargs)
     prts = grow(str(llama), tmp_path / "prts", style="prts", quiet=True, **kwargs)
     a, b = tensors(tmp_path / "own"), tensors(tmp_path / "prts")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert own.recipe.operation.style == "hfgrow" and prts.recipe.operation.style == "prts"
     assert prts.recipe.operation.replace(style="hfgrow") == own.recipe.operation
+
+
+# --------------------------------------------------------------------------- G-right-direct (prts bert2bert.py)
+
+
+def reference_bert2bert(source: dict[str, torch.Tensor], H2: int, I2: int, seed: int) -> dict[str, torch.Tensor]:
+    """bert2BERT as bert2bert.py runs it on a lit_gpt Llama (multi-head), built from the rule, without hfgrow.
+
+    get_extra_src_indices (from_left=False, lines 62-75): diff = H2 - H units drawn with replacement,
+    random.choices(range(diff), k=diff), each modulo H (hfgrow seeds random.Random(--seed) for the draw); the new
+    rows of a 3H fused q|k|v take the list three times; the FFN's new units (idx * 4)[:I2 - I] unless I2 - I is
+    diff, 3·diff or 4·diff. update_linear (lines 105-186): the input dimension first, through expand_tensor with
+    div=True (prts_lit/utils/other.py: the copies and the source column both divided by 1 + the number of
+    copies), then the output dimension with div=False (rows copied). Embedding columns and norm weights copied.
+    lit_gpt's attention weight is [q_h; k_h; v_h] head by head; the target reads its rows in the same layout."""
+    H = source["model.embed_tokens.weight"].shape[1]
+    I = source["model.layers.0.mlp.up_proj.weight"].shape[0]
+    hd = H // 4
+    diff = H2 - H
+    idx = [x % H for x in random.Random(seed).choices(range(diff), k=diff)]
+    extra = {diff: idx, 3 * diff: idx * 3, 4 * diff: idx * 4}
+    if I2 - I not in extra:
+        extra[I2 - I] = (idx * 4)[:I2 - I]
+    mapping = {H: H2, 3 * H: 3 * H2, I: I2}
+
+    def expand(t: torch.Tensor, dim: int, div: bool) -> torch.Tensor:
+        ind = torch.tensor(extra[mapping[t.shape[dim]] - t.shape[dim]])
+        pad = t.index_select(dim, ind)
+        out = t.clone()
+        if div:
+            count = (ind.unsqueeze(-1) == ind).sum(-1) + 1
+            pad = pad / (count if dim == 0 else count.unsqueeze(0))
+            out.index_copy_(dim, ind, pad)
+        return torch.cat([out, pad], dim)
+
+    def linear(w: torch.Tensor) -> torch.Tensor:
+        if w.shape[1] in mapping:
+            w = expand(w, 1, True)
+        return expand(w, 0, False) if w.shape[0] in mapping else w
+
+    grown = {"model.embed_tokens.weight": expand(source["model.embed_tokens.weight"], 1, False),
+             "model.norm.weight": expand(source["model.norm.weight"], 0, False),
+             "lm_head.weight": linear(source["lm_head.weight"])}
+    for layer in range(2):
+        p = f"model.layers.{layer}."
+        q, k, v = (source[p + f"self_attn.{x}_proj.weight"] for x in "qkv")
+        fused = torch.cat([torch.cat([m[h * hd:(h + 1) * hd] for m in (q, k, v)]) for h in range(H // hd)])
+        fused = linear(fused)
+        heads = [fused[h * 3 * hd:(h + 1) * 3 * hd] for h in range(H2 // hd)]
+        for j, x in enumerate("qkv"):
+            grown[p + f"self_attn.{x}_proj.weight"] = torch.cat([head[j * hd:(j + 1) * hd] for head in heads])
+        for rest in ("self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"):
+            grown[p + rest] = linear(source[p + rest])
+        for rest in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+            grown[p + rest] = expand(source[p + rest], 0, False)
+    return grown
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_g_right_direct_is_prts_bert2bert(seed, text_models, tmp_path):
+    """--style prts G-right-direct writes bert2BERT's tensors (32 -> 48 hidden, 4 -> 6 heads, FFN 64 -> 96: the
+    (idx * 4)[:32] branch), records that it is not function-preserving, and replays bit for bit."""
+    src, _ = text_models("llama_mha")
+    out = tmp_path / "out"
+    result = grow(str(src), out, hidden_size=48, style="prts", seed=seed, quiet=True)
+    grown, expected = tensors(out), reference_bert2bert(tensors(src), 48, 96, seed)
+    assert set(grown) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(grown[name], value, rtol=1e-6, atol=1e-7, msg=name)
+    assert result.plan.operation.function_preserving is False
+    assert Recipe.read(out).operation.width.function_preserving is False
+    assert verify(str(src), str(out)).preserved is False
+    hfgrow.replay(out, tmp_path / "again", source=str(src), quiet=True)
+    again = tensors(tmp_path / "again")
+    assert all(torch.equal(again[k], grown[k]) for k in grown)
+
+
+def test_prts_direct_refuses_grouped_query_attention(llama, tmp_path, capsys):
+    code, _, err = run_cli(["grow", str(llama), str(tmp_path / "out"), "--hidden-size", "64", "--style", "prts"],
+                           capsys)
+    assert code == 1 and "multi-head attention" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_learn_depth_is_the_same_under_both_styles(text_models, tmp_path):

@@ -50,9 +50,10 @@ from hfgrow.growth.ops.learn import Coefficients, WidthExpansion, initial_coeffi
 from hfgrow.io.checkpoint import Checkpoint
 
 
-#: Default ``--learn-lr`` (AdamW, the depth coefficients D) and the relative step of the width matrices
-#: (each B gets ``WIDTH_LR_SCALE·lr / fan-in``). Chosen by ``bench/bench_ligo_lr.py``; README, "LiGO learning
-#: rate", has the table.
+#: Default ``--learn-lr`` and the relative step of the width matrices. Every growth parameter takes the LR
+#: divided by its fan-in: a row of D (one grown layer's weight of one kind) mixes L source layers, so each
+#: entry of D takes ``lr / L``; a width matrix B ``[new, old]`` takes ``WIDTH_LR_SCALE·lr / old``. Chosen by
+#: ``bench/bench_ligo_lr.py`` (on sources of 2 and 24 layers for D); README, "LiGO learning rate", has the table.
 DEFAULT_LR = 3e-2
 WIDTH_LR_SCALE = 1.0
 
@@ -61,16 +62,18 @@ WIDTH_LR_SCALE = 1.0
 class FitSettings:
     """How the growth operator is fitted: AdamW steps, LR, batches of ``seq_len`` tokens, held-out size.
 
-    ``lr`` is the AdamW learning rate of the depth coefficients D. A width matrix B (``[new, old]``) gets
-    ``lr · width_lr_scale / old``: Adam moves every entry by about the LR per step, and a grown unit sums
-    ``old`` entries of its row of B, so a B entry's step must shrink with the number of units it mixes for
-    the grown weights to move by the same relative amount whatever the model width (the muP rule for
-    Adam on a hidden matrix). ``fan_in_scaling=False`` gives every matrix ``lr`` (hfgrow <= 0.2's rule,
-    kept for the benchmark that compares the two).
+    Adam moves every entry of a parameter by about the LR per step, whatever its gradient's size, so a
+    parameter whose entries are summed must take smaller steps the more entries each output sums (the
+    muP rule for Adam). D: a grown layer's weight is ``Σ_j D[l, j]·W_j`` over the L source layers that
+    have that kind, so D's entries take ``lr / L`` (``depth_fan_in``): with one LR for all (hfgrow <= 0.2),
+    a 30-layer source moves each grown weight by up to 30·lr per step, and the default chosen on 2-layer
+    sources made SmolLM2 and Gemma 3 worse from the first step. B (``[new, old]``): each entry takes
+    ``lr · width_lr_scale / old`` (``fan_in_scaling``). ``False`` for either gives that parameter ``lr``
+    itself (the old rules, kept for the benchmark that compares them).
 
     Example:
-        >>> FitSettings(steps=100).lr
-        0.01
+        >>> FitSettings(steps=100).lr == DEFAULT_LR
+        True
     """
 
     steps: int = 100
@@ -82,6 +85,7 @@ class FitSettings:
     evals: int = 4  # held-out evaluations during the fit (besides step 0): the best operator is kept
     width_lr_scale: float = WIDTH_LR_SCALE
     fan_in_scaling: bool = True
+    depth_fan_in: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -321,13 +325,19 @@ class GrownModel:
         finally:
             self._cache = None
 
-    def evaluate(self, sequences: torch.Tensor, batch_size: int) -> float:
-        """Mean held-out loss (per sequence, equal lengths) of the current operator."""
+    def evaluate(self, sequences: torch.Tensor, batch_size: int, progress: bool = False) -> float:
+        """Mean held-out loss (per sequence, equal lengths) of the current operator; ``progress`` shows a bar over
+        the batches (the first batch also builds every grown block's weights)."""
         if not len(sequences):
             return math.nan
+        starts = range(0, len(sequences), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="held-out loss", unit="batch", leave=False, file=sys.stderr)
         with torch.no_grad(), self.frozen():
             total = sum(self.loss(sequences[i: i + batch_size]).item() * len(sequences[i: i + batch_size])
-                        for i in range(0, len(sequences), batch_size))
+                        for i in starts)
         return total / len(sequences)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -383,16 +393,20 @@ class Progress:
 
 
 def param_groups(model: GrownModel, settings: FitSettings) -> list[dict[str, Any]]:
-    """AdamW parameter groups: D at ``settings.lr``; each width matrix at ``lr·width_lr_scale / fan-in``.
+    """AdamW parameter groups: D's kinds at ``lr / L`` (L source layers mixed per row); each width matrix at
+    ``lr·width_lr_scale / fan-in``.
 
     Example:
-        >>> [round(g["lr"], 6) for g in param_groups(model, FitSettings(lr=1e-2))]   # D, then B [128, 64] ...
-        [0.01, 0.000156, ...]
+        >>> [round(g["lr"], 6) for g in param_groups(model, FitSettings(lr=1e-2))]   # D (24 layers), B [128, 64]
+        [0.000417, 0.000156, ...]
     """
     groups: list[dict[str, Any]] = []
-    depth = [p for p in model.coefficients.values() if p.requires_grad]
-    if depth:
-        groups.append({"params": depth, "lr": settings.lr, "name": "D"})
+    depth: dict[int, list[torch.nn.Parameter]] = {}
+    for p in model.coefficients.values():
+        if p.requires_grad:
+            depth.setdefault(p.shape[1] if settings.depth_fan_in else 1, []).append(p)
+    for fan_in, params in sorted(depth.items()):
+        groups.append({"params": params, "lr": settings.lr / fan_in, "name": "D", "fan_in": fan_in})
     if model.expansion is not None:
         for name, matrix in model.expansion.matrices.items():
             fan_in = matrix.shape[1] if settings.fan_in_scaling else 1
@@ -403,7 +417,8 @@ def param_groups(model: GrownModel, settings: FitSettings) -> list[dict[str, Any
 
 def _describe_lrs(groups: list[dict[str, Any]]) -> str:
     width = [g["lr"] for g in groups if g["name"] != "D"]
-    parts = [f"D at lr {g['lr']:.3g}" for g in groups if g["name"] == "D"]
+    parts = [f"D at lr {g['lr']:.3g}" + (f" (lr/{g['fan_in']} source layers)" if g["fan_in"] > 1 else "")
+             for g in groups if g["name"] == "D"]
     if width:
         low, high = min(width), max(width)
         parts.append(f"{len(width)} width matrices at lr {low:.3g}" + (f"-{high:.3g}" if high != low else "")
@@ -423,7 +438,7 @@ def fit(model: GrownModel, train_set: torch.Tensor, eval_set: torch.Tensor, sett
     if len(eval_set):
         say(f"held-out loss at step 0 on {len(eval_set)} sequences ...")
         say.lap()
-    report.evals[0] = best = model.evaluate(eval_set, settings.batch_size)
+    report.evals[0] = best = model.evaluate(eval_set, settings.batch_size, progress)
     if len(eval_set):
         say(f"held-out loss at step 0: {best:.4f} ({say.lap():.1f} s)")
     kept = model.snapshot()
@@ -454,7 +469,7 @@ def fit(model: GrownModel, train_set: torch.Tensor, eval_set: torch.Tensor, sett
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if step in checkpoints:
                 say.lap()
-                report.evals[step] = value = model.evaluate(eval_set, settings.batch_size)
+                report.evals[step] = value = model.evaluate(eval_set, settings.batch_size, progress)
                 verdict = "best so far" if value < best else f"worse than step {report.kept_step} ({best:.4f})"
                 if value < best:  # NaN never wins
                     best, report.kept_step, kept = value, step, model.snapshot()

@@ -40,6 +40,20 @@ from the source, random fan-out; new hidden units: zero embedding columns, rando
 new norm weights and biases are zero and nothing is rescaled, so growing the hidden size changes the
 norms' statistics (the reference's operator is function-preserving only for FFN and head growth).
 
+``style="prts"`` runs ``direct`` as the reference's bert2BERT does (prts ``bert2bert.py``,
+``get_extra_src_indices`` and ``expand_tensor``, default ``from_left=False``): the ``diff = new - old``
+hidden units beyond the source width copy source units drawn *with replacement*
+(``random.choices(range(diff), k=diff)``, each taken modulo the source width; hfgrow seeds a
+``random.Random(--seed)`` for it), the FFN's new units the same list repeated (``(idx * 4)[:new - old]``
+unless the FFN grows by diff, 3·diff or 4·diff); weights reading a unit copied c times are divided by
+c + 1 (the source column too), weights writing one are copied. The reference widens lit_gpt's fused
+q|k|v (3·hidden rows, per head [q_h, k_h, v_h]) like any other output dimension: its new rows copy rows
+``idx * 3`` of the source's fused tensor, whatever head or q/k/v part those belong to, and the target
+model reads them as its new heads. hfgrow builds that fused tensor from q/k/v (or a fused q|k|v
+of any layout), extends it by that rule and splits it back. Multi-head attention only (the reference's
+3·hidden rule); not function-preserving (copies drawn with replacement change the norms' statistics,
+and the new heads' q/k/v rows are parts of other heads).
+
 Tied input/output embeddings are untied in the output (they need different values).
 Gemma-style embeddings scaled by sqrt(hidden_size) are rescaled by sqrt(old/new).
 """
@@ -60,8 +74,9 @@ from hfgrow.growth.ops.common import compute_dtype, generator, row_chunks, then
 from hfgrow.io import dtypes
 from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Mask, WidthMask, WidthRecord
-from hfgrow.io.plan import TensorPlan
-from hfgrow.arch.roles import Roles, TensorRole, check_output_shapes, embed_scale_for, qkv_row_order
+from hfgrow.io.plan import Fn, TensorPlan
+from hfgrow.arch.roles import (Roles, TensorRole, block_rest, check_output_shapes, embed_scale_for,
+                               qkv_row_order)
 
 OPS = ("direct", "zero", "random")
 
@@ -316,6 +331,8 @@ def space_maps(roles: Roles, sizes: WidthSizes, op: str, seed: int, style: str =
     """A UnitMap for every space that changes."""
     if op not in OPS:
         raise HfgrowError(f"unknown width operator '{op}'; use one of {', '.join(OPS)}.")
+    if op == "direct" and style == "prts":
+        return _prts_direct_maps(roles, sizes, seed)
     maps: dict[str, UnitMap] = {}
     hidden_fill = ("zero", "random") if op == "zero" else ("random", "random")
     inner_fill = ("random", "zero") if op == "zero" else ("random", "random")
@@ -361,6 +378,77 @@ def space_maps(roles: Roles, sizes: WidthSizes, op: str, seed: int, style: str =
         qkv = _fused_qkv(roles.qkv_layout, q_map, kv_map, sizes)
         maps["qkv"] = UnitMap(qkv, _ones(qkv.numel()), _ones(qkv.numel()), *inner_fill)
     return maps
+
+
+def prts_extra_indices(sizes: WidthSizes, seed: int) -> dict[str, list[int]]:
+    """The source units the reference's bert2BERT copies into the new units (``get_extra_src_indices``,
+    ``from_left=False``): ``hidden`` (diff = new - old hidden units), ``qkv`` (the 3·diff new rows of a fused
+    q|k|v) and each FFN key. Drawn with replacement from ``random.Random(seed)``.
+
+    Example:
+        >>> prts_extra_indices(WidthSizes((4, 6), (2, 3), (2, 3), {"intermediate_size": (8, 12)}, 2), 0)["qkv"]
+        [1, 1, 1, 1, 1, 1]
+    """
+    import random
+
+    (H, H2), (nh, nh2), (nkv, nkv2), hd = sizes.hidden, sizes.heads, sizes.kv_heads, sizes.head_dim
+    if H2 <= H:
+        raise HfgrowError("--style prts G-right-direct (bert2BERT) grows the hidden size, as the reference does; "
+                          "give a larger --hidden-size (or use --style hfgrow).")
+    if nkv != nh or nkv2 != nh2 or nh * hd != H or nh2 * hd != H2:
+        raise HfgrowError(f"--style prts G-right-direct widens a fused q|k|v of 3 x hidden rows as the reference's "
+                          f"bert2BERT does, which needs multi-head attention with heads x head_dim = hidden size "
+                          f"(here {nh} -> {nh2} query and {nkv} -> {nkv2} key/value heads of {hd}, hidden {H} -> "
+                          f"{H2}); use --style hfgrow.")
+    diff = H2 - H
+    idx = [x % H for x in random.Random(seed).choices(range(diff), k=diff)]
+    by_growth = {diff: idx, 3 * diff: idx * 3, 4 * diff: idx * 4}
+    extra = {"hidden": idx, "qkv": idx * 3}
+    for key, (old, new) in sizes.ffn.items():
+        if new == old:
+            continue
+        rows = by_growth.get(new - old, (idx * 4)[:new - old])
+        if len(rows) != new - old:
+            raise HfgrowError(f"--style prts G-right-direct draws at most 4 x {diff} new FFN units (the reference's "
+                              f"rule); {key} grows by {new - old}.")
+        extra[f"ffn:{key}"] = rows
+    return extra
+
+
+def _prts_direct_maps(roles: Roles, sizes: WidthSizes, seed: int) -> dict[str, UnitMap]:
+    """bert2BERT's unit maps: each space's source units, then the drawn copies; readers of a unit copied c
+    times divided by c + 1, writers copied. The q space (what the attention output projection reads) follows
+    the hidden map, as the reference's ``attn.proj`` [H, H] does; q/k/v rows go through the fused rule
+    (:func:`_prts_qkv`)."""
+    extra = prts_extra_indices(sizes, seed)
+
+    def unit_map(old: int, rows: list[int]) -> UnitMap:
+        src = torch.cat([torch.arange(old), torch.tensor(rows, dtype=torch.long)])
+        counts = torch.bincount(src, minlength=old).to(torch.float64)[src]
+        return UnitMap(src, 1.0 / counts, _ones(src.numel()), "random", "random")
+
+    maps = {"hidden": unit_map(sizes.hidden[0], extra["hidden"])}
+    maps["q"] = maps["hidden"]
+    for key, (old, new) in sizes.ffn.items():
+        if new != old:
+            maps[f"ffn:{key}"] = ffn = unit_map(old, extra[f"ffn:{key}"])
+            src = torch.cat([ffn.src, ffn.src + old])
+            maps[f"gate_up:{key}"] = UnitMap(src, torch.cat([ffn.read, ffn.read]), _ones(2 * new), "random", "random")
+    return maps
+
+
+def prts_qkv_rows(roles: Roles, sizes: WidthSizes, seed: int) -> torch.Tensor:
+    """For each row of the grown [q | k | v] (plain order), the source [q | k | v] row bert2BERT copies into it.
+
+    The reference's fused tensor is lit_gpt's, per key/value group [its q heads, k, v] (multi-head: per head);
+    its rows are the source's followed by the source's fused rows ``qkv`` (:func:`prts_extra_indices`), and the
+    grown model reads them in the same layout with its own head count.
+    """
+    (nh, nh2), (nkv, nkv2), hd = sizes.heads, sizes.kv_heads, sizes.head_dim
+    fused = torch.cat([torch.arange((nh + 2 * nkv) * hd), torch.tensor(prts_extra_indices(sizes, seed)["qkv"])])
+    plain_of_fused = qkv_row_order("per_group", nh, nkv, hd)  # source fused row -> source plain row
+    fused_of_plain = torch.argsort(qkv_row_order("per_group", nh2, nkv2, hd))  # grown plain row -> grown fused row
+    return plain_of_fused[fused[fused_of_plain]]
 
 
 # ---------------------------------------------------------------- per-tensor transform
@@ -529,8 +617,9 @@ class Widened:
     notes: list[str]
 
 
-def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: str) -> Widened:
-    """The grown config and the model-level changes every width operator shares."""
+def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: str, keep_tied: bool = False) -> Widened:
+    """The grown config and the model-level changes every width operator shares (``keep_tied``: tied embeddings
+    stay tied, for a widening whose new hidden units are zero in the embedding)."""
     H, H2 = sizes.hidden
     config = json.loads(json.dumps(config))
     keys = roles.keys
@@ -550,7 +639,14 @@ def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: st
     untie = {}
     if H2 != H:
         untie = {target: source for target, source in roles.tied.items() if roles.role(source).kind == "embedding"}
-        if untie:
+        if keep_tied:
+            if not untie:
+                raise HfgrowError(f"--keep-tied keeps tied embeddings tied, but this {roles.model_type} model's input "
+                                  "and output embeddings are not tied.")
+            untie = {}
+            notes.append("input and output embeddings stay tied (--keep-tied): the new hidden units are zero in the "
+                         "embedding, so the tied LM head reads nothing from them")
+        elif untie:
             config["tie_word_embeddings"] = False
             notes.append("input and output embeddings are untied (grown width needs different values)")
     factor = 1.0
@@ -589,13 +685,67 @@ class _UnitMapWidening:
     """Grows one tensor by the unit maps of its dimensions (the direct, zero and random operators)."""
 
     def __init__(self, roles: Roles, maps: dict[str, UnitMap], op: str, seed: int, embed_factor: float,
-                 norm_rescale: float, layers_out: int, style: str = "hfgrow"):
+                 norm_rescale: float, layers_out: int, style: str = "hfgrow", final_norm_rescale: float = 1.0):
         self.roles, self.maps, self.op, self.seed = roles, maps, op, seed
         self.embed_factor, self.norm_rescale, self.layers_out = embed_factor, norm_rescale, layers_out
         self.style = style
+        self.final_norm_rescale = final_norm_rescale  # extra factor on the final norm (tied LM head kept, Gemma)
+        self.qkv_rows: torch.Tensor | None = None  # --style prts direct: grown plain q|k|v row -> source row
+        self.sizes: WidthSizes | None = None
+
+    def _prts_qkv(self, tensor: TensorPlan, role: TensorRole) -> TensorPlan:
+        """bert2BERT's q/k/v rows (:func:`prts_qkv_rows`): the layer's q, k and v read together, their columns
+        widened like every reader of the hidden size, the grown plain [q | k | v] gathered, this tensor's part
+        (or, for a fused q|k|v, all of it in its own layout) kept."""
+        roles, sizes, rows = self.roles, self.sizes, self.qkv_rows
+        (nh, nh2), (nkv, nkv2), hd = sizes.heads, sizes.kv_heads, sizes.head_dim
+        if tensor.transform is not None:
+            raise HfgrowError("--style prts G-right-direct cannot follow another transform of the q|k|v weights.")
+        source = tensor.sources[0]
+        rest = block_rest(source, roles.prefix) or ""
+        if role.kind == "qkv":
+            names = (source,)
+            parts = {"qkv": slice(0, rows.numel())}
+        else:
+            siblings = {r.kind: name for name, r in roles.block.items()
+                        if r.kind in ("q", "k", "v") and r.is_bias == role.is_bias}
+            if set(siblings) != {"q", "k", "v"}:
+                raise HfgrowError(f"--style prts G-right-direct needs the q, k and v {'biases' if role.is_bias else 'weights'} "
+                                  f"of {roles.model_type}'s blocks together; hfgrow found {sorted(siblings)}.")
+            names = tuple(source[: len(source) - len(rest)] + siblings[kind] for kind in ("q", "k", "v"))
+            parts = {"q": slice(0, nh2 * hd), "k": slice(nh2 * hd, (nh2 + nkv2) * hd),
+                     "v": slice((nh2 + nkv2) * hd, rows.numel())}
+        keep = parts[role.kind]
+        hidden = None if role.is_bias else self.maps["hidden"]
+        in_dim = role.io.index("in") if hidden is not None else None
+        transposed = in_dim == 0
+        layout = roles.qkv_layout
+        dtype = tensor.dtype
+        shape = (rows[keep].numel(),) + ((hidden.src.numel(),) if hidden is not None else ())
+        shape = shape[::-1] if transposed else shape
+
+        def fn(*xs: torch.Tensor) -> torch.Tensor:
+            cdt = compute_dtype(xs[0].dtype)
+            mats = [x.to(cdt).T if transposed else x.to(cdt) for x in xs]
+            if hidden is not None:  # readers of a hidden unit copied c times: divided by c + 1 (expand_tensor, div)
+                mats = [m.index_select(1, hidden.src) * hidden.read.to(cdt) for m in mats]
+            plain = torch.cat(mats)
+            if role.kind == "qkv":  # a fused q|k|v in its own layout -> plain, and back in the grown layout
+                plain = plain.index_select(0, torch.argsort(qkv_row_order(layout, nh, nkv, hd)))
+                grown = plain.index_select(0, rows)
+                grown = grown.index_select(0, qkv_row_order(layout, nh2, nkv2, hd))
+            else:
+                grown = plain.index_select(0, rows[keep])
+            grown = grown.T if transposed else grown
+            return grown.contiguous().to(dtypes.to_torch(dtype))
+
+        text = f"width direct --style prts (bert2BERT {role.kind} rows of the fused q|k|v)"
+        return dataclasses.replace(tensor, sources=names, shape=tuple(shape), transform=Fn(fn, text))
 
     def __call__(self, tensor: TensorPlan, role: TensorRole) -> TensorPlan:
         roles = self.roles
+        if self.qkv_rows is not None and role.kind in ("q", "k", "v", "qkv"):
+            return self._prts_qkv(tensor, role)
         dim_maps = [self.maps.get(space) if space else None for space in role.dims]
         dim_maps = [m if m is not None and not m.is_identity() else None for m in dim_maps]
         factor = self.embed_factor if role.kind == "embedding" else 1.0
@@ -603,6 +753,8 @@ class _UnitMapWidening:
         norm = None
         if role.is_norm:
             scale = self.norm_rescale if role.dims[0] == "hidden" and not role.is_bias else 1.0
+            if not roles.is_block_tensor(tensor.sources[0]) and role.dims[0] == "hidden":
+                scale *= self.final_norm_rescale  # biases too: the norm's whole output feeds the LM head
             # new norm units: their init (effective weight one), or, for prts's zero operator, effective weight zero
             init = 0.0 if role.is_bias else 0.0 - roles.norm_offset if prts and self.op == "zero" else roles.norm_init
             norm = (roles.norm_offset, init, scale)
@@ -648,6 +800,10 @@ def _preservation(op: str, roles: Roles, sizes: WidthSizes, maps: dict[str, Unit
         return False, []
     H, H2 = sizes.hidden
     notes = []
+    if op == "direct" and style == "prts":
+        return False, ["G-right-direct --style prts (bert2BERT as the reference runs it): the new units copy source "
+                       "units drawn with replacement, which changes the norms' statistics, and the new heads' q/k/v "
+                       "rows are rows of other heads' fused q|k|v, so the grown model computes a different function"]
     if op == "zero" and style == "prts":
         if H2 != H:
             notes.append("G-right-zero --style prts: the zero new hidden units lower the norms' mean square and the "
@@ -740,7 +896,7 @@ def _width_mask(sizes: WidthSizes, maps: dict[str, UnitMap], seed: int) -> Width
 
 
 def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct", seed: int = 0,
-               style: str = "hfgrow") -> Plan:
+               style: str = "hfgrow", keep_tied: bool = False) -> Plan:
     """Grow the width of every tensor of ``plan`` (any depth plan: its tensors' sources are source tensors).
 
     Example:
@@ -748,16 +904,27 @@ def width_plan(plan: Plan, roles: Roles, sizes: WidthSizes, *, op: str = "direct
         >>> wide = width_plan(stack_plan(layout, ckpt.tensors, [0, 1]), roles, sizes)
         >>> wide.config["hidden_size"], wide.operation.width.function_preserving
         (128, True)
+
+    ``keep_tied`` (G-right-zero only) keeps tied input and output embeddings tied: the new hidden units are zero
+    in the embedding and stay zero through every block, so the tied LM head reads zeros from them. Where the
+    embedding is rescaled (Gemma's sqrt(hidden) factor), the final norm's effective weight takes the inverse
+    factor, so the logits, read through the rescaled tied embedding, are unchanged.
     """
     if not sizes.changed:
         return plan
+    if keep_tied and op != "zero":
+        raise HfgrowError("--keep-tied widens the hidden size the G-right-zero way (new hidden units zero in the tied "
+                          f"embedding); use it with --op zero or --width-op zero, not {op}.")
     maps = space_maps(roles, sizes, op, seed, style)
-    widened = widen_config(plan.config, roles, sizes, op)
+    widened = widen_config(plan.config, roles, sizes, op, keep_tied)
     rescale = 1.0
     if op == "zero" and style == "hfgrow" and sizes.hidden[1] != sizes.hidden[0] and roles.norm_kind == "rms":
         rescale = _zero_norm_rescale(widened, roles, sizes)
     layers_out = len(plan.layer_map) if plan.layer_map else 1
-    widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out, style)
+    final = 1.0 / widened.embed_factor if keep_tied and sizes.hidden[1] != sizes.hidden[0] else 1.0
+    widen = _UnitMapWidening(roles, maps, op, seed, widened.embed_factor, rescale, layers_out, style, final)
+    if op == "direct" and style == "prts":
+        widen.qkv_rows, widen.sizes = prts_qkv_rows(roles, sizes, seed), sizes
     tensors = widen_tensors(plan.tensors, roles, widened.untie, widen)
     preserving, caveats = _preservation(op, roles, sizes, maps, style, seed)
     warnings = list(plan.warnings)
