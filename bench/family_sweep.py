@@ -1,18 +1,25 @@
-"""Gstack every causal-LM type transformers builds, and count the grown models that load cleanly.
+"""Gstack every causal-LM type transformers knows, and count the grown models that stack.
 
-For each model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``: a tiny random model is built from the
-config class's defaults (``bench/tiny_configs.py``), saved, and loaded back (types whose own checkpoint
-does not load back cleanly are not counted: transformers cannot round-trip them); then
-``hfgrow stack SRC OUT --factor 2`` runs and OUT is loaded with ``output_loading_info``. A type passes
-when OUT loads with no missing, unexpected or mismatched keys and twice the layers. Each type runs in
-its own process (a crash or a hang stays with its type).
+"Stacks" means four checks on OUT after ``hfgrow stack SRC OUT --factor 2``:
+
+1. load: ``AutoModelForCausalLM.from_pretrained(OUT)`` reports no missing, unexpected or mismatched keys;
+2. layers: OUT has twice the source's decoder blocks, and its (text) config's ``num_hidden_layers`` says so
+   wherever the source's said the block count (caches are sized by it);
+3. forward: a forward pass on 5 tokens gives finite logits of shape [1, 5, vocab];
+4. generate: ``generate(max_new_tokens=4, use_cache=True)`` (greedy) adds 4 tokens.
+
+For each model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``: a tiny random model is built
+(``bench/tiny_configs.py``: the config class's defaults shrunk by name, or hand-chosen sizes for the types
+the generic rules cannot shrink), saved, and put through the same four checks (a source that fails them is
+reported as ``source-fails``, with transformers' reason); then it is stacked and OUT is checked. Every type
+counts in the denominator. Each type runs in its own process (a crash or a hang stays with its type).
 
 Usage:
     python bench/family_sweep.py                       # every type, 2 processes, table on stdout
     python bench/family_sweep.py --types llama,bart    # a few
-    python bench/family_sweep.py --json results.json   # also write the per-type results
+    python bench/family_sweep.py --json results.json   # also write the per-type results and the versions
 
-The latest figures are in README ("Safety": model types that do not stack).
+The latest figures are in README ("Which models").
 """
 
 from __future__ import annotations
@@ -43,11 +50,50 @@ def _load(folder: Path):
 
     model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, dtype=torch.float32)
     bad = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    return model, {k: v for k, v in bad.items() if v}
+    return model.eval(), {k: v for k, v in bad.items() if v}
+
+
+def _blocks(model) -> dict[str, int]:
+    """Length of every ModuleList in ``model``, by qualified name."""
+    import torch
+
+    return {name: len(module) for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)}
+
+
+def _declared_layers(model) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    value = getattr(config, "num_hidden_layers", None)
+    return value if isinstance(value, int) else None
+
+
+def _runs(model) -> str | None:
+    """None when a forward pass and a 4-token cached greedy generation work; else why not."""
+    import torch
+
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    vocab = int(getattr(config, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
+    ids = torch.arange(5).unsqueeze(0) % vocab + 3 if vocab > 8 else torch.zeros(1, 5, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+    except Exception as exc:  # noqa: BLE001
+        return f"forward fails: {type(exc).__name__}: {_line(exc)}"
+    if logits.shape[:2] != (1, 5) or not bool(torch.isfinite(logits).all()):
+        return f"forward gives logits of shape {tuple(logits.shape)}, finite: {bool(torch.isfinite(logits).all())}"
+    try:
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                                 do_sample=False, use_cache=True, pad_token_id=0)
+    except Exception as exc:  # noqa: BLE001
+        return f"generate fails: {type(exc).__name__}: {_line(exc)}"
+    if out.shape != (1, 9):
+        return f"generate gives shape {tuple(out.shape)}, not (1, 9)"
+    return None
 
 
 def run_one(model_type: str, factor: int = 2, layers: int = 2) -> dict:
-    """Build, stack and load one type; the result's ``status`` is ok, refused, broken, crash or not-built."""
+    """Build, stack and check one type; ``status`` is ok, refused, broken (OUT fails a check), crash,
+    source-fails (the tiny source itself fails a check) or not-built (no tiny model could be built)."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -74,11 +120,16 @@ def run_one(model_type: str, factor: int = 2, layers: int = 2) -> dict:
             model = AutoModelForCausalLM.from_config(config)
             model.save_pretrained(src)
             del model
-            _, bad = _load(src)
+            source, bad = _load(src)
         except Exception as exc:  # noqa: BLE001 - anything transformers cannot build or round-trip
             return result | {"status": "not-built", "reason": f"{type(exc).__name__}: {_line(exc)}"}
         if bad:
-            return result | {"status": "not-built", "reason": f"its own checkpoint does not load back: {_short(bad)}"}
+            return result | {"status": "source-fails", "reason": f"its own checkpoint does not load back: {_short(bad)}"}
+        why = _runs(source)
+        if why:
+            return result | {"status": "source-fails", "reason": f"the tiny source: {why}"}
+        src_blocks, src_declared = _blocks(source), _declared_layers(source)
+        del source
         try:
             grown = hfgrow.stack(str(src), out, factor=factor, quiet=True)
         except HfgrowError as exc:
@@ -89,9 +140,20 @@ def run_one(model_type: str, factor: int = 2, layers: int = 2) -> dict:
         try:
             model, bad = _load(out)
         except Exception as exc:  # noqa: BLE001
-            return result | {"status": "broken", "reason": f"OUT does not load: {type(exc).__name__}: {_line(exc)}"}
+            return result | {"status": "broken", "check": "load",
+                             "reason": f"OUT does not load: {type(exc).__name__}: {_line(exc)}"}
         if bad:
-            return result | {"status": "broken", "reason": f"OUT loads with {_short(bad)}"}
+            return result | {"status": "broken", "check": "load", "reason": f"OUT loads with {_short(bad)}"}
+        out_blocks = _blocks(model)
+        grown_lists = [n for n, length in src_blocks.items() if length == layers and out_blocks.get(n) == layers * factor]
+        declared = _declared_layers(model)
+        if not grown_lists or (src_declared == layers and declared != layers * factor):
+            return result | {"status": "broken", "check": "layers",
+                             "reason": f"OUT has block lists {out_blocks} and num_hidden_layers {declared}; "
+                                       f"the source had {src_blocks} and {src_declared}"}
+        why = _runs(model)
+        if why:
+            return result | {"status": "broken", "check": why.split(" ", 1)[0], "reason": f"OUT: {why}"}
         return result | {"status": "ok"}
 
 
@@ -118,12 +180,27 @@ def _run_isolated(model_type: str, timeout: int) -> dict:
     return {"type": model_type, "status": "crash", "reason": f"exit {proc.returncode}: {tail[:200]}"}
 
 
+def versions() -> dict[str, str]:
+    """Versions of what the sweep depends on (recorded with the results)."""
+    from importlib.metadata import version
+
+    import platform
+
+    found = {"python": platform.python_version()}
+    for name in ("hfgrow", "transformers", "torch", "safetensors", "accelerate", "huggingface-hub"):
+        try:
+            found[name] = version(name)
+        except Exception:  # noqa: BLE001 - not installed
+            found[name] = "not installed"
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", default=None, help="comma-separated model types (default: all)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--timeout", type=int, default=600)
-    parser.add_argument("--json", type=Path, default=None, help="write per-type results here")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per type (default 300)")
+    parser.add_argument("--json", type=Path, default=None, help="write per-type results and versions here")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -135,14 +212,14 @@ def main() -> None:
         results = []
         for result in pool.map(lambda t: _run_isolated(t, args.timeout), types):
             results.append(result)
-            print(f"{result['type']:28s} {result['status']:9s} {result.get('reason', '')}", flush=True)
-    built = [r for r in results if r["status"] != "not-built"]
-    ok = [r for r in built if r["status"] == "ok"]
-    print(f"\n{len(ok)} of {len(built)} types that transformers builds stack x2 and load cleanly "
-          f"({100 * len(ok) / max(1, len(built)):.1f}%); {len(results) - len(built)} of {len(results)} not built; "
-          f"{time.time() - start:.0f} s")
+            print(f"{result['type']:28s} {result['status']:12s} {result.get('reason', '')}", flush=True)
+    ok = [r for r in results if r["status"] == "ok"]
+    counts = {status: sum(r["status"] == status for r in results) for status in sorted({r["status"] for r in results})}
+    print(f"\n{len(ok)} of {len(results)} causal-LM types stack x2 (load, layer count, forward, generate 4 tokens "
+          f"with the cache): {100 * len(ok) / max(1, len(results)):.1f}%; {counts}; {time.time() - start:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"types": len(results), "built": len(built), "ok": len(ok),
+        args.json.write_text(json.dumps({"versions": versions(), "types": len(results), "ok": len(ok),
+                                         "counts": counts, "checks": ["load", "layers", "forward", "generate"],
                                          "results": results}, indent=1) + "\n")
 
 

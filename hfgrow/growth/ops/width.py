@@ -47,7 +47,6 @@ Gemma-style embeddings scaled by sqrt(hidden_size) are rescaled by sqrt(old/new)
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -61,6 +60,7 @@ from hfgrow.io import dtypes
 from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Mask, WidthMask, WidthRecord
 from hfgrow.io.plan import TensorPlan
+from hfgrow.arch.layout import rewrite_config
 from hfgrow.arch.roles import Roles, TensorRole, check_output_shapes, embed_scale_for, qkv_row_order
 
 OPS = ("direct", "zero", "random")
@@ -530,20 +530,19 @@ class Widened:
 
 
 def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: str) -> Widened:
-    """The grown config and the model-level changes every width operator shares."""
+    """The grown config and the model-level changes every width operator shares.
+
+    The sizes are written by meaning (``hidden_size``, ``num_key_value_heads``, ...) through
+    :func:`hfgrow.arch.layout.rewrite_config`, so each lands on the key the config class builds it from.
+    """
     H, H2 = sizes.hidden
-    config = json.loads(json.dumps(config))
-    keys = roles.keys
-    config[keys["hidden_size"]] = H2
-    for alias in roles.hidden_aliases:
-        config[alias] = H2
-    config[keys["num_attention_heads"]] = sizes.heads[1]
-    if sizes.kv_heads[1] != sizes.kv_heads[0] and keys.get("num_key_value_heads"):
-        config[keys["num_key_value_heads"]] = sizes.kv_heads[1]
-    for key, (_, new) in sizes.ffn.items():
-        config[key] = new
+    changes: dict[str, Any] = {"hidden_size": H2, **{alias: H2 for alias in roles.hidden_aliases},
+                               "num_attention_heads": sizes.heads[1]}
+    if sizes.kv_heads[1] != sizes.kv_heads[0] and roles.keys.get("num_key_value_heads"):
+        changes["num_key_value_heads"] = sizes.kv_heads[1]
+    changes.update({key: new for key, (_, new) in sizes.ffn.items()})
     if config.get("head_dim") is not None or H2 % sizes.heads[1] or H2 // sizes.heads[1] != sizes.head_dim:
-        config["head_dim"] = sizes.head_dim
+        changes["head_dim"] = sizes.head_dim
     ffn_text = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in sizes.ffn.items())
     notes = [f"width ({op}): hidden {H} -> {H2}, heads {sizes.heads[0]} -> {sizes.heads[1]} (key/value "
              f"{sizes.kv_heads[0]} -> {sizes.kv_heads[1]}, head_dim {sizes.head_dim})" + (f", {ffn_text}" if ffn_text else "")]
@@ -551,8 +550,9 @@ def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: st
     if H2 != H:
         untie = {target: source for target, source in roles.tied.items() if roles.role(source).kind == "embedding"}
         if untie:
-            config["tie_word_embeddings"] = False
+            changes["tie_word_embeddings"] = False
             notes.append("input and output embeddings are untied (grown width needs different values)")
+    config = rewrite_config(config, changes)
     factor = 1.0
     if H2 != H and roles.embed_scale != 1.0:
         new_scale = embed_scale_for(config)
@@ -632,7 +632,7 @@ def _zero_norm_rescale(widened: Widened, roles: Roles, sizes: WidthSizes) -> flo
     H, H2 = sizes.hidden
     key = roles.norm_eps_key
     if key and isinstance(widened.config.get(key), (int, float)):
-        widened.config[key] = widened.config[key] * H / H2
+        widened.config = rewrite_config(widened.config, {key: widened.config[key] * H / H2})
         widened.notes.append(f"{key} scaled by {H}/{H2} and norm weights by sqrt({H}/{H2}) "
                              "(the zero hidden units lower the mean square)")
     else:
