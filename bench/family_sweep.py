@@ -18,6 +18,8 @@ Usage:
     python bench/family_sweep.py                       # every type, 2 processes, table on stdout
     python bench/family_sweep.py --types llama,bart    # a few
     python bench/family_sweep.py --json results.json   # also write the per-type results and the versions
+    git archive main hfgrow | tar -x -C /tmp/main       # compare with another commit on the same tiny models:
+    python bench/family_sweep.py --before /tmp/main --before-json before.json --json after.json
 
 The latest figures are in README ("Which models").
 """
@@ -91,9 +93,65 @@ def _runs(model) -> str | None:
     return None
 
 
-def run_one(model_type: str, factor: int = 2, layers: int = 2) -> dict:
+def _import_hfgrow(root: str | None):
+    """The hfgrow package from ``root`` (another checkout, e.g. the commit a change is compared against), or the
+    one on the path; hfgrow is pure Python, so its modules are dropped and imported again from there."""
+    import importlib
+
+    for name in [n for n in sys.modules if n == "hfgrow" or n.startswith("hfgrow.")]:
+        del sys.modules[name]
+    if root is not None:
+        sys.path.insert(0, root)
+    try:
+        return importlib.import_module("hfgrow")
+    finally:
+        if root is not None:
+            sys.path.remove(root)
+
+
+def _stack_and_check(src: Path, out: Path, factor: int, layers: int, src_blocks: dict, src_declared: int | None,
+                     root: str | None = None) -> dict:
+    """``hfgrow stack SRC OUT --factor`` and the four checks on OUT (hfgrow imported from ``root``)."""
+    import shutil
+
+    hfgrow = _import_hfgrow(root)
+    from hfgrow.errors import HfgrowError
+
+    shutil.rmtree(out, ignore_errors=True)
+    result: dict = {}
+    try:
+        grown = hfgrow.stack(str(src), out, factor=factor, quiet=True)
+    except HfgrowError as exc:
+        return {"status": "refused", "reason": _line(exc)}
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "crash", "reason": f"{type(exc).__name__}: {_line(exc)}"}
+    result["kind_preserving"] = any("kind" in note for note in grown.plan.notes)
+    try:
+        model, bad = _load(out)
+    except Exception as exc:  # noqa: BLE001
+        return result | {"status": "broken", "check": "load",
+                         "reason": f"OUT does not load: {type(exc).__name__}: {_line(exc)}"}
+    if bad:
+        return result | {"status": "broken", "check": "load", "reason": f"OUT loads with {_short(bad)}"}
+    out_blocks = _blocks(model)
+    grown_lists = [n for n, length in src_blocks.items() if length == layers and out_blocks.get(n) == layers * factor]
+    declared = _declared_layers(model)
+    if not grown_lists or (src_declared == layers and declared != layers * factor):
+        return result | {"status": "broken", "check": "layers",
+                         "reason": f"OUT has block lists {out_blocks} and num_hidden_layers {declared}; "
+                                   f"the source had {src_blocks} and {src_declared}"}
+    why = _runs(model)
+    if why:
+        return result | {"status": "broken", "check": why.split(" ", 1)[0], "reason": f"OUT: {why}"}
+    return result | {"status": "ok"}
+
+
+def run_one(model_type: str, factor: int = 2, layers: int = 2, before: str | None = None) -> dict:
     """Build, stack and check one type; ``status`` is ok, refused, broken (OUT fails a check), crash,
-    source-fails (the tiny source itself fails a check) or not-built (no tiny model could be built)."""
+    source-fails (the tiny source itself fails a check) or not-built (no tiny model could be built).
+
+    ``before``: also stack the same source with the hfgrow package in that folder (``result["before"]``).
+    """
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -103,9 +161,7 @@ def run_one(model_type: str, factor: int = 2, layers: int = 2) -> dict:
     sys.path.insert(0, str(HERE))
     from tiny_configs import tiny_config
 
-    import hfgrow
     from hfgrow.arch.layout import quiet_transformers
-    from hfgrow.errors import HfgrowError
 
     result: dict = {"type": model_type}
     with tempfile.TemporaryDirectory(prefix=f"sweep-{model_type}-") as tmp, quiet_transformers():
@@ -115,46 +171,26 @@ def run_one(model_type: str, factor: int = 2, layers: int = 2) -> dict:
             with torch.device("meta"):
                 params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
             if params > MAX_PARAMS:
-                return result | {"status": "not-built", "reason": f"{params / 1e6:.0f}M parameters at tiny sizes"}
+                failed = {"status": "not-built", "reason": f"{params / 1e6:.0f}M parameters at tiny sizes"}
+                return result | failed | ({"before": failed} if before else {})
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config)
             model.save_pretrained(src)
             del model
             source, bad = _load(src)
         except Exception as exc:  # noqa: BLE001 - anything transformers cannot build or round-trip
-            return result | {"status": "not-built", "reason": f"{type(exc).__name__}: {_line(exc)}"}
-        if bad:
-            return result | {"status": "source-fails", "reason": f"its own checkpoint does not load back: {_short(bad)}"}
-        why = _runs(source)
+            failed = {"status": "not-built", "reason": f"{type(exc).__name__}: {_line(exc)}"}
+            return result | failed | ({"before": failed} if before else {})
+        why = f"its own checkpoint does not load back: {_short(bad)}" if bad else _runs(source)
         if why:
-            return result | {"status": "source-fails", "reason": f"the tiny source: {why}"}
+            failed = {"status": "source-fails", "reason": f"the tiny source: {why}"}
+            return result | failed | ({"before": failed} if before else {})
+        src_layers = _declared_layers(source) if _declared_layers(source) in _blocks(source).values() else layers
         src_blocks, src_declared = _blocks(source), _declared_layers(source)
         del source
-        try:
-            grown = hfgrow.stack(str(src), out, factor=factor, quiet=True)
-        except HfgrowError as exc:
-            return result | {"status": "refused", "reason": _line(exc)}
-        except Exception as exc:  # noqa: BLE001
-            return result | {"status": "crash", "reason": f"{type(exc).__name__}: {_line(exc)}"}
-        result["kind_preserving"] = any("kind" in note for note in grown.plan.notes)
-        try:
-            model, bad = _load(out)
-        except Exception as exc:  # noqa: BLE001
-            return result | {"status": "broken", "check": "load",
-                             "reason": f"OUT does not load: {type(exc).__name__}: {_line(exc)}"}
-        if bad:
-            return result | {"status": "broken", "check": "load", "reason": f"OUT loads with {_short(bad)}"}
-        out_blocks = _blocks(model)
-        grown_lists = [n for n, length in src_blocks.items() if length == layers and out_blocks.get(n) == layers * factor]
-        declared = _declared_layers(model)
-        if not grown_lists or (src_declared == layers and declared != layers * factor):
-            return result | {"status": "broken", "check": "layers",
-                             "reason": f"OUT has block lists {out_blocks} and num_hidden_layers {declared}; "
-                                       f"the source had {src_blocks} and {src_declared}"}
-        why = _runs(model)
-        if why:
-            return result | {"status": "broken", "check": why.split(" ", 1)[0], "reason": f"OUT: {why}"}
-        return result | {"status": "ok"}
+        if before:
+            result["before"] = _stack_and_check(src, out, factor, src_layers, src_blocks, src_declared, before)
+        return result | _stack_and_check(src, out, factor, src_layers, src_blocks, src_declared)
 
 
 def _line(exc: BaseException) -> str:
@@ -166,13 +202,14 @@ def _short(bad: dict) -> str:
     return "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {v[0]})" for k, v in bad.items())
 
 
-def _run_isolated(model_type: str, timeout: int) -> dict:
+def _run_isolated(model_type: str, timeout: int, before: str | None = None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     try:
-        proc = subprocess.run([sys.executable, __file__, "--one", model_type], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        proc = subprocess.run([sys.executable, __file__, "--one", model_type, *(["--before", before] if before else [])],
+                              capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"type": model_type, "status": "crash", "reason": f"timed out after {timeout} s"}
+        failed = {"status": "crash", "reason": f"timed out after {timeout} s"}
+        return {"type": model_type} | failed | ({"before": failed} if before else {})
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -195,32 +232,53 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _summary(results: list[dict]) -> tuple[int, dict[str, int]]:
+    ok = sum(r["status"] == "ok" for r in results)
+    return ok, {status: sum(r["status"] == status for r in results) for status in sorted({r["status"] for r in results})}
+
+
+def _write(path: Path, results: list[dict], hfgrow_from: str) -> None:
+    ok, counts = _summary(results)
+    path.write_text(json.dumps({"versions": versions(), "hfgrow_from": hfgrow_from, "types": len(results), "ok": ok,
+                                "counts": counts, "checks": ["load", "layers", "forward", "generate"],
+                                "results": results}, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", default=None, help="comma-separated model types (default: all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=300, help="seconds per type (default 300)")
     parser.add_argument("--json", type=Path, default=None, help="write per-type results and versions here")
+    parser.add_argument("--before", default=None,
+                        help="a folder holding another hfgrow package (e.g. `git archive` of main): each source is "
+                             "stacked by it too, on the same tiny model")
+    parser.add_argument("--before-json", type=Path, default=None, help="write the --before results here")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one)))
+        print(json.dumps(run_one(args.one, before=args.before)))
         return
     types = args.types.split(",") if args.types else causal_lm_types()
     start = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = []
-        for result in pool.map(lambda t: _run_isolated(t, args.timeout), types):
+        for result in pool.map(lambda t: _run_isolated(t, args.timeout, args.before), types):
             results.append(result)
-            print(f"{result['type']:28s} {result['status']:12s} {result.get('reason', '')}", flush=True)
-    ok = [r for r in results if r["status"] == "ok"]
-    counts = {status: sum(r["status"] == status for r in results) for status in sorted({r["status"] for r in results})}
-    print(f"\n{len(ok)} of {len(results)} causal-LM types stack x2 (load, layer count, forward, generate 4 tokens "
-          f"with the cache): {100 * len(ok) / max(1, len(results)):.1f}%; {counts}; {time.time() - start:.0f} s")
+            was = f" (before: {result['before']['status']})" if "before" in result else ""
+            print(f"{result['type']:28s} {result['status']:12s}{was} {result.get('reason', '')}", flush=True)
+    checks = "load, layer count, forward, generate 4 tokens with the cache"
+    ok, counts = _summary(results)
+    print(f"\n{ok} of {len(results)} causal-LM types stack x2 ({checks}): {100 * ok / max(1, len(results)):.1f}%; "
+          f"{counts}; {time.time() - start:.0f} s")
+    if args.before:
+        before = [{"type": r["type"], **r.get("before", {"status": "crash", "reason": "no result"})} for r in results]
+        ok, counts = _summary(before)
+        print(f"before ({args.before}): {ok} of {len(before)} ({100 * ok / max(1, len(before)):.1f}%); {counts}")
+        if args.before_json:
+            _write(args.before_json, before, args.before)
     if args.json:
-        args.json.write_text(json.dumps({"versions": versions(), "types": len(results), "ok": len(ok),
-                                         "counts": counts, "checks": ["load", "layers", "forward", "generate"],
-                                         "results": results}, indent=1) + "\n")
+        _write(args.json, [{k: v for k, v in r.items() if k != "before"} for r in results], str(HERE.parent))
 
 
 if __name__ == "__main__":
