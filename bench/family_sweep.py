@@ -93,13 +93,19 @@ def _runs(model) -> str | None:
     return None
 
 
+_HFGROW_FROM: list[str | None] = [None]  # where the imported hfgrow came from (None: the path)
+
+
 def _import_hfgrow(root: str | None):
     """The hfgrow package from ``root`` (another checkout, e.g. the commit a change is compared against), or the
-    one on the path; hfgrow is pure Python, so its modules are dropped and imported again from there."""
+    one on the path; hfgrow is pure Python, so when the source changes its modules are dropped and imported again
+    (never otherwise: a test process keeps its one hfgrow)."""
     import importlib
 
-    for name in [n for n in sys.modules if n == "hfgrow" or n.startswith("hfgrow.")]:
-        del sys.modules[name]
+    if root != _HFGROW_FROM[0]:
+        for name in [n for n in sys.modules if n == "hfgrow" or n.startswith("hfgrow.")]:
+            del sys.modules[name]
+        _HFGROW_FROM[0] = root
     if root is not None:
         sys.path.insert(0, root)
     try:
