@@ -539,7 +539,8 @@ def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: st
     changes: dict[str, Any] = {"hidden_size": H2, **{alias: H2 for alias in roles.hidden_aliases},
                                "num_attention_heads": sizes.heads[1]}
     if sizes.kv_heads[1] != sizes.kv_heads[0] and roles.keys.get("num_key_value_heads"):
-        changes["num_key_value_heads"] = sizes.kv_heads[1]
+        changes[roles.keys["num_key_value_heads"]] = sizes.kv_heads[1]  # the attribute the family reads (ChatGLM's
+        # multi_query_group_num; Falcon's num_key_value_heads, which rewrite_config writes to num_kv_heads)
     changes.update({key: new for key, (_, new) in sizes.ffn.items()})
     if config.get("head_dim") is not None or H2 % sizes.heads[1] or H2 // sizes.heads[1] != sizes.head_dim:
         changes["head_dim"] = sizes.head_dim
