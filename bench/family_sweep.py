@@ -132,6 +132,7 @@ def _stack_and_check(src: Path, out: Path, factor: int, layers: int, src_blocks:
     except Exception as exc:  # noqa: BLE001
         return {"status": "crash", "reason": f"{type(exc).__name__}: {_line(exc)}"}
     result["kind_preserving"] = any("kind" in note for note in grown.plan.notes)
+    result["_plan"] = (grown.plan.config, list(grown.plan.layer_map))
     try:
         model, bad = _load(out)
     except Exception as exc:  # noqa: BLE001
@@ -194,9 +195,31 @@ def run_one(model_type: str, factor: int = 2, layers: int = 2, before: str | Non
         src_layers = _declared_layers(source) if _declared_layers(source) in _blocks(source).values() else layers
         src_blocks, src_declared = _blocks(source), _declared_layers(source)
         del source
-        if before:
-            result["before"] = _stack_and_check(src, out, factor, src_layers, src_blocks, src_declared, before)
-        return result | _stack_and_check(src, out, factor, src_layers, src_blocks, src_declared)
+        earlier = _dry_plan(src, factor, before) if before else None
+        after = _stack_and_check(src, out, factor, src_layers, src_blocks, src_declared)
+        plan = after.pop("_plan", None)
+        if before and isinstance(earlier, tuple) and earlier == plan:
+            # same grown config.json and layer map from the same source: the same OUT, so the same checks
+            result["before"] = dict(after, same_plan_as_after=True)
+        elif before:
+            result["before"] = isinstance(earlier, dict) and earlier or _stack_and_check(
+                src, out, factor, src_layers, src_blocks, src_declared, before)
+            result["before"].pop("_plan", None)
+        return result | after
+
+
+def _dry_plan(src: Path, factor: int, root: str):
+    """(grown config, layer map) of ``stack --dry-run`` by the hfgrow in ``root``, or its result when it refuses."""
+    hfgrow = _import_hfgrow(root)
+    from hfgrow.errors import HfgrowError
+
+    try:
+        plan = hfgrow.stack(str(src), None, factor=factor, dry_run=True, quiet=True).plan
+    except HfgrowError as exc:
+        return {"status": "refused", "reason": _line(exc)}
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "crash", "reason": f"{type(exc).__name__}: {_line(exc)}"}
+    return plan.config, list(plan.layer_map)
 
 
 def _line(exc: BaseException) -> str:
@@ -260,6 +283,8 @@ def main() -> None:
                         help="a folder holding another hfgrow package (e.g. `git archive` of main): each source is "
                              "stacked by it too, on the same tiny model")
     parser.add_argument("--before-json", type=Path, default=None, help="write the --before results here")
+    parser.add_argument("--jsonl", type=Path, default=None,
+                        help="append each type's result here as it finishes (a partial run stays usable)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -271,6 +296,9 @@ def main() -> None:
         results = []
         for result in pool.map(lambda t: _run_isolated(t, args.timeout, args.before), types):
             results.append(result)
+            if args.jsonl:
+                with args.jsonl.open("a") as stream:
+                    stream.write(json.dumps(result) + "\n")
             was = f" (before: {result['before']['status']})" if "before" in result else ""
             print(f"{result['type']:28s} {result['status']:12s}{was} {result.get('reason', '')}", flush=True)
     checks = "load, layer count, forward, generate 4 tokens with the cache"
