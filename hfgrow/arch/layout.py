@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import json
 import logging
 import re
@@ -48,8 +49,9 @@ class Layout:
             prediction heads); kept after the grown stack.
         globals: tensors outside the blocks (embeddings, final norm, LM head, ...).
         count_key: the config.json key that holds L (a dotted path in a composite config).
-        count_aliases: ``num_hidden_layers`` when the blocks are counted by another key (e.g. xLSTM's
-            ``num_blocks``) and it held L too: kept equal, since caches and generation read it.
+        count_aliases: ``num_hidden_layers`` (an attribute path) when the blocks are counted by another key
+            (xLSTM's ``num_blocks``, BART's ``decoder_layers``) and the config read it as L too: kept equal, since
+            caches and generation read it.
         per_layer_keys: config keys whose value is a list with one entry per layer.
         index_keys: config keys whose value is a list of layer indices.
         tied: weights transformers ties to another (target -> source), e.g. ``lm_head.weight`` ->
@@ -223,8 +225,127 @@ def _set(config: dict[str, Any], path: str, value: Any) -> None:
 
 
 def set_config_value(config: dict[str, Any], path: str, value: Any) -> None:
-    """Set a config.json key given as a dotted path (``text_config.num_hidden_layers``)."""
-    _set(config, path, value)
+    """Set one config value in place, as :func:`rewrite_config` does (``path`` may name a sub-config:
+    ``text_config.num_hidden_layers``)."""
+    rewritten = rewrite_config(config, {path: value})
+    config.clear()
+    config.update(rewritten)
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON has it (tuples as lists), for comparing what was written with what is read."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _sub_config(hf_config, path: str):
+    """The config object at ``path`` (``""``: the config itself; ``"text_config"``: its sub-config), or None."""
+    sub = hf_config
+    for part in [p for p in path.split(".") if p]:
+        sub = getattr(sub, part, None)
+        if sub is None or not hasattr(sub, "to_dict"):
+            return None
+    return sub
+
+
+_MISSING = object()
+
+
+def _declared(sub, key: str) -> bool:
+    """Whether ``key`` is a field the config class declares (what it builds its attributes from)."""
+    return key in (getattr(type(sub), "__dataclass_fields__", None) or {})
+
+
+def _reads_back(config: dict[str, Any], wanted: dict[tuple[str, str], Any]) -> list[tuple[str, str]]:
+    """The changes (sub-config path, attribute) that the config class does not read from ``config`` as written.
+
+    An attribute the class does not declare is checked with its own key left out of config.json: a class that
+    derives it (Falcon's ``num_key_value_heads``) would overwrite a stored value on the next change of its input;
+    one that only passes it through (no such attribute without the key) reads it from the key."""
+    wrong = []
+    try:
+        rebuilt = hf_config_from_dict(config)
+    except HfgrowError:
+        return list(wanted)
+    for (path, attr), value in wanted.items():
+        sub = _sub_config(rebuilt, path)
+        if sub is None:
+            continue
+        key = (getattr(type(sub), "attribute_map", {}) or {}).get(attr, attr)
+        if _plain(getattr(sub, attr, None)) != _plain(value):
+            wrong.append((path, attr))
+            continue
+        if _declared(sub, key) or not isinstance(_get(config, path) if path else config, dict):
+            continue
+        without = json.loads(json.dumps(config))
+        (_get(without, path) if path else without).pop(key, None)
+        try:
+            derived = getattr(_sub_config(hf_config_from_dict(without), path), attr, _MISSING)
+        except HfgrowError:
+            continue
+        if derived is not _MISSING and _plain(derived) != _plain(value):
+            wrong.append((path, attr))
+    return wrong
+
+
+def _input_keys(sub, raw: dict[str, Any]) -> list[str]:
+    """The keys a config class may build an attribute from: config.json's own keys, then the declared fields."""
+    return list(dict.fromkeys([*raw, *(getattr(type(sub), "__dataclass_fields__", None) or {})]))
+
+
+def rewrite_config(config: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of config.json with ``changes`` made the way transformers reads them.
+
+    Every change names an attribute as the config object exposes it, under the path of its sub-config when the
+    decoder's config is nested (``text_config.num_hidden_layers``). It is written to the config.json key the
+    config class builds that attribute from: the attribute itself, its ``attribute_map`` alias (BART's
+    ``num_hidden_layers`` is ``encoder_layers``; GPT-2's ``hidden_size`` is ``n_embd``), or, for an attribute the
+    class derives from another in ``__post_init__`` (Falcon's ``num_key_value_heads`` from ``num_kv_heads``), the
+    input key that makes it read back (found by rebuilding the config with each key of the old value). The
+    config is rebuilt by its class and every change must read back as written. A config transformers rejects
+    is returned as written: the checks that build the grown model refuse it with their own sentence.
+
+    Example:
+        >>> rewrite_config(falcon, {"num_key_value_heads": 4})["num_kv_heads"]
+        4
+        >>> rewrite_config(bart_decoder, {"num_hidden_layers": 4})["encoder_layers"]
+        4
+
+    Raises:
+        HfgrowError: transformers accepts the config but reads a change differently whatever key holds it.
+    """
+    original = hf_config_from_dict(config)
+    wanted: dict[tuple[str, str], Any] = {}
+    written = json.loads(json.dumps(config))
+    for name, value in changes.items():
+        path, _, attr = name.rpartition(".")
+        sub = _sub_config(original, path)
+        key = (getattr(type(sub), "attribute_map", {}) or {}).get(attr, attr) if sub is not None else attr
+        _set(written, _join(path, key), value)
+        if sub is not None:
+            wanted[(path, attr)] = value
+    try:
+        hf_config_from_dict(written)
+    except HfgrowError:
+        return written
+    named = {name.rpartition(".")[2] for name in changes}
+    for path, attr in _reads_back(written, wanted):
+        sub, raw = _sub_config(original, path), _get(written, path) if path else written
+        raw = raw if isinstance(raw, dict) else {}
+        old = _plain(getattr(sub, attr, None))
+        candidates = [key for key in _input_keys(sub, raw) if key not in named and key != attr and _declared(sub, key)
+                      and _plain(_get(config, _join(path, key)) if key in raw else getattr(sub, key, None)) == old]
+        candidates.sort(key=lambda key: -difflib.SequenceMatcher(None, key, attr).ratio())
+        for key in candidates:
+            trial = json.loads(json.dumps(written))
+            _set(trial, _join(path, key), wanted[(path, attr)])
+            if (path, attr) not in _reads_back(trial, {(path, attr): wanted[(path, attr)]}):
+                written = trial
+                break
+        else:
+            raise HfgrowError(
+                f"transformers' {type(sub).__name__} does not read {attr} = {json.dumps(wanted[(path, attr)])} from "
+                f"any config.json key; hfgrow cannot write this {original.model_type} config.")
+    return written
 
 
 def _join(prefix: str, key: str) -> str:
@@ -361,10 +482,13 @@ def _fixed_tuple(key: str, value: list) -> bool:
             and not _PER_LAYER_HINT.search(key))
 
 
-def _count_aliases(config: dict[str, Any], text_path: str, text_config, num_layers: int) -> list[str]:
-    raw = _get(config, text_path) if text_path else config
-    mapped = (getattr(type(text_config), "attribute_map", {}) or {}).get("num_hidden_layers")
-    if mapped is None and isinstance(raw, dict) and raw.get("num_hidden_layers") == num_layers:
+def _count_aliases(count_key: str, text_path: str, text_config, num_layers: int) -> list[str]:
+    """``num_hidden_layers`` (as an attribute path) when the config reads it as L but builds the blocks from
+    another key: BART-style decoders (``num_hidden_layers`` is ``encoder_layers``, the blocks are
+    ``decoder_layers``), xLSTM (``num_blocks``). Caches and generation size themselves by it, so it follows the
+    count; a causal-LM checkpoint has no encoder for the other meaning to describe."""
+    mapped = (getattr(type(text_config), "attribute_map", {}) or {}).get("num_hidden_layers", "num_hidden_layers")
+    if getattr(text_config, "num_hidden_layers", None) == num_layers and _join(text_path, mapped) != count_key:
         return [_join(text_path, "num_hidden_layers")]
     return []
 
@@ -429,6 +553,7 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
     per_layer, index_lists = _classify_lists(text_config.to_dict(), num_layers)
     hint = prefix.rstrip(".").split(".")[-1]
     found = _block_list(skeleton, text_config, hint)
+    count_key = _count_key(config, text_path, hf_config, num_layers, hint)
     layout = Layout(
         config=config,
         model_type=config["model_type"],
@@ -438,8 +563,8 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
         layers=[sorted(names) for names in blocks[:num_layers]],
         extra_layers=[sorted(names) for names in blocks[num_layers:]],
         globals=globals_,
-        count_key=_count_key(config, text_path, hf_config, num_layers, hint),
-        count_aliases=_count_aliases(config, text_path, text_config, num_layers),
+        count_key=count_key,
+        count_aliases=_count_aliases(count_key, text_path, text_config, num_layers),
         per_layer_keys={_join(text_path, k): v for k, v in per_layer.items()},
         index_keys={_join(text_path, k): v for k, v in index_lists.items()},
         layer_types=per_layer.get("layer_types"),
@@ -485,8 +610,8 @@ def config_for_layers(config: dict[str, Any], layer_map: list[int]) -> dict[str,
     num_layers = len(found[1]) if found is not None else int(getattr(text_config, "num_hidden_layers"))
     hint = found[0].split(".")[-1] if found is not None else None
     per_layer, index_lists = _classify_lists(text_config.to_dict(), num_layers)
-    count_keys = [_count_key(config, text_path, hf_config, num_layers, hint),
-                  *_count_aliases(config, text_path, text_config, num_layers)]
+    count_key = _count_key(config, text_path, hf_config, num_layers, hint)
+    count_keys = [count_key, *_count_aliases(count_key, text_path, text_config, num_layers)]
     return _remap_layers(config, layer_map, count_keys=count_keys,
                          per_layer={_join(text_path, k): v for k, v in per_layer.items()},
                          index_lists={_join(text_path, k): v for k, v in index_lists.items()})
@@ -495,18 +620,16 @@ def config_for_layers(config: dict[str, Any], layer_map: list[int]) -> dict[str,
 def _remap_layers(config: dict[str, Any], layer_map: list[int], *, count_keys: list[str],
                   per_layer: dict[str, list], index_lists: dict[str, list[int]],
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``config`` (keys may be dotted paths) with its layer count and per-layer lists following ``layer_map``."""
-    config = json.loads(json.dumps(config))
-    for key in count_keys:
-        _set(config, key, len(layer_map))
+    """``config`` with its layer count and per-layer lists following ``layer_map``, written by
+    :func:`rewrite_config` (keys are attribute paths: ``text_config.num_hidden_layers``)."""
+    changes: dict[str, Any] = {key: len(layer_map) for key in count_keys}
     for key, values in per_layer.items():
-        _set(config, key, [values[src] for src in layer_map])
+        changes[key] = [values[src] for src in layer_map]
     for key, indices in index_lists.items():
         chosen = set(indices)
-        _set(config, key, [i for i, src in enumerate(layer_map) if src in chosen])
-    for key, value in (extra or {}).items():
-        _set(config, key, value)
-    return config
+        changes[key] = [i for i, src in enumerate(layer_map) if src in chosen]
+    changes.update(extra or {})
+    return rewrite_config(config, changes)
 
 
 # ------------------------------------------------------------------ the grown model's skeleton

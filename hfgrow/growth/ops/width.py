@@ -61,7 +61,6 @@ Gemma-style embeddings scaled by sqrt(hidden_size) are rescaled by sqrt(old/new)
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -75,6 +74,7 @@ from hfgrow.io import dtypes
 from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Mask, WidthMask, WidthRecord
 from hfgrow.io.plan import Fn, TensorPlan
+from hfgrow.arch.layout import rewrite_config
 from hfgrow.arch.roles import (Roles, TensorRole, block_rest, check_output_shapes, embed_scale_for,
                                qkv_row_order)
 
@@ -619,20 +619,20 @@ class Widened:
 
 def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: str, keep_tied: bool = False) -> Widened:
     """The grown config and the model-level changes every width operator shares (``keep_tied``: tied embeddings
-    stay tied, for a widening whose new hidden units are zero in the embedding)."""
+    stay tied, for a widening whose new hidden units are zero in the embedding).
+
+    The sizes are written by meaning (``hidden_size``, ``num_key_value_heads``, ...) through
+    :func:`hfgrow.arch.layout.rewrite_config`, so each lands on the key the config class builds it from.
+    """
     H, H2 = sizes.hidden
-    config = json.loads(json.dumps(config))
-    keys = roles.keys
-    config[keys["hidden_size"]] = H2
-    for alias in roles.hidden_aliases:
-        config[alias] = H2
-    config[keys["num_attention_heads"]] = sizes.heads[1]
-    if sizes.kv_heads[1] != sizes.kv_heads[0] and keys.get("num_key_value_heads"):
-        config[keys["num_key_value_heads"]] = sizes.kv_heads[1]
-    for key, (_, new) in sizes.ffn.items():
-        config[key] = new
+    changes: dict[str, Any] = {"hidden_size": H2, **{alias: H2 for alias in roles.hidden_aliases},
+                               "num_attention_heads": sizes.heads[1]}
+    if sizes.kv_heads[1] != sizes.kv_heads[0] and roles.keys.get("num_key_value_heads"):
+        changes[roles.keys["num_key_value_heads"]] = sizes.kv_heads[1]  # the attribute the family reads (ChatGLM's
+        # multi_query_group_num; Falcon's num_key_value_heads, which rewrite_config writes to num_kv_heads)
+    changes.update({key: new for key, (_, new) in sizes.ffn.items()})
     if config.get("head_dim") is not None or H2 % sizes.heads[1] or H2 // sizes.heads[1] != sizes.head_dim:
-        config["head_dim"] = sizes.head_dim
+        changes["head_dim"] = sizes.head_dim
     ffn_text = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in sizes.ffn.items())
     notes = [f"width ({op}): hidden {H} -> {H2}, heads {sizes.heads[0]} -> {sizes.heads[1]} (key/value "
              f"{sizes.kv_heads[0]} -> {sizes.kv_heads[1]}, head_dim {sizes.head_dim})" + (f", {ffn_text}" if ffn_text else "")]
@@ -647,8 +647,9 @@ def widen_config(config: dict[str, Any], roles: Roles, sizes: WidthSizes, op: st
             notes.append("input and output embeddings stay tied (--keep-tied): the new hidden units are zero in the "
                          "embedding, so the tied LM head reads nothing from them")
         elif untie:
-            config["tie_word_embeddings"] = False
+            changes["tie_word_embeddings"] = False
             notes.append("input and output embeddings are untied (grown width needs different values)")
+    config = rewrite_config(config, changes)
     factor = 1.0
     if H2 != H and roles.embed_scale != 1.0:
         new_scale = embed_scale_for(config)
@@ -784,7 +785,7 @@ def _zero_norm_rescale(widened: Widened, roles: Roles, sizes: WidthSizes) -> flo
     H, H2 = sizes.hidden
     key = roles.norm_eps_key
     if key and isinstance(widened.config.get(key), (int, float)):
-        widened.config[key] = widened.config[key] * H / H2
+        widened.config = rewrite_config(widened.config, {key: widened.config[key] * H / H2})
         widened.notes.append(f"{key} scaled by {H}/{H2} and norm weights by sqrt({H}/{H2}) "
                              "(the zero hidden units lower the mean square)")
     else:
