@@ -173,10 +173,6 @@ class Mask:
     norm_stats: str = "fill"
     steps_given: bool = True
 
-    def __post_init__(self) -> None:
-        if not self.steps_given:  # grow's default: no number of steps until training fits it to the run
-            object.__setattr__(self, "steps", 0)
-
     def to_dict(self) -> dict[str, Any]:
         steps = self.steps if self.steps_given else DEFAULT_RAMP  # grow's default is fitted when training starts
         data: dict[str, Any] = {"layers": list(self.layers), "steps": steps, "form": self.form}

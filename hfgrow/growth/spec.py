@@ -25,7 +25,7 @@ from hfgrow.io import dtypes
 OPS = ("direct", "zero", "random")
 ORDERS = ("stack", "interpolate", "interleave")
 STYLES = ("hfgrow", "prts")
-DEFAULT_MASK_STEPS = 5000  # the reference code ramps the MSG mask over ~5000 steps
+DEFAULT_MASK_STEPS = 0  # grow's default ramp has no number of steps: training fits it (10% of the run)
 
 
 @dataclass(frozen=True)

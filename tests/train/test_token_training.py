@@ -75,8 +75,9 @@ def test_token_folder_one_process_x8_equals_two_processes_x4(env, capsys):
     run_continue(env, "two", "--batch-size", "4", procs=2)
     one, two = records(env / "one", "train"), records(env / "two", "train")
     assert json.loads((env / "two" / "run.json").read_text())["world_size"] == 2
-    assert json.loads((env / "one" / "run.json").read_text())["data"] == {"web": str(env / "tokens"),
-                                                                          "code": str(env / "tokens")}
+    run = json.loads((env / "one" / "run.json").read_text())  # relative to the run folder: no path of the machine
+    assert run["data"] == {"web": "../tokens", "code": "../tokens"}
+    assert run["data_parts"] == {"web": "web", "code": "code"}
     assert len(one) == len(two) == 6
     for x, y in zip(one, two):  # same global batch; only the reduction order differs (2 ranks x 4 vs 8)
         assert abs(x["loss"] - y["loss"]) < 1e-5 * max(1.0, abs(x["loss"])), (x, y)
