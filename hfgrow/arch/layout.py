@@ -430,6 +430,30 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
     return layout
 
 
+def header_layout(config: dict[str, Any], checkpoint: Checkpoint) -> Layout | None:
+    """The layout :func:`read_layout` would find, from config.json and the tensor names alone (no transformers, no
+    skeleton), for the plain case only: a flat config with an integer ``num_hidden_layers``, untied embeddings said
+    explicitly, and exactly that many blocks. None otherwise. It lets a writer start before the skeleton is built;
+    the full :func:`read_layout` must still run, and whatever was planned from this must be checked against it.
+    """
+    layers = config.get("num_hidden_layers")
+    if (not isinstance(layers, int) or isinstance(layers, bool) or layers < 1 or config.get("tie_word_embeddings")
+            is not False or config.get("is_encoder_decoder") or not isinstance(config.get("model_type"), str)
+            or any(isinstance(config.get(k), dict) for k in ("text_config", "decoder", "generator"))):
+        return None
+    split = _split_names(checkpoint.tensors, layers)
+    if split is None or len(split[1]) != layers:
+        return None
+    prefix, blocks = split
+    in_blocks = {f"{prefix}{i}.{rest}" for i, names in enumerate(blocks) for rest in names}
+    per_layer, index_lists = _classify_lists(config, layers)
+    return Layout(config=config, model_type=config["model_type"],
+                  architecture=(config.get("architectures") or [config["model_type"]])[0], prefix=prefix,
+                  num_layers=layers, layers=[sorted(names) for names in blocks], extra_layers=[],
+                  globals=[name for name in checkpoint.tensors if name not in in_blocks], count_key="num_hidden_layers",
+                  per_layer_keys=per_layer, index_keys=index_lists, layer_types=per_layer.get("layer_types"))
+
+
 def grown_config(layout: Layout, layer_map: list[int], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """config.json for a model whose block i is source block ``layer_map[i]``.
 
@@ -659,6 +683,8 @@ def follow_packed_layers(tensors: list, layout: Layout, source: dict[str, Tensor
     from hfgrow.arch.check import model_name
     from hfgrow.io.plan import Fn, TensorPlan
 
+    if layout.skeleton is None:  # a header_layout: unchecked, so the plan made with it is compared with a checked one
+        return tensors
     model = grown_skeleton(layout, config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     globals_ = set(layout.globals)

@@ -20,6 +20,7 @@ import math
 import shlex
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +32,8 @@ from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
-from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, copies_bytes, write_weights
+from hfgrow.io.executor import (SAFETENSORS_INDEX, OutputFolder, check_free_space, check_output_path, copies_bytes,
+                                write_weights)
 from hfgrow.io.files import carry_over_files, copy_carry_over
 from hfgrow.io.source import Source, open_source
 from hfgrow.units import format_bytes, format_count, parse_bytes
@@ -126,17 +128,38 @@ class GrowResult:
         return "\n".join(lines)
 
 
-def _write(result: GrowResult, checkpoint: Checkpoint, out: Path, options: WriteOptions) -> None:
-    """Weights, config, carried-over files, recipe, sidecars and card into a temporary folder, renamed at the end."""
+def _write(out: Path, options: WriteOptions, prepared, early: Plan | None = None,
+           early_checkpoint: Checkpoint | None = None, checks: _Thread | None = None) -> tuple[GrowResult, Checkpoint]:
+    """Weights, config, carried-over files, recipe, sidecars and card into a temporary folder, renamed at the end.
+
+    ``prepared()`` gives the checked plan (:func:`_prepare`). With ``early`` (a plan made from the headers alone,
+    :func:`_header_plan`), its weights are written first while ``prepared`` runs in the thread ``checks`` (the
+    write stops as soon as that has failed, and says nothing before the checks pass: a refused input is one
+    line); they are kept only when the checked plan has exactly the same tensors, else written again. A check
+    that fails raises here, inside the temporary folder's block: the folder is removed and OUT is left as it was.
+    """
     from safetensors.torch import save_file
 
-    plan = result.plan
-    check_free_space(out.parent, plan.total_bytes)
-    if not options.quiet:  # the longest phase of a big growth: say what it is before the bar starts
-        print(f"writing {format_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors to {out} ...", file=sys.stderr,
-              flush=True)
     with OutputFolder(out, overwrite=options.overwrite) as tmp:
-        write_weights(plan.tensors, checkpoint, tmp, options.max_shard_size, progress=not options.quiet)
+        if early is not None:
+            check_free_space(out.parent, early.total_bytes)
+            progress = _Progress(checks, early, out, options)
+            try:
+                shards = write_weights(early.tensors, early_checkpoint, tmp, options.max_shard_size, progress=progress)
+            finally:
+                progress.close()
+        result, checkpoint = prepared()
+        plan = result.plan
+        if early is not None and not progress.announced:
+            for warning in plan.warnings:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if early is None or _tensor_keys(plan) != _tensor_keys(early):
+            if early is not None:  # the headers misled the early plan: its weights go, the checked plan's are written
+                for name in [s.filename for s in shards] + ([SAFETENSORS_INDEX] if len(shards) > 1 else []):
+                    (tmp / name).unlink()
+            check_free_space(out.parent, plan.total_bytes)
+            _say_writing(plan, out, options)
+            write_weights(plan.tensors, checkpoint, tmp, options.max_shard_size, progress=not options.quiet)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
         result.files = copy_carry_over(result.source.path, tmp)
         result.recipe.write(tmp)
@@ -145,6 +168,98 @@ def _write(result: GrowResult, checkpoint: Checkpoint, out: Path, options: Write
         (tmp / "README.md").write_text(grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
             operator_name=plan.operation.name, source_params=result.source_params))
+    return result, checkpoint
+
+
+class _Progress:
+    """The early write's progress: raises as soon as the checks running alongside have failed; says nothing until
+    they have passed (then the plan's warnings, the "writing" line and a bar that starts where the write is)."""
+
+    def __init__(self, checks: _Thread, plan: Plan, out: Path, options: WriteOptions):
+        self.checks, self.plan, self.out, self.options = checks, plan, out, options
+        self.done, self.bar, self.announced = 0, None, False
+
+    def update(self, nbytes: int) -> None:
+        self.checks.raise_if_failed()
+        self.done += nbytes
+        if self.bar is not None:
+            self.bar.update(nbytes)
+        elif not self.announced and not self.checks.thread.is_alive():
+            self.checks.raise_if_failed()
+            self.announced = True
+            for warning in self.checks.value[0].plan.warnings:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+            if not self.options.quiet:
+                from tqdm.auto import tqdm
+
+                _say_writing(self.plan, self.out, self.options)
+                self.bar = tqdm(total=self.plan.total_bytes, initial=self.done, unit="B", unit_scale=True,
+                                desc="writing", leave=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _say_writing(plan: Plan, out: Path, options: WriteOptions) -> None:
+    if not options.quiet:  # the longest phase of a big growth: say what it is before the bar starts
+        print(f"writing {format_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors to {out} ...", file=sys.stderr,
+              flush=True)
+
+
+def _tensor_keys(plan: Plan) -> list[tuple]:
+    """What the weight files of a plan of byte copies are made of, in order: equal keys, equal files."""
+    return [(t.name, t.dtype, tuple(t.shape), tuple(t.sources), t.transform is None) for t in plan.tensors]
+
+
+def _header_plan(growth: Growth, folder: Path, options: WriteOptions) -> tuple[Plan, Checkpoint] | None:
+    """The plan from config.json and the safetensors headers alone (no transformers, no torch), when it is a plan
+    of byte copies for a plain layout (:func:`hfgrow.arch.layout.header_layout`); None otherwise, and whenever
+    making it fails (the full path then says why). Its weights may be written before the checks finish
+    (:func:`_write`); nothing of it is kept unless the checked plan has the same tensors."""
+    from hfgrow.arch.layout import header_layout, read_config
+
+    try:
+        config = read_config(folder)
+        checkpoint = Checkpoint.open(folder)
+        layout = header_layout(config, checkpoint)
+        if layout is None:
+            return None
+        _preflight(growth, layout, checkpoint, None, options)  # the tensor count, before a large plan is built
+        plan = growth.plan(layout, checkpoint)
+    except Exception:  # noqa: BLE001 - anything odd: take the checked path, which reports it properly
+        return None
+    if any(not copies_bytes(t, checkpoint) for t in plan.tensors) or plan.sidecars:
+        return None
+    return plan, checkpoint
+
+
+class _Thread:
+    """``work()`` in a daemon thread; :meth:`result` waits and returns its value or raises what it raised."""
+
+    def __init__(self, work):
+        import threading
+
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(work,), daemon=True, name="hfgrow-checks")
+        self.thread.start()
+
+    def _run(self, work) -> None:
+        try:
+            self.value = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self.error = exc
+
+    def raise_if_failed(self) -> None:
+        """Raise what ``work()`` raised, if it has already failed (it may still be running)."""
+        if self.error is not None:
+            raise self.error
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 #: The most tensors one plan may hold (each is a small object in memory; the largest MoE checkpoints have ~100k).
@@ -173,6 +288,28 @@ def _preflight(growth: Growth, layout: Layout, checkpoint: Checkpoint, out: Path
     check_free_space(out.parent, others + sum(layer_bytes[src] for src in layer_map))
 
 
+def _prepare(growth: Growth, source: Source, out: Path | None, options: WriteOptions,
+             warn: bool) -> tuple[GrowResult, Checkpoint]:
+    """Open SRC (config checked, tensor table, layout on the meta skeleton), check what OUT will carry, plan, and
+    check the plan's output on the grown skeleton: everything before the first byte of a checked write."""
+    checkpoint, layout = open_model(source.path)
+    carry_over_files(source.path)  # every file OUT will carry is checked before the output is put in place
+    _preflight(growth, layout, checkpoint, out, options)
+    plan = growth.plan(layout, checkpoint)
+    check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
+    if warn:
+        for warning in plan.warnings:  # before the (long) writing, and also with --quiet
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    params = dict(growth.params(plan), max_shard_size=options.max_shard_size)
+    ref = SourceRef.from_source(source)
+    recipe = Recipe(command=growth.command, params=params, source=ref, operation=plan.operation,
+                    layer_map=plan.layer_map, new_layers=list(plan.new_layers),
+                    command_line=command_line(growth.command, ref, out.name if out else "OUT", growth.params(plan)))
+    source_params = sum(math.prod(info.shape) for name, info in checkpoint.tensors.items() if name not in layout.tied)
+    byte_copies = sum(copies_bytes(tensor, checkpoint) for tensor in plan.tensors)
+    return GrowResult(plan, source, layout, recipe, source_params, byte_copies), checkpoint
+
+
 def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteOptions = WriteOptions()) -> GrowResult:
     """Run one growth end to end: the only place that opens a source and writes a grown folder.
 
@@ -182,29 +319,24 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
     """
     parse_bytes(options.max_shard_size, "shard size")
     out_path = Path(out).expanduser() if out is not None else None
+    writing = out_path is not None and not options.dry_run
     with open_source(src, revision=options.revision, token=options.token, progress=not options.quiet) as source:
-        if out_path is not None and not options.dry_run:
+        if writing:
             check_output_path(out_path, [source.path], options.overwrite)
-        checkpoint, layout = open_model(source.path)
-        carry_over_files(source.path)  # every file OUT will carry is checked before the first byte is written
-        _preflight(growth, layout, checkpoint, out_path, options)
-        plan = growth.plan(layout, checkpoint)
-        check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
-        for warning in plan.warnings:  # before the (long) writing, and also with --quiet
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-        params = dict(growth.params(plan), max_shard_size=options.max_shard_size)
-        ref = SourceRef.from_source(source)
-        recipe = Recipe(command=growth.command, params=params, source=ref, operation=plan.operation,
-                        layer_map=plan.layer_map, new_layers=list(plan.new_layers),
-                        command_line=command_line(growth.command, ref, out_path.name if out_path else "OUT",
-                                                  growth.params(plan)))
-        source_params = sum(math.prod(info.shape) for name, info in checkpoint.tensors.items()
-                            if name not in layout.tied)
-        byte_copies = sum(copies_bytes(tensor, checkpoint) for tensor in plan.tensors)
-        result = GrowResult(plan, source, layout, recipe, source_params, byte_copies)
-        if options.dry_run or out_path is None:
-            return result
-        _write(result, checkpoint, out_path, options)
+        early = _header_plan(growth, source.path, options) if writing else None
+        if early is None:
+            prepared = _prepare(growth, source, out_path, options, warn=True)
+            if not writing:
+                return prepared[0]
+            result, checkpoint = _write(out_path, options, lambda: prepared)
+        else:
+            # the bytes start moving now; transformers, the skeleton and every check run alongside
+            checks = _Thread(partial(_prepare, growth, source, out_path, options, warn=False))
+            try:
+                result, checkpoint = _write(out_path, options, checks.result, *early, checks=checks)
+            finally:  # a failed write waits for the checks: no thread is left inside torch at exit
+                checks.thread.join()
+                early[1].close()
         checkpoint.close()
         result.out = out_path.resolve()
     if options.push_to:
