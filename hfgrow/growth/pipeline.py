@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
+import signal
 import sys
 from dataclasses import dataclass, field
 from functools import partial
@@ -129,34 +131,34 @@ class GrowResult:
 
 
 def _write(out: Path, options: WriteOptions, prepared, early: Plan | None = None,
-           early_checkpoint: Checkpoint | None = None, checks: _Thread | None = None) -> tuple[GrowResult, Checkpoint]:
+           early_checkpoint: Checkpoint | None = None) -> tuple[GrowResult, Checkpoint]:
     """Weights, config, carried-over files, recipe, sidecars and card into a temporary folder, renamed at the end.
 
-    ``prepared()`` gives the checked plan (:func:`_prepare`). With ``early`` (a plan made from the headers alone,
-    :func:`_header_plan`), its weights are written first while ``prepared`` runs in the thread ``checks`` (the
-    write stops as soon as that has failed, and says nothing before the checks pass: a refused input is one
-    line); they are kept only when the checked plan has exactly the same tensors, else written again. A check
-    that fails raises here, inside the temporary folder's block: the folder is removed and OUT is left as it was.
+    ``prepared()`` gives the checked plan (:func:`_prepare`). With ``early`` (a plan of byte copies made from the
+    headers alone, :func:`_header_plan`), a forked copy of this process writes its weights while ``prepared`` runs
+    here; they are kept only when the checked plan has exactly the same tensors, else written again. A check that
+    fails raises here, inside the temporary folder's block: the writer is stopped, the folder removed and OUT left
+    as it was (nothing about the write is said before the checks pass, so a refused input is one line).
     """
-    from safetensors.torch import save_file
-
     with OutputFolder(out, overwrite=options.overwrite) as tmp:
+        writer = None
         if early is not None:
             check_free_space(out.parent, early.total_bytes)
-            progress = _Progress(checks, early, out, options)
-            try:
-                shards = write_weights(early.tensors, early_checkpoint, tmp, options.max_shard_size, progress=progress)
-            finally:
-                progress.close()
-        result, checkpoint = prepared()
-        plan = result.plan
-        if early is not None and not progress.announced:
-            for warning in plan.warnings:
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-        if early is None or _tensor_keys(plan) != _tensor_keys(early):
-            if early is not None:  # the headers misled the early plan: its weights go, the checked plan's are written
-                for name in [s.filename for s in shards] + ([SAFETENSORS_INDEX] if len(shards) > 1 else []):
-                    (tmp / name).unlink()
+            writer = _EarlyWriter(early, early_checkpoint, tmp, options.max_shard_size)
+        try:
+            result, checkpoint = prepared()
+            plan = result.plan
+            same = writer is not None and _tensor_keys(plan) == _tensor_keys(early)
+            if writer is not None and not (same and writer.wait(plan, out, options)):
+                # the headers misled the early plan (or its writer failed): its weights go, the checked plan's come
+                writer.stop()
+                for path in list(tmp.glob("*.safetensors")) + list(tmp.glob(SAFETENSORS_INDEX)):
+                    path.unlink()
+                same = False
+        finally:
+            if writer is not None:
+                writer.stop()
+        if not same:
             check_free_space(out.parent, plan.total_bytes)
             _say_writing(plan, out, options)
             write_weights(plan.tensors, checkpoint, tmp, options.max_shard_size, progress=not options.quiet)
@@ -164,6 +166,8 @@ def _write(out: Path, options: WriteOptions, prepared, early: Plan | None = None
         result.files = copy_carry_over(result.source.path, tmp)
         result.recipe.write(tmp)
         for name, tensors in plan.sidecars.items():
+            from safetensors.torch import save_file  # imports torch: only plans with sidecars have tensors here
+
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
         (tmp / "README.md").write_text(grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
@@ -171,34 +175,56 @@ def _write(out: Path, options: WriteOptions, prepared, early: Plan | None = None
     return result, checkpoint
 
 
-class _Progress:
-    """The early write's progress: raises as soon as the checks running alongside have failed; says nothing until
-    they have passed (then the plan's warnings, the "writing" line and a bar that starts where the write is)."""
+class _EarlyWriter:
+    """The early plan's weights, written by a forked copy of this process: byte copies need no torch, and in a
+    process of their own they do not wait for the interpreter lock the checks hold (a thread did, and wrote half
+    as fast on a loaded machine)."""
 
-    def __init__(self, checks: _Thread, plan: Plan, out: Path, options: WriteOptions):
-        self.checks, self.plan, self.out, self.options = checks, plan, out, options
-        self.done, self.bar, self.announced = 0, None, False
+    def __init__(self, plan: Plan, checkpoint: Checkpoint, folder: Path, max_shard_size: int | str):
+        self.folder, self.code = folder, None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: write, and leave without running anything of the parent's
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                write_weights(plan.tensors, checkpoint, folder, max_shard_size)
+                code = 0
+            except BaseException:  # noqa: BLE001 - the parent writes again and reports the error properly
+                pass
+            finally:
+                os._exit(code)
 
-    def update(self, nbytes: int) -> None:
-        self.checks.raise_if_failed()
-        self.done += nbytes
-        if self.bar is not None:
-            self.bar.update(nbytes)
-        elif not self.announced and not self.checks.thread.is_alive():
-            self.checks.raise_if_failed()
-            self.announced = True
-            for warning in self.checks.value[0].plan.warnings:
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-            if not self.options.quiet:
-                from tqdm.auto import tqdm
+    def _poll(self, block: bool) -> bool:
+        """Whether the writer has ended (its exit code in ``code``)."""
+        if self.code is None:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            if pid:
+                self.code = os.waitstatus_to_exitcode(status)
+        return self.code is not None
 
-                _say_writing(self.plan, self.out, self.options)
-                self.bar = tqdm(total=self.plan.total_bytes, initial=self.done, unit="B", unit_scale=True,
-                                desc="writing", leave=False)
+    def wait(self, plan: Plan, out: Path, options: WriteOptions) -> bool:
+        """Wait for the writer (a progress bar of the bytes on disk unless quiet); whether it wrote everything."""
+        import time
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if not options.quiet and not self._poll(block=False):
+            from tqdm.auto import tqdm
+
+            _say_writing(plan, out, options)
+            with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="writing", leave=False) as bar:
+                while not self._poll(block=False):
+                    done = sum(p.stat().st_size for p in self.folder.glob("*.safetensors"))
+                    bar.update(max(0, min(done, plan.total_bytes) - bar.n))
+                    time.sleep(0.2)
+        return self._poll(block=True) and self.code == 0
+
+    def stop(self) -> None:
+        """End the writer now if it still runs (a failed check, Ctrl-C)."""
+        if self.code is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._poll(block=True)
 
 
 def _say_writing(plan: Plan, out: Path, options: WriteOptions) -> None:
@@ -210,6 +236,14 @@ def _say_writing(plan: Plan, out: Path, options: WriteOptions) -> None:
 def _tensor_keys(plan: Plan) -> list[tuple]:
     """What the weight files of a plan of byte copies are made of, in order: equal keys, equal files."""
     return [(t.name, t.dtype, tuple(t.shape), tuple(t.sources), t.transform is None) for t in plan.tensors]
+
+
+def _can_fork() -> bool:
+    """Whether the early writer (a fork) may run here: only in a plain process, as the CLI's is before it imports
+    torch; never in a training run (threads, a GPU context) or where there is no fork."""
+    import threading
+
+    return hasattr(os, "fork") and "torch" not in sys.modules and threading.active_count() == 1
 
 
 def _header_plan(growth: Growth, folder: Path, options: WriteOptions) -> tuple[Plan, Checkpoint] | None:
@@ -232,34 +266,6 @@ def _header_plan(growth: Growth, folder: Path, options: WriteOptions) -> tuple[P
     if any(not copies_bytes(t, checkpoint) for t in plan.tensors) or plan.sidecars:
         return None
     return plan, checkpoint
-
-
-class _Thread:
-    """``work()`` in a daemon thread; :meth:`result` waits and returns its value or raises what it raised."""
-
-    def __init__(self, work):
-        import threading
-
-        self.value, self.error = None, None
-        self.thread = threading.Thread(target=self._run, args=(work,), daemon=True, name="hfgrow-checks")
-        self.thread.start()
-
-    def _run(self, work) -> None:
-        try:
-            self.value = work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-            self.error = exc
-
-    def raise_if_failed(self) -> None:
-        """Raise what ``work()`` raised, if it has already failed (it may still be running)."""
-        if self.error is not None:
-            raise self.error
-
-    def result(self):
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 #: The most tensors one plan may hold (each is a small object in memory; the largest MoE checkpoints have ~100k).
@@ -288,8 +294,7 @@ def _preflight(growth: Growth, layout: Layout, checkpoint: Checkpoint, out: Path
     check_free_space(out.parent, others + sum(layer_bytes[src] for src in layer_map))
 
 
-def _prepare(growth: Growth, source: Source, out: Path | None, options: WriteOptions,
-             warn: bool) -> tuple[GrowResult, Checkpoint]:
+def _prepare(growth: Growth, source: Source, out: Path | None, options: WriteOptions) -> tuple[GrowResult, Checkpoint]:
     """Open SRC (config checked, tensor table, layout on the meta skeleton), check what OUT will carry, plan, and
     check the plan's output on the grown skeleton: everything before the first byte of a checked write."""
     checkpoint, layout = open_model(source.path)
@@ -297,9 +302,8 @@ def _prepare(growth: Growth, source: Source, out: Path | None, options: WriteOpt
     _preflight(growth, layout, checkpoint, out, options)
     plan = growth.plan(layout, checkpoint)
     check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
-    if warn:
-        for warning in plan.warnings:  # before the (long) writing, and also with --quiet
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    for warning in plan.warnings:  # before the (long) writing, and also with --quiet
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     params = dict(growth.params(plan), max_shard_size=options.max_shard_size)
     ref = SourceRef.from_source(source)
     recipe = Recipe(command=growth.command, params=params, source=ref, operation=plan.operation,
@@ -323,19 +327,18 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
     with open_source(src, revision=options.revision, token=options.token, progress=not options.quiet) as source:
         if writing:
             check_output_path(out_path, [source.path], options.overwrite)
-        early = _header_plan(growth, source.path, options) if writing else None
+        early = _header_plan(growth, source.path, options) if writing and _can_fork() else None
         if early is None:
-            prepared = _prepare(growth, source, out_path, options, warn=True)
+            prepared = _prepare(growth, source, out_path, options)
             if not writing:
                 return prepared[0]
             result, checkpoint = _write(out_path, options, lambda: prepared)
         else:
             # the bytes start moving now; transformers, the skeleton and every check run alongside
-            checks = _Thread(partial(_prepare, growth, source, out_path, options, warn=False))
             try:
-                result, checkpoint = _write(out_path, options, checks.result, *early, checks=checks)
-            finally:  # a failed write waits for the checks: no thread is left inside torch at exit
-                checks.thread.join()
+                result, checkpoint = _write(out_path, options, partial(_prepare, growth, source, out_path, options),
+                                            *early)
+            finally:
                 early[1].close()
         checkpoint.close()
         result.out = out_path.resolve()

@@ -47,12 +47,15 @@ def test_header_plan_needs_neither_torch_nor_transformers(small):
 
 
 def test_early_write_is_the_checked_write_byte_for_byte(small, tmp_path, monkeypatch):
-    used = []
-    real = pipeline._header_plan
-    monkeypatch.setattr(pipeline, "_header_plan", lambda *a: used.append(real(*a)) or used[-1])
-    grow_model(str(small), tmp_path / "early" / "out", gstack(4), WriteOptions(quiet=True, max_shard_size="100KB"))
-    assert used and used[0] is not None
-    monkeypatch.setattr(pipeline, "_header_plan", lambda *a: None)
+    """`hfgrow stack` (a fresh process: the early writer runs) against the checked path in this process."""
+    code = ("import sys; from hfgrow.growth import pipeline as p; from hfgrow.cli.main import main; "
+            "init = p._EarlyWriter.__init__; "
+            "p._EarlyWriter.__init__ = lambda self, *a: (print('early writer', file=sys.stderr), init(self, *a))[1]; "
+            "sys.argv = ['hfgrow', *sys.argv[1:]]; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "stack", str(small), str(tmp_path / "early" / "out"), "--factor",
+                           "4", "--max-shard-size", "100KB", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "early writer\n", proc.stderr
+    assert not pipeline._can_fork()  # torch is loaded here: grow_model writes only after the checks
     grow_model(str(small), tmp_path / "checked" / "out", gstack(4), WriteOptions(quiet=True, max_shard_size="100KB"))
     early, checked = files(tmp_path / "early" / "out"), files(tmp_path / "checked" / "out")
     assert len([n for n in early if n.endswith(".safetensors")]) > 1  # several shards and an index
@@ -62,10 +65,11 @@ def test_early_write_is_the_checked_write_byte_for_byte(small, tmp_path, monkeyp
 def test_a_header_plan_the_checks_contradict_is_written_again(small, tmp_path, monkeypatch):
     """The early plan (here deliberately x2) is not the checked one (x4): its weights are discarded and the
     checked plan's written, so the result equals a plain checked write."""
+    monkeypatch.setattr(pipeline, "_can_fork", lambda: True)  # forking this process is fine for file copies
     real = pipeline._header_plan
     monkeypatch.setattr(pipeline, "_header_plan", lambda growth, *a: real(gstack(2), *a))
     grow_model(str(small), tmp_path / "rewritten" / "out", gstack(4), WriteOptions(quiet=True, max_shard_size="100KB"))
-    monkeypatch.setattr(pipeline, "_header_plan", lambda *a: None)
+    monkeypatch.setattr(pipeline, "_can_fork", lambda: False)
     grow_model(str(small), tmp_path / "checked" / "out", gstack(4), WriteOptions(quiet=True, max_shard_size="100KB"))
     rewritten, checked = files(tmp_path / "rewritten" / "out"), files(tmp_path / "checked" / "out")
     assert rewritten == checked
@@ -77,6 +81,7 @@ def test_a_failing_check_leaves_nothing_at_out(small, tmp_path, monkeypatch):
     skeleton check refuses it; OUT does not exist afterwards and no temporary folder is left beside it."""
     config = json.loads((small / "config.json").read_text())
     (small / "config.json").write_text(json.dumps({**config, "intermediate_size": 256}))
+    monkeypatch.setattr(pipeline, "_can_fork", lambda: True)
     started = []
     real = pipeline._header_plan
     monkeypatch.setattr(pipeline, "_header_plan", lambda *a: started.append(real(*a)) or started[-1])
