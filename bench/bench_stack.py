@@ -86,6 +86,9 @@ def main() -> None:
         # cat copies the source g times; Gstack writes embeddings/LM head once, so compare per byte
         cat_s = statistics.median(t for t, _ in cats) * written / cat_bytes
         grow_s = statistics.median(t for t, _ in grows)
+        scale = written / cat_bytes
+        # on a loaded machine the median of per-pair ratios (each run against the cat just before it) is steadier
+        pair = statistics.median(g / (c * scale) for (g, _), (c, _) in zip(grows, cats))
         result = {
             "source_params": params,
             "bytes_written": written,
@@ -93,6 +96,7 @@ def main() -> None:
             "cat_seconds_for_same_bytes": round(cat_s, 2),
             "hfgrow_seconds": round(grow_s, 2),
             "time_ratio_vs_cat": round(grow_s / cat_s, 3),
+            "time_ratio_vs_cat_median_of_pairs": round(pair, 3),
             "startup_seconds (dry run)": round(dry, 2),
             "time_ratio_vs_cat_excluding_startup": round((grow_s - dry) / cat_s, 3),
             "hfgrow_peak_rss_gb": round(max(r for _, r in grows), 3),
@@ -101,6 +105,8 @@ def main() -> None:
             **({"baseline_tree": str(args.baseline_tree), "baseline_seconds": round(statistics.median(
                 t for t, _ in olds), 2), "baseline_time_ratio_vs_cat": round(statistics.median(t for t, _ in olds)
                                                                              / cat_s, 3),
+                "baseline_time_ratio_vs_cat_median_of_pairs": round(statistics.median(
+                    o / (c * scale) for (o, _), (c, _) in zip(olds, cats)), 3),
                 "baseline_peak_rss_gb": round(max(r for _, r in olds), 3),
                 "baseline_runs": [round(t, 2) for t, _ in olds]} if olds else {}),
             "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
