@@ -72,23 +72,23 @@ def main() -> None:
         for _ in range(args.repeats):
             os.sync()  # start each run with no dirty pages left by the previous one
             with open(cat_out, "wb") as sink:
-                cats.append(timed(["cat"] + files * args.factor, stdout=sink)[:2])
+                cats.append(timed(["cat"] + files * args.factor, stdout=sink))
             cat_bytes = cat_out.stat().st_size
             cat_out.unlink()
             for which in (("new", "old") if len(grows) % 2 == 0 else ("old", "new")) if old_env else ("new",):
                 os.sync()
                 if which == "new":
-                    grows.append(timed(hfgrow)[:2])
+                    grows.append(timed(hfgrow))
                     written = sum(p.stat().st_size for p in grown.iterdir())
                 else:
-                    olds.append(timed(hfgrow, env=old_env)[:2])
+                    olds.append(timed(hfgrow, env=old_env))
                 shutil.rmtree(grown)
         # cat copies the source g times; Gstack writes embeddings/LM head once, so compare per byte
-        cat_s = statistics.median(t for t, _ in cats) * written / cat_bytes
-        grow_s = statistics.median(t for t, _ in grows)
+        cat_s = statistics.median(t for t, *_ in cats) * written / cat_bytes
+        grow_s = statistics.median(t for t, *_ in grows)
         scale = written / cat_bytes
         # on a loaded machine the median of per-pair ratios (each run against the cat just before it) is steadier
-        pair = statistics.median(g / (c * scale) for (g, _), (c, _) in zip(grows, cats))
+        pair = statistics.median(g / (c * scale) for (g, *_), (c, *_) in zip(grows, cats))
         result = {
             "source_params": params,
             "bytes_written": written,
@@ -99,16 +99,20 @@ def main() -> None:
             "time_ratio_vs_cat_median_of_pairs": round(pair, 3),
             "startup_seconds (dry run)": round(dry, 2),
             "time_ratio_vs_cat_excluding_startup": round((grow_s - dry) / cat_s, 3),
-            "hfgrow_peak_rss_gb": round(max(r for _, r in grows), 3),
-            "cat_peak_rss_gb": round(max(r for _, r in cats), 3),
-            "runs": {"cat": [round(t, 2) for t, _ in cats], "hfgrow": [round(t, 2) for t, _ in grows]},
+            # CPU seconds (user + system, the process and its children): on a loaded machine, what wall time follows
+            "cpu_seconds": {"cat": round(statistics.median(c for *_, c in cats), 2),
+                            "hfgrow": round(statistics.median(c for *_, c in grows), 2),
+                            **({"baseline": round(statistics.median(c for *_, c in olds), 2)} if olds else {})},
+            "hfgrow_peak_rss_gb": round(max(r for _, r, _ in grows), 3),
+            "cat_peak_rss_gb": round(max(r for _, r, _ in cats), 3),
+            "runs": {"cat": [round(t, 2) for t, *_ in cats], "hfgrow": [round(t, 2) for t, *_ in grows]},
             **({"baseline_tree": str(args.baseline_tree), "baseline_seconds": round(statistics.median(
-                t for t, _ in olds), 2), "baseline_time_ratio_vs_cat": round(statistics.median(t for t, _ in olds)
+                t for t, *_ in olds), 2), "baseline_time_ratio_vs_cat": round(statistics.median(t for t, *_ in olds)
                                                                              / cat_s, 3),
                 "baseline_time_ratio_vs_cat_median_of_pairs": round(statistics.median(
-                    o / (c * scale) for (o, _), (c, _) in zip(olds, cats)), 3),
-                "baseline_peak_rss_gb": round(max(r for _, r in olds), 3),
-                "baseline_runs": [round(t, 2) for t, _ in olds]} if olds else {}),
+                    o / (c * scale) for (o, *_), (c, *_) in zip(olds, cats)), 3),
+                "baseline_peak_rss_gb": round(max(r for _, r, _ in olds), 3),
+                "baseline_runs": [round(t, 2) for t, *_ in olds]} if olds else {}),
             "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "cpus": os.cpu_count(),
             "versions": versions(),
