@@ -413,7 +413,36 @@ def main() -> None:
         script = [str(Path(__file__).resolve())]
         losses: dict[str, list[float]] = {}
         todo, report["skipped"] = phases(a.dry, float8_ok)
-        for name, worker, opts, check in todo:
+        def measure_pause() -> None:
+            """The growth pause: continue.py --grow stack:2 on the 1.1B shape (22 -> 44 layers), eager."""
+            # the grown model (2x the layers) with AdamW: one micro-batch per step keeps it within 80 GB
+            grow_at, steps = 3, 6
+            run = folder / "pause"
+            cmd = launch + script + ["--worker", "continue", "--folder", str(folder), "--seq-len", str(a.seq_len),
+                                     "--batch-size", str(a.batch_size if a.dry else 4), "--grad-accum", "1",
+                                     "--docs", str(a.docs), *(["--dry"] if a.dry else []),
+                                     "--kernels", "none" if a.dry else "auto", "--total-steps", str(steps),
+                                     "--grow-at", str(grow_at), "--run", str(run)]
+            if left(240) < 60:
+                report["errors"].append("pause: skipped, the time budget is spent")
+            else:
+                got, err = run_child(cmd, left(240), env, "growth pause")
+                log = run / "log.jsonl"
+                recs = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+                measured = pause(recs)
+                if measured is None:
+                    report["errors"].append(err or "pause: no growth and two steps after it in the log")
+                else:
+                    report["pause"] = {**measured, "peak_mem_bytes": (got or {}).get("peak_mem_bytes"),
+                                       "batch": [a.batch_size if a.dry else 4, a.seq_len], "kernels":
+                                       "none" if a.dry else "auto", "compile": False}
+
+        pairs = sum(1 for _, worker, opts, _ in todo if worker == "trainer") * 2  # the fair pairs come first
+        want_pause = not a.no_pause and (not a.only or "pause" in a.only)
+        for i, (name, worker, opts, check) in enumerate(todo):
+            if i == pairs and want_pause:
+                measure_pause()  # before the options alone: the growth pause matters more
+                want_pause = False
             if a.only and name not in a.only:
                 continue
             cap = 240 if opts.get("compile") else 120
@@ -452,29 +481,8 @@ def main() -> None:
             base = report["runs"].get(entry.get("versus", ""), {}).get("tokens_per_s")
             if base and not entry["options"].get("float8"):
                 entry["ratio_vs_trainer"] = entry["tokens_per_s"] / base
-
-        if not a.no_pause and (not a.only or "pause" in a.only):
-            # the grown model (2x the layers) with AdamW: one micro-batch per step keeps it within 80 GB
-            grow_at, steps = 3, 6
-            run = folder / "pause"
-            cmd = launch + script + ["--worker", "continue", "--folder", str(folder), "--seq-len", str(a.seq_len),
-                                     "--batch-size", str(a.batch_size if a.dry else 4), "--grad-accum", "1",
-                                     "--docs", str(a.docs), *(["--dry"] if a.dry else []),
-                                     "--kernels", "none" if a.dry else "auto", "--total-steps", str(steps),
-                                     "--grow-at", str(grow_at), "--run", str(run)]
-            if left(240) < 60:
-                report["errors"].append("pause: skipped, the time budget is spent")
-            else:
-                got, err = run_child(cmd, left(240), env, "growth pause")
-                log = run / "log.jsonl"
-                recs = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-                measured = pause(recs)
-                if measured is None:
-                    report["errors"].append(err or "pause: no growth and two steps after it in the log")
-                else:
-                    report["pause"] = {**measured, "peak_mem_bytes": (got or {}).get("peak_mem_bytes"),
-                                       "batch": [a.batch_size if a.dry else 4, a.seq_len], "kernels":
-                                       "none" if a.dry else "auto", "compile": False}
+        if want_pause:  # fewer phases than pairs + 1 (dry, --only)
+            measure_pause()
 
     out = json.dumps(report, indent=2) + "\n"
     if os.environ.get("OUT"):
