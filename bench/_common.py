@@ -47,10 +47,10 @@ def make_checkpoint(folder: Path, scale: float) -> int:
     return total
 
 
-def timed(argv: list[str], stdout=None) -> tuple[float, float, float]:
+def timed(argv: list[str], stdout=None, env: dict | None = None) -> tuple[float, float, float]:
     """Wall seconds, peak RSS (GB) and CPU seconds (user + sys) of one child process, via wait4."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=stdout or subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=stdout or subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:

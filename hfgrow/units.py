@@ -154,3 +154,45 @@ def format_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{int(n)} B"
+
+
+#: Attention's score and value matmuls per token, in units of layers x attention width x sequence length (forward
+#: and backward, 6 per multiply-add pair): all T x T positions ("full", PaLM's 12·L·H·T), the half a causal mask
+#: leaves ("causal", 6·L·H·T: what flash-attention kernels compute), or not counted ("none").
+ATTENTION_FLOPS = {"full": 12, "causal": 6, "none": 0}
+
+
+def matmul_params(total: int, input_embedding: int, tied: bool) -> int:
+    """The parameters a token meets in a matmul, N of the FLOPs count: every parameter but the input embedding (a
+    table lookup), with the LM head counted even when it shares the embedding's weights (``tied``).
+
+    Example:
+        >>> matmul_params(1_100_048_384, 65_536_000, tied=False)   # TinyLlama-1.1B: non-embedding + LM head
+        1034512384
+    """
+    return total - input_embedding + (input_embedding if tied else 0)
+
+
+def training_flops_per_token(n_matmul: int, layers: int, attention_width: int, seq_len: int,
+                             attention: str = "causal") -> float:
+    """Training FLOPs per token by the PaLM convention (Chowdhery et al. 2022, appendix B): 6·N for the weights'
+    matmuls (forward and backward) plus attention's ``ATTENTION_FLOPS[attention]``·L·H·T, with N from
+    :func:`matmul_params`, H the attention width (heads x head size) and T the sequence length.
+
+    Example:
+        >>> round(training_flops_per_token(1_034_512_384, 22, 2048, 2048) / 1e9, 3)   # TinyLlama, seq 2048
+        6.761
+    """
+    if attention not in ATTENTION_FLOPS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_FLOPS)} (got {attention!r})")
+    return 6.0 * n_matmul + ATTENTION_FLOPS[attention] * layers * attention_width * seq_len
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: the FLOPs the model needs per second over the hardware's peak.
+
+    Example:
+        >>> round(mfu(58_672.9, training_flops_per_token(1_034_512_384, 22, 2048, 2048), 989e12), 3)
+        0.401
+    """
+    return tokens_per_s * flops_per_token / peak_flops

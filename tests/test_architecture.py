@@ -103,7 +103,7 @@ FILE_EXCEPTIONS = {
     ("hfgrow/train/checkpoints.py", "rmtree"): "prunes the run's own checkpoints",
     ("hfgrow/growth/ligo/placement.py", "rmtree"): "removes its own offload folder",
     ("hfgrow/growth/ligo/placement.py", "mkdir"): "creates its own offload folder",
-    ("hfgrow/growth/pipeline.py", "write_text"): "writes config and card into the temporary folder OutputFolder made",
+    ("hfgrow/growth/pipeline.py", "unlink"): "removes the early writer's shards from the temporary folder OutputFolder made",
     ("hfgrow/growth/pipeline.py", "save_file"): "writes sidecars into the temporary folder OutputFolder made",
     ("hfgrow/growth/ligo/operator.py", "load_file"): "the matrices file Folder.file resolved beside the recipe",
     ("hfgrow/train/export.py", "load_file"): "the checkpoint's weights, resolved by Folder.find",

@@ -76,6 +76,7 @@ class Layout:
     signatures: list[frozenset[str]] | None = None
     layer_types: list[str] | None = None
     skeleton: Any = field(default=None, repr=False, compare=False)  # the meta-device model (shared, read-only)
+    headers_only: bool = False  # made by header_layout: its grown configs are drafts (the checked plan writes the real)
 
     def layer_tensor(self, layer: int, rest: str) -> str:
         return f"{self.prefix}{layer}.{rest}"
@@ -575,6 +576,31 @@ def read_layout(folder: Path, checkpoint: Checkpoint, config: dict[str, Any] | N
     return layout
 
 
+def header_layout(config: dict[str, Any], checkpoint: Checkpoint) -> Layout | None:
+    """The layout :func:`read_layout` would find, from config.json and the tensor names alone (no transformers, no
+    skeleton), for the plain case only: a flat config with an integer ``num_hidden_layers``, untied embeddings said
+    explicitly, and exactly that many blocks. None otherwise. It lets a writer start before the skeleton is built;
+    the full :func:`read_layout` must still run, and whatever was planned from this must be checked against it.
+    """
+    layers = config.get("num_hidden_layers")
+    if (not isinstance(layers, int) or isinstance(layers, bool) or layers < 1 or config.get("tie_word_embeddings")
+            is not False or config.get("is_encoder_decoder") or not isinstance(config.get("model_type"), str)
+            or any(isinstance(config.get(k), dict) for k in ("text_config", "decoder", "generator"))):
+        return None
+    split = _split_names(checkpoint.tensors, layers)
+    if split is None or len(split[1]) != layers:
+        return None
+    prefix, blocks = split
+    in_blocks = {f"{prefix}{i}.{rest}" for i, names in enumerate(blocks) for rest in names}
+    per_layer, index_lists = _classify_lists(config, layers)
+    return Layout(config=config, model_type=config["model_type"],
+                  architecture=(config.get("architectures") or [config["model_type"]])[0], prefix=prefix,
+                  num_layers=layers, layers=[sorted(names) for names in blocks], extra_layers=[],
+                  globals=[name for name in checkpoint.tensors if name not in in_blocks], count_key="num_hidden_layers",
+                  per_layer_keys=per_layer, index_keys=index_lists, layer_types=per_layer.get("layer_types"),
+                  headers_only=True)
+
+
 def grown_config(layout: Layout, layer_map: list[int], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """config.json for a model whose block i is source block ``layer_map[i]``.
 
@@ -592,7 +618,8 @@ def grown_config(layout: Layout, layer_map: list[int], extra: dict[str, Any] | N
         ['sliding_attention', 'full_attention', 'sliding_attention', 'full_attention']
     """
     return _remap_layers(layout.config, layer_map, count_keys=[layout.count_key, *layout.count_aliases],
-                         per_layer=layout.per_layer_keys, index_lists=layout.index_keys, extra=extra)
+                         per_layer=layout.per_layer_keys, index_lists=layout.index_keys, extra=extra,
+                         draft=layout.headers_only)
 
 
 def config_for_layers(config: dict[str, Any], layer_map: list[int]) -> dict[str, Any]:
@@ -619,9 +646,11 @@ def config_for_layers(config: dict[str, Any], layer_map: list[int]) -> dict[str,
 
 def _remap_layers(config: dict[str, Any], layer_map: list[int], *, count_keys: list[str],
                   per_layer: dict[str, list], index_lists: dict[str, list[int]],
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, draft: bool = False) -> dict[str, Any]:
     """``config`` with its layer count and per-layer lists following ``layer_map``, written by
-    :func:`rewrite_config` (keys are attribute paths: ``text_config.num_hidden_layers``)."""
+    :func:`rewrite_config` (keys are attribute paths: ``text_config.num_hidden_layers``). ``draft``: the keys are
+    set as they are named, without transformers (for a header-only layout, whose plan is used for its tensors
+    only and checked against the full one before anything of it is kept)."""
     changes: dict[str, Any] = {key: len(layer_map) for key in count_keys}
     for key, values in per_layer.items():
         changes[key] = [values[src] for src in layer_map]
@@ -629,6 +658,8 @@ def _remap_layers(config: dict[str, Any], layer_map: list[int], *, count_keys: l
         chosen = set(indices)
         changes[key] = [i for i, src in enumerate(layer_map) if src in chosen]
     changes.update(extra or {})
+    if draft:
+        return {**json.loads(json.dumps(config)), **changes}
     return rewrite_config(config, changes)
 
 
@@ -802,6 +833,8 @@ def follow_packed_layers(tensors: list, layout: Layout, source: dict[str, Tensor
     from hfgrow.arch.check import model_name
     from hfgrow.io.plan import Fn, TensorPlan
 
+    if layout.skeleton is None:  # a header_layout: unchecked, so the plan made with it is compared with a checked one
+        return tensors
     model = grown_skeleton(layout, config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     globals_ = set(layout.globals)

@@ -10,7 +10,7 @@ import click
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--config", default="tiny", show_default=True,
-              help="Target model: a preset (tiny) or a config.json / model folder (random init).")
+              help="Target model: a preset (tiny: ~1M parameters for CPUs; gpu: 34M for one GPU) or a config.json / model folder (random init).")
 @click.option("--data", multiple=True, help="Text files (.txt/.md, .jsonl, .parquet, .gz) or folders; default: Python's pydoc topics.")
 @click.option("--factor", "-g", type=int, default=4, show_default=True)
 @click.option("--op", "ops", multiple=True, default=("direct",), show_default=True,

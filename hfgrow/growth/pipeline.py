@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
+import signal
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,8 +34,8 @@ from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Recipe, SourceRef
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
-from hfgrow.io.executor import copies_bytes, write_weights
-from hfgrow.io.output import OutputFolder, check_free_space, check_output_path
+from hfgrow.io.executor import SAFETENSORS_INDEX, copies_bytes, write_weights
+from hfgrow.io.output import OutputFolder, atomic_write, check_free_space, check_output_path
 from hfgrow.io.files import carry_over_files, copy_carry_over
 from hfgrow.io.source import Source, open_source
 from hfgrow.units import format_bytes, format_count, parse_bytes
@@ -153,25 +156,142 @@ class GrowResult:
         return "\n".join(lines)
 
 
-def _write(result: GrowResult, checkpoint: Checkpoint, out: Path, options: WriteOptions) -> None:
-    """Weights, config, carried-over files, recipe, sidecars and card into a temporary folder, renamed at the end."""
-    from safetensors.torch import save_file
+def _write(out: Path, options: WriteOptions, prepared, early: Plan | None = None,
+           early_checkpoint: Checkpoint | None = None) -> tuple[GrowResult, Checkpoint]:
+    """Weights, config, carried-over files, recipe, sidecars and card into a temporary folder, renamed at the end.
 
-    plan = result.plan
-    check_free_space(out.parent, plan.total_bytes)
-    if not options.quiet:  # the longest phase of a big growth: say what it is before the bar starts
-        print(f"writing {format_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors to {out} ...", file=sys.stderr,
-              flush=True)
+    ``prepared()`` gives the checked plan (:func:`_prepare`). With ``early`` (a plan of byte copies made from the
+    headers alone, :func:`_header_plan`), a forked copy of this process writes its weights while ``prepared`` runs
+    here; they are kept only when the checked plan has exactly the same tensors, else written again. A check that
+    fails raises here, inside the temporary folder's block: the writer is stopped, the folder removed and OUT left
+    as it was (nothing about the write is said before the checks pass, so a refused input is one line).
+    """
     with OutputFolder(out, overwrite=options.overwrite) as tmp:
-        write_weights(plan.tensors, checkpoint, tmp, options.max_shard_size, progress=not options.quiet)
-        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
+        writer = None
+        if early is not None:
+            check_free_space(out.parent, early.total_bytes)
+            writer = _EarlyWriter(early, early_checkpoint, tmp, options.max_shard_size)
+        try:
+            result, checkpoint = prepared()
+            plan = result.plan
+            same = writer is not None and _tensor_keys(plan) == _tensor_keys(early)
+            if writer is not None and not (same and writer.wait(plan, out, options)):
+                # the headers misled the early plan (or its writer failed): its weights go, the checked plan's come
+                writer.stop()
+                for path in list(tmp.glob("*.safetensors")) + list(tmp.glob(SAFETENSORS_INDEX)):
+                    path.unlink()
+                same = False
+        finally:
+            if writer is not None:
+                writer.stop()
+        if not same:
+            check_free_space(out.parent, plan.total_bytes)
+            _say_writing(plan, out, options)
+            write_weights(plan.tensors, checkpoint, tmp, options.max_shard_size, progress=not options.quiet)
+        atomic_write(tmp / "config.json", json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
         result.files = copy_carry_over(result.source.path, tmp)
         result.recipe.write(tmp)
         for name, tensors in plan.sidecars.items():
+            from safetensors.torch import save_file  # imports torch: only plans with sidecars have tensors here
+
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
-        (tmp / "README.md").write_text(grown_card(
+        atomic_write(tmp / "README.md", grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
             operator_name=plan.operation.name, source_params=result.source_params))
+    return result, checkpoint
+
+
+class _EarlyWriter:
+    """The early plan's weights, written by a forked copy of this process: byte copies need no torch, and in a
+    process of their own they do not wait for the interpreter lock the checks hold (a thread did, and wrote half
+    as fast on a loaded machine)."""
+
+    def __init__(self, plan: Plan, checkpoint: Checkpoint, folder: Path, max_shard_size: int | str):
+        self.folder, self.code = folder, None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: write, and leave without running anything of the parent's
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                write_weights(plan.tensors, checkpoint, folder, max_shard_size)
+                code = 0
+            except BaseException:  # noqa: BLE001 - the parent writes again and reports the error properly
+                pass
+            finally:
+                os._exit(code)
+
+    def _poll(self, block: bool) -> bool:
+        """Whether the writer has ended (its exit code in ``code``)."""
+        if self.code is None:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            if pid:
+                self.code = os.waitstatus_to_exitcode(status)
+        return self.code is not None
+
+    def wait(self, plan: Plan, out: Path, options: WriteOptions) -> bool:
+        """Wait for the writer (a progress bar of the bytes on disk unless quiet); whether it wrote everything."""
+        import time
+
+        if not options.quiet and not self._poll(block=False):
+            from tqdm.auto import tqdm
+
+            _say_writing(plan, out, options)
+            with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="writing", leave=False) as bar:
+                while not self._poll(block=False):
+                    done = sum(p.stat().st_size for p in self.folder.glob("*.safetensors"))
+                    bar.update(max(0, min(done, plan.total_bytes) - bar.n))
+                    time.sleep(0.2)
+        return self._poll(block=True) and self.code == 0
+
+    def stop(self) -> None:
+        """End the writer now if it still runs (a failed check, Ctrl-C)."""
+        if self.code is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._poll(block=True)
+
+
+def _say_writing(plan: Plan, out: Path, options: WriteOptions) -> None:
+    if not options.quiet:  # the longest phase of a big growth: say what it is before the bar starts
+        print(f"writing {format_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors to {out} ...", file=sys.stderr,
+              flush=True)
+
+
+def _tensor_keys(plan: Plan) -> list[tuple]:
+    """What the weight files of a plan of byte copies are made of, in order: equal keys, equal files."""
+    return [(t.name, t.dtype, tuple(t.shape), tuple(t.sources), t.transform is None) for t in plan.tensors]
+
+
+def _can_fork() -> bool:
+    """Whether the early writer (a fork) may run here: only in a plain process, as the CLI's is before it imports
+    torch; never in a training run (threads, a GPU context) or where there is no fork."""
+    import threading
+
+    return hasattr(os, "fork") and "torch" not in sys.modules and threading.active_count() == 1
+
+
+def _header_plan(growth: Growth, folder: Path, options: WriteOptions) -> tuple[Plan, Checkpoint] | None:
+    """The plan from config.json and the safetensors headers alone (no transformers, no torch), when it is a plan
+    of byte copies for a plain layout (:func:`hfgrow.arch.layout.header_layout`); None otherwise, and whenever
+    making it fails (the full path then says why). Its weights may be written before the checks finish
+    (:func:`_write`); nothing of it is kept unless the checked plan has the same tensors."""
+    from hfgrow.arch.layout import header_layout, read_config
+
+    try:
+        config = read_config(folder)
+        checkpoint = Checkpoint.open(folder)
+        layout = header_layout(config, checkpoint)
+        if layout is None:
+            return None
+        _preflight(growth, layout, checkpoint, None, options)  # the tensor count, before a large plan is built
+        plan = growth.plan(layout, checkpoint)
+    except Exception:  # noqa: BLE001 - anything odd: take the checked path, which reports it properly
+        return None
+    if any(not copies_bytes(t, checkpoint) for t in plan.tensors) or plan.sidecars:
+        return None
+    return plan, checkpoint
 
 
 #: The most tensors one plan may hold (each is a small object in memory; the largest MoE checkpoints have ~100k).
@@ -200,6 +320,26 @@ def _preflight(growth: Growth, layout: Layout, checkpoint: Checkpoint, out: Path
     check_free_space(out.parent, others + sum(layer_bytes[src] for src in layer_map))
 
 
+def _prepare(growth: Growth, source: Source, out: Path | None, options: WriteOptions) -> tuple[GrowResult, Checkpoint]:
+    """Open SRC (config checked, tensor table, layout on the meta skeleton), check what OUT will carry, plan, and
+    check the plan's output on the grown skeleton: everything before the first byte of a checked write."""
+    checkpoint, layout = open_model(source.path)
+    carry_over_files(source.path)  # every file OUT will carry is checked before the output is put in place
+    _preflight(growth, layout, checkpoint, out, options)
+    plan = growth.plan(layout, checkpoint)
+    check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
+    for warning in plan.warnings:  # before the (long) writing, and also with --quiet
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    params = dict(growth.params(plan), max_shard_size=options.max_shard_size)
+    ref = SourceRef.from_source(source)
+    recipe = Recipe(command=growth.command, params=params, source=ref, operation=plan.operation,
+                    layer_map=plan.layer_map, new_layers=list(plan.new_layers),
+                    command_line=command_line(growth.command, ref, out.name if out else "OUT", growth.params(plan)))
+    source_params = sum(math.prod(info.shape) for name, info in checkpoint.tensors.items() if name not in layout.tied)
+    byte_copies = sum(copies_bytes(tensor, checkpoint) for tensor in plan.tensors)
+    return GrowResult(plan, source, layout, recipe, source_params, byte_copies), checkpoint
+
+
 def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteOptions = WriteOptions()) -> GrowResult:
     """Run one growth end to end: the only place that opens a source and writes a grown folder.
 
@@ -209,29 +349,23 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
     """
     parse_bytes(options.max_shard_size, "shard size")
     out_path = Path(out).expanduser() if out is not None else None
+    writing = out_path is not None and not options.dry_run
     with open_source(src, revision=options.revision, token=options.token, progress=not options.quiet) as source:
-        if out_path is not None and not options.dry_run:
+        if writing:
             check_output_path(out_path, [source.path], options.overwrite)
-        checkpoint, layout = open_model(source.path)
-        carry_over_files(source.path)  # every file OUT will carry is checked before the first byte is written
-        _preflight(growth, layout, checkpoint, out_path, options)
-        plan = growth.plan(layout, checkpoint)
-        check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
-        for warning in plan.warnings:  # before the (long) writing, and also with --quiet
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-        params = dict(growth.params(plan), max_shard_size=options.max_shard_size)
-        ref = SourceRef.from_source(source)
-        recipe = Recipe(command=growth.command, params=params, source=ref, operation=plan.operation,
-                        layer_map=plan.layer_map, new_layers=list(plan.new_layers),
-                        command_line=command_line(growth.command, ref, out_path.name if out_path else "OUT",
-                                                  growth.params(plan)))
-        source_params = sum(math.prod(info.shape) for name, info in checkpoint.tensors.items()
-                            if name not in layout.tied)
-        byte_copies = sum(copies_bytes(tensor, checkpoint) for tensor in plan.tensors)
-        result = GrowResult(plan, source, layout, recipe, source_params, byte_copies)
-        if options.dry_run or out_path is None:
-            return result
-        _write(result, checkpoint, out_path, options)
+        early = _header_plan(growth, source.path, options) if writing and _can_fork() else None
+        if early is None:
+            prepared = _prepare(growth, source, out_path, options)
+            if not writing:
+                return prepared[0]
+            result, checkpoint = _write(out_path, options, lambda: prepared)
+        else:
+            # the bytes start moving now; transformers, the skeleton and every check run alongside
+            try:
+                result, checkpoint = _write(out_path, options, partial(_prepare, growth, source, out_path, options),
+                                            *early)
+            finally:
+                early[1].close()
         checkpoint.close()
         result.out = out_path.resolve()
     if options.push_to:

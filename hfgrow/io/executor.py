@@ -19,15 +19,16 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from hfgrow.io import dtypes
 from hfgrow.io.checkpoint import Checkpoint, TensorInfo
 from hfgrow.errors import HfgrowError
 from hfgrow.units import parse_bytes
 from hfgrow.io.plan import TensorPlan, total_bytes
+
+if TYPE_CHECKING:  # torch is imported where a tensor is computed: a plan of byte copies never loads it
+    import torch
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -82,6 +83,8 @@ def safetensors_header(tensors: Iterable[TensorPlan], metadata: Mapping[str, str
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """A tensor's raw little-endian bytes, without a copy when it is contiguous."""
+    import torch
+
     flat = tensor.detach().contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
@@ -133,20 +136,37 @@ def copies_bytes(tensor: TensorPlan, source: Checkpoint) -> bool:
     return info.file is not None and info.dtype == tensor.dtype and tuple(info.shape) == tuple(tensor.shape)
 
 
+def _runs(shard: Shard, source: Checkpoint) -> list[tuple[Path | None, int, int, list[TensorPlan]]]:
+    """The shard's tensors in order, as (source file, offset, length, tensors): consecutive byte copies that lie
+    back to back in one source file make one run (one in-kernel copy); a computed tensor is a run of its own
+    (file None)."""
+    runs: list[tuple[Path | None, int, int, list[TensorPlan]]] = []
+    for tensor in shard.tensors:
+        if not copies_bytes(tensor, source):
+            runs.append((None, 0, tensor.nbytes, [tensor]))
+            continue
+        info = source.tensors[tensor.sources[0]]
+        if runs and runs[-1][0] == info.file and runs[-1][1] + runs[-1][2] == info.offset:
+            file, offset, length, tensors = runs[-1]
+            runs[-1] = (file, offset, length + info.nbytes, [*tensors, tensor])
+        else:
+            runs.append((info.file, info.offset, info.nbytes, [tensor]))
+    return runs
+
+
 def write_shard(shard: Shard, source: Checkpoint, path: Path, progress=None) -> None:
     """Write one shard file: header first, then every tensor's bytes in header order."""
     with open(path, "wb") as out:
         out.write(safetensors_header(shard.tensors))
-        for tensor in shard.tensors:
-            if copies_bytes(tensor, source):
-                info = source.tensors[tensor.sources[0]]
-                _copy_range(info.file, info.offset, info.nbytes, out)
+        for file, offset, length, tensors in _runs(shard, source):
+            if file is not None:
+                _copy_range(file, offset, length, out)
             else:
-                data = tensor_bytes(materialize(tensor, source))
+                data = tensor_bytes(materialize(tensors[0], source))
                 out.write(data)
                 del data
             if progress is not None:
-                progress.update(tensor.nbytes)
+                progress.update(length)
         expected = len(safetensors_header(shard.tensors)) + shard.nbytes
         if out.tell() != expected:
             raise RuntimeError(f"plan bug: {path.name} has {out.tell()} bytes, expected {expected}")
@@ -160,20 +180,26 @@ def index_json(shards: list[Shard]) -> dict:
 
 
 def write_weights(tensors: Sequence[TensorPlan], source: Checkpoint, folder: Path,
-                  max_shard_size: int | str = "5GB", progress: bool = False) -> list[Shard]:
-    """Write the planned tensors as safetensors shards (+ index when several) into ``folder``."""
+                  max_shard_size: int | str = "5GB", progress=False) -> list[Shard]:
+    """Write the planned tensors as safetensors shards (+ index when several) into ``folder``.
+
+    ``progress``: True for a progress bar, or an object whose ``update(nbytes)`` is called after every copy
+    (raising there stops the write: checks that run alongside use it).
+    """
     shards = split_shards(tensors, parse_bytes(max_shard_size, "shard size"))
-    bar = None
-    if progress:
+    bar = owned = None
+    if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_bytes(tensors), unit="B", unit_scale=True, desc="writing", leave=False)
+        bar = owned = tqdm(total=total_bytes(tensors), unit="B", unit_scale=True, desc="writing", leave=False)
+    elif progress:
+        bar = progress
     try:
         for shard in shards:
             write_shard(shard, source, folder / shard.filename, bar)
     finally:
-        if bar is not None:
-            bar.close()
+        if owned is not None:
+            owned.close()
     if len(shards) > 1:
         (folder / SAFETENSORS_INDEX).write_text(json.dumps(index_json(shards), indent=2) + "\n")
     return shards

@@ -128,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lora-alpha", type=float, default=32.0, help="LoRA alpha (--train lora)")
     a("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     a("--compile", action="store_true", help="torch.compile the model")
+    a("--compile-backend", metavar="NAME",
+      help="torch.compile backend (default: torch's, inductor; eager or aot_eager to debug a compiled run)")
+    a("--kernels", choices=("auto", "liger", "none"), default="auto",
+      help="fused kernels: liger (Liger-Kernel: RMSNorm, RoPE, SwiGLU, fused linear cross-entropy; needs CUDA and "
+           "pip install 'hfgrow[gpu]'), none, or auto (liger when CUDA and liger-kernel are present, else none; the "
+           "run says which in one line). Re-applied to the model after every growth")
+    a("--float8", action="store_true",
+      help="float8 matmuls in every linear layer but the LM head (torchao; GPUs of compute capability 8.9+, e.g. "
+           "H100); use with --compile")
     a("--grow", action="append", default=[], type=_grow, metavar="OP:FACTOR@WHEN",
       help="grow the model during the run: OP stack (Gstack), interpolate, zero or random (MSG ramp), FACTOR the "
            "layer multiple, WHEN a token count (250k, 1e7, 10B) or auto (the paper's growth-timing law for the "
@@ -321,6 +330,9 @@ def preflight(args: argparse.Namespace, source) -> Setup:
     from hfgrow.train.checkpoints import latest_complete, list_checkpoints, read_state
 
     _check_numbers(args)
+    from hfgrow.train.kernels import resolve
+
+    resolve(args)  # --kernels liger / --float8 this machine cannot run: refused before the data is read
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise HfgrowError(f"--output-dir {out} is a file; give a folder.")

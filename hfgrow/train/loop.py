@@ -53,6 +53,7 @@ from hfgrow.train import checkpoints
 from hfgrow.train.args import Setup, build_parser, preflight
 from hfgrow.train.growth import Stage, StagePlan
 from hfgrow.train.launch import PARENT_ENV
+from hfgrow.train.kernels import prepare_model, resolve as resolve_speed
 from hfgrow.train.runlog import RunLog
 from hfgrow.train.schedule import Schedule, describe_warmup, steps_for
 from hfgrow.units import counted
@@ -180,8 +181,7 @@ def load_model(args: argparse.Namespace, setup: Setup, folder: Path, ramp, *, ra
                     task_type="CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora))
     mask = MaskRamp(model, ramp) if ramp is not None else None  # after LoRA wraps the projections
-    if args.compile:
-        model = torch.compile(model)
+    model = prepare_model(model, resolve_speed(args))  # kernels, float8, compile: again for every grown model
     return model, ModelInfo(n_params, use_cache, export_dtype, lora, mask)
 
 
@@ -262,6 +262,7 @@ def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo
         "random_init": not setup.has_weights, "stages": plan.to_list() if args.grow else None,
         "grow_optimizer": args.grow_optimizer if args.grow else None,
         "grow_warmup_steps": args.grow_warmup_steps if args.grow else None,
+        "speed": resolve_speed(args).to_dict(),
     }
 
 
@@ -585,6 +586,7 @@ def run(args: argparse.Namespace) -> Path | None:
         stage = resume_stage(setup, plan, out)
         folder = grown_folder(out, stage) if stage else source.path
         if is_main:
+            print(f"speed: {resolve_speed(args).describe()}", file=sys.stderr)
             for note in plan.notes:
                 print(note, file=sys.stderr)
             if not setup.has_weights and not stage:
