@@ -29,6 +29,7 @@ from hfgrow.growth.card import grown_card
 from hfgrow.arch.pattern import compact
 from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Recipe, SourceRef
+from hfgrow.growth.registry import describe
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.io.executor import OutputFolder, check_free_space, check_output_path, copies_bytes, write_weights
@@ -96,7 +97,7 @@ class GrowResult:
         lines = [
             f"source     {self.source.display}" + (f" @ {self.source.commit[:12]}" if self.source.commit else ""),
             f"model      {layout.architecture} ({layout.model_type}), {layout.num_layers} layers under '{layout.prefix}'",
-            f"operation  {plan.operation.name}",
+            f"operation  {describe(plan.operation)}",
             f"layers     {layout.num_layers} -> {len(plan.layer_map) if plan.layer_map else layout.num_layers}",
         ]
         if plan.layer_map:
@@ -144,7 +145,7 @@ def _write(result: GrowResult, checkpoint: Checkpoint, out: Path, options: Write
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
         (tmp / "README.md").write_text(grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
-            operator_name=plan.operation.name, source_params=result.source_params))
+            operator_name=describe(plan.operation), source_params=result.source_params))
 
 
 #: The most tensors one plan may hold (each is a small object in memory; the largest MoE checkpoints have ~100k).
@@ -255,3 +256,34 @@ def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_o
                     width=Width(hidden_size, intermediate_size, num_heads, num_kv_heads), noise=noise, seed=seed,
                     mask_steps=mask_steps, style=style, dtype=dtype)
     return grow_model(src, out, spec, WriteOptions(**options))
+
+
+def run_spec(spec_class: type, src: str, out: str | Path | None = None, **kwargs: Any) -> GrowResult:
+    """Run an operator that is a growth of its own (a :mod:`hfgrow.growth.registry` entry with a ``spec``, e.g.
+    upcycling): ``kwargs`` are the spec's fields and :class:`WriteOptions` fields.
+
+    Example:
+        >>> run_spec(UpcycleSpec, "./small", "./moe", experts=8, top_k=2, quiet=True).plan.config["model_type"]
+        'mixtral'
+    """
+    write = {key: kwargs.pop(key) for key in list(kwargs) if key in WriteOptions.__dataclass_fields__}
+    return grow_model(src, out, spec_class(**kwargs), WriteOptions(**write))
+
+
+def upcycle(src: str, out: str | Path | None = None, *, experts: int = 8, top_k: int = 2, to: str | None = None,
+            granularity: int = 1, drop_rate: float = 0.0, shared_experts: int | None = None,
+            router: str | None = None, router_std: float | None = None, norm_topk_prob: bool | None = None,
+            noise: float | None = None, seed: int = 0, dtype: str = "keep", **options: Any) -> GrowResult:
+    """Dense to mixture-of-experts: every MLP of SRC becomes ``experts`` experts and a router, written as the MoE
+    sibling of SRC's family in transformers (``to``: the target model type). ``options`` are :class:`WriteOptions`
+    fields. See :class:`hfgrow.growth.ops.upcycle.UpcycleSpec` for the variants.
+
+    Example:
+        >>> upcycle("./llama-small", "./moe", experts=8, top_k=2).recipe.operation.function_preserving
+        True
+    """
+    from hfgrow.growth.ops.upcycle import UpcycleSpec
+
+    return run_spec(UpcycleSpec, src, out, experts=experts, top_k=top_k, to=to, granularity=granularity,
+                    drop_rate=drop_rate, shared_experts=shared_experts, router=router, router_std=router_std,
+                    norm_topk_prob=norm_topk_prob, noise=noise, seed=seed, dtype=dtype, **options)

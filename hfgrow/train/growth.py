@@ -34,12 +34,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hfgrow.errors import HfgrowError
+from hfgrow.growth import registry
 from hfgrow.units import format_count, parse_count
 
-# --grow OP -> (GrowSpec op, depth order). Every depth operator of the engine but LiGO, which learns its
-# operator on data with a loop of its own (grow with `hfgrow grow --op learn`, then train the result).
-OPS = {"stack": ("direct", "stack"), "interpolate": ("direct", "interpolate"), "zero": ("zero", None),
-       "random": ("random", None)}
 OPTIMIZER_MODES = ("fresh", "carry")
 # The paper's experiments span 410M-7B parameters (shared/REFERENCE.md §1); below that the growth-timing law is
 # an extrapolation far outside its fit (it asks ~10^10 tokens of a 1M-parameter model).
@@ -62,7 +59,7 @@ class GrowArg:
 
 
 def parse_grow(text: str) -> GrowArg:
-    """``OP:FACTOR@WHEN``: OP one of :data:`OPS`, FACTOR > 1, WHEN a token count (``250k``, ``1e7``, ``10B``) or auto.
+    """``OP:FACTOR@WHEN``: OP a depth operator of :mod:`hfgrow.growth.registry`, FACTOR > 1, WHEN a token count (``250k``, ``1e7``, ``10B``) or auto.
 
     Raises:
         HfgrowError: one sentence saying which part is wrong.
@@ -75,11 +72,16 @@ def parse_grow(text: str) -> GrowArg:
     if not match:
         raise HfgrowError(f"--grow {text!r}: write OP:FACTOR@WHEN, e.g. stack:4@10B or stack:4@auto.")
     op, when = match.group("op"), match.group("when")
-    if op == "learn":
-        raise HfgrowError("--grow learn: LiGO learns its operator on data with a loop of its own; grow with "
-                          "`hfgrow grow --op learn` and train the result with --model.")
-    if op not in OPS:
-        raise HfgrowError(f"--grow {text!r}: unknown operator {op!r}; use one of {', '.join(OPS)}.")
+    choices = ", ".join(registry.names(depth=True, in_run=True))
+    try:
+        entry = registry.get(op)
+    except HfgrowError:
+        raise HfgrowError(f"--grow {text!r}: unknown operator {op!r}; use one of {choices}.") from None
+    if entry.in_run is not None:
+        raise HfgrowError(f"--grow {op}: {entry.in_run}")
+    if "depth" not in entry.names and entry.base is None:
+        raise HfgrowError(f"--grow {text!r}: {op} has no depth form; use one of {choices}.")
+    op = entry.name
     try:
         factor = float(match.group("factor"))
     except ValueError:
@@ -92,7 +94,8 @@ def parse_grow(text: str) -> GrowArg:
 
 def grow_spec(op: str, factor: float, seed: int = 0, style: str = "hfgrow"):
     """The :class:`~hfgrow.growth.spec.GrowSpec` of a ``--grow`` operator: what ``hfgrow stack`` / ``grow`` build
-    (``style``: ``--grow-style``, the same as ``grow --style``).
+    (``style``: ``--grow-style``, the same as ``grow --style``). Gstack and its placements (the copies left whole)
+    are replayed by ``hfgrow stack``.
 
     Example:
         >>> grow_spec("stack", 4).command, grow_spec("zero", 2).op
@@ -100,10 +103,10 @@ def grow_spec(op: str, factor: float, seed: int = 0, style: str = "hfgrow"):
     """
     from hfgrow.growth.spec import Depth, GrowSpec
 
-    spec_op, order = OPS[op]
-    if spec_op == "direct":  # Gstack and friends: `hfgrow stack --order ...` replays them
-        return GrowSpec(op="direct", depth=Depth(factor=factor, order=order), command="stack", style=style)
-    return GrowSpec(op=spec_op, depth=Depth(factor=factor), seed=seed, style=style)
+    spec = GrowSpec(op=op, depth=Depth(factor=factor), seed=seed, style=style)
+    if registry.get(spec.op).depth_plan is None and not spec.masked:  # Gstack and placements: `hfgrow stack`
+        return GrowSpec(op=spec.op, depth=spec.depth, command="stack", style=style)
+    return spec
 
 
 @dataclass(frozen=True)

@@ -455,6 +455,7 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
     from hfgrow.arch.layout import decoder_blocks
     from hfgrow.growth.pipeline import WriteOptions, grow_model
     from hfgrow.growth.recipe import Recipe
+    from hfgrow.growth.registry import describe, get as get_operator
     from hfgrow.train.export import card_text, write_model_folder
     from hfgrow.train.growth import (carry_moments, full_optimizer_state, grow_spec, grown_folder,
                                      load_optimizer_state, stage_folder)
@@ -491,14 +492,14 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
         template = full_optimizer_state(model, optimizer, distributed)
         if accelerator.is_main_process:
             prefix = decoder_blocks(accelerator.unwrap_model(model), len(recipe.layer_map))[0] + "."
-            zeroed = set(recipe.new_layers) if recipe.operation.op in ("zero", "random") else set()
+            zeroed = set() if get_operator(recipe.operation.op).carry_new_layers else set(recipe.new_layers)
             template["state"], missing = carry_moments(moments["state"], template["state"], prefix=prefix,
                                                        layer_map=recipe.layer_map, zeroed=zeroed)
             record["carry_unmatched"] = missing
         load_optimizer_state(model, optimizer, template, distributed)
     trainer.swap(model, optimizer, new_info.mask, stage.index, stage.start_step)
     record = {"step": stage.start_step, "tokens": stage.start_step * trainer.tokens_per_step, "stage": stage.index,
-              "op": stage.growth.op, "factor": stage.growth.factor, "operator": recipe.operation.name,
+              "op": stage.growth.op, "factor": stage.growth.factor, "operator": describe(recipe.operation),
               "layers_before": layers_before, "layers_after": len(recipe.layer_map),
               "params_after": new_info.n_params, "optimizer": args.grow_optimizer,
               "small_folder": small.name, "grown_folder": grown.name, **record}
