@@ -65,6 +65,8 @@ def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, sou
         operator_name=operator_name,
         preserving=recipe.operation.function_preserving,
         architecture=layout.architecture,
+        target_architecture=(plan.config.get("architectures") or [layout.architecture])[0],
+        why=registry.get(recipe.operation.op).card,
         source_layers=layout.num_layers,
         target_layers=len(plan.layer_map) if plan.layer_map else layout.num_layers,
         source_params=format_count(source_params),

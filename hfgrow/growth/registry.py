@@ -57,6 +57,10 @@ class Operator:
     custom: bool = False
     base: str | None = None
     aliases: tuple[str, ...] = ()
+    card: str = ("Growing a trained small model and continuing pre-training reaches a given loss with much less "
+                 "compute than training the large model from scratch: about 50% in \"Stacking Your Transformers\" "
+                 "(Du et al., NeurIPS 2024, arXiv:2405.15319), where Gstack (stacking the whole small model g times, "
+                 "g = 4) was the best of the growth operators tested.")  # the card's "Why grow" paragraph
 
 
 _REGISTRY: dict[str, Operator] = {}
@@ -205,4 +209,9 @@ register(Operator(
     {"experts": "upcycling (every MLP becomes experts and a router)"},
     layer_map_text="output layer i is source layer i with its MLP turned into experts and a router",
     spec=_upcycle_spec,
+    card="Upcycling a trained dense model into a mixture of experts and continuing pre-training costs a fraction of "
+         "training the MoE from scratch: Sparse Upcycling (Komatsuzaki et al., ICLR 2023) beat continued dense "
+         "training at about half the original cost, Drop-Upcycling (Nakamura et al., ICLR 2025) matched a 13B "
+         "dense model at about a quarter of its FLOPs, and Qwen1.5-MoE-A2.7B was upcycled from Qwen-1.8B with "
+         "fine-grained experts.",
     in_run="in-run upcycling is not built yet; upcycle with `hfgrow upcycle` and train the result with --model."))

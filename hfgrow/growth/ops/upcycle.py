@@ -94,7 +94,8 @@ TARGETS = {t.model_type: t for t in (
 SIBLINGS = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe", "olmo": "olmoe",
             "olmo2": "olmoe"}
 #: (source, target) pairs whose blocks compute the same thing apart from the MLP (upcycling can preserve)
-SAME_BLOCK = {("llama", "mixtral"), ("mistral", "mixtral"), ("qwen2", "qwen2_moe"), ("qwen3", "qwen3_moe")}
+SAME_BLOCK = {("llama", "mixtral"), ("mistral", "mixtral"), ("llama", "qwen2_moe"), ("qwen2", "qwen2_moe"),
+              ("qwen3", "qwen3_moe")}
 #: norms that move to another name: (source, target) -> {target tensor within a layer: source tensor}
 NORM_MOVES = {("olmo2", "olmoe"): {"input_layernorm.weight": "post_attention_layernorm.weight",
                                    "post_attention_layernorm.weight": "post_feedforward_layernorm.weight"}}
@@ -190,11 +191,10 @@ class UpcycleSpec:
     # ------------------------------------------------------------------ what the options resolve to
 
     def target(self, layout: Layout) -> Target:
-        name = self.to or SIBLINGS.get(layout.model_type)
-        if name is None:
+        if layout.model_type not in SIBLINGS:
             raise HfgrowError(f"'{layout.model_type}' has no mixture-of-experts sibling in transformers that hfgrow "
-                              f"writes; choose one with --to ({', '.join(TARGETS)}).")
-        return TARGETS[name]
+                              f"writes; hfgrow upcycles {', '.join(SIBLINGS)}.")
+        return TARGETS[self.to or SIBLINGS[layout.model_type]]
 
     def settings(self, layout: Layout, intermediate: int) -> dict[str, Any]:
         """Every choice of this upcycling, defaults resolved for ``layout`` (what the recipe records)."""
