@@ -214,4 +214,4 @@ register(Operator(
          "training at about half the original cost, Drop-Upcycling (Nakamura et al., ICLR 2025) matched a 13B "
          "dense model at about a quarter of its FLOPs, and Qwen1.5-MoE-A2.7B was upcycled from Qwen-1.8B with "
          "fine-grained experts.",
-    in_run="in-run upcycling is not built yet; upcycle with `hfgrow upcycle` and train the result with --model."))
+))

@@ -116,6 +116,6 @@ def test_every_entry_names_its_forms_and_the_placements_match_the_paper():
     assert registry.get("stack").order == "stack" and registry.get("zero").order == "interleave"
     assert registry.get("random").prts_order == "stack" and registry.get("random").masks
     assert registry.get("zero").preserves and not registry.get("stack").preserves
-    assert registry.names(in_run=True) == ["stack", "interpolate", "zero", "random"]
+    assert registry.names(in_run=True) == ["stack", "interpolate", "zero", "random", "upcycle"]
     for name in registry.names():
         assert registry.get(name).names, name

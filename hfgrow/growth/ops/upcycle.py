@@ -161,6 +161,7 @@ class UpcycleSpec:
     noise: float | None = None
     seed: int = 0
     dtype: str = "keep"
+    router_logits: bool = False  # in a run: output_router_logits on, so training adds the load-balancing loss
 
     command = "upcycle"
 
@@ -190,15 +191,17 @@ class UpcycleSpec:
 
     # ------------------------------------------------------------------ what the options resolve to
 
-    def target(self, layout: Layout) -> Target:
-        if layout.model_type not in SIBLINGS:
-            raise HfgrowError(f"'{layout.model_type}' has no mixture-of-experts sibling in transformers that hfgrow "
+    def target(self, source: dict[str, Any]) -> Target:
+        """The target for a source config (a config.json dict)."""
+        model_type = source.get("model_type")
+        if model_type not in SIBLINGS:
+            raise HfgrowError(f"'{model_type}' has no mixture-of-experts sibling in transformers that hfgrow "
                               f"writes; hfgrow upcycles {', '.join(SIBLINGS)}.")
-        return TARGETS[self.to or SIBLINGS[layout.model_type]]
+        return TARGETS[self.to or SIBLINGS[model_type]]
 
-    def settings(self, layout: Layout, intermediate: int) -> dict[str, Any]:
-        """Every choice of this upcycling, defaults resolved for ``layout`` (what the recipe records)."""
-        target, G, E, k = self.target(layout), self.granularity, self.experts, self.top_k
+    def settings(self, source: dict[str, Any], intermediate: int) -> dict[str, Any]:
+        """Every choice of this upcycling, defaults resolved for the ``source`` config (what the recipe records)."""
+        target, G, E, k = self.target(source), self.granularity, self.experts, self.top_k
         if intermediate % G:
             raise HfgrowError(f"--granularity {G} does not divide the MLP's {intermediate} intermediate units.")
         shared = self.shared_experts if self.shared_experts is not None else (G if target.shared else 0)
@@ -218,18 +221,18 @@ class UpcycleSpec:
         factor = float(G) if renormalises else E * G / k  # Megatron-Core's activation scale
         if shared:
             factor /= 2  # the shared expert's sigmoid(0) = 1/2 gives the other half
-        std = (self.router_std or float(layout.config.get("initializer_range") or 0.02)) if router == "random" else None
+        std = (self.router_std or float(source.get("initializer_range") or 0.02)) if router == "random" else None
         return {"target": target.model_type, "experts": E, "top_k": k, "granularity": G,
                 "expert_size": intermediate // G, "shared_experts": shared, "router": router,
                 "router_std": std, "drop_rate": self.drop_rate,
                 "norm_topk_prob": None if target.renormalises is True else norm_topk, "renormalises": renormalises,
                 "down_scale": factor}
 
-    def preserves(self, layout: Layout, settings: dict[str, Any], dtype: str) -> tuple[bool, str]:
+    def preserves(self, source: dict[str, Any], settings: dict[str, Any], dtype: str) -> tuple[bool, str]:
         """Whether step 0 computes the dense function, and why (not)."""
         G, k, target = settings["granularity"], settings["top_k"], settings["target"]
-        if (layout.model_type, target) not in SAME_BLOCK:
-            return False, (f"a {layout.model_type} block is not a {target} block apart from its MLP (norms differ), "
+        if (source["model_type"], target) not in SAME_BLOCK:
+            return False, (f"a {source['model_type']} block is not a {target} block apart from its MLP (norms differ), "
                            "so the upcycled model does not compute the dense function")
         if self.drop_rate:
             return False, "Drop-Upcycling draws part of every expert again"
@@ -248,13 +251,13 @@ class UpcycleSpec:
 
     # ------------------------------------------------------------------ the plan
 
-    def config(self, layout: Layout, settings: dict[str, Any], intermediate: int) -> dict[str, Any]:
+    def config(self, source_config: dict[str, Any], settings: dict[str, Any], intermediate: int) -> dict[str, Any]:
         """The target config, built by the target's config class from the source config's values."""
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
         from hfgrow.arch.layout import hf_config_from_dict, quiet_transformers
 
-        source = hf_config_from_dict(layout.config)
+        source = hf_config_from_dict(source_config)
         target = TARGETS[settings["target"]]
         cls = CONFIG_MAPPING[target.model_type]
         fields = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "architectures",
@@ -267,7 +270,7 @@ class UpcycleSpec:
         if values.get("head_dim"):
             kwargs["head_dim"] = values["head_dim"]  # read by the attention of every target (getattr)
         kwargs.update({target.experts_key: settings["experts"], "num_experts_per_tok": settings["top_k"],
-                       target.size_key: settings["expert_size"], "output_router_logits": False})
+                       target.size_key: settings["expert_size"], "output_router_logits": self.router_logits})
         if "decoder_sparse_step" in fields:
             kwargs.update(decoder_sparse_step=1, mlp_only_layers=[])
         if target.shared:
@@ -286,6 +289,13 @@ class UpcycleSpec:
         data["architectures"] = [target.architecture]
         return data
 
+    def grown_config(self, source: dict[str, Any]) -> dict[str, Any]:
+        """The config of the upcycled model, from the source config alone (a training run's stage plan)."""
+        intermediate = source.get("intermediate_size")
+        if not isinstance(intermediate, int):
+            raise HfgrowError(f"the '{source.get('model_type')}' config has no intermediate_size to upcycle.")
+        return self.config(source, self.settings(source, intermediate), intermediate)
+
     def plan(self, layout: Layout, checkpoint) -> Plan:
         from hfgrow.arch.check import load_report
         from hfgrow.arch.layout import grown_skeleton
@@ -296,7 +306,7 @@ class UpcycleSpec:
             raise HfgrowError("hfgrow does not upcycle models with blocks after the decoder stack.")
         mlp = [self._mlp(layout, tensors, i) for i in range(layout.num_layers)]
         intermediate = mlp[0][0].shape[0]
-        settings = self.settings(layout, intermediate)
+        settings = self.settings(layout.config, intermediate)
         target = TARGETS[settings["target"]]
         self._check_source(layout)
         dtype = dtypes.float_output(mlp[0][0].dtype, dtypes.from_option(self.dtype))
@@ -311,10 +321,10 @@ class UpcycleSpec:
                 blocks.append(TensorPlan(layout.layer_tensor(i, moved.get(rest, rest)),
                                          dtypes.float_output(info.dtype, dtype_option), info.shape, (info.name,)))
             blocks += self._moe(layout, i, mlp[i], settings, target, dtype)
-        config = config_dtype(self.config(layout, settings, intermediate), dtype_option)
+        config = config_dtype(self.config(layout.config, settings, intermediate), dtype_option)
         planned = assemble(layout, tensors, blocks, dtype_option)
         planned, filled = self._fill_norms(planned, layout, config, load_report, grown_skeleton)
-        preserving, why = self.preserves(layout, settings, dtype)
+        preserving, why = self.preserves(layout.config, settings, dtype)
         caveat = rounding_cast(Plan(planned), checkpoint) if preserving else None
         if caveat:
             preserving, why = False, caveat
@@ -360,6 +370,7 @@ class UpcycleSpec:
                                   "norm_topk_prob": s["norm_topk_prob"]
                                   if s["norm_topk_prob"] not in (None, target.default_norm_topk) else None,
                                   "noise": self.noise or None, "seed": self.seed,
+                                  "router_logits": self.router_logits or None,
                                   "dtype": self.dtype if self.dtype != "keep" else None}
         return {k: v for k, v in params.items() if v is not None}
 
@@ -379,7 +390,7 @@ class UpcycleSpec:
 
     def _check_source(self, layout: Layout) -> None:
         config = layout.config
-        if config.get("attention_bias") and self.target(layout).model_type == "mixtral":
+        if config.get("attention_bias") and self.target(config).model_type == "mixtral":
             raise HfgrowError("the source's attention has biases and Mixtral's has none; choose --to qwen2_moe.")
         if config.get("mlp_bias"):
             raise HfgrowError("the source's MLP has biases; the MoE targets' experts have none.")
@@ -479,3 +490,20 @@ class UpcycleSpec:
                 kinds.append(kind)
         return planned + filled, kinds
 
+
+def active_params(config: dict[str, Any], total: int) -> int:
+    """Parameters a token uses in a model of ``config`` with ``total`` parameters: all but the experts it is not
+    routed to (E - k of them in every MoE layer); ``total`` for a dense config.
+
+    Example:
+        >>> active_params(mixtral_config, 46_700_000_000)       # 8 experts, top-2: ~12.9B
+        12877132544
+    """
+    target = TARGETS.get(config.get("model_type"))
+    if target is None:
+        return total
+    experts, k = config.get(target.experts_key), config.get("num_experts_per_tok")
+    size, hidden, layers = config.get(target.size_key), config.get("hidden_size"), config.get("num_hidden_layers")
+    sparse = [i for i in range(layers) if i not in (config.get("mlp_only_layers") or [])
+              and (i + 1) % (config.get("decoder_sparse_step") or 1) == 0]
+    return total - (experts - k) * 3 * hidden * size * len(sparse)
