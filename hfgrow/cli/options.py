@@ -61,6 +61,14 @@ class Operator(click.ParamType):
 
         return "[" + "|".join(names(**self.filters)) + "]"
 
+    def shell_complete(self, ctx, param, incomplete: str):
+        from click.shell_completion import CompletionItem
+
+        from hfgrow.growth.registry import get, names
+
+        return [CompletionItem(name, help=get(name).help) for name in names(**self.filters)
+                if name.startswith(incomplete)]
+
     def convert(self, value: Any, param, ctx) -> str:
         from hfgrow.growth.registry import names, resolve
 

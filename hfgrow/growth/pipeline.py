@@ -229,28 +229,29 @@ def stack(src: str, out: str | Path | None = None, *, factor: float | None = Non
         factor = 4
     if order not in ("stack", "interpolate"):
         raise HfgrowError(f"unknown --order '{order}'; use stack or interpolate.")
-    spec = GrowSpec(op="direct", depth=Depth(factor, layers, pattern, order), dtype=dtype, command="stack")
+    spec = GrowSpec(op="stack", depth=Depth(factor, layers, pattern, order), dtype=dtype, command="stack")
     return grow_model(src, out, spec, WriteOptions(**options))
 
 
-def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_op: str | None = None,
+def grow(src: str, out: str | Path | None = None, *, op: str = "stack", width_op: str | None = None,
          factor: float | None = None, layers: int | None = None, pattern: str | None = None,
          order: str | None = None, hidden_size: int | None = None, intermediate_size: int | None = None,
          num_heads: int | None = None, num_kv_heads: int | None = None, noise: float | None = None, seed: int = 0,
          mask_steps: int | None = None, style: str = "hfgrow", dtype: str = "keep", **options: Any) -> GrowResult:
     """Grow SRC in depth (``factor``/``layers``/``pattern``), width (``hidden_size``/...), or both.
 
-    ``op`` is the operator: ``direct`` (Gstack in depth, neuron splitting in width), ``zero`` (identity
+    ``op`` is the operator (a name in :mod:`hfgrow.growth.registry`): ``stack`` (Gstack in depth, neuron
+    splitting in width; the old name ``direct`` still reads), ``zero`` (identity
     blocks / zero fan-out units: function-preserving) or ``random`` (randomly initialised blocks/units
     with an MSG mask recorded in the recipe); ``width_op`` overrides it for the width part. ``order``
-    places depth copies: ``stack`` (default for direct), ``interleave`` (LLaMA Pro, default for
+    places depth copies: ``stack`` (default for stack), ``interleave`` (LLaMA Pro, default for
     zero/random) or ``interpolate``. ``noise`` (alpha in [0, 1)) blends every weight matrix with seeded
     noise. Everything random is seeded by ``seed``. ``options`` are :class:`WriteOptions` fields.
 
     Example:
         >>> grow("./small-12l", "./deep", op="zero", layers=16).plan.layer_map[:8]   # LLaMA Pro
         [0, 1, 2, 2, 3, 4, 5, 5]
-        >>> grow("./small", "./both", op="zero", width_op="direct", factor=2, hidden_size=4096)
+        >>> grow("./small", "./both", op="zero", width_op="stack", factor=2, hidden_size=4096)
     """
     spec = GrowSpec(op=op, width_op=width_op, depth=Depth(factor, layers, pattern, order),
                     width=Width(hidden_size, intermediate_size, num_heads, num_kv_heads), noise=noise, seed=seed,
