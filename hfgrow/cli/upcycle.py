@@ -11,7 +11,7 @@ from hfgrow.cli.options import apply, hub_options, output_options, report
 TARGETS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]  # checked against hfgrow.growth.ops.upcycle.TARGETS in tests
 #: the options of upcycling (hfgrow grow refuses them for the other operators)
 UPCYCLE_ONLY = ("experts", "top_k", "to", "granularity", "drop_rate", "shared_experts", "router", "router_std",
-                "norm_topk_prob")
+                "norm_topk_prob", "router_logits")
 
 
 def upcycle_options(fn):
@@ -38,6 +38,9 @@ def upcycle_options(fn):
         click.option("--norm-topk-prob/--no-norm-topk-prob", default=None,
                      help="Qwen2-MoE, Qwen3-MoE, OLMoE: renormalise the top-k weights [default: on for Qwen3-MoE, as "
                           "its Hub checkpoints, off for the others, as theirs]."),
+        click.option("--router-logits", is_flag=True,
+                     help="Write the config with output_router_logits on, so training adds the router's "
+                          "load-balancing loss (router_aux_loss_coef); what --grow upcycle does in a run."),
     ])
 
 
@@ -51,7 +54,7 @@ def upcycle_options(fn):
 @output_options
 @hub_options
 def upcycle(src, out, experts, top_k, to, granularity, drop_rate, shared_experts, router, router_std, norm_topk_prob,
-            noise, seed, dtype, max_shard_size, dry_run, overwrite, push_to, quiet, revision, token):
+            router_logits, noise, seed, dtype, max_shard_size, dry_run, overwrite, push_to, quiet, revision, token):
     """Dense to mixture-of-experts: every MLP of SRC becomes E experts and a router; write OUT.
 
     OUT is the MoE sibling of SRC's family that transformers ships (Mixtral, Qwen2-MoE,
@@ -74,9 +77,9 @@ def upcycle(src, out, experts, top_k, to, granularity, drop_rate, shared_experts
         raise click.UsageError("OUT is required unless --dry-run is given.")
     result = run_upcycle(src, out, experts=experts, top_k=top_k, to=to, granularity=granularity, drop_rate=drop_rate,
                          shared_experts=shared_experts, router=router, router_std=router_std,
-                         norm_topk_prob=norm_topk_prob, noise=noise, seed=seed, dtype=dtype, revision=revision,
-                         token=token, max_shard_size=max_shard_size, dry_run=dry_run, overwrite=overwrite,
-                         quiet=quiet, push_to=push_to)
+                         norm_topk_prob=norm_topk_prob, router_logits=router_logits, noise=noise, seed=seed,
+                         dtype=dtype, revision=revision, token=token, max_shard_size=max_shard_size, dry_run=dry_run,
+                         overwrite=overwrite, quiet=quiet, push_to=push_to)
     report(result, dry_run, quiet)
 
 

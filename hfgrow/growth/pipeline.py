@@ -274,7 +274,8 @@ def run_spec(spec_class: type, src: str, out: str | Path | None = None, **kwargs
 def upcycle(src: str, out: str | Path | None = None, *, experts: int = 8, top_k: int = 2, to: str | None = None,
             granularity: int = 1, drop_rate: float = 0.0, shared_experts: int | None = None,
             router: str | None = None, router_std: float | None = None, norm_topk_prob: bool | None = None,
-            noise: float | None = None, seed: int = 0, dtype: str = "keep", **options: Any) -> GrowResult:
+            router_logits: bool = False, noise: float | None = None, seed: int = 0, dtype: str = "keep",
+            **options: Any) -> GrowResult:
     """Dense to mixture-of-experts: every MLP of SRC becomes ``experts`` experts and a router, written as the MoE
     sibling of SRC's family in transformers (``to``: the target model type). ``options`` are :class:`WriteOptions`
     fields. See :class:`hfgrow.growth.ops.upcycle.UpcycleSpec` for the variants.
@@ -287,4 +288,5 @@ def upcycle(src: str, out: str | Path | None = None, *, experts: int = 8, top_k:
 
     return run_spec(UpcycleSpec, src, out, experts=experts, top_k=top_k, to=to, granularity=granularity,
                     drop_rate=drop_rate, shared_experts=shared_experts, router=router, router_std=router_std,
-                    norm_topk_prob=norm_topk_prob, noise=noise, seed=seed, dtype=dtype, **options)
+                    norm_topk_prob=norm_topk_prob, router_logits=router_logits, noise=noise, seed=seed, dtype=dtype,
+                    **options)

@@ -297,8 +297,6 @@ class UpcycleSpec:
         return self.config(source, self.settings(source, intermediate), intermediate)
 
     def plan(self, layout: Layout, checkpoint) -> Plan:
-        from hfgrow.arch.check import load_report
-        from hfgrow.arch.layout import grown_skeleton
         from hfgrow.growth.ops.depth import assemble, config_dtype
 
         tensors = checkpoint.tensors
@@ -309,10 +307,10 @@ class UpcycleSpec:
         settings = self.settings(layout.config, intermediate)
         target = TARGETS[settings["target"]]
         self._check_source(layout)
-        dtype = dtypes.float_output(mlp[0][0].dtype, dtypes.from_option(self.dtype))
+        dtype_option = dtypes.from_option(self.dtype)
+        dtype = dtypes.float_output(mlp[0][0].dtype, dtype_option)
         blocks: list[TensorPlan] = []
         moved = {old: new for new, old in NORM_MOVES.get((layout.model_type, target.model_type), {}).items()}
-        dtype_option = dtypes.from_option(self.dtype)
         for i, names in enumerate(layout.layers):
             for rest in names:
                 if rest in _MLP:
@@ -323,7 +321,7 @@ class UpcycleSpec:
             blocks += self._moe(layout, i, mlp[i], settings, target, dtype)
         config = config_dtype(self.config(layout.config, settings, intermediate), dtype_option)
         planned = assemble(layout, tensors, blocks, dtype_option)
-        planned, filled = self._fill_norms(planned, layout, config, load_report, grown_skeleton)
+        planned, filled = self._fill_norms(planned, layout, config)
         preserving, why = self.preserves(layout.config, settings, dtype)
         caveat = rounding_cast(Plan(planned), checkpoint) if preserving else None
         if caveat:
@@ -472,12 +470,15 @@ class UpcycleSpec:
                     tuple(shape))
 
     @staticmethod
-    def _fill_norms(planned: list[TensorPlan], layout: Layout, config: dict[str, Any], load_report,
-                    grown_skeleton) -> tuple[list[TensorPlan], list[str]]:
+    def _fill_norms(planned: list[TensorPlan], layout: Layout, config: dict[str, Any]
+                    ) -> tuple[list[TensorPlan], list[str]]:
         """Norm weights the target has and the source lacks (OLMo's weightless LayerNorm, q/k norms) start at 1."""
-        report = load_report(grown_skeleton(layout, config), {t.name: t.shape for t in planned})
+        from hfgrow.arch.check import load_report
+        from hfgrow.arch.layout import grown_skeleton
+
+        model = grown_skeleton(layout, config)  # the target's meta skeleton (the pipeline's output check reuses it)
+        report = load_report(model, {t.name: t.shape for t in planned})
         filled, kinds = [], []
-        model = grown_skeleton(layout, config)
         params = dict(model.state_dict())
         for name in report.missing:
             if "norm" not in name.split(".")[-2] or name not in params:
