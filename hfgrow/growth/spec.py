@@ -214,7 +214,7 @@ class GrowSpec:
         if self.depth.given:  # globals holding one slice per layer follow the map too
             plan.tensors = follow_packed_layers(plan.tensors, layout, checkpoint.tensors, plan.config, plan.layer_map)
         if registry.get(self.op).depth_plan is None and not self.width.given and not self.noise:
-            plan.operation = plan.operation.replace(style=self.style)
+            plan.operation = plan.operation.replace(op=self.op, style=self.style)
             return plan  # Gstack and friends: whole blocks copied, no roles needed
         return self._transform(plan, layout, checkpoint)
 
