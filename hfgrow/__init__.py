@@ -35,6 +35,7 @@ from hfgrow.errors import HfgrowError
 _LAZY = {
     "stack": "hfgrow.growth.pipeline",
     "grow": "hfgrow.growth.pipeline",
+    "upcycle": "hfgrow.growth.pipeline",
     "replay": "hfgrow.growth.replay",
     "GrowResult": "hfgrow.growth.pipeline",
     "inspect": "hfgrow.growth.describe",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hfgrow.cli.options import Operator
+
 
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
@@ -13,8 +15,8 @@ import click
               help="Target model: a preset (tiny: ~1M parameters for CPUs; gpu: 34M for one GPU) or a config.json / model folder (random init).")
 @click.option("--data", multiple=True, help="Text files (.txt/.md, .jsonl, .parquet, .gz) or folders; default: Python's pydoc topics.")
 @click.option("--factor", "-g", type=int, default=4, show_default=True)
-@click.option("--op", "ops", multiple=True, default=("direct",), show_default=True,
-              type=click.Choice(["direct", "zero", "random"]), help="Growth operators to compare (repeatable).")
+@click.option("--op", "ops", multiple=True, default=("stack",), show_default=True,
+              type=Operator(depth=True, in_run=True), help="Growth operators to compare (repeatable).")
 @click.option("--tokens", "scratch_tokens", default="1M", show_default=True, metavar="N",
               help="Tokens of the scratch run, e.g. 3M, 1e6 or 1000000; it fixes the FLOPs budget of every run.")
 @click.option("--base-fraction", type=float, default=0.25, show_default=True,
@@ -44,7 +46,7 @@ def compare(out, config, data, factor, ops, scratch_tokens, base_fraction, seq_l
     \b
     Examples:
       hfgrow compare runs/cmp
-      hfgrow compare runs/cmp --op direct --op zero --tokens 3M
+      hfgrow compare runs/cmp --op stack --op zero --tokens 3M
       hfgrow compare runs/cmp --grow-optimizer fresh --grow-optimizer carry --lr 3e-3
       hfgrow compare runs/cmp --config my-target/config.json --data corpus.jsonl --factor 2
     """

@@ -10,17 +10,19 @@ from pathlib import Path
 
 import click
 
-from hfgrow.cli.options import (COUNT, depth_options, given, hub_options, output_options, refuse, report,
+from hfgrow.cli.options import (COUNT, Operator, depth_options, given, hub_options, output_options, refuse, report,
                                 width_options)
+from hfgrow.cli.upcycle import UPCYCLE_ONLY, upcycle_options
 
-OPS = ["direct", "zero", "random", "learn"]
 # options each mode does not take (the recipe fixes everything; LiGO has its own; fixed operators none of LiGO's)
-RECIPE_FIXES = ("op", "width_op", "factor", "layers", "pattern", "order", "hidden_size", "intermediate_size",
-                "num_heads", "num_kv_heads", "noise", "seed", "mask_steps", "style", "dtype", "revision",
-                "keep_tied")
+RECIPE_FIXES = UPCYCLE_ONLY + ("op", "width_op", "factor", "layers", "pattern", "order", "hidden_size",
+                               "intermediate_size", "num_heads", "num_kv_heads", "noise", "seed", "mask_steps", "style",
+                               "dtype", "revision", "keep_tied")
 LEARN_ONLY = ("data", "learn_steps", "learn_lr", "seq_len", "batch_size", "width_init", "device_map", "max_memory",
               "offload_folder")
 NOT_FOR_LEARN = ("width_op", "noise", "mask_steps", "keep_tied")
+NOT_FOR_UPCYCLE = ("width_op", "factor", "layers", "pattern", "order", "hidden_size", "intermediate_size",
+                   "num_heads", "num_kv_heads", "mask_steps", "style", "keep_tied")
 
 
 @click.command()
@@ -92,16 +94,18 @@ def _learn_options(fn):
 @click.command()
 @click.argument("src", required=False)
 @click.argument("out", type=click.Path(path_type=Path), required=False)
-@click.option("--op", type=click.Choice(OPS), default="direct", show_default=True,
-              help="Operator: direct (Gstack / neuron splitting), zero (identity blocks / zero fan-out units, "
-                   "function-preserving), random (random init + MSG mask), learn (LiGO: depth and width "
-                   "operators learned on --data). Widening rescales some weights (by 1/copies, or sqrt(old/new) "
-                   "for zero's norms); bf16/fp16 output rounds those unless the factor is a power of two, and then "
-                   "the recipe says function_preserving: false and a warning suggests --dtype float32.")
-@click.option("--width-op", type=click.Choice(OPS[:3]), default=None,
-              help="Operator for the width part when it differs from --op (e.g. --op zero --width-op direct).")
+@click.option("--op", type=Operator(), default="stack", show_default=True,
+              help="Operator: stack (Gstack in depth / neuron splitting in width), zero (identity blocks / zero "
+                   "fan-out units, function-preserving), random (random init + MSG mask), learn (LiGO: depth and "
+                   "width operators learned on --data), upcycle (dense to MoE, see `hfgrow upcycle`). The old name "
+                   "direct still means stack. Widening rescales some weights (by 1/copies, or sqrt(old/new) for "
+                   "zero's norms); bf16/fp16 output rounds those unless the factor is a power of two, and then the "
+                   "recipe says function_preserving: false and a warning suggests --dtype float32.")
+@click.option("--width-op", type=Operator(width=True), default=None,
+              help="Operator for the width part when it differs from --op (e.g. --op zero --width-op stack).")
 @depth_options(("stack", "interpolate", "interleave"), None,
-               "Depth placement for --factor/--layers [default: stack for direct, interleave for zero/random].")
+               "Depth placement for --factor/--layers [default: the operator's: stack for stack, interleave for "
+               "zero/random].")
 @width_options
 @click.option("--noise", type=float, default=None, metavar="ALPHA",
               help="Blend every weight matrix with seeded noise: W <- (1-a)W + a*eps (paper's scales), a in [0,1).")
@@ -118,6 +122,7 @@ def _learn_options(fn):
                    "it (prts: new random layers on top with its init and a whole-block ramp, its G-right-direct "
                    "(bert2BERT), G-right-zero and G-right-random, LiGO's width matrices; see README).")
 @_learn_options
+@upcycle_options
 @click.option("--recipe", "recipe", type=click.Path(exists=True, path_type=Path), default=None,
               help="Rebuild from a recipe (hfgrow.yaml or a grown folder): `hfgrow grow --recipe FILE OUT`; "
                    "`hfgrow grow SRC OUT --recipe FILE` takes the source from SRC.")
@@ -127,27 +132,29 @@ def _learn_options(fn):
 def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_size, intermediate_size, num_heads,
          num_kv_heads, noise, seed, mask_steps, keep_tied, style, data, learn_steps, learn_lr, seq_len, batch_size,
          width_init, device_map, max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
-         revision, token):
+         revision, token, **upcycling):
     """Grow SRC in depth, width or both with one of the paper's operators, and write OUT.
 
     Depth growth when --factor/--layers/--pattern is given, width growth when --hidden-size,
     --intermediate-size, --num-heads or --num-kv-heads is given, both when both are.
     SRC is a local model folder or a Hub repo id. OUT holds the model, a model card and a
     recipe (hfgrow.yaml) from which `hfgrow grow --recipe OUT/hfgrow.yaml NEW` rebuilds it
-    bit for bit. --order defaults to stack for direct and to interleave (LLaMA Pro: a new
-    layer after every L/(N-L) layers) for zero and random.
+    bit for bit. --order defaults to stack for stack and to interleave (LLaMA Pro: a new
+    layer after every L/(N-L) layers) for zero and random. `hfgrow grow SRC OUT --op stack
+    --factor 4` writes the same weights as `hfgrow stack SRC OUT --factor 4`.
 
     \b
     Examples:
       hfgrow grow ./small ./deep --op zero --factor 2            # LLaMA-Pro identity blocks
       hfgrow grow ./small ./wide --hidden-size 4096              # HyperCloning x2 (FFN, heads follow)
-      hfgrow grow ./small ./big --op zero --width-op direct --factor 2 --hidden-size 4096
+      hfgrow grow ./small ./big --op zero --width-op stack --factor 2 --hidden-size 4096
       hfgrow grow ./tied ./wide --op zero --hidden-size 2048 --keep-tied   # embeddings stay tied
       hfgrow grow ./small ./msg --op random --layers 24 --mask-steps 2000
       hfgrow grow ./small ./noisy --factor 4 --noise 0.2         # Gstack + noise
       hfgrow grow ./small ./ligo --op learn --factor 4 --data corpus.txt --learn-steps 100   # LiGO
       hfgrow grow ./small ./ligo-wide --op learn --factor 2 --hidden-size 4096 --data corpus.txt
       hfgrow grow ./small ./ligo-big --op learn --factor 4 --data corpus.txt --device-map auto
+      hfgrow grow ./small ./moe --op upcycle --experts 8 --top-k 2     # dense -> MoE (hfgrow upcycle)
       hfgrow grow --recipe ./big/hfgrow.yaml ./big-again
     """
     write = dict(max_shard_size=max_shard_size, dry_run=dry_run, overwrite=overwrite, quiet=quiet, push_to=push_to,
@@ -172,7 +179,14 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
     depth = dict(factor=factor, layers=layers, pattern=pattern)
     width = dict(hidden_size=hidden_size, intermediate_size=intermediate_size, num_heads=num_heads,
                  num_kv_heads=num_kv_heads)
-    if op == "learn":
+    if op != "upcycle":
+        refuse(given(ctx, UPCYCLE_ONLY), "is for --op upcycle.")
+    if op == "upcycle":
+        from hfgrow.growth.pipeline import upcycle
+
+        refuse(given(ctx, NOT_FOR_UPCYCLE + LEARN_ONLY), "does not apply to --op upcycle.")
+        result = upcycle(src, out, **upcycling, noise=noise, seed=seed, dtype=dtype, revision=revision, **write)
+    elif op == "learn":
         from hfgrow.growth.ligo.operator import learn
         from hfgrow.growth.ligo.placement import placement_from_options
 

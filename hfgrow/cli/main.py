@@ -11,6 +11,7 @@ from hfgrow.errors import HfgrowError
 # module name -> command names it defines; imported lazily so `hfgrow --help` stays fast
 COMMAND_MODULES = [
     "hfgrow.cli.grow",
+    "hfgrow.cli.upcycle",
     "hfgrow.cli.inspect",
     "hfgrow.cli.train",
     "hfgrow.cli.plan",

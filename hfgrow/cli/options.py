@@ -47,6 +47,43 @@ class _Bytes(click.ParamType):
         return value
 
 
+class Operator(click.ParamType):
+    """A growth operator's name, checked against :mod:`hfgrow.growth.registry` when the command runs (so an
+    operator registered by a plugin or a test is found); an old name gives its one-line deprecation note."""
+
+    name = "operator"
+
+    def __init__(self, depth: bool = False, width: bool = False, in_run: bool = False):
+        self.filters = dict(depth=depth, width=width, in_run=in_run)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        from hfgrow.growth.registry import names
+
+        return "[" + "|".join(names(**self.filters)) + "]"
+
+    def shell_complete(self, ctx, param, incomplete: str):
+        from click.shell_completion import CompletionItem
+
+        from hfgrow.growth.registry import get, names
+
+        return [CompletionItem(name, help=get(name).help) for name in names(**self.filters)
+                if name.startswith(incomplete)]
+
+    def convert(self, value: Any, param, ctx) -> str:
+        from hfgrow.growth.registry import names, resolve
+
+        flag = param.opts[0] if param is not None else "--op"
+        try:
+            entry, note = resolve(str(value), flag)
+        except HfgrowError:
+            self.fail(f"'{value}' is not one of {', '.join(names(**self.filters))}.", param, ctx)
+        if entry.name not in names(**self.filters) and entry.base is None:
+            self.fail(f"'{value}' is not one of {', '.join(names(**self.filters))}.", param, ctx)
+        if note:
+            click.echo(note, err=True)
+        return entry.name
+
+
 COUNT = _Count()
 BYTES = _Bytes()
 

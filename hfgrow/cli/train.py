@@ -83,7 +83,7 @@ def _check(parsed, plan, machine) -> None:
         tokens_per_step = parsed.batch_size * plan.total_processes * parsed.grad_accum * setup.seq_len
         n_params = plan_stages(read_config(source.path), parsed.grow, tokens_per_step=tokens_per_step,
                                max_steps=steps_for(parsed.max_steps, parsed.max_tokens, tokens_per_step),
-                               seed=parsed.seed, style=parsed.grow_style).final_params
+                               seed=parsed.seed, style=parsed.grow_style, top_k=parsed.grow_top_k).final_params
         check_machine(plan, machine, n_params, fraction)
 
 

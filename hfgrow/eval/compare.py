@@ -52,7 +52,6 @@ PRESETS = {
                 num_attention_heads=8, num_key_value_heads=8, vocab_size=8192, max_position_embeddings=1024,
                 tie_word_embeddings=False),
 }
-GROW_OPS = {"direct": "stack", "zero": "zero", "random": "random"}  # compare's --op -> continue.py's --grow OP
 LR_GRID = (1e-3, 2e-3, 4e-3, 8e-3)  # factor-2 steps: at toy scale the scratch arm is sensitive to the LR
 SWEEP_FRACTION = 0.05
 MIN_SWEEP_STEPS = 20
@@ -179,7 +178,7 @@ def collect(name: str, run_dir: Path) -> Run:
     (6·N·tokens per stage, N the parameters of each stage: a grown run counts its small-model phase).
 
     Example:
-        >>> collect("grown-direct", Path("runs/grown-direct")).curve[0]
+        >>> collect("grown-stack", Path("runs/grown-stack")).curve[0]
         (0.0, 6.25)
     """
     from hfgrow.train.runlog import read_run
@@ -278,10 +277,10 @@ def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction:
 
     Example:
         >>> arms, budget = plan_arms(4000, 1000, scratch_tokens=20480, base_fraction=0.25, tokens_per_step=512,
-        ...                          factor=4, ops=("direct",), optimizers=("fresh",), include_untrained=False,
+        ...                          factor=4, ops=("stack",), optimizers=("fresh",), include_untrained=False,
         ...                          include_small=False)
         >>> [(a.name, a.steps, a.grow) for a in arms]
-        [('grown-direct', 38, 'stack:4@5120'), ('scratch', 40, None)]
+        [('grown-stack', 38, 'stack:4@5120'), ('scratch', 40, None)]
     """
     scratch_steps = max(1, scratch_tokens // tokens_per_step)
     budget = 6.0 * n_target * scratch_steps * tokens_per_step
@@ -292,7 +291,7 @@ def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction:
     for op in ops:
         for optimizer in optimizers:
             suffix = "" if optimizer == "fresh" else f"-{optimizer}"
-            arms.append(Arm(f"grown-{op}{suffix}", "base", base_steps + grown_steps, f"{GROW_OPS[op]}:{factor}@{d}", d,
+            arms.append(Arm(f"grown-{op}{suffix}", "base", base_steps + grown_steps, f"{op}:{factor}@{d}", d,
                             optimizer))
     arms.append(Arm("scratch", "target", scratch_steps))
     if include_untrained:
@@ -304,7 +303,7 @@ def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction:
 
 
 def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None = None, factor: int = 4,
-            ops: tuple[str, ...] = ("direct",), optimizers: tuple[str, ...] = ("fresh",),
+            ops: tuple[str, ...] = ("stack",), optimizers: tuple[str, ...] = ("fresh",),
             scratch_tokens: int | str = 1_000_000, base_fraction: float = 0.25, seq_len: int = 128,
             batch_size: int = 16, lr: float | None = None, lr_grid: tuple[float, ...] = LR_GRID, seed: int = 0,
             eval_points: int = 20, eval_sequences: int = 64, include_untrained: bool = True,
@@ -319,12 +318,16 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
 
     Example:
         >>> report = compare("runs/cmp", scratch_tokens="1M")
-        >>> report["speedup"]["grown-direct"]
+        >>> report["speedup"]["grown-stack"]
         0.31
     """
     from hfgrow.arch.layout import hf_config_from_dict
     from hfgrow.eval.tiny import make_tokenizer
 
+    from hfgrow.growth import registry
+    from hfgrow.train.growth import parse_grow
+
+    ops = tuple(dict.fromkeys(parse_grow(f"{registry.get(op).name}:2@0").op for op in ops))  # the --grow names
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise HfgrowError(f"{out} already exists and is not empty; choose a new folder for the comparison.")
@@ -473,7 +476,7 @@ def plot(runs: dict[str, Run], path: Path, report: dict[str, Any]) -> Path:
 
     curves = [Curve(f"{name} ({run.final_loss:.3f})", run.curve, style="--" if name in ("base", "small-alone") else "-",
                     width=1.6) for name, run in runs.items()]
-    sp = report["speedup"].get("grown-direct")
+    sp = report["speedup"].get("grown-stack")
     title = "grow vs scratch at equal FLOPs" + (f" — Gstack speedup {sp:+.0%}" if sp is not None else "")
     return plot_curves(curves, path, xlabel="training FLOPs (base phase included for grown runs)", title=title,
                        ylabel="held-out loss (nats/token)")

@@ -11,6 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hfgrow.growth import registry
+
 
 def template_path(name: str) -> Path:
     """Path of a card template shipped in ``hfgrow/growth/templates/``."""
@@ -44,29 +46,6 @@ def _tags(model_type: str, recipe, *extra: str, ops: tuple[str, ...] = ()) -> li
     return ["hfgrow", *grown, *extra, model_type]
 
 
-#: What output layer i holds, by the depth operator (the card's layer-map line; "pattern[i]" is the map)
-LAYER_MAP_TEXT = {
-    "direct": "output layer i is a copy of source layer pattern[i]",
-    "zero": "output layer i is a copy of source layer pattern[i]; the repeats (the new layers) have their attention "
-            "output and MLP down projections zeroed, so each starts as an identity block",
-    "random": "output layer i takes the place of source layer pattern[i]: its first occurrence is a copy, the repeats "
-              "(the new layers) are randomly initialised blocks of its kind",
-    "learn": "output layer i has the block kind of source layer pattern[i]; its weights are a learned combination "
-             "of the source layers (LiGO, coefficients in hfgrow.yaml) that starts as a copy of that layer",
-}
-
-
-def layer_map_text(operation) -> str:
-    """The card's sentence for what the layer map means under ``operation`` (widened copies under width growth).
-
-    Example:
-        >>> layer_map_text(Operation(op="zero", direction="depth"))[:52]
-        'output layer i is a copy of source layer pattern[i];'
-    """
-    text = LAYER_MAP_TEXT.get(operation.op, LAYER_MAP_TEXT["direct"])
-    return text + ("; every layer is then widened" if "width" in operation.direction else "")
-
-
 def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, source_params: int) -> str:
     """The card of a grown folder: what it was grown from, by which operator, and how to reproduce it."""
     from hfgrow.arch.pattern import compact
@@ -87,12 +66,14 @@ def grown_card(*, plan, recipe, layout, model_name: str, operator_name: str, sou
         operator_name=operator_name,
         preserving=recipe.operation.function_preserving,
         architecture=layout.architecture,
+        target_architecture=(plan.config.get("architectures") or [layout.architecture])[0],
+        why=registry.get(recipe.operation.op).card,
         source_layers=layout.num_layers,
         target_layers=len(plan.layer_map) if plan.layer_map else layout.num_layers,
         source_params=format_count(source_params),
         target_params=format_count(plan.num_params),
         layer_pattern=compact(plan.layer_map) if plan.layer_map and "depth" in recipe.operation.direction else None,
-        layer_map_text=layer_map_text(recipe.operation),
+        layer_map_text=registry.layer_map_text(recipe.operation),
         notes=plan.notes + plan.warnings,
         command=recipe.command_line,
     )
@@ -106,7 +87,7 @@ def _growth(recipe) -> dict[str, Any]:
     return {
         "source": source.display,
         "source_url": f"https://huggingface.co/{source.repo_id}" if source.repo_id else None,
-        "operator": recipe.operation.name,
+        "operator": registry.describe(recipe.operation),
         "preserving": recipe.operation.function_preserving,
         "pattern": compact(recipe.layer_map) if recipe.layer_map else None,
         "new_layers": ", ".join(map(str, recipe.new_layers)),

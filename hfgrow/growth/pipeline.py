@@ -32,6 +32,7 @@ from hfgrow.growth.card import grown_card
 from hfgrow.arch.pattern import compact
 from hfgrow.growth.plan import Plan
 from hfgrow.growth.recipe import Recipe, SourceRef
+from hfgrow.growth.registry import describe
 from hfgrow.growth.spec import Depth, GrowSpec, Width
 from hfgrow.io.checkpoint import Checkpoint
 from hfgrow.io.executor import SAFETENSORS_INDEX, copies_bytes, write_weights
@@ -127,7 +128,7 @@ class GrowResult:
         lines = [
             f"source     {self.source.display}" + (f" @ {self.source.commit[:12]}" if self.source.commit else ""),
             f"model      {layout.architecture} ({layout.model_type}), {layout.num_layers} layers under '{layout.prefix}'",
-            f"operation  {plan.operation.name}",
+            f"operation  {describe(plan.operation)}",
             f"layers     {layout.num_layers} -> {len(plan.layer_map) if plan.layer_map else layout.num_layers}",
         ]
         if plan.layer_map:
@@ -197,7 +198,7 @@ def _write(out: Path, options: WriteOptions, prepared, early: Plan | None = None
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "producer": "hfgrow"})
         atomic_write(tmp / "README.md", grown_card(
             plan=plan, recipe=result.recipe, layout=result.layout, model_name=out.name,
-            operator_name=plan.operation.name, source_params=result.source_params))
+            operator_name=describe(plan.operation), source_params=result.source_params))
     return result, checkpoint
 
 
@@ -389,11 +390,11 @@ def stack(src: str, out: str | Path | None = None, *, factor: float | None = Non
         factor = 4
     if order not in ("stack", "interpolate"):
         raise HfgrowError(f"unknown --order '{order}'; use stack or interpolate.")
-    spec = GrowSpec(op="direct", depth=Depth(factor, layers, pattern, order), dtype=dtype, command="stack")
+    spec = GrowSpec(op="stack", depth=Depth(factor, layers, pattern, order), dtype=dtype, command="stack")
     return grow_model(src, out, spec, WriteOptions(**options))
 
 
-def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_op: str | None = None,
+def grow(src: str, out: str | Path | None = None, *, op: str = "stack", width_op: str | None = None,
          factor: float | None = None, layers: int | None = None, pattern: str | None = None,
          order: str | None = None, hidden_size: int | None = None, intermediate_size: int | None = None,
          num_heads: int | None = None, num_kv_heads: int | None = None, noise: float | None = None, seed: int = 0,
@@ -401,10 +402,11 @@ def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_o
          **options: Any) -> GrowResult:
     """Grow SRC in depth (``factor``/``layers``/``pattern``), width (``hidden_size``/...), or both.
 
-    ``op`` is the operator: ``direct`` (Gstack in depth, neuron splitting in width), ``zero`` (identity
+    ``op`` is the operator (a name in :mod:`hfgrow.growth.registry`): ``stack`` (Gstack in depth, neuron
+    splitting in width; the old name ``direct`` still reads), ``zero`` (identity
     blocks / zero fan-out units: function-preserving) or ``random`` (randomly initialised blocks/units
     with an MSG mask recorded in the recipe); ``width_op`` overrides it for the width part. ``order``
-    places depth copies: ``stack`` (default for direct), ``interleave`` (LLaMA Pro, default for
+    places depth copies: ``stack`` (default for stack), ``interleave`` (LLaMA Pro, default for
     zero/random) or ``interpolate``. ``noise`` (alpha in [0, 1)) blends every weight matrix with seeded
     noise. Everything random is seeded by ``seed``. ``keep_tied`` (width ``zero``) keeps tied embeddings tied.
     ``options`` are :class:`WriteOptions` fields.
@@ -412,9 +414,42 @@ def grow(src: str, out: str | Path | None = None, *, op: str = "direct", width_o
     Example:
         >>> grow("./small-12l", "./deep", op="zero", layers=16).plan.layer_map[:8]   # LLaMA Pro
         [0, 1, 2, 2, 3, 4, 5, 5]
-        >>> grow("./small", "./both", op="zero", width_op="direct", factor=2, hidden_size=4096)
+        >>> grow("./small", "./both", op="zero", width_op="stack", factor=2, hidden_size=4096)
     """
     spec = GrowSpec(op=op, width_op=width_op, depth=Depth(factor, layers, pattern, order),
                     width=Width(hidden_size, intermediate_size, num_heads, num_kv_heads), noise=noise, seed=seed,
                     mask_steps=mask_steps, style=style, dtype=dtype, keep_tied=keep_tied)
     return grow_model(src, out, spec, WriteOptions(**options))
+
+
+def run_spec(spec_class: type, src: str, out: str | Path | None = None, **kwargs: Any) -> GrowResult:
+    """Run an operator that is a growth of its own (a :mod:`hfgrow.growth.registry` entry with a ``spec``, e.g.
+    upcycling): ``kwargs`` are the spec's fields and :class:`WriteOptions` fields.
+
+    Example:
+        >>> run_spec(UpcycleSpec, "./small", "./moe", experts=8, top_k=2, quiet=True).plan.config["model_type"]
+        'mixtral'
+    """
+    write = {key: kwargs.pop(key) for key in list(kwargs) if key in WriteOptions.__dataclass_fields__}
+    return grow_model(src, out, spec_class(**kwargs), WriteOptions(**write))
+
+
+def upcycle(src: str, out: str | Path | None = None, *, experts: int = 8, top_k: int = 2, to: str | None = None,
+            granularity: int = 1, drop_rate: float = 0.0, shared_experts: int | None = None,
+            router: str | None = None, router_std: float | None = None, norm_topk_prob: bool | None = None,
+            router_logits: bool = False, noise: float | None = None, seed: int = 0, dtype: str = "keep",
+            **options: Any) -> GrowResult:
+    """Dense to mixture-of-experts: every MLP of SRC becomes ``experts`` experts and a router, written as the MoE
+    sibling of SRC's family in transformers (``to``: the target model type). ``options`` are :class:`WriteOptions`
+    fields. See :class:`hfgrow.growth.ops.upcycle.UpcycleSpec` for the variants.
+
+    Example:
+        >>> upcycle("./llama-small", "./moe", experts=8, top_k=2).recipe.operation.function_preserving
+        True
+    """
+    from hfgrow.growth.ops.upcycle import UpcycleSpec
+
+    return run_spec(UpcycleSpec, src, out, experts=experts, top_k=top_k, to=to, granularity=granularity,
+                    drop_rate=drop_rate, shared_experts=shared_experts, router=router, router_std=router_std,
+                    norm_topk_prob=norm_topk_prob, router_logits=router_logits, noise=noise, seed=seed, dtype=dtype,
+                    **options)

@@ -234,24 +234,16 @@ class Noise:
     std_other: float
 
 
-OPERATOR_NAMES = {
-    ("direct", "depth"): "Gstack / G-up-direct (whole blocks copied)",
-    ("zero", "depth"): "G-up-zero (identity blocks: output projections zeroed, LLaMA-Pro style)",
-    ("random", "depth"): "G-up-random (new blocks randomly initialised, for an MSG mask ramp)",
-    ("learn", "depth"): "G-up-learn (LiGO: learned combinations of source blocks)",
-    ("direct", "width"): "G-right-direct (neuron splitting: HyperCloning / Net2Net)",
-    ("zero", "width"): "G-right-zero (new units: random fan-in, zero fan-out)",
-    ("random", "width"): "G-right-random (new units randomly initialised, for an MSG mask ramp)",
-    ("learn", "width"): "G-right-learn (LiGO: learned expansion matrices)",
-}
-
-
 @dataclass(frozen=True)
 class Operation:
-    """What the operators did to the source. Operators fill it in as they transform a plan."""
+    """What the operators did to the source. Operators fill it in as they transform a plan.
 
-    op: str = "direct"
-    direction: str = "depth"  # depth, width or depth+width
+    ``op`` is the operator's name in :mod:`hfgrow.growth.registry` (recipes before 0.3 say ``direct`` for
+    ``stack``; the registry reads both), which also names it for cards (``registry.describe``).
+    """
+
+    op: str = "stack"
+    direction: str = "depth"  # depth, width, depth+width or experts
     style: str = "hfgrow"  # hfgrow (this tool's variants) or prts (the papers' reference code)
     seed: int = 0
     function_preserving: bool = False
@@ -259,23 +251,10 @@ class Operation:
     mask: Mask | None = None
     noise: Noise | None = None
     coefficients: dict[str, list[list[float]]] | None = None  # LiGO depth: D per weight kind
+    experts: dict[str, Any] | None = None  # upcycling: target type, experts, top-k, variant, router, scaling
 
     def replace(self, **changes: Any) -> Operation:
         return dataclasses.replace(self, **changes)
-
-    @property
-    def name(self) -> str:
-        """The operator(s) by name, as cards and summaries show them (``G-up-zero (...) + G-right-direct (...)``)."""
-        parts = []
-        for part in self.direction.split("+"):
-            op = self.width.op if part == "width" and self.width else self.op
-            parts.append(OPERATOR_NAMES.get((op, part), f"G-{part}-{op}"))
-        text = " + ".join(parts)
-        if self.noise is not None and self.noise.alpha:
-            text += f" + noise (alpha {self.noise.alpha:g})"
-        if self.style == "prts":
-            text += " [--style prts: as the reference code runs it]"
-        return text
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"op": self.op, "direction": self.direction, "style": self.style, "seed": self.seed,
@@ -288,18 +267,21 @@ class Operation:
             data["noise"] = dataclasses.asdict(self.noise)
         if self.coefficients is not None:
             data["coefficients"] = self.coefficients
+        if self.experts is not None:
+            data["experts"] = dict(self.experts)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Operation:
         width, mask, noise = data.get("width"), data.get("mask"), data.get("noise")
-        return cls(op=str(data.get("op", "direct")), direction=str(data.get("direction", "depth")),
+        experts = data.get("experts")
+        return cls(op=str(data.get("op", "stack")), direction=str(data.get("direction", "depth")),
                    style=str(data.get("style", "hfgrow")), seed=int(data.get("seed") or 0),
                    function_preserving=bool(data.get("function_preserving")),
                    width=WidthRecord.from_dict(width) if isinstance(width, dict) else None,
                    mask=Mask.from_dict(mask) if isinstance(mask, dict) else None,
                    noise=Noise(**noise) if isinstance(noise, dict) else None,
-                   coefficients=data.get("coefficients"))
+                   coefficients=data.get("coefficients"), experts=dict(experts) if isinstance(experts, dict) else None)
 
 
 @dataclass(frozen=True)

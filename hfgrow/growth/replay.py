@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import inspect
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from hfgrow.errors import HfgrowError
-from hfgrow.growth.pipeline import GrowResult, WriteOptions, grow, stack
+from hfgrow.growth.pipeline import GrowResult, WriteOptions, grow, run_spec, stack
+from hfgrow.growth import registry
 from hfgrow.growth.recipe import RECIPE_FILE, Recipe
 
 _WRITE_FIELDS = set(WriteOptions.__dataclass_fields__)
@@ -57,12 +59,14 @@ def resolve_source(recipe: Recipe, recipe_path: Path, source: str | None = None)
 
 
 def _call(function, src: str, out, params: dict[str, Any], extra: dict[str, Any], options: dict[str, Any]):
-    accepted = set(inspect.signature(function).parameters)
+    declared = function.args[0] if isinstance(function, partial) else function  # run_spec: the spec's fields
+    accepted = set(inspect.signature(declared).parameters)
     unknown = sorted(set(params) - accepted)
     if unknown:
-        raise HfgrowError(f"the recipe gives '{unknown[0]}', which `hfgrow {function.__name__}` does not take; "
+        name = getattr(declared, "command", None) or declared.__name__
+        raise HfgrowError(f"the recipe gives '{unknown[0]}', which `hfgrow {name}` does not take; "
                           "was it written by a newer hfgrow?")
-    _check_types(function, params)
+    _check_types(declared, params)
     return function(src, out, **params, **extra, **options)
 
 
@@ -129,6 +133,8 @@ def replay(recipe_path: str | Path, out: str | Path | None, *, source: str | Non
         extra = {"coefficients": recipe.operation.coefficients,
                  "width_matrices": read_matrices(matrices) if matrices is not None else None}
         return _call(learn, src, out, params, extra, options)
+    if (spec := registry.get(recipe.operation.op).spec) is not None:  # an operator with a growth of its own
+        return _call(partial(run_spec, spec()), src, out, params, {}, options)
     if recipe.command == "grow":
         return _call(grow, src, out, params, {}, options)
     raise HfgrowError(f"the recipe was written by `hfgrow {recipe.command}`; replay supports stack and grow.")

@@ -6,7 +6,7 @@ of :mod:`hfgrow.growth.ops`. ``params(plan)`` gives the keyword arguments that r
 layer map pinned as a pattern.
 
 Example:
-    >>> spec = GrowSpec(op="zero", depth=Depth(factor=2))
+    >>> spec = GrowSpec(op="zero", depth=Depth(factor=2))     # op: a name in hfgrow.growth.registry
     >>> plan = spec.plan(layout, checkpoint)
     >>> plan.layer_map, plan.operation.function_preserving
     ([0, 0, 1, 1], True)
@@ -20,9 +20,10 @@ from typing import Any
 
 from hfgrow.errors import HfgrowError
 from hfgrow.arch.pattern import compact, interleave_map, interpolate_map, parse_pattern, stack_map, target_layer_count
+from hfgrow.growth import registry
+from hfgrow.growth.plan import rounding_cast
 from hfgrow.io import dtypes
 
-OPS = ("direct", "zero", "random")
 ORDERS = ("stack", "interpolate", "interleave")
 STYLES = ("hfgrow", "prts")
 DEFAULT_MASK_STEPS = 0  # grow's default ramp has no number of steps: training fits it (10% of the run)
@@ -111,10 +112,12 @@ class GrowSpec:
     prts's init, whole-block ramp), G-right-direct (bert2BERT's copies drawn with replacement),
     G-right-zero and G-right-random; Gstack, G-up-zero and noise are the same under both.
 
-    ``command`` is the function that replays it: ``stack`` (Gstack only) or ``grow``.
+    ``command`` is the function that replays it: ``stack`` (Gstack only) or ``grow``. ``op`` and ``width_op`` are
+    operator names of :mod:`hfgrow.growth.registry` (old names read as their new ones; a placement entry such as
+    ``interpolate`` becomes its operator with that placement).
     """
 
-    op: str = "direct"
+    op: str = "stack"
     width_op: str | None = None
     depth: Depth = field(default_factory=Depth)
     width: Width = field(default_factory=Width)
@@ -127,9 +130,20 @@ class GrowSpec:
     keep_tied: bool = False  # G-right-zero: tied embeddings stay tied (new hidden units zero in the embedding)
 
     def __post_init__(self) -> None:
-        for flag, value in (("--op", self.op), ("--width-op", self.width_op or self.op)):
-            if value not in OPS:
-                raise HfgrowError(f"unknown {flag} '{value}'; use one of {', '.join(OPS)}.")
+        entry = registry.get(self.op)
+        if entry.base is not None:  # a placement of another operator
+            object.__setattr__(self, "depth", replace(self.depth, order=self.depth.order or entry.order))
+            entry = registry.get(entry.base)
+        object.__setattr__(self, "op", entry.name)
+        if self.width_op is not None:
+            object.__setattr__(self, "width_op", registry.get(self.width_op, "--width-op").name)
+        for flag, value in (("--op", self.op), ("--width-op", self.resolved_width_op)):
+            if registry.get(value).custom or registry.get(value).spec is not None:
+                raise HfgrowError(f"{flag} {value} is an operator of its own; it does not combine with the others.")
+        if self.depth.given and "depth" not in entry.names:
+            raise HfgrowError(f"--op {self.op} has no depth form.")
+        if self.width.given and registry.get(self.resolved_width_op).width_kind is None:
+            raise HfgrowError(f"--op {self.resolved_width_op} has no width form; choose --width-op.")
         if self.style not in STYLES:
             raise HfgrowError(f"unknown --style '{self.style}'; use one of {', '.join(STYLES)}.")
         if self.noise is not None and not (0.0 <= self.noise < 1.0):
@@ -149,7 +163,8 @@ class GrowSpec:
     @property
     def masked(self) -> bool:
         """Whether the result has random parts that training ramps in (MSG)."""
-        return (self.op == "random" and self.depth.given) or (self.width.given and self.resolved_width_op == "random")
+        return ((registry.get(self.op).masks and self.depth.given)
+                or (self.width.given and registry.get(self.resolved_width_op).masks))
 
     @property
     def resolved_width_op(self) -> str:
@@ -157,9 +172,19 @@ class GrowSpec:
 
     @property
     def default_order(self) -> str:
-        """Gstack stacks; prts's MSG appends new random layers on top (msg.py: layers src_depth..trg_depth-1);
-        otherwise copies are interleaved (LLaMA Pro)."""
-        return "stack" if self.op == "direct" or (self.op == "random" and self.style == "prts") else "interleave"
+        """The operator's placement: Gstack stacks; prts's MSG appends new random layers on top (msg.py: layers
+        src_depth..trg_depth-1); zero and random interleave copies (LLaMA Pro)."""
+        entry = registry.get(self.op)
+        return entry.prts_order if self.style == "prts" and entry.prts_order else entry.order
+
+    @property
+    def ramp_steps(self) -> int:
+        """Steps of the MSG ramp recorded for random parts (grow's default unless --mask-steps)."""
+        return self.mask_steps if self.mask_steps is not None else DEFAULT_MASK_STEPS
+
+    @property
+    def ramp_text(self) -> str:
+        return f"{self.mask_steps} steps" if self.mask_steps is not None else "10% of the training run (grow's default)"
 
     def params(self, plan) -> dict[str, Any]:
         """The keyword arguments of ``command`` that rebuild ``plan`` (the layer map pinned as a pattern)."""
@@ -192,43 +217,36 @@ class GrowSpec:
             plan.notes.append(fit.note)
         if self.depth.given:  # globals holding one slice per layer follow the map too
             plan.tensors = follow_packed_layers(plan.tensors, layout, checkpoint.tensors, plan.config, plan.layer_map)
-        if self.op == "direct" and not self.width.given and not self.noise:
-            plan.operation = plan.operation.replace(style=self.style)
+        if registry.get(self.op).depth_plan is None and not self.width.given and not self.noise:
+            plan.operation = plan.operation.replace(op=self.op, style=self.style)
             return plan  # Gstack and friends: whole blocks copied, no roles needed
         return self._transform(plan, layout, checkpoint)
 
     def _transform(self, plan, layout, checkpoint):
         from hfgrow.arch.roles import derive_roles
         from hfgrow.growth.ops.noise import noise_plan
-        from hfgrow.growth.ops.random_init import random_plan
         from hfgrow.growth.ops.width import resolve_sizes, width_plan
-        from hfgrow.growth.ops.zero import zero_plan
 
         roles = derive_roles(layout, checkpoint.tensors)
         depth, width = self.depth.given, self.width.given
-        # identity blocks keep the function iff the original layers still appear in their order
+        entry, width_kind = registry.get(self.op), registry.get(self.resolved_width_op).width_kind
+        # e.g. identity blocks keep the function iff the original layers still appear in their order
         originals = [src for i, src in enumerate(plan.layer_map) if src not in plan.layer_map[:i]]
-        preserving = not depth or (self.op == "zero" and originals == list(range(layout.num_layers)))
-        steps = self.mask_steps if self.mask_steps is not None else DEFAULT_MASK_STEPS
-        length = f"{steps} steps" if self.mask_steps is not None else "10% of the training run (grow's default)"
+        preserving = not depth or (entry.preserves and originals == list(range(layout.num_layers)))
+        steps, length = self.ramp_steps, self.ramp_text
         sizes = None
         if width:
             w = self.width
             sizes = resolve_sizes(roles, w.hidden_size, w.intermediate_size, w.num_heads, w.num_kv_heads,
-                                  op=self.resolved_width_op)
-            plan = width_plan(plan, roles, sizes, op=self.resolved_width_op, seed=self.seed, style=self.style,
+                                  op=width_kind)
+            plan = width_plan(plan, roles, sizes, op=width_kind, seed=self.seed, style=self.style,
                               keep_tied=self.keep_tied)
             preserving = preserving and plan.operation.width.function_preserving
-        if depth and self.op == "zero":
-            plan = zero_plan(plan, roles)
-        elif depth and self.op == "random":
-            plan = random_plan(plan, roles, seed=self.seed, mask_steps=steps, style=self.style)
-            ramp = "the whole block, y = c*block(x) + (1-c)*x" if self.style == "prts" else "each sublayer's update"
-            plan.notes.append(f"new layers {compact(plan.new_layers)} are random: ramp {ramp}, c 0 -> 1 over {length} "
-                              "(MSG; recorded in hfgrow.yaml)")
+        if depth and entry.depth_plan is not None:
+            plan = entry.depth_plan(plan, roles, self)
         if self.noise:
             plan = noise_plan(plan, roles, self.noise, seed=self.seed, hidden_size=sizes.hidden[1] if sizes else None)
-        if width and self.resolved_width_op == "random":
+        if width and registry.get(self.resolved_width_op).masks:
             mask = plan.operation.mask
             plan.operation = plan.operation.replace(mask=replace(mask, steps=steps))
             each = f"{steps} steps each" if self.mask_steps is not None else f"sharing {length}"
@@ -246,21 +264,3 @@ class GrowSpec:
         plan.operation = plan.operation.replace(op=self.op, direction=direction, seed=self.seed, style=self.style,
                                                 function_preserving=preserving)
         return plan
-
-
-def rounding_cast(plan, checkpoint) -> str | None:
-    """Why ``--dtype`` makes a function-preserving growth inexact: it rounds source weights (e.g. F32 -> BF16).
-
-    Example:
-        >>> rounding_cast(plan, checkpoint)            # a float32 source grown with --dtype bfloat16
-        'casting the F32 source weights to BF16 rounds them: the grown model matches its source only to BF16 ...'
-    """
-    casts = sorted({(checkpoint.tensors[t.sources[0]].dtype, t.dtype) for t in plan.tensors
-                    if t.sources and t.sources[0] in checkpoint.tensors
-                    and dtypes.cast_rounds(checkpoint.tensors[t.sources[0]].dtype, t.dtype)})
-    if not casts:
-        return None
-    source, output = casts[0]
-    return (f"casting the {source} source weights to {output} rounds them: the grown model matches its source only "
-            f"to {output} rounding, so it is not function-preserving (recipe: function_preserving false; verify "
-            "--expect preserved fails); --dtype keep or float32 keeps the function")

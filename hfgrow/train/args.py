@@ -139,12 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
            "H100); use with --compile")
     a("--grow", action="append", default=[], type=_grow, metavar="OP:FACTOR@WHEN",
       help="grow the model during the run: OP stack (Gstack), interpolate, zero or random (MSG ramp), FACTOR the "
-           "layer multiple, WHEN a token count (250k, 1e7, 10B) or auto (the paper's growth-timing law for the "
+           "layer multiple (upcycle: every MLP becomes FACTOR experts), WHEN a token count (250k, 1e7, 10B) or auto (the paper's growth-timing law for the "
            "final model and --max-tokens); repeat for several stages. RUN/stage-K/ keeps the model each growth "
            "started from, RUN/grown-K/ the grown one")
     a("--grow-optimizer", choices=OPTIMIZER_MODES, default="fresh",
       help="AdamW state at a growth: fresh (the paper) or carry (each copied block gets its source block's moments "
-           "and step count; new zero/random blocks zero moments)")
+           "and step count; new zero/random blocks zero moments; upcycle: each expert its MLP's, the router fresh)")
+    a("--grow-top-k", type=int, default=2, metavar="K",
+      help="--grow upcycle:E@WHEN: experts each token is routed to (the upcycled model trains with its router's "
+           "load-balancing loss, router_aux_loss_coef, and logs expert load)")
     a("--grow-style", choices=("hfgrow", "prts"), default="hfgrow",
       help="each --grow operator as hfgrow runs it or as the paper's reference code does (as `hfgrow grow --style`; "
            "e.g. random: new layers on top, the reference's init, the whole-block MSG ramp)")

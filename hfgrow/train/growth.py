@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -34,13 +35,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hfgrow.errors import HfgrowError
+from hfgrow.growth import registry
 from hfgrow.growth.timing import LAW_MIN_PARAMS
 from hfgrow.units import format_count, parse_count
 
-# --grow OP -> (GrowSpec op, depth order). Every depth operator of the engine but LiGO, which learns its
-# operator on data with a loop of its own (grow with `hfgrow grow --op learn`, then train the result).
-OPS = {"stack": ("direct", "stack"), "interpolate": ("direct", "interpolate"), "zero": ("zero", None),
-       "random": ("random", None)}
 OPTIMIZER_MODES = ("fresh", "carry")
 AUTO_MIN_PARAMS = LAW_MIN_PARAMS  # the growth-timing law's smallest model (410M): `auto` is refused below it
 _GROW = re.compile(r"^(?P<op>[a-z]+):(?P<factor>[0-9.]+)@(?P<when>.+)$")
@@ -61,7 +59,7 @@ class GrowArg:
 
 
 def parse_grow(text: str) -> GrowArg:
-    """``OP:FACTOR@WHEN``: OP one of :data:`OPS`, FACTOR > 1, WHEN a token count (``250k``, ``1e7``, ``10B``) or auto.
+    """``OP:FACTOR@WHEN``: OP a depth operator of :mod:`hfgrow.growth.registry`, FACTOR > 1, WHEN a token count (``250k``, ``1e7``, ``10B``) or auto.
 
     Raises:
         HfgrowError: one sentence saying which part is wrong.
@@ -74,24 +72,33 @@ def parse_grow(text: str) -> GrowArg:
     if not match:
         raise HfgrowError(f"--grow {text!r}: write OP:FACTOR@WHEN, e.g. stack:4@10B or stack:4@auto.")
     op, when = match.group("op"), match.group("when")
-    if op == "learn":
-        raise HfgrowError("--grow learn: LiGO learns its operator on data with a loop of its own; grow with "
-                          "`hfgrow grow --op learn` and train the result with --model.")
-    if op not in OPS:
-        raise HfgrowError(f"--grow {text!r}: unknown operator {op!r}; use one of {', '.join(OPS)}.")
+    choices = ", ".join(registry.names(in_run=True))
+    try:
+        entry = registry.get(op)
+    except HfgrowError:
+        raise HfgrowError(f"--grow {text!r}: unknown operator {op!r}; use one of {choices}.") from None
+    if entry.in_run is not None:
+        raise HfgrowError(f"--grow {op}: {entry.in_run}")
+    if "depth" not in entry.names and entry.base is None and entry.spec is None:
+        raise HfgrowError(f"--grow {text!r}: {op} has no depth form; use one of {choices}.")
+    op = entry.name
     try:
         factor = float(match.group("factor"))
     except ValueError:
         factor = math.nan
+    if entry.spec is not None and (not math.isfinite(factor) or factor != int(factor) or factor < 2):
+        raise HfgrowError(f"--grow {text!r}: for {op} FACTOR is the number of experts, a whole number of 2 or more.")
     if not math.isfinite(factor) or factor <= 1:
         raise HfgrowError(f"--grow {text!r}: the factor must be a number above 1 (the layer count is multiplied by it).")
     tokens = None if when == "auto" else parse_count(when, f"growth point in --grow {text!r}", "10B", minimum=0)
     return GrowArg(op, factor, tokens, text.strip())
 
 
-def grow_spec(op: str, factor: float, seed: int = 0, style: str = "hfgrow"):
+def grow_spec(op: str, factor: float, seed: int = 0, style: str = "hfgrow", top_k: int = 2):
     """The :class:`~hfgrow.growth.spec.GrowSpec` of a ``--grow`` operator: what ``hfgrow stack`` / ``grow`` build
-    (``style``: ``--grow-style``, the same as ``grow --style``).
+    (``style``: ``--grow-style``, the same as ``grow --style``). Gstack and its placements (the copies left whole)
+    are replayed by ``hfgrow stack``. An operator with a spec of its own (``upcycle``) takes FACTOR as its expert
+    count and ``top_k`` (``--grow-top-k``), and turns on its router's load-balancing loss.
 
     Example:
         >>> grow_spec("stack", 4).command, grow_spec("zero", 2).op
@@ -99,10 +106,13 @@ def grow_spec(op: str, factor: float, seed: int = 0, style: str = "hfgrow"):
     """
     from hfgrow.growth.spec import Depth, GrowSpec
 
-    spec_op, order = OPS[op]
-    if spec_op == "direct":  # Gstack and friends: `hfgrow stack --order ...` replays them
-        return GrowSpec(op="direct", depth=Depth(factor=factor, order=order), command="stack", style=style)
-    return GrowSpec(op=spec_op, depth=Depth(factor=factor), seed=seed, style=style)
+    entry = registry.get(op)
+    if entry.spec is not None:
+        return entry.spec()(experts=int(factor), top_k=top_k, seed=seed, router_logits=True)
+    spec = GrowSpec(op=op, depth=Depth(factor=factor), seed=seed, style=style)
+    if registry.get(spec.op).depth_plan is None and not spec.masked:  # Gstack and placements: `hfgrow stack`
+        return GrowSpec(op=spec.op, depth=spec.depth, command="stack", style=style)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -114,11 +124,14 @@ class Stage:
     layers: int
     n_params: int
     growth: GrowArg | None = None
+    n_active: int | None = None  # parameters one token uses, when fewer than n_params (mixture of experts)
 
     def to_dict(self, tokens_per_step: int) -> dict[str, Any]:
         data: dict[str, Any] = {"stage": self.index, "start_step": self.start_step,
                                 "start_tokens": self.start_step * tokens_per_step, "layers": self.layers,
                                 "n_params": self.n_params}
+        if self.n_active is not None and self.n_active != self.n_params:
+            data["n_active"] = self.n_active  # FLOPs count these (runlog.RunRecord.flops)
         if self.growth is not None:
             data.update(grow=f"{self.growth.op}:{self.growth.factor:g}@{self.start_step * tokens_per_step}",
                         op=self.growth.op, factor=self.growth.factor, requested=self.growth.text)
@@ -153,6 +166,13 @@ def _count(config: dict[str, Any]) -> int:
     return count_params(hf_config_from_dict(config)).total
 
 
+def _active(config: dict[str, Any], total: int) -> int:
+    """Parameters one token uses (a mixture of experts: the top-k experts of each layer only)."""
+    from hfgrow.growth.ops.upcycle import active_params
+
+    return active_params(config, total)
+
+
 def _resolve_auto(grow: GrowArg, final_params: int, budget: int) -> tuple[int, str]:
     """WHEN = auto: the paper's growth timing d for the final model and the run's budget, or a refusal."""
     from hfgrow.growth.timing import growth_tokens
@@ -171,7 +191,7 @@ def _resolve_auto(grow: GrowArg, final_params: int, budget: int) -> tuple[int, s
 
 
 def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step: int, max_steps: int,
-                seed: int = 0, style: str = "hfgrow") -> StagePlan:
+                seed: int = 0, style: str = "hfgrow", top_k: int = 2) -> StagePlan:
     """Every stage of a run: growth steps and sizes, checked from the config alone.
 
     A growth at T tokens happens once the run has seen at least T tokens: after ⌈T / tokens per step⌉
@@ -197,16 +217,22 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
     stages = [Stage(0, 0, layers or 0, _count(config))]
     configs, notes = [config], []
     for grow in grows:
-        spec = grow_spec(grow.op, grow.factor, seed, style)
+        spec = grow_spec(grow.op, grow.factor, seed, style, top_k)
         try:
-            layer_map = spec.depth.layer_map(stages[-1].layers, spec.default_order)
+            if hasattr(spec, "grown_config"):  # an operator of its own (upcycling): same layers, a new config
+                configs.append(spec.grown_config(configs[-1]))
+                layer_count = stages[-1].layers
+            else:
+                layer_map = spec.depth.layer_map(stages[-1].layers, spec.default_order)
+                configs.append(config_for_layers(configs[-1], layer_map))
+                layer_count = len(layer_map)
         except HfgrowError as exc:  # the operator's own check (e.g. a factor that gives no whole layer count)
             raise HfgrowError(f"--grow {grow.text} (of {stages[-1].layers} layers): {exc}") from None
-        if len(layer_map) <= stages[-1].layers:
-            raise HfgrowError(f"--grow {grow.text} turns {stages[-1].layers} layers into {len(layer_map)}; a growth must "
+        if layer_count <= stages[-1].layers and not hasattr(spec, "grown_config"):
+            raise HfgrowError(f"--grow {grow.text} turns {stages[-1].layers} layers into {layer_count}; a growth must "
                               "add layers (give a factor that does, e.g. 2).")
-        configs.append(config_for_layers(configs[-1], layer_map))
-        stages.append(Stage(len(stages), -1, len(layer_map), _count(configs[-1]), grow))
+        total = _count(configs[-1])
+        stages.append(Stage(len(stages), -1, layer_count, total, grow, _active(configs[-1], total)))
     resolved = []
     for stage in stages[1:]:
         tokens = stage.growth.tokens
@@ -222,7 +248,7 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
         if resolved and step <= resolved[-1].start_step:
             raise HfgrowError(f"--grow {stage.growth.text} is not after the growth before it (step {step:,} vs "
                               f"{resolved[-1].start_step:,}); give growth points in increasing order.")
-        resolved.append(Stage(stage.index, step, stage.layers, stage.n_params, stage.growth))
+        resolved.append(dataclasses.replace(stage, start_step=step))
     return StagePlan([stages[0], *resolved], tokens_per_step, notes)
 
 
@@ -317,3 +343,95 @@ def load_optimizer_state(model, optimizer, state: dict[str, Any], distributed: b
 
     set_optimizer_state_dict(model, optimizer, state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed))
+
+
+def carry_upcycled(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]],
+                   experts: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """AdamW state for an upcycled model (``--grow upcycle:E@WHEN --grow-optimizer carry``): every expert gets the
+    moments of the MLP units it was made from (its slice, under fine-grained experts), the shared expert those of
+    the MLP it repeats, every other parameter its own; the routers start fresh (zero moments, step kept).
+
+    ``old``/``new`` are full optimizer states by in-memory parameter name; ``experts`` is the grown recipe's
+    ``operation.experts``. transformers holds a layer's experts fused (``mlp.experts.gate_up_proj``: E x
+    [gate; up] x hidden, ``mlp.experts.down_proj``: E x hidden x units). Returns the state and the names that got
+    zero moments because nothing matched (routers are not listed).
+
+    Example:
+        >>> state, missing = carry_upcycled(old, new, {"experts": 4, "granularity": 1, "expert_size": 64})
+        >>> torch.equal(state["model.layers.0.mlp.experts.down_proj"]["exp_avg"][2],
+        ...             old["model.layers.0.mlp.down_proj.weight"]["exp_avg"])
+        True
+    """
+    import torch
+
+    E, G, m = experts["experts"], experts["granularity"], experts["expert_size"]
+    fused = re.compile(r"^(?P<layer>.*\.)mlp\.experts\.(?P<kind>gate_up_proj|down_proj)$")
+    shared = re.compile(r"^(?P<layer>.*\.)mlp\.shared_expert\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+    steps = [s["step"] for s in old.values() if "step" in s]
+    any_step = steps[0] if steps else None
+
+    def moments(template: dict[str, Any], build) -> dict[str, Any]:
+        out = {}
+        for key, value in template.items():
+            if key == "step":
+                out[key] = any_step.clone() if any_step is not None else value
+            else:
+                made = build(key)
+                out[key] = made.to(value.dtype).reshape(value.shape) if made is not None else torch.zeros_like(value)
+        return out
+
+    def dense(layer: str, proj: str, key: str):
+        found = old.get(f"{layer}mlp.{proj}.weight")
+        return found[key] if found is not None else None
+
+    carried, missing = {}, []
+    for name, template in new.items():
+        if name in old:
+            carried[name] = {k: v.clone() for k, v in old[name].items()}
+            continue
+        match, repeat = fused.match(name), shared.match(name)
+        if match and match["kind"] == "gate_up_proj":
+            def build(key, layer=match["layer"]):
+                gate, up = dense(layer, "gate_proj", key), dense(layer, "up_proj", key)
+                if gate is None or up is None:
+                    return None
+                return torch.stack([torch.cat([gate[(j % G) * m:(j % G + 1) * m], up[(j % G) * m:(j % G + 1) * m]])
+                                    for j in range(E)])
+        elif match:
+            def build(key, layer=match["layer"]):
+                down = dense(layer, "down_proj", key)
+                return None if down is None else torch.stack([down[:, (j % G) * m:(j % G + 1) * m] for j in range(E)])
+        elif repeat:
+            def build(key, layer=repeat["layer"], proj=repeat["proj"]):
+                source = dense(layer, proj, key)
+                if source is None:
+                    return None
+                times = template[key].shape[0 if proj != "down_proj" else 1] // source.shape[0 if proj != "down_proj" else 1]
+                return torch.cat([source] * times, dim=0 if proj != "down_proj" else 1)
+        else:
+            def build(key):
+                return None
+            if not re.search(r"\.mlp\.(gate|shared_expert_gate)\.weight$", name):
+                missing.append(name)
+        carried[name] = moments(template, build)
+        if build("exp_avg") is None and (match or repeat):
+            missing.append(name)
+    return carried, missing
+
+
+def expert_load(router_logits, top_k: int):
+    """Share of the routed (token, slot) pairs each expert received, over every MoE layer (sums to 1; 1/E each
+    when balanced). ``router_logits``: one (tokens, E) tensor per layer, as transformers' MoE models return them.
+
+    Example:
+        >>> expert_load((torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]]),), top_k=1).tolist()
+        [0.5, 0.0, 0.5]
+    """
+    import torch
+
+    counts = None
+    for logits in router_logits:
+        chosen = torch.topk(logits.detach().float(), top_k, dim=-1).indices.flatten()
+        layer = torch.bincount(chosen, minlength=logits.shape[-1]).float()
+        counts = layer if counts is None else counts + layer
+    return counts / counts.sum()

@@ -51,7 +51,7 @@ from hfgrow.errors import HfgrowError
 from hfgrow.io.folder import Folder
 from hfgrow.train import checkpoints
 from hfgrow.train.args import Setup, build_parser, preflight
-from hfgrow.train.growth import Stage, StagePlan
+from hfgrow.train.growth import Stage, StagePlan, expert_load
 from hfgrow.train.launch import PARENT_ENV
 from hfgrow.train.kernels import prepare_model, resolve as resolve_speed
 from hfgrow.train.runlog import RunLog
@@ -361,6 +361,7 @@ class Trainer:
         mask_c = self.mask.set_step(step - self.stage_start) if self.mask is not None and self.mask.active else None
         rank, device = self.accelerator.process_index, self.accelerator.device
         loss_sum = torch.zeros((), device=device)
+        aux_sum, load = torch.zeros((), device=device), None  # an upcycled model's router: balance term, expert load
         grad_norm = None
         for _ in range(self.grad_accum):
             batch = self.data.next_batch(self.global_micro, rank, self.accelerator.num_processes)  # this rank's part
@@ -369,8 +370,15 @@ class Trainer:
                 self.sample.extend(i for i, _, _ in batch)
             ids = torch.tensor(self.checked([seq for _, _, seq in batch]), dtype=torch.long, device=device)
             with self.accelerator.accumulate(self.model):
-                loss = self.model(input_ids=ids, labels=ids).loss
+                outputs = self.model(input_ids=ids, labels=ids)
+                loss = outputs.loss
                 self.accelerator.backward(loss)
+                if getattr(outputs, "aux_loss", None) is not None:  # logged apart: `loss` stays the LM loss
+                    config = _model_config(self.model)
+                    aux = outputs.aux_loss.detach() * config.router_aux_loss_coef
+                    aux_sum, loss = aux_sum + aux, loss - aux
+                    batch_load = expert_load(outputs.router_logits, config.num_experts_per_tok)
+                    load = batch_load if load is None else load + batch_load
                 if self.accelerator.sync_gradients:
                     grad_norm = self.accelerator.clip_grad_norm_(self.trainable,
                                                                  self.grad_clip if self.grad_clip > 0 else math.inf)
@@ -387,6 +395,9 @@ class Trainer:
                   "time": time.time(), "stage": self.stage}
         if mask_c is not None:
             record["mask_c"] = mask_c
+        if load is not None:
+            record["aux_loss"] = self.accelerator.reduce(aux_sum / self.grad_accum, "mean").item()
+            record["expert_load"] = [round(x, 4) for x in self.accelerator.reduce(load / self.grad_accum, "mean").tolist()]
         return record
 
     def write_sample(self, folder: Path) -> None:
@@ -422,7 +433,7 @@ class Evaluator:
                     k = j * world + rank
                     batch, weight = (batches[k], 1.0) if k < len(batches) else (batches[0], 0.0)
                     ids = torch.tensor(batch, dtype=torch.long, device=device)
-                    loss = model(input_ids=ids, labels=ids).loss.double()
+                    loss = model(input_ids=ids, labels=ids, **_lm_loss_only(model)).loss.double()
                     total += torch.stack([loss * len(batch) * weight, total.new_tensor(len(batch) * weight)])
                 total = self.accelerator.reduce(total, "sum")
                 losses[name] = (total[0] / total[1]).item()
@@ -466,6 +477,17 @@ class Console:
 # ---------------------------------------------------------------------------------------------
 
 
+def _model_config(model):
+    """The transformers config of a model, wrapped (DDP) or not."""
+    return getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+
+
+def _lm_loss_only(model) -> dict[str, Any]:
+    """Forward keywords for a held-out loss without the router's load-balancing term (an upcycled model trains
+    with ``output_router_logits`` on, which adds ``router_aux_loss_coef * aux_loss`` to ``loss``)."""
+    return {"output_router_logits": False} if getattr(_model_config(model), "output_router_logits", False) else {}
+
+
 def _on_main(accelerator, work) -> None:
     """Run ``work()`` on the main process; an HfgrowError there is raised on every process (none waits forever)."""
     from accelerate.utils import broadcast_object_list
@@ -500,8 +522,9 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
     from hfgrow.arch.layout import decoder_blocks
     from hfgrow.growth.pipeline import WriteOptions, grow_model
     from hfgrow.growth.recipe import Recipe
+    from hfgrow.growth.registry import describe, get as get_operator
     from hfgrow.train.export import card_text, write_model_folder
-    from hfgrow.train.growth import (carry_moments, full_optimizer_state, grow_spec, grown_folder,
+    from hfgrow.train.growth import (carry_moments, carry_upcycled, full_optimizer_state, grow_spec, grown_folder,
                                      load_optimizer_state, stage_folder)
 
     distributed = accelerator.num_processes > 1
@@ -516,8 +539,8 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
         readme = card_text(small, state, folder, config, small.name, None)
         write_model_folder(weights, small, config=config, carry_from=folder, dtype=torch.float32,
                            use_cache=info.use_cache, readme=readme)
-        grow_model(str(small), grown, grow_spec(stage.growth.op, stage.growth.factor, args.seed, args.grow_style),
-                   WriteOptions(quiet=True, overwrite=True))
+        grow_model(str(small), grown, grow_spec(stage.growth.op, stage.growth.factor, args.seed, args.grow_style,
+                                                args.grow_top_k), WriteOptions(quiet=True, overwrite=True))
 
     _on_main(accelerator, partial(write_and_grow, weights))
     del weights  # the small model's full copy on the main process
@@ -530,21 +553,27 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
                                  stage_ramp(setup, recipe, stage.index, trainer.schedule.max_steps - stage.start_step))
     new_info.export_dtype, new_info.use_cache = info.export_dtype, info.use_cache  # the run's model's, not stage-K's
     optimizer = make_optimizer(model, args, accelerator, trainer.schedule.max_lr)
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and not os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP"):
+        plugin.transformer_cls_names_to_wrap = None  # FSDP wraps the grown model's own blocks (upcycled: MoE blocks)
     model, optimizer = accelerator.prepare(model, optimizer)
     record: dict[str, Any] = {}
     if moments is not None:
         template = full_optimizer_state(model, optimizer, distributed)
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and recipe.operation.experts:  # upcycled: experts get their MLP's moments
+            template["state"], record["carry_unmatched"] = carry_upcycled(moments["state"], template["state"],
+                                                                          recipe.operation.experts)
+        elif accelerator.is_main_process:
             prefix = decoder_blocks(accelerator.unwrap_model(model), len(recipe.layer_map))[0] + "."
-            zeroed = set(recipe.new_layers) if recipe.operation.op in ("zero", "random") else set()
+            zeroed = set() if get_operator(recipe.operation.op).carry_new_layers else set(recipe.new_layers)
             template["state"], missing = carry_moments(moments["state"], template["state"], prefix=prefix,
                                                        layer_map=recipe.layer_map, zeroed=zeroed)
             record["carry_unmatched"] = missing
         load_optimizer_state(model, optimizer, template, distributed)
     trainer.swap(model, optimizer, new_info.mask, stage.index, stage.start_step)
     record = {"step": stage.start_step, "tokens": stage.start_step * trainer.tokens_per_step, "stage": stage.index,
-              "op": stage.growth.op, "factor": stage.growth.factor, "operator": recipe.operation.name,
-              "layers_before": layers_before, "layers_after": len(recipe.layer_map),
+              "op": stage.growth.op, "factor": stage.growth.factor, "operator": describe(recipe.operation),
+              "layers_before": layers_before, "layers_after": len(recipe.layer_map or []) or layers_before,
               "params_after": new_info.n_params, "optimizer": args.grow_optimizer,
               "small_folder": small.name, "grown_folder": grown.name, **record}
     return grown, new_info, record
@@ -582,7 +611,7 @@ def run(args: argparse.Namespace) -> Path | None:
         tokens_per_step = args.batch_size * accelerator.num_processes * args.grad_accum * setup.seq_len
         max_steps = steps_for(args.max_steps, args.max_tokens, tokens_per_step)
         plan = plan_stages(read_config(source.path), args.grow, tokens_per_step=tokens_per_step, max_steps=max_steps,
-                           seed=args.seed, style=args.grow_style)
+                           seed=args.seed, style=args.grow_style, top_k=args.grow_top_k)
         stage = resume_stage(setup, plan, out)
         folder = grown_folder(out, stage) if stage else source.path
         if is_main:

@@ -179,7 +179,8 @@ class RunRecord:
         return [(tokens, loss) for tokens, loss, _, _ in sorted(points, key=lambda p: (p[2], p[3]))]
 
     def flops(self, tokens: float) -> float:
-        """Training FLOPs ≈ 6·N·tokens after ``tokens`` tokens, N the parameters of each stage in turn.
+        """Training FLOPs ≈ 6·N·tokens after ``tokens`` tokens, N the parameters of each stage in turn (a mixture of
+        experts: the parameters one token uses, ``n_active``).
 
         Raises:
             HfgrowError: run.json does not record the parameter count.
@@ -190,7 +191,7 @@ class RunRecord:
         total = 0.0
         for stage, nxt in zip(stages, [*stages[1:], None]):
             end = tokens if nxt is None else min(tokens, nxt["start_tokens"])
-            total += 6.0 * stage["n_params"] * max(0.0, end - stage["start_tokens"])
+            total += 6.0 * stage.get("n_active", stage["n_params"]) * max(0.0, end - stage["start_tokens"])
         return total
 
 

@@ -55,18 +55,18 @@ def runs(tmp_path) -> dict[str, Run]:
     fake_run(tmp_path / "grown", [(0, 6.0), (500, 5.0), (1000, 4.0), (1500, 3.0)], stages)
     fake_run(tmp_path / "scratch", [(0, 6.0), (1000, 4.5), (2000, 3.5)], one_stage(n_target))
     fake_run(tmp_path / "small", [(0, 6.0), (4000, 3.6), (8000, 3.2)], one_stage(n_base))
-    return {"base": first_stage("base", tmp_path / "grown"), "grown-direct": collect("grown-direct", tmp_path / "grown"),
+    return {"base": first_stage("base", tmp_path / "grown"), "grown-stack": collect("grown-stack", tmp_path / "grown"),
             "scratch": collect("scratch", tmp_path / "scratch"), "small-alone": collect("small-alone", tmp_path / "small")}
 
 
 SETUP = {"target_params": 4000, "base_params": 1000, "factor": 4, "budget_flops": 6 * 4000 * 2000,
          "scratch_tokens": 2000, "base_tokens": 500, "lr": {"rule": "fixed: --lr 0.002 for every arm",
-                                                            "chosen": {"grown-direct": 2e-3, "scratch": 2e-3}}}
+                                                            "chosen": {"grown-stack": 2e-3, "scratch": 2e-3}}}
 
 
 def test_bookkeeping_from_run_logs(runs, tmp_path):
     n_base, n_target = 1_000, 4_000
-    base, grown = runs["base"], runs["grown-direct"]
+    base, grown = runs["base"], runs["grown-stack"]
     # the base is the grown run's first stage: up to its held-out loss when it grew
     assert base.tokens == 500 and base.total_flops == 6 * n_base * 500 and base.curve == [(0, 6.0), (3e6, 5.0)]
     # each point: 6·N_base·d for the small stage, then 6·N_target per token; the grown model's loss at the growth
@@ -77,12 +77,12 @@ def test_bookkeeping_from_run_logs(runs, tmp_path):
     report = make_report(runs, SETUP, unigram=5.5)
     # scratch ends at 3.5 after 6·4000·2000 = 48M FLOPs; grown reaches 3.5 half way between its last two points
     reached = offset + 6 * n_target * 750
-    assert report["speedup"]["grown-direct"] == pytest.approx(48_000_000 / reached - 1)
-    assert report["final_loss"] == {"base": 5.0, "grown-direct": 3.0, "scratch": 3.5, "small-alone": 3.2}
-    assert report["best_run"] == "grown-direct" and report["regime"].startswith("target regime")
-    assert f"| grown-direct | 3.0000 | {grown.total_flops:.3g} | {report['speedup']['grown-direct']:+.1%} |" \
+    assert report["speedup"]["grown-stack"] == pytest.approx(48_000_000 / reached - 1)
+    assert report["final_loss"] == {"base": 5.0, "grown-stack": 3.0, "scratch": 3.5, "small-alone": 3.2}
+    assert report["best_run"] == "grown-stack" and report["regime"].startswith("target regime")
+    assert f"| grown-stack | 3.0000 | {grown.total_flops:.3g} | {report['speedup']['grown-stack']:+.1%} |" \
         in markdown(report)
-    assert "Learning rate: fixed: --lr 0.002 for every arm; chosen: grown-direct 0.002, scratch 0.002." in markdown(report)
+    assert "Learning rate: fixed: --lr 0.002 for every arm; chosen: grown-stack 0.002, scratch 0.002." in markdown(report)
     # the small model alone beating both: the small-model regime
     runs["small-alone"].curve[-1] = (runs["small-alone"].curve[-1][0], 2.9)
     assert make_report(runs, SETUP, unigram=5.5)["regime"].startswith("small-model regime")
@@ -105,11 +105,11 @@ def test_speedup_is_withheld_when_scratch_has_not_learned(runs):
     report = make_report(runs, SETUP, unigram=5.3)
     assert report["speedup"] == {} and report["baseline"]["learned"] is False
     text = markdown(report)
-    assert "| grown-direct | 3.0000 |" in text and "withheld (scratch did not learn)" in text
+    assert "| grown-stack | 3.0000 |" in text and "withheld (scratch did not learn)" in text
     assert "scratch has NOT learned, so no speedup is reported" in text
     # the same curves with a unigram loss the scratch run clears: the speedup is reported
     learned = make_report(runs, SETUP, unigram=5.28 + LEARNED_MARGIN)
-    assert learned["baseline"]["learned"] is True and learned["speedup"]["grown-direct"] is not None
+    assert learned["baseline"]["learned"] is True and learned["speedup"]["grown-stack"] is not None
     assert baseline_check(flat, 5.28 + LEARNED_MARGIN - 1e-9)["learned"] is False
 
 
@@ -151,7 +151,7 @@ def test_every_arm_chooses_its_lr_by_the_same_sweep_rule(tmp_path):
     trainer = FakeTrainer(tmp_path, lambda arm, lr: {"base": {1e-3: 4.0, 3e-3: 3.5, 1e-2: 3.9},
                                                     "target": {1e-3: 4.1, 3e-3: 4.2, 1e-2: 4.0}}[arm.model][lr])
     cache: dict = {}
-    grown = Arm("grown-direct", "base", 400, "stack:4@51200", 51200)
+    grown = Arm("grown-stack", "base", 400, "stack:4@51200", 51200)
     lr, losses, steps, full = choose_lr(trainer, grown, (1e-3, 3e-3, 1e-2), tmp_path, cache)
     # the arm's first 5% of steps (20), its growth (at step 100) not reached: the base model alone
     assert (lr, steps, full) == (3e-3, MIN_SWEEP_STEPS, None) and losses == {1e-3: 4.0, 3e-3: 3.5, 1e-2: 3.9}
@@ -185,13 +185,13 @@ def test_a_sweep_that_has_not_learned_runs_the_arm_in_full_at_each_lr(tmp_path):
 
 def test_arms_share_the_flops_budget():
     arms, budget = plan_arms(4000, 1000, scratch_tokens=20480, base_fraction=0.25, tokens_per_step=512, factor=4,
-                             ops=("direct", "zero"), optimizers=("fresh", "carry"), include_untrained=True,
+                             ops=("stack", "zero"), optimizers=("fresh", "carry"), include_untrained=True,
                              include_small=True)
     by_name = {a.name: a for a in arms}
-    assert list(by_name) == ["grown-direct", "grown-direct-carry", "grown-zero", "grown-zero-carry", "scratch",
+    assert list(by_name) == ["grown-stack", "grown-stack-carry", "grown-zero", "grown-zero-carry", "scratch",
                              "grown-untrained", "small-alone"]
     assert by_name["grown-zero-carry"].grow == "zero:4@5120" and by_name["grown-zero-carry"].optimizer == "carry"
-    grown = by_name["grown-direct"]
+    grown = by_name["grown-stack"]
     flops = 6 * 1000 * grown.grow_tokens + 6 * 4000 * (grown.steps * 512 - grown.grow_tokens)
     assert flops == pytest.approx(budget["budget_flops"], rel=0.02) and budget["budget_flops"] == 6 * 4000 * 20480
     assert by_name["small-alone"].steps * 512 * 6 * 1000 == budget["budget_flops"]
@@ -208,17 +208,17 @@ def test_compare_end_to_end(tmp_path):
     out = tmp_path / "cmp"
     saved = json.loads((out / "compare.json").read_text())
     assert saved == json.loads(json.dumps(report)) and (out / "compare.png").stat().st_size > 10_000
-    assert set(saved["final_loss"]) == {"base", "grown-direct", "scratch"}
+    assert set(saved["final_loss"]) == {"base", "grown-stack", "scratch"}
     setup = saved["setup"]
     assert setup["scratch_tokens"] == 23 * 256 and setup["base_tokens"] == 6 * 256  # 6k x --base-fraction 0.25
     assert setup["lr"]["rule"] == "fixed: --lr 0.003 for every arm"
     # the grown arm is one run that grew: stage 0 is the report's base, the growth at d tokens
-    grown_run = out / "runs" / "grown-direct"
+    grown_run = out / "runs" / "grown-stack"
     (growth,) = [r for r in map(json.loads, (grown_run / "log.jsonl").read_text().splitlines()) if r["type"] == "growth"]
     assert growth["tokens"] == setup["base_tokens"] and (growth["layers_before"], growth["layers_after"]) == (2, 4)
     assert not (out / "runs" / "base").exists() and not list((out / "models" / "base").glob("*.safetensors"))
     # equal FLOPs: base phase + grown phase == scratch (within one step's rounding)
-    assert saved["total_flops"]["grown-direct"] == pytest.approx(setup["budget_flops"], rel=0.05)
+    assert saved["total_flops"]["grown-stack"] == pytest.approx(setup["budget_flops"], rel=0.05)
     assert saved["total_flops"]["base"] == 6 * setup["base_params"] * setup["base_tokens"]
     for name, curve in saved["curves"].items():  # every run evaluated before training, from zero FLOPs
         assert curve[0][0] == 0 and 0 < curve[-1][1] < curve[0][1], name

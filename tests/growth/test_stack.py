@@ -200,7 +200,7 @@ def test_tokenizer_generation_card_and_recipe(tmp_path):
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(out / "README.md")
-    assert "hfgrow" in card.data.tags and "grow-direct" in card.data.tags
+    assert "hfgrow" in card.data.tags and "grow-stack" in card.data.tags
     assert card.data.library_name == "transformers"
     assert "hfgrow stack" in card.text and "--pattern '0-1*2'" in card.text
     recipe = Recipe.read(out)

@@ -97,7 +97,7 @@ def stack_plan(layout: Layout, tensors: Mapping[str, TensorInfo], layer_map: lis
         config=config_dtype(grown_config(layout, layer_map), dtype),
         layer_map=list(layer_map),
         new_layers=repeated_layers(layer_map),
-        operation=Operation(op="direct", direction="depth"),
+        operation=Operation(op="stack", direction="depth"),
         warnings=[text] if (text := dropped_layers(layer_map, layout.num_layers)) else [],
     )
 

@@ -36,18 +36,22 @@ def noise_stds(hidden_size: int, num_layers: int) -> tuple[float, float]:
     return math.sqrt(1.0 / (hidden_size * num_layers**2)), math.sqrt(2.0 / (5.0 * hidden_size))
 
 
-def noise_plan(plan: Plan, roles: Roles, alpha: float, *, seed: int = 0, hidden_size: int | None = None) -> Plan:
-    """Blend every weight matrix of ``plan`` with seeded Gaussian noise of weight ``alpha``."""
+def noise_plan(plan: Plan, roles: Roles, alpha: float, *, seed: int = 0, hidden_size: int | None = None,
+               num_layers: int | None = None) -> Plan:
+    """Blend every weight matrix of ``plan`` with seeded Gaussian noise of weight ``alpha``. A tensor's role is
+    its source tensor's (an upcycled expert's down projection is the dense MLP's); ``num_layers`` is the output's
+    layer count when the plan has no layer map."""
     check_alpha(alpha)
     if alpha == 0.0:
         return plan
     d = hidden_size or roles.hidden_size
-    layers = len(plan.layer_map) if plan.layer_map else 1
+    layers = num_layers or (len(plan.layer_map) if plan.layer_map else 1)
     out_std, other_std = noise_stds(d, layers)
     tensors = []
     for tensor in plan.tensors:
         if tensor.dtype in dtypes.FLOAT and len(tensor.shape) >= 2:
-            std = out_std if roles.role(tensor.name).output_projection else other_std
+            std = out_std if roles.role(tensor.sources[0] if tensor.sources else tensor.name).output_projection \
+                else other_std
             shape, dtype, name = tensor.shape, tensor.dtype, tensor.name
 
             def fn(x: torch.Tensor, std=std, shape=shape, dtype=dtype, name=name) -> torch.Tensor:
