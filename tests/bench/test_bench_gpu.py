@@ -59,7 +59,7 @@ def test_compare_preset_dry_run_on_cpu(tmp_path):
                           text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "compare" / "compare.json").read_text())
-    assert set(report["final_loss"]) == {"base", "scratch", "grown-direct"}  # --no-small at toy size
+    assert set(report["final_loss"]) == {"base", "scratch", "grown-stack"}  # --no-small at toy size
     assert report["setup"]["lr"]["chosen"] == {name: 3e-3 for name in report["setup"]["lr"]["chosen"]}
     assert (tmp_path / "compare" / "compare.png").is_file() and proc.stdout.strip()
 

@@ -134,7 +134,7 @@ def test_g_up_random_is_prts_msg(llama, tmp_path):
     recipe = Recipe.read(tmp_path / "out")
     assert recipe.layer_map == [0, 1, 0, 1] and recipe.new_layers == [2, 3]
     assert recipe.operation.style == "prts" and recipe.params["style"] == "prts"
-    assert recipe.operation.mask == Mask(layers=(2, 3), steps=5000, form="block", steps_given=False)
+    assert recipe.operation.mask == Mask(layers=(2, 3), steps=0, form="block", steps_given=False)
     # hfgrow's own variant interleaves the new layers, draws them at initializer_range and ramps each sublayer
     own = grow(str(llama), tmp_path / "own", op="random", layers=4, seed=3, quiet=True)
     assert own.plan.new_layers == [1, 3] and own.recipe.operation.mask.form == "sublayer"
@@ -204,7 +204,7 @@ def test_g_right_random_is_prts_msg(llama, tmp_path):
     source, grown = tensors(llama), tensors(tmp_path / "out")
     compare(grown, {name: reference_msg(source[name], tuple(grown[name].shape), name) for name in grown}, layers=2)
     mask = Recipe.read(tmp_path / "out").operation.mask
-    assert mask == Mask(steps=5000, width=WidthMask(hidden=(H, 2 * H), ffn={"intermediate_size": (I, 2 * I)},
+    assert mask == Mask(steps=0, width=WidthMask(hidden=(H, 2 * H), ffn={"intermediate_size": (I, 2 * I)},
                                                     new_heads=(4, 5, 6, 7), new_kv_heads=(2, 3)),
                         stages=(("ffn",), ("hidden",), ("heads",)), units_at="writers", norm_stats="masked",
                         steps_given=False)
