@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Start-up of tensor-free commands vs ``python -c "import click, yaml"`` (the floor of any click CLI), same run.
 
-Target (issue 12): `hfgrow --help`, `hfgrow plan --target 7B --tokens 2T` and `hfgrow mix fit --help` start
+Target (issue 12): `hfgrow --help`, `hfgrow plan --target 7B --max-tokens 2T` and `hfgrow mix fit --help` start
 within 5x of the floor, because none of them imports torch. Runs are interleaved so machine noise hits both.
 
     python bench/bench_startup.py [--repeats 9]
@@ -18,7 +18,7 @@ from _common import timed
 
 COMMANDS = {
     "hfgrow --help": ["--help"],
-    "hfgrow plan --target 7B --tokens 2T": ["plan", "--target", "7B", "--tokens", "2T"],
+    "hfgrow plan --target 7B --max-tokens 2T": ["plan", "--target", "7B", "--max-tokens", "2T"],
     "hfgrow mix fit --help": ["mix", "fit", "--help"],
     "hfgrow push --help": ["push", "--help"],
 }

@@ -71,11 +71,11 @@ print(f"[gpu.sh] {total / 1e6:.1f}M characters of Python sources", file=sys.stde
 PY
 rm -rf "$OUTDIR/compare"
 if [[ $DRY == 1 ]]; then
-  ARGS=(--config tiny --tokens 5e3 --seq-len 32 --batch-size 8 --lr 3e-3 --no-small)
+  ARGS=(--config tiny --max-tokens 5e3 --seq-len 32 --batch-size 8 --lr 3e-3 --no-small)
 else
   # bf16 autocast for every arm (compare runs python -m hfgrow.continue, which accelerate configures from this)
   export ACCELERATE_MIXED_PRECISION=bf16
-  ARGS=(--config gpu --tokens 5e7 --seq-len 512 --batch-size 64 --lr 2e-3)
+  ARGS=(--config gpu --max-tokens 5e7 --seq-len 512 --batch-size 64 --lr 2e-3)
 fi
 start=$(date +%s)
 timeout --signal=KILL 590 "$PYTHON" -m hfgrow.cli.main compare "$OUTDIR/compare" --data "$WORK/python.jsonl" \

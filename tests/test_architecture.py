@@ -61,7 +61,7 @@ def test_no_private_name_is_used_across_modules():
 
 
 TENSOR_FREE = [
-    ["--help"], ["plan", "--target", "7B", "--tokens", "2T"], ["plan", "--help"], ["mix", "fit", "--help"],
+    ["--help"], ["plan", "--target", "7B", "--max-tokens", "2T"], ["plan", "--help"], ["mix", "fit", "--help"],
     ["mix", "optimize", "--help"], ["push", "--help"], ["stack", "--help"], ["grow", "--help"], ["train", "--help"],
     ["eval", "--help"], ["compare", "--help"], ["inspect", "--help"], ["verify", "--help"],
 ]

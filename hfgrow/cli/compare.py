@@ -17,10 +17,12 @@ from hfgrow.cli.options import Operator
 @click.option("--factor", "-g", type=int, default=4, show_default=True)
 @click.option("--op", "ops", multiple=True, default=("stack",), show_default=True,
               type=Operator(depth=True, in_run=True), help="Growth operators to compare (repeatable).")
-@click.option("--tokens", "scratch_tokens", default="1M", show_default=True, metavar="N",
-              help="Tokens of the scratch run, e.g. 3M, 1e6 or 1000000; it fixes the FLOPs budget of every run.")
+@click.option("--max-tokens", "scratch_tokens", default=None, metavar="N",
+              help="Tokens of the scratch run, e.g. 3M, 1e6 or 1000000; it fixes the FLOPs budget of every run "
+                   "[default: 1M].")
+@click.option("--tokens", "old_tokens", default=None, hidden=True, help="The old spelling of --max-tokens.")
 @click.option("--base-fraction", type=float, default=0.25, show_default=True,
-              help="d, the base model's tokens, as a fraction of --tokens.")
+              help="d, the base model's tokens, as a fraction of --max-tokens.")
 @click.option("--seq-len", type=int, default=128, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=None,
@@ -34,8 +36,8 @@ from hfgrow.cli.options import Operator
 @click.option("--no-untrained", is_flag=True, help="Skip growing an untrained base (d = 0).")
 @click.option("--no-small", is_flag=True, help="Skip the small model trained alone on the whole budget.")
 @click.option("--quiet", "-q", is_flag=True)
-def compare(out, config, data, factor, ops, scratch_tokens, base_fraction, seq_len, batch_size, lr, lr_grid,
-            optimizers, seed, no_untrained, no_small, quiet):
+def compare(out, config, data, factor, ops, scratch_tokens, old_tokens, base_fraction, seq_len, batch_size, lr,
+            lr_grid, optimizers, seed, no_untrained, no_small, quiet):
     """Train base -> grow -> continue, and the target from scratch, at equal FLOPs; plot and tabulate.
 
     Every arm is one run of hfgrow.continue (a grown arm grows inside its run, --grow OP:g@d).
@@ -46,14 +48,16 @@ def compare(out, config, data, factor, ops, scratch_tokens, base_fraction, seq_l
     \b
     Examples:
       hfgrow compare runs/cmp
-      hfgrow compare runs/cmp --op stack --op zero --tokens 3M
+      hfgrow compare runs/cmp --op stack --op zero --max-tokens 3M
       hfgrow compare runs/cmp --grow-optimizer fresh --grow-optimizer carry --lr 3e-3
       hfgrow compare runs/cmp --config my-target/config.json --data corpus.jsonl --factor 2
     """
+    from hfgrow.cli.options import renamed
     from hfgrow.data.token_folder import is_token_folder
     from hfgrow.eval.compare import compare as run_compare, markdown
     from hfgrow.errors import HfgrowError
 
+    scratch_tokens = renamed("--max-tokens", "--tokens", scratch_tokens, old_tokens, default="1M")
     for path in data:
         if is_token_folder(path):  # its ids belong to another tokenizer than the one compare trains
             raise HfgrowError(f"'{path}' is a token folder; compare trains its own tokenizer on the text, so give "

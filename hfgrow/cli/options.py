@@ -142,6 +142,21 @@ def width_options(fn: Callable) -> Callable:
     ])
 
 
+def renamed(new: str, old: str, new_value, old_value, *, default=None):
+    """The value of an option given by its new spelling or, for one release, its old one (with a warning).
+
+    Example:
+        >>> renamed("--max-tokens", "--tokens", None, "2T")     # warns: --tokens is now --max-tokens
+        '2T'
+    """
+    if old_value is not None:
+        click.echo(f"warning: {old} is now {new}, as in every command; {old} goes in the next release.", err=True)
+        if new_value is not None and new_value != old_value:
+            raise click.UsageError(f"give {new} once ({old} is its old spelling).")
+        return old_value
+    return default if new_value is None else new_value
+
+
 def given(ctx: click.Context, names) -> list[str]:
     """The options among ``names`` the user typed (command line or environment), as ``--flag`` strings."""
     from click.core import ParameterSource

@@ -15,7 +15,9 @@ import click
     help="Target model: a size (7B, 1.1B, 410M), a config.json or model folder, a transformers "
     "model type (llama, gpt2, ...) or a Hub repo already in the local cache.",
 )
-@click.option("--tokens", required=True, metavar="D", help="Total training tokens of the target, e.g. 2T or 300B.")
+@click.option("--max-tokens", "tokens", metavar="D",
+              help="Total training tokens of the target, e.g. 2T or 300B (the token budget, as in hfgrow train).")
+@click.option("--tokens", "old_tokens", hidden=True, metavar="D", help="The old spelling of --max-tokens.")
 @click.option(
     "--factor",
     type=int,
@@ -27,7 +29,8 @@ import click
 @click.option("--extrapolate", is_flag=True,
               help="Plan a target below 410M parameters anyway (outside the law's fit; refused without it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(target: str, tokens: str, factor: int, extrapolate: bool, as_json: bool) -> None:
+def plan(target: str, tokens: str | None, old_tokens: str | None, factor: int, extrapolate: bool,
+         as_json: bool) -> None:
     """Plan a Gstack growth: when to grow (d tokens), the base model's shape, and the FLOPs.
 
     Uses the growth-timing law of Du et al. 2024 (§4.2):
@@ -37,10 +40,15 @@ def plan(target: str, tokens: str, factor: int, extrapolate: bool, as_json: bool
 
     \b
     Examples:
-      hfgrow plan --target 7B --tokens 2T                # paper Table 4: d = 11.11B tokens
-      hfgrow plan --target llama --tokens 300B --factor 4
-      hfgrow plan --target ./my-model/config.json --tokens 50B --json
+      hfgrow plan --target 7B --max-tokens 2T                # paper Table 4: d = 11.11B tokens
+      hfgrow plan --target llama --max-tokens 300B --factor 4
+      hfgrow plan --target ./my-model/config.json --max-tokens 50B --json
     """
+    from hfgrow.cli.options import renamed
+
+    tokens = renamed("--max-tokens", "--tokens", tokens, old_tokens)
+    if tokens is None:
+        raise click.UsageError("give the token budget: --max-tokens D (e.g. 2T).")
     from hfgrow.errors import HfgrowError
     from hfgrow.growth.timing import LAW_MIN_PARAMS, make_plan
     from hfgrow.units import format_count

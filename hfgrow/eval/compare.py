@@ -331,7 +331,7 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise HfgrowError(f"{out} already exists and is not empty; choose a new folder for the comparison.")
-    scratch_tokens = parse_count(scratch_tokens, "token count for --tokens", "1M", minimum=1)
+    scratch_tokens = parse_count(scratch_tokens, "token count for --max-tokens", "1M", minimum=1)
     if not 0 < base_fraction < 1:
         raise HfgrowError(f"--base-fraction must be between 0 and 1 (got {base_fraction}).")
     target = _config(config)

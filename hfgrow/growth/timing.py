@@ -354,7 +354,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
     """
     D = parse_count(tokens, "token count", "2T")
     if D <= 0:
-        raise HfgrowError(f"--tokens must be > 0 (got '{tokens}'); e.g. --tokens 2T.")
+        raise HfgrowError(f"--max-tokens must be > 0 (got '{tokens}'); e.g. --max-tokens 2T.")
     if factor < 2:
         raise HfgrowError(f"--factor must be at least 2 (got {factor}); the paper recommends 4.")
 

@@ -233,8 +233,8 @@ def test_compare_end_to_end(tmp_path):
 
 
 def test_compare_tokens_take_counts(tmp_path, capsys):
-    code, _, err = run_cli(["compare", tmp_path / "cmp", "--tokens", "3X"], capsys)
-    assert code == 1 and err.strip() == "error: '3X' is not a valid token count for --tokens; write a number with " \
+    code, _, err = run_cli(["compare", tmp_path / "cmp", "--max-tokens", "3X"], capsys)
+    assert code == 1 and err.strip() == "error: '3X' is not a valid token count for --max-tokens; write a number with " \
                                         "K/M/B/T, e.g. 1M."
     code, _, err = run_cli(["compare", tmp_path / "cmp", "--lr-grid", "fast"], capsys)
     assert code == 1 and "--lr-grid 'fast'" in err

@@ -57,7 +57,7 @@ def test_make_plan_reproduces_paper_table_4(n, d_total, expected_b):
 
 @pytest.mark.parametrize("argv_n, argv_d, expected_b", TABLE_4)
 def test_cli_plan_json_reproduces_table_4(argv_n, argv_d, expected_b, capsys):
-    code, out, _ = run_cli(["plan", "--target", argv_n, "--tokens", argv_d, "--json"], capsys)
+    code, out, _ = run_cli(["plan", "--target", argv_n, "--max-tokens", argv_d, "--json"], capsys)
     assert code == 0
     data = json.loads(out)
     assert abs(data["growth_tokens"] / 1e9 - expected_b) <= 0.01
@@ -105,10 +105,10 @@ def test_plan_from_config_file(tmp_path, capsys):
     assert plan.saving_flops == pytest.approx(plan.scratch_flops - plan.total_flops)
 
     # folder form, human report: a target this small is outside the law's fit (410M-7B), refused up front ...
-    code, out, err = run_cli(["plan", "--target", str(tmp_path), "--tokens", "300B", "--factor", "2"], capsys)
+    code, out, err = run_cli(["plan", "--target", str(tmp_path), "--max-tokens", "300B", "--factor", "2"], capsys)
     assert code == 1 and out == "" and "below 410M, the smallest model the growth-timing law was fitted on" in err
     # ... and with --extrapolate planned, every warning before the numbers
-    code, out, _ = run_cli(["plan", "--target", str(tmp_path), "--tokens", "300B", "--factor", "2", "--extrapolate"],
+    code, out, _ = run_cli(["plan", "--target", str(tmp_path), "--max-tokens", "300B", "--factor", "2", "--extrapolate"],
                            capsys)
     assert code == 0
     lines = out.splitlines()
@@ -146,34 +146,34 @@ def _assert_one_line_error(code, out, err, *needles):
 
 
 def test_cli_unknown_size(capsys):
-    code, out, err = run_cli(["plan", "--target", "7Q", "--tokens", "2T"], capsys)
+    code, out, err = run_cli(["plan", "--target", "7Q", "--max-tokens", "2T"], capsys)
     _assert_one_line_error(code, out, err, "'7Q' is not a valid model size", "K/M/B/T", "7B")
 
 
 @pytest.mark.parametrize("tokens", ["0", "-2T"])
 def test_cli_tokens_not_positive(tokens, capsys):
-    code, out, err = run_cli(["plan", "--target", "7B", "--tokens", tokens], capsys)
-    _assert_one_line_error(code, out, err, "--tokens must be > 0")
+    code, out, err = run_cli(["plan", "--target", "7B", "--max-tokens", tokens], capsys)
+    _assert_one_line_error(code, out, err, "--max-tokens must be > 0")
 
 
 def test_cli_bad_tokens_string(capsys):
-    code, out, err = run_cli(["plan", "--target", "7B", "--tokens", "lots"], capsys)
+    code, out, err = run_cli(["plan", "--target", "7B", "--max-tokens", "lots"], capsys)
     _assert_one_line_error(code, out, err, "'lots' is not a valid token count")
 
 
 def test_cli_factor_not_dividing_layers_suggests_nearest(tmp_path, capsys):
     tiny_llama_config(num_hidden_layers=24).save_pretrained(tmp_path)
-    code, out, err = run_cli(["plan", "--target", str(tmp_path), "--tokens", "1T", "--factor", "5"], capsys)
+    code, out, err = run_cli(["plan", "--target", str(tmp_path), "--max-tokens", "1T", "--factor", "5"], capsys)
     _assert_one_line_error(code, out, err, "factor 5 does not divide", "24 layers", "use 4 or 6")
 
 
 def test_cli_unknown_target(capsys):
-    code, out, err = run_cli(["plan", "--target", "no-such-model-type", "--tokens", "1T"], capsys)
+    code, out, err = run_cli(["plan", "--target", "no-such-model-type", "--max-tokens", "1T"], capsys)
     _assert_one_line_error(code, out, err, "no-such-model-type")
 
 
 def test_cli_plan_human_report(capsys):
-    code, out, _ = run_cli(["plan", "--target", "7B", "--tokens", "2T"], capsys)
+    code, out, _ = run_cli(["plan", "--target", "7B", "--max-tokens", "2T"], capsys)
     assert code == 0
     assert "11.11B tokens" in out
     assert "8.4e22" in out
@@ -196,3 +196,13 @@ def test_meta_count_allocates_no_weights():
     assert counted.total == 68_976_648_192
     assert grown_kib < 1 << 20  # under 1 GiB: no weight was allocated
     assert torch.empty(0).device.type == "cpu"  # default device restored after the meta context
+
+
+def test_plan_takes_the_old_tokens_spelling_with_a_warning(capsys):
+    """--max-tokens is the token budget in every command; --tokens (0.2) still works for one release."""
+    code, new, _ = run_cli(["plan", "--target", "7B", "--max-tokens", "2T", "--json"], capsys)
+    assert code == 0
+    code, old, err = run_cli(["plan", "--target", "7B", "--tokens", "2T", "--json"], capsys)
+    assert code == 0 and old == new and "warning: --tokens is now --max-tokens" in err
+    code, _, err = run_cli(["plan", "--target", "7B"], capsys)
+    assert code == 2 and "--max-tokens" in err
