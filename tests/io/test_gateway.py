@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from helpers.cli import run_cli
+from helpers.hostile import SECRET, no_outside_bytes, refused, tree
 from hfgrow.data.specs import parse_specs
 from hfgrow.data.tokens import tokenize_to_folder
 from hfgrow.errors import HfgrowError
@@ -29,7 +30,6 @@ from hfgrow.eval.tiny import make_model, tiny_llama_config
 from hfgrow.io.tokenizer import load_tokenizer
 from hfgrow.train.loop import main as continue_main
 
-SECRET = b"hf_SECRET_TOKEN_must_never_be_copied_0123456789"
 WORDS = "the cat sat on a mat while dogs ran far and birds sang over green hills".split()
 
 
@@ -64,33 +64,10 @@ def work(world: Path, tmp_path: Path) -> Path:
     return tmp_path / "work"
 
 
-def tree(folder: Path) -> dict[str, object]:
-    """Everything in a folder, links as links (not followed), files by their bytes."""
-    state: dict[str, object] = {}
-    for path in sorted(folder.rglob("*")) if folder.exists() else []:
-        rel = path.relative_to(folder).as_posix()
-        state[rel] = ("link", os.readlink(path)) if path.is_symlink() else path.read_bytes() if path.is_file() \
-            else "dir"
-    return state
 
 
-def no_outside_bytes(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        assert not path.is_symlink(), path
-        if path.is_file():
-            assert SECRET not in path.read_bytes(), path
 
 
-def refused(result: tuple[int, str, str], *words: str) -> str:
-    code, _, err = result
-    lines = err.strip().splitlines()
-    assert code == 1, err
-    assert "Traceback" not in err, err
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert errors == lines[-1:] and errors[0].endswith("."), err
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    return errors[0]
 
 
 def train_refused(argv: list[str], capsys, *words: str) -> str:

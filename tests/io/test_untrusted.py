@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import run_cli
+from helpers.hostile import SECRET, no_outside_bytes, refused, tree
 from hfgrow.errors import HfgrowError
 from hfgrow.eval.tiny import make_model, tiny_llama_config
 
-SECRET = b"hf_SECRET_TOKEN_must_never_be_copied_0123456789"
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -46,40 +46,10 @@ def src(tiny: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def tree(folder: Path) -> dict[str, object]:
-    """Everything in a folder, links as links (not followed), files by their bytes."""
-    if not folder.exists() and not folder.is_symlink():
-        return {}
-    state: dict[str, object] = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_symlink():
-            state[rel] = ("link", os.readlink(path))
-        elif path.is_file():
-            state[rel] = path.read_bytes()
-        else:
-            state[rel] = "dir"
-    return state
 
 
-def no_outside_bytes(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        assert not path.is_symlink(), path
-        if path.is_file():
-            assert SECRET not in path.read_bytes(), path
 
 
-def refused(result: tuple[int, str, str], *words: str) -> str:
-    code, _, err = result
-    lines = err.strip().splitlines()
-    assert code == 1, err
-    assert "Traceback" not in err, err
-    # progress lines ("writing ...", "LiGO: tokenizing ...") may come first; the refusal is one sentence, last
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert errors == lines[-1:] and errors[0].endswith("."), err
-    for word in words:
-        assert word in err, (word, err)
-    return err
 
 
 def write_safetensors(path: Path, header: object, data: bytes = b"", length: int | None = None) -> None:

@@ -24,6 +24,7 @@ from hfgrow.train.growth import (AUTO_MIN_PARAMS, carry_moments, full_optimizer_
                                  load_optimizer_state, parse_grow, plan_stages)
 from hfgrow.train.loop import main as continue_main
 from hfgrow.train.schedule import Schedule, lr_at
+from helpers.optim import stepped_adamw
 from helpers.launch import launch_continue
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -160,12 +161,7 @@ def test_carry_moments_of_block_copies_equal_the_source_blocks(env, tmp_path):
 
     torch.manual_seed(0)
     small = AutoModelForCausalLM.from_pretrained(env / "small")
-    opt = torch.optim.AdamW(small.parameters(), lr=1e-3)
-    for _ in range(3):
-        ids = torch.randint(0, small.config.vocab_size, (2, 16))
-        small(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    opt = stepped_adamw(small)
     old = full_optimizer_state(small, opt, distributed=False)
     small_state = {n: opt.state[p] for n, p in small.named_parameters()}  # read directly, not through the API
     result = stack(str(env / "small"), tmp_path / "grown", factor=2, quiet=True)  # layers [0, 1, 0, 1]

@@ -19,6 +19,7 @@ import torch
 from hfgrow.errors import HfgrowError
 from hfgrow.train.growth import (carry_upcycled, expert_load, full_optimizer_state, load_optimizer_state, parse_grow,
                                  plan_stages)
+from helpers.optim import stepped_adamw
 from helpers.launch import launch_continue
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,12 +56,7 @@ def test_carried_moments_of_every_expert_equal_its_mlps(env, tmp_path):
 
     torch.manual_seed(0)
     small = AutoModelForCausalLM.from_pretrained(env / "small")
-    opt = torch.optim.AdamW(small.parameters(), lr=1e-3)
-    for _ in range(3):
-        ids = torch.randint(0, small.config.vocab_size, (2, 16))
-        small(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    opt = stepped_adamw(small)
     old = full_optimizer_state(small, opt, distributed=False)
     dense = {n: opt.state[p] for n, p in small.named_parameters()}  # read directly, not through the API
     result = upcycle(str(env / "small"), tmp_path / "moe", experts=4, top_k=2, granularity=2, quiet=True)
