@@ -77,7 +77,7 @@ class Operator(click.ParamType):
             entry, note = resolve(str(value), flag)
         except HfgrowError:
             self.fail(f"'{value}' is not one of {', '.join(names(**self.filters))}.", param, ctx)
-        if entry.name not in names(**self.filters) and entry.base is None:
+        if entry.name not in names(**self.filters, public=False):  # hidden entries too, but only those that fit
             self.fail(f"'{value}' is not one of {', '.join(names(**self.filters))}.", param, ctx)
         if note:
             click.echo(note, err=True)

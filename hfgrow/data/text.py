@@ -193,11 +193,19 @@ def list_files(path: PathLike) -> list[Path]:
         from hfgrow.io.folder import Folder
 
         folder = Folder(root)  # every file must lie inside the folder named: a link out refuses the whole folder
-        files = sorted(
-            p
-            for p in folder.glob(["**/*"])
-            if file_kind(p) and not any(part.startswith(".") for part in p.relative_to(folder.root).parts)
-        )
+        files = []
+        for dirpath, dirnames, filenames in os.walk(folder.root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # hidden folders are not data
+            for d in dirnames:  # a linked folder is not walked (its files are elsewhere) and may not lead out
+                if (Path(dirpath) / d).is_symlink():
+                    folder.find((Path(dirpath) / d).relative_to(folder.root))
+            for name in filenames:
+                rel = (Path(dirpath) / name).relative_to(folder.root)
+                if not name.startswith(".") and file_kind(rel):
+                    found = folder.find(rel)
+                    if found is not None:
+                        files.append(found)
+        files.sort()
         if not files:
             raise HfgrowError(f"folder '{path}' holds no {SUPPORTED_FILES} files.")
         return files

@@ -239,8 +239,9 @@ class TokenDomain:
             hi = min(stop, int(self.starts[i + 1])) - int(self.starts[i])
             if hi > lo:
                 part = self._shard(i)[lo:hi]
-                if self.vocab_size is not None and int(part.max()) >= self.vocab_size:
-                    raise HfgrowError(f"token shard '{self.shards[i]}' of {self.folder.path} holds id {int(part.max()):,}, "
+                largest = int(part.max()) if self.vocab_size is not None else -1
+                if largest >= (self.vocab_size or 0) > 0:
+                    raise HfgrowError(f"token shard '{self.shards[i]}' of {self.folder.path} holds id {largest:,}, "
                                       f"past its tokenizer's {self.vocab_size:,} ids (the shard was edited or "
                                       "damaged); tokenize the data again.")
                 parts.append(part)
@@ -262,7 +263,7 @@ class TokenDomain:
         ends = []
         for i, name in enumerate(self.shards):
             docs = self.folder.load_array(str(PurePosixPath(name).with_suffix(".docs.npy")),
-                                          f"document ends of '{name}'", max_bytes=1 << 34)
+                                          f"document ends of '{name}'", mmap=True)
             n = int(self.starts[i + 1] - self.starts[i])
             if docs.ndim != 1 or docs.dtype.kind not in "iu" or (len(docs) and (docs.min() < 0 or docs.max() > n)):
                 raise HfgrowError(f"the document ends of '{name}' in {self.folder.path} do not fit its {n:,} tokens; "

@@ -96,7 +96,9 @@ def make_model(folder: Path, config: Any, seed: int = 0, dtype=None, tokenizer: 
             path.unlink()
         _torch.save(state, Path(folder) / "pytorch_model.bin")
     if tokenizer:  # every id it gives has an embedding row
-        make_tokenizer(folder, vocab_size=min(512, config.get_text_config().vocab_size))
+        from hfgrow.arch.layout import text_config
+
+        make_tokenizer(folder, vocab_size=min(512, text_config(config).vocab_size))
     return model
 
 
@@ -149,12 +151,13 @@ def pretrain_tiny(folder: Path, documents: list[str], steps: int = 100, seq_len:
                   lr: float = 3e-3, seed: int = 0) -> float:
     """Train the model in ``folder`` briefly with a plain loop (for tests and demos); returns the last loss."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from hfgrow.data.tokenization import token_stream
+    from hfgrow.io.tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = token_stream(tokenizer, documents)  # the stream training reads
     count = len(ids) // seq_len
@@ -206,12 +209,17 @@ def check_stacked(small: Path, grown: Path, layer_map: list[int], text: str = DE
     import math
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from hfgrow.data.tokenization import token_stream
+    from hfgrow.errors import HfgrowError
+    from hfgrow.io.tokenizer import load_tokenizer
 
-    source = AutoModelForCausalLM.from_pretrained(small, dtype=torch.float32)
-    model, info = AutoModelForCausalLM.from_pretrained(grown, dtype=torch.float32, output_loading_info=True)
+    try:
+        source = AutoModelForCausalLM.from_pretrained(small, dtype=torch.float32)
+        model, info = AutoModelForCausalLM.from_pretrained(grown, dtype=torch.float32, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - the demo's own check: a model that does not load is its verdict
+        raise HfgrowError(f"the demo's grown model does not load: {' '.join(str(exc).split())[:200]}.") from None
     issues = {key: list(value) for key, value in info.items() if value}
     prefix = "model.layers."
     src, out = source.state_dict(), model.state_dict()
@@ -219,7 +227,7 @@ def check_stacked(small: Path, grown: Path, layer_map: list[int], text: str = DE
                                if name.startswith(prefix) and not _same_as_source(name, tensor, src, layer_map, prefix)})
     differing_globals = [name for name, tensor in out.items()
                          if not name.startswith(prefix) and not (name in src and torch.equal(tensor, src[name]))]
-    tokenizer = AutoTokenizer.from_pretrained(grown)
+    tokenizer = load_tokenizer(grown)
     ids = torch.tensor([token_stream(tokenizer, [text])])
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss.item()

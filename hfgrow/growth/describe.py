@@ -26,7 +26,13 @@ def _config_only(folder) -> tuple[Any, Any]:
 
     config = read_config(folder)
     hf_config = hf_config_from_dict(config)
-    dtype = dtypes.from_option(str(config.get("dtype") or config.get("torch_dtype") or "float32")) or "F32"
+    from hfgrow.errors import HfgrowError
+
+    named = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
+    try:
+        dtype = dtypes.from_option(named) or "F32"
+    except HfgrowError:  # "auto" or a name hfgrow does not store: count the parameters at float32
+        dtype = "F32"
     tensors = {name: TensorInfo(name, dtype, tuple(p.shape), None, 0, dtypes.nbytes(dtype, tuple(p.shape)))
                for name, p in meta_model(hf_config).named_parameters()}
     checkpoint = Checkpoint(folder, tensors)

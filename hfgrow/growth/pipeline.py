@@ -167,7 +167,7 @@ def _write(out: Path, options: WriteOptions, prepared, early: Plan | None = None
     fails raises here, inside the temporary folder's block: the writer is stopped, the folder removed and OUT left
     as it was (nothing about the write is said before the checks pass, so a refused input is one line).
     """
-    with OutputFolder(out, overwrite=options.overwrite) as tmp:
+    with OutputFolder(out) as tmp:
         writer = None
         if early is not None:
             check_free_space(out.parent, early.total_bytes)
@@ -357,9 +357,12 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
         early = _header_plan(growth, source.path, options) if writing and _can_fork() else None
         if early is None:
             prepared = _prepare(growth, source, out_path, options)
-            if not writing:
-                return prepared[0]
-            result, checkpoint = _write(out_path, options, lambda: prepared)
+            try:
+                if not writing:
+                    return prepared[0]
+                result, checkpoint = _write(out_path, options, lambda: prepared)
+            finally:
+                prepared[1].close()
         else:
             # the bytes start moving now; transformers, the skeleton and every check run alongside
             try:
@@ -367,7 +370,7 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
                                             *early)
             finally:
                 early[1].close()
-        checkpoint.close()
+            checkpoint.close()
         result.out = out_path.resolve()
     if options.push_to:
         from hfgrow.io.hub import push_folder

@@ -22,6 +22,7 @@ from hfgrow.errors import HfgrowError
 from hfgrow.arch.pattern import compact, interleave_map, interpolate_map, parse_pattern, stack_map, target_layer_count
 from hfgrow.growth import registry
 from hfgrow.growth.plan import rounding_cast
+from hfgrow.growth.recipe import DEFAULT_RAMP
 from hfgrow.io import dtypes
 
 ORDERS = ("stack", "interpolate", "interleave")
@@ -184,7 +185,7 @@ class GrowSpec:
 
     @property
     def ramp_text(self) -> str:
-        return f"{self.mask_steps} steps" if self.mask_steps is not None else "10% of the training run (grow's default)"
+        return f"{self.mask_steps} steps" if self.mask_steps is not None else f"{DEFAULT_RAMP} (grow's default)"
 
     def params(self, plan) -> dict[str, Any]:
         """The keyword arguments of ``command`` that rebuild ``plan`` (the layer map pinned as a pattern)."""

@@ -212,8 +212,10 @@ class Folder:
             return np.zeros(0, dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
-    def load_array(self, name: str | os.PathLike, what: str | None = None, *, max_bytes: int = MAX_JSON_BYTES):
-        """The ``.npy`` array ``name`` (no pickles), at most ``max_bytes`` of file.
+    def load_array(self, name: str | os.PathLike, what: str | None = None, *, max_bytes: int = MAX_JSON_BYTES,
+                   mmap: bool = False):
+        """The ``.npy`` array ``name`` (no pickles): read whole (at most ``max_bytes`` of file), or memory-mapped
+        read-only (``mmap``: any size, nothing read until used).
 
         Raises:
             HfgrowError: missing, outside the folder, too large, or not a plain ``.npy`` array.
@@ -223,9 +225,10 @@ class Folder:
         import numpy as np
 
         label = f"{what or name} in {self.path}"
-        data = self.read_bytes(name, what, max_bytes=max_bytes)
         try:
-            return np.load(io.BytesIO(data), allow_pickle=False)
+            if mmap:
+                return np.load(self.file(name, what), mmap_mode="r", allow_pickle=False)
+            return np.load(io.BytesIO(self.read_bytes(name, what, max_bytes=max_bytes)), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise HfgrowError(f"{label} is not a plain .npy array ({_first_line(exc)}).") from None
 

@@ -37,9 +37,9 @@ from hfgrow.errors import HfgrowError
 from hfgrow.io.checkpoint import has_weights
 from hfgrow.units import format_bytes
 
-#: Free space kept on top of what an output needs (file-system metadata, logs written meanwhile): a tenth of it,
-#: at least 1 MB and at most 64 MB (a fixed 64 MB refused a 1.3 MB output on a small file system).
 def _disk_margin(needed: int) -> int:
+    """Free space kept on top of what an output needs (file-system metadata, logs written meanwhile): a tenth of
+    it, at least 1 MB and at most 64 MB (a fixed 64 MB refused a 1.3 MB output on a small file system)."""
     return min(64 << 20, max(1 << 20, needed // 10))
 
 
@@ -111,16 +111,19 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(final: Path) -> list[Path]:
-    """Delete the temporary folders an earlier run into ``final`` left behind when it was killed (SIGKILL, power
-    loss): ``.NAME.hfgrow-tmp-PID`` / ``-old-PID`` whose process is gone. Returns what was removed."""
+    """Delete the temporary folders (and files) an earlier run into ``final`` left behind when it was killed
+    (SIGKILL, power loss): ``.NAME.hfgrow-tmp-PID`` / ``-old-PID`` whose process is gone. Returns what was
+    removed."""
     removed = []
     for kind in ("tmp", "old"):
         pattern = _temp_name(final, kind, 0).name[:-1] + "*"
         for path in final.parent.glob(glob_escape(pattern)):
             pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and path.is_dir() \
-                    and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and not path.is_symlink():
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.is_file():  # a file atomic_file was writing
+                    path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
 
@@ -154,16 +157,17 @@ class OutputFolder:
     """A temporary sibling of ``out``, renamed to ``out`` on success and deleted on failure.
 
     A failed write (full disk, read-only or missing permission, a name too long) becomes one HfgrowError
-    sentence; temporary folders of earlier runs into ``out`` that were killed are removed first.
+    sentence; temporary folders of earlier runs into ``out`` that were killed are removed first. Whether ``out``
+    may be replaced is :func:`check_output_path`'s decision, made before anything is built.
 
     Example:
-        >>> with OutputFolder(Path("big"), overwrite=False) as tmp:
-        ...     (tmp / "config.json").write_text("{}")
+        >>> check_output_path(Path("big"), [Path("small")], overwrite=False)
+        >>> with OutputFolder(Path("big")) as tmp:
+        ...     atomic_write(tmp / "config.json", {})
     """
 
-    def __init__(self, out: Path, overwrite: bool = False):
+    def __init__(self, out: Path):
         self.out = Path(out).expanduser().resolve()
-        self.overwrite = overwrite
         self.tmp = _temp_name(self.out, "tmp", os.getpid())
 
     def __enter__(self) -> Path:

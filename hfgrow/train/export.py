@@ -380,7 +380,7 @@ def write_model_folder(weights: dict, out: Path, *, config, carry_from: Path, dt
     tied = _tied_targets(meta)
     expected = {k for k in meta.state_dict() if k not in tied}
     state_dict = {k: v for k, v in weights.items() if k not in tied}
-    with OutputFolder(Path(out), overwrite=True) as tmp:
+    with OutputFolder(Path(out)) as tmp:
         if expected ^ set(state_dict):
             # Architectures whose in-memory names differ from the on-disk ones (fused MoE experts...):
             # let transformers map them back.

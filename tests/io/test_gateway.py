@@ -372,3 +372,23 @@ def test_a_small_output_fits_a_small_file_system_and_sizes_are_said_in_their_uni
         output.check_free_space(tmp_path, 50_000_000)
     assert str(info.value) == (f"not enough disk space at {tmp_path}: the output needs 50 MB (and 5 MB to spare), "
                                "52.4 MB free.")
+
+
+def test_a_data_folder_is_read_inside_itself_and_its_hidden_folders_are_not_data(work, tmp_path):
+    from hfgrow.data.text import list_files
+
+    data = work / "corpus"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a.txt").write_text("inside")
+    (data / ".git").mkdir()
+    (data / ".git" / "HEAD.txt").symlink_to(tmp_path / "secret")  # hidden: never read, never refused for
+    assert list_files(data) == [data / "sub" / "a.txt"]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "b.txt").write_text("outside")
+    (data / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(HfgrowError, match="outside the folder"):
+        list_files(data)
+    (data / "linked").unlink()
+    (data / "c.txt").symlink_to(tmp_path / "secret")
+    with pytest.raises(HfgrowError, match="c.txt .*outside the folder"):
+        list_files(data)
