@@ -8,14 +8,18 @@ at least 1; LR at 0-based step s < warmup = max_lr · (s + 1) / warmup; growth a
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from hfgrow.eval.tiny import make_model, make_tokenizer, tiny_llama_config
-from hfgrow.growth.pipeline import grow
 from hfgrow.train.growth import parse_grow, plan_stages
 from hfgrow.train.schedule import Schedule, default_warmup
 from helpers.launch import launch_continue
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_ramp_length import models  # noqa: E402,F401  (a 2-layer Llama grown with --op random: a fixture)
 
 
 @pytest.mark.parametrize("steps, warmup", [(1, 1), (2, 1), (6, 3), (40, 20), (199, 99), (200, 100), (1000, 100),
@@ -46,22 +50,12 @@ def test_growth_happens_once_the_run_has_seen_the_tokens():
         assert start == 0 or (start - 1) * per_step < parse_grow(f"stack:2@{when}").tokens  # ... and no more
 
 
-@pytest.fixture(scope="module")
-def msg_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("short")
-    tokenizer = make_tokenizer(root / "small", vocab_size=300)
-    make_model(root / "small", tiny_llama_config(layers=2, vocab_size=len(tokenizer)), tokenizer=False)
-    grow(str(root / "small"), root / "msg", op="random", factor=2, quiet=True)
-    (root / "d.txt").write_text("the cat sat on the mat. the dog ran over the log. " * 200)
-    return root
-
-
-def test_a_short_run_prints_its_warmup_and_ramp_and_follows_them(msg_model, tmp_path):
+def test_a_short_run_prints_its_warmup_and_ramp_and_follows_them(models, tmp_path):
     """6 steps of a model grown with --op random: warmup 3 steps (printed, and the logged LRs ramp over them), the
     MSG ramp 10% of the run (at least 1 step), printed with its length; the recipe states that default in words."""
-    recipe = (msg_model / "msg" / "hfgrow.yaml").read_text()
+    recipe = (models / "default" / "hfgrow.yaml").read_text()
     assert "steps: 10% of the training run" in recipe and "5000" not in recipe
-    proc = launch_continue(["--model", str(msg_model / "msg"), "--data", str(msg_model / "d.txt"), "--output-dir",
+    proc = launch_continue(["--model", str(models / "default"), "--data", str(models / "d.txt"), "--output-dir",
                             str(tmp_path / "run"), "--seq-len", "32", "--batch-size", "2", "--max-steps", "6",
                             "--eval-sequences", "0", "--no-export"])
     assert "warmup: 3 steps of 6 (default: 5% of the run, at least 100 steps or half the run, at most 3000)" \
