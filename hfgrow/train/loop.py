@@ -327,20 +327,21 @@ class Trainer:
         self.sequences = 0
         self.sample: list[int] = []  # ids of the first global sequences this process trained on
 
-    def checked(self, sequences: list) -> list:
-        """The batch's token ids, refused when one has no embedding row (an edited token shard or checkpoint data
-        position): an index past the embedding would crash the step or train on another token's row."""
+    def checked(self, sequences: list):
+        """The batch's token ids as one int64 array, refused when one has no embedding row (an edited token shard
+        or checkpoint data position): an index past the embedding would crash the step or train on another token's
+        row."""
         import numpy as np
 
         if self.vocab_rows is None:
             self.vocab_rows = self.accelerator.unwrap_model(self.model).get_input_embeddings().num_embeddings
-        ids = np.asarray(sequences)
+        ids = np.asarray(sequences, dtype=np.int64)
         if ids.size and (int(ids.max()) >= self.vocab_rows or int(ids.min()) < 0):
             bad = int(ids.max()) if int(ids.max()) >= self.vocab_rows else int(ids.min())
             raise HfgrowError(f"the data hold token id {bad:,}, but the model's embedding has {self.vocab_rows:,} "
                               "rows; the token folder or the checkpoint's data position was edited or made with "
                               "another tokenizer.")
-        return sequences
+        return ids
 
     def swap(self, model, optimizer, mask, stage: int, stage_start: int) -> None:
         """Train ``model`` with ``optimizer`` from now on: stage ``stage``, which began before step ``stage_start``
@@ -368,7 +369,7 @@ class Trainer:
             self.sequences += len(batch)
             if len(self.sample) < 4096:
                 self.sample.extend(i for i, _, _ in batch)
-            ids = torch.tensor(self.checked([seq for _, _, seq in batch]), dtype=torch.long, device=device)
+            ids = torch.from_numpy(self.checked([seq for _, _, seq in batch])).to(device)
             with self.accelerator.accumulate(self.model):
                 outputs = self.model(input_ids=ids, labels=ids)
                 loss = outputs.loss
