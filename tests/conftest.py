@@ -8,6 +8,14 @@ import pytest
 from helpers.hub_server import HubServer
 
 
+@pytest.fixture(autouse=True)
+def _console() -> None:
+    """hfgrow's logger as a command sets it up (info, main process), so every test sees its lines on stderr."""
+    from hfgrow.console import configure
+
+    configure(0, main_process=True)
+
+
 @pytest.fixture
 def hub_server(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     """A local Hub on 127.0.0.1 that the real huggingface_hub client talks to over HTTP.

@@ -25,7 +25,7 @@ def test_stages_import_only_downward(capsys):
 def test_no_import_cycle():
     import grimp
 
-    graph = grimp.build_graph("hfgrow", cache_dir=None)
+    graph = grimp.build_graph("hfgrow", cache_dir=None, exclude_type_checking_imports=True)  # typing is no cycle
     cycles = [(module, imported) for module in sorted(graph.modules)
               for imported in graph.find_modules_directly_imported_by(module)
               if graph.chain_exists(importer=imported, imported=module)]
@@ -164,3 +164,19 @@ def test_the_gateway_check_sees_a_file_opened_on_its_own(tmp_path):
                       "open('x')\nPath('x').read_text()\nnp.memmap('x')\njson.load(fh)\nPath('y').write_bytes(b'')\n"
                       "gzip.open('z')\nFolder('a').read_bytes('b')\nself.folder.memmap('c')\n")
     assert [call for call, _, _ in _file_calls(module)] == ["open", "read_text", "memmap", "load", "write_bytes"]
+
+
+TRAINER_FUNCTION_LINES = 60  # the trainer reads top to bottom: no function in hfgrow/train longer than this
+
+
+def test_no_trainer_function_is_longer_than_a_screen():
+    import ast
+
+    long = []
+    for path in sorted((PACKAGE / "train").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > TRAINER_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "\n".join(long)

@@ -40,7 +40,7 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
       hfgrow train --config-file configs/fsdp2.yaml --model base-config/ --grow stack:4@auto \
           --data tok/ --output-dir run --max-tokens 2T     # pre-training with growth (Gstack x4, the paper's d)
     """
-    from hfgrow.train.args import build_parser
+    from hfgrow.train.config import TrainConfig, build_parser
 
     args = list(args)
     if "-h" in args or "--help" in args:
@@ -48,7 +48,7 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
         click.echo("\nhfgrow.continue options:\n")
         click.echo(build_parser().format_help())
         return
-    parsed = build_parser().parse_args(args)  # argparse prints usage + error, exits 2
+    build_parser().parse_args(args)  # argparse prints usage + error, exits 2
 
     from hfgrow.train.launch import Machine, launch_command, plan_launch, run_launcher
 
@@ -56,7 +56,7 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
     plan = plan_launch(config_file, num_processes, machine, mixed_precision=mixed_precision,
                        main_process_port=main_process_port)
     if not skip_checks:
-        _check(parsed, plan, machine)
+        _check(TrainConfig.from_argv(args, world_size=plan.total_processes), plan, machine)
     command = launch_command(plan, args)
     click.echo(shlex.join(command), err=True)
     code = run_launcher(command)
@@ -64,26 +64,21 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
         sys.exit(code)
 
 
-def _check(parsed, plan, machine) -> None:
+def _check(cfg, plan, machine) -> None:
     """preflight (clear one-line errors before any process starts), the growth stages, and the machine check
     (for the largest model the run trains: the last stage's, with --grow)."""
     from hfgrow.arch.layout import read_config, text_config
     from hfgrow.io.source import open_source
     from hfgrow.train.args import preflight
-    from hfgrow.train.growth import plan_stages
     from hfgrow.train.launch import check_machine, trained_fraction
-    from hfgrow.train.schedule import steps_for
 
-    with open_source(parsed.model) as source:
-        setup = preflight(parsed, source)
+    with open_source(cfg.model) as source:
+        setup = preflight(cfg, source)
         text = text_config(setup.config)
-        fraction = trained_fraction(parsed.train, setup.new_layers, getattr(text, "num_hidden_layers", None))
+        fraction = trained_fraction(cfg.train, setup.new_layers, getattr(text, "num_hidden_layers", None))
         # the largest stage's parameters, counted from its config (one owner: growth.timing.count_params, tied
         # weights once), whether or not the folder holds weights
-        tokens_per_step = parsed.batch_size * plan.total_processes * parsed.grad_accum * setup.seq_len
-        n_params = plan_stages(read_config(source.path), parsed.grow, tokens_per_step=tokens_per_step,
-                               max_steps=steps_for(parsed.max_steps, parsed.max_tokens, tokens_per_step),
-                               seed=parsed.seed, style=parsed.grow_style, top_k=parsed.grow_top_k).final_params
+        n_params = setup.cfg.stage_plan(read_config(source.path)).final_params
         check_machine(plan, machine, n_params, fraction)
 
 

@@ -109,8 +109,8 @@ class GrowSpec:
     optional noise, the seed of everything random, the MSG ramp length for random parts, the output dtype.
 
     ``style`` picks each operator's variant: ``hfgrow`` (this tool's) or ``prts`` (exactly as the reference
-    code of Du et al. 2024 runs it; see PRTS_TABLE.md). The two differ for G-up-random (placement on top,
-    prts's init, whole-block ramp), G-right-direct (bert2BERT's copies drawn with replacement),
+    code of Du et al. 2024 runs it; README's "The paper's operators and hfgrow's" lists them). The two differ
+    for G-up-random (placement on top, prts's init, whole-block ramp), G-right-direct (bert2BERT's copies drawn with replacement),
     G-right-zero and G-right-random; Gstack, G-up-zero and noise are the same under both.
 
     ``command`` is the function that replays it: ``stack`` (Gstack only) or ``grow``. ``op`` and ``width_op`` are
@@ -173,8 +173,9 @@ class GrowSpec:
 
     @property
     def default_order(self) -> str:
-        """The operator's placement: Gstack stacks; prts's MSG appends new random layers on top (msg.py: layers
-        src_depth..trg_depth-1); zero and random interleave copies (LLaMA Pro)."""
+        """The operator's placement: Gstack stacks; prts's MSG appends new random layers on top
+        (tongxuluo/prts ``prts_lit/scaling/msg.py``: layers src_depth..trg_depth-1); zero and random interleave
+        copies (LLaMA Pro)."""
         entry = registry.get(self.op)
         return entry.prts_order if self.style == "prts" and entry.prts_order else entry.order
 

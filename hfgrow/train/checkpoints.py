@@ -9,16 +9,17 @@ at any moment leaves every ``checkpoint-N`` complete or absent.
 Example:
     >>> latest_complete(Path("run"))
     Checkpoint(step=2000, path=PosixPath('run/checkpoint-2000'), complete=True)
-    >>> read_state(Path("run/checkpoint-2000"))["tokens"]
+    >>> read_state(Path("run/checkpoint-2000")).tokens
     8192000
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +62,45 @@ def latest_complete(run_dir: Path) -> Checkpoint | None:
     return complete[-1] if complete else None
 
 
-def read_state(path: Path) -> dict[str, Any]:
+@dataclass
+class RunState:
+    """Where a run is: what a checkpoint's ``hfgrow_state.json`` holds, and what a growth point's ``stage-K/``
+    card tells (the same record; at a growth point there is no data position to save).
+
+    ``run`` is the run's settings as ``run.json`` had them when the state was written (a resume with other
+    settings rewrites run.json, so the checkpoint's copy is the reference); ``stage`` the growth stage the
+    model is in; ``last_*`` the losses the card and a resumed run's console show.
+    """
+
+    step: int
+    tokens: int
+    run: dict[str, Any]
+    stage: int = 0
+    data: dict[str, Any] | None = None  # the training data's position (None at a growth point)
+    last_loss: float | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: Any, path: Path) -> RunState:
+        """The state ``path`` holds, checked (:func:`check_state`) before anything is resumed from it."""
+        check_state(state, path)
+        return cls(step=state["step"], tokens=state["tokens"], run=state["run"], stage=state.get("stage") or 0,
+                   data=state["data"], last_loss=state.get("last_loss"), last_eval=state.get("last_eval") or {},
+                   last_eval_step=state.get("last_eval_step"))
+
+
+def read_state(path: Path) -> RunState:
     """A checkpoint's ``hfgrow_state.json``: step, tokens, data position, run settings, last losses.
 
     Raises:
-        HfgrowError: missing or unreadable (one sentence naming the checkpoint).
+        HfgrowError: missing, unreadable or inconsistent (one sentence naming the checkpoint).
     """
     path = Path(path)
-    state = Folder(path).read_json(STATE_FILE, f"the checkpoint's {STATE_FILE}")
-    check_state(state, path)
-    return state
+    return RunState.from_dict(Folder(path).read_json(STATE_FILE, f"the checkpoint's {STATE_FILE}"), path)
 
 
 def _whole(value: Any) -> bool:
@@ -129,16 +159,25 @@ def check_state(state: Any, path: Path) -> None:
     stages = run.get("stages")
     if state.get("stage") and (not isinstance(stages, list) or state["stage"] >= len(stages)):
         raise bad(f"stage {state['stage']} of a run with {len(stages) if isinstance(stages, list) else 'no'} stages")
+    loss, evals, eval_step = state.get("last_loss"), state.get("last_eval"), state.get("last_eval_step")
+    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+        raise bad(f"last_loss is {loss!r}, not a number")
+    if evals is not None and not (isinstance(evals, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in evals.values())):
+        raise bad("last_eval is not a table of losses")
+    if eval_step is not None and not _whole(eval_step):
+        raise bad(f"last_eval_step is {eval_step!r}, not a whole number of at least 0")
 
 
-def save(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int = 0) -> Path:
+def save(accelerator, run_dir: Path, state: RunState, keep: int = 0) -> Path:
     """Write ``run_dir/checkpoint-<step>`` (every rank takes part); keep the ``keep`` newest (0: all).
 
-    ``state`` becomes the checkpoint's ``hfgrow_state.json``; it is written (and synced) after accelerate's
+    ``state`` (at its step) becomes the checkpoint's ``hfgrow_state.json``; it is written (and synced) after accelerate's
     files, then the folder is swapped into place.
     """
     from hfgrow.io.output import atomic_write, swap_into_place
 
+    step = state.step
     final = Path(run_dir) / f"checkpoint-{step}"
     tmp = Path(run_dir) / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process and tmp.exists():
@@ -152,7 +191,7 @@ def save(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         debug_kill("HFGROW_DEBUG_KILL_IN_SAVE", step)
-        atomic_write(tmp / STATE_FILE, state)
+        atomic_write(tmp / STATE_FILE, state.to_dict())
         swap_into_place(tmp, final)  # the final step may be saved twice after a resume: never in place
         if keep > 0:
             for old in list_checkpoints(run_dir)[:-keep]:

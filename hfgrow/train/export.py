@@ -26,7 +26,7 @@ from hfgrow.errors import HfgrowError
 from hfgrow.io.folder import Folder
 from hfgrow.io.executor import save_state_dict
 from hfgrow.io.output import OutputFolder, atomic_write, check_output_path
-from hfgrow.train.checkpoints import STATE_FILE, read_state
+from hfgrow.train.checkpoints import STATE_FILE, RunState, read_state
 from hfgrow.units import counted, format_count
 
 
@@ -187,14 +187,14 @@ def _growth_rows(run: dict[str, Any], upto_stage: int) -> list[tuple[str, str]]:
     return rows
 
 
-def _losses(checkpoint: Path, state: dict[str, Any]) -> tuple[float | None, list[dict[str, Any]]]:
+def _losses(checkpoint: Path, state: RunState) -> tuple[float | None, list[dict[str, Any]]]:
     """(train loss of the checkpoint's step, the evaluations up to it) from the run's log.
 
     A checkpoint moved out of its run folder has no log beside it: its own record of the last losses is used.
     """
     from hfgrow.train.runlog import read_run
 
-    step = int(state["step"])
+    step = state.step
     try:
         record = read_run(checkpoint.parent)
     except HfgrowError:
@@ -202,23 +202,22 @@ def _losses(checkpoint: Path, state: dict[str, Any]) -> tuple[float | None, list
     train = [r for r in record.train if r["step"] <= step] if record else []
     evals = [r for r in record.evals if r["step"] <= step] if record else []
     if not train:
-        evals = [{"step": step, "losses": state["last_eval"]}] if state.get("last_eval") else []
-        return state.get("last_loss"), evals
+        evals = [{"step": step, "losses": state.last_eval}] if state.last_eval else []
+        return state.last_loss, evals
     return train[-1]["loss"], evals
 
 
-def card_text(checkpoint: Path, state: dict[str, Any], base_folder: Path, config, model_name: str,
+def card_text(checkpoint: Path, state: RunState, base_folder: Path, config, model_name: str,
               base_model_id: str | None) -> str:
     """README.md of the exported folder: what was trained, how, on what, with which result."""
     from hfgrow.growth.card import trained_card
     from hfgrow.growth.recipe import Recipe, SourceRef
 
-    run = state["run"]
+    run = state.run
     ref = SourceRef.from_dict(run.get("model_source") or {})
     repo_id = base_model_id or run.get("base_model_id") or ref.repo_id
     base = repo_id or run.get("model") or ref.display
-    steps, tokens = int(state["step"]), int(state["tokens"])
-    stage = int(state.get("stage") or 0)
+    steps, tokens, stage = state.step, state.tokens, state.stage
     n_params = (run.get("stages") or [{}] * (stage + 1))[stage].get("n_params", run["n_params"])
     trained = {"all": "all",
                "new": f"the new layers only ({', '.join(map(str, run.get('new_layers') or []))})",
@@ -315,7 +314,7 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
     # OUT may not be the checkpoint, its run folder or anything holding them; --overwrite replaces model folders only
     check_output_path(out, [checkpoint], replace)
     state = read_state(checkpoint)
-    run = state["run"]
+    run = state.run
     if "model_spec" not in run:
         raise HfgrowError(f"{checkpoint} was written by hfgrow 0.1, whose checkpoints this version does not export; "
                           "export it with hfgrow 0.1.")
@@ -331,9 +330,9 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, replace: bool 
 
 
 @contextlib.contextmanager
-def _stage_folder(checkpoint: Path, state: dict[str, Any], run: dict[str, Any], base):
+def _stage_folder(checkpoint: Path, state: RunState, run: dict[str, Any], base):
     """The folder whose architecture and files the checkpoint's model has: the run's model, or a grown stage's."""
-    stage = int(state.get("stage") or 0)
+    stage = state.stage
     if stage:
         from hfgrow.train.growth import grown_folder
 

@@ -364,59 +364,57 @@ def carry_upcycled(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]
     """
     import torch
 
-    E, G, m = experts["experts"], experts["granularity"], experts["expert_size"]
-    fused = re.compile(r"^(?P<layer>.*\.)mlp\.experts\.(?P<kind>gate_up_proj|down_proj)$")
-    shared = re.compile(r"^(?P<layer>.*\.)mlp\.shared_expert\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
     steps = [s["step"] for s in old.values() if "step" in s]
-    any_step = steps[0] if steps else None
-
-    def moments(template: dict[str, Any], build) -> dict[str, Any]:
-        out = {}
-        for key, value in template.items():
-            if key == "step":
-                out[key] = any_step.clone() if any_step is not None else value
-            else:
-                made = build(key)
-                out[key] = made.to(value.dtype).reshape(value.shape) if made is not None else torch.zeros_like(value)
-        return out
-
-    def dense(layer: str, proj: str, key: str):
-        found = old.get(f"{layer}mlp.{proj}.weight")
-        return found[key] if found is not None else None
-
     carried, missing = {}, []
     for name, template in new.items():
         if name in old:
             carried[name] = {k: v.clone() for k, v in old[name].items()}
             continue
-        match, repeat = fused.match(name), shared.match(name)
-        if match and match["kind"] == "gate_up_proj":
-            def build(key, layer=match["layer"]):
-                gate, up = dense(layer, "gate_proj", key), dense(layer, "up_proj", key)
-                if gate is None or up is None:
-                    return None
-                return torch.stack([torch.cat([gate[(j % G) * m:(j % G + 1) * m], up[(j % G) * m:(j % G + 1) * m]])
-                                    for j in range(E)])
-        elif match:
-            def build(key, layer=match["layer"]):
-                down = dense(layer, "down_proj", key)
-                return None if down is None else torch.stack([down[:, (j % G) * m:(j % G + 1) * m] for j in range(E)])
-        elif repeat:
-            def build(key, layer=repeat["layer"], proj=repeat["proj"]):
-                source = dense(layer, proj, key)
-                if source is None:
-                    return None
-                times = template[key].shape[0 if proj != "down_proj" else 1] // source.shape[0 if proj != "down_proj" else 1]
-                return torch.cat([source] * times, dim=0 if proj != "down_proj" else 1)
-        else:
-            def build(key):
-                return None
-            if not re.search(r"\.mlp\.(gate|shared_expert_gate)\.weight$", name):
-                missing.append(name)
-        carried[name] = moments(template, build)
-        if build("exp_avg") is None and (match or repeat):
+        made = {key: _upcycled_moment(name, key, old, value, experts) for key, value in template.items()
+                if key != "step"}
+        carried[name] = {key: (steps[0].clone() if steps else value) if key == "step"
+                         else made[key].to(value.dtype).reshape(value.shape) if made[key] is not None
+                         else torch.zeros_like(value) for key, value in template.items()}
+        if made.get("exp_avg") is None and not _ROUTER.search(name):
             missing.append(name)
     return carried, missing
+
+
+_FUSED_EXPERTS = re.compile(r"^(?P<layer>.*\.)mlp\.experts\.(?P<kind>gate_up_proj|down_proj)$")
+_SHARED_EXPERT = re.compile(r"^(?P<layer>.*\.)mlp\.shared_expert\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+_ROUTER = re.compile(r"\.mlp\.(gate|shared_expert_gate)\.weight$")
+
+
+def _upcycled_moment(name: str, key: str, old: dict[str, dict[str, Any]], like, experts: dict[str, Any]):
+    """Moment ``key`` of the upcycled parameter ``name`` built from the dense MLP's (None: nothing it came from).
+
+    Expert j holds slice j mod G (of ``expert_size`` units) of the dense MLP: gate and up rows stacked as
+    transformers fuses them, down's columns; a shared expert repeats the whole MLP to its width (``like``)."""
+    import torch
+
+    E, G, m = experts["experts"], experts["granularity"], experts["expert_size"]
+
+    def dense(layer: str, proj: str):
+        found = old.get(f"{layer}mlp.{proj}.weight")
+        return found[key] if found is not None else None
+
+    fused, shared = _FUSED_EXPERTS.match(name), _SHARED_EXPERT.match(name)
+    if fused and fused["kind"] == "gate_up_proj":
+        gate, up = dense(fused["layer"], "gate_proj"), dense(fused["layer"], "up_proj")
+        if gate is None or up is None:
+            return None
+        return torch.stack([torch.cat([gate.narrow(0, (j % G) * m, m), up.narrow(0, (j % G) * m, m)])
+                            for j in range(E)])
+    if fused:
+        down = dense(fused["layer"], "down_proj")
+        return None if down is None else torch.stack([down.narrow(1, (j % G) * m, m) for j in range(E)])
+    if shared:
+        source = dense(shared["layer"], shared["proj"])
+        if source is None:
+            return None
+        dim = 1 if shared["proj"] == "down_proj" else 0
+        return torch.cat([source] * (like.shape[dim] // source.shape[dim]), dim=dim)
+    return None
 
 
 def expert_load(router_logits, top_k: int):

@@ -17,19 +17,21 @@ compiled again for its own shapes.
 * ``--compile``: ``torch.compile`` of the whole model, last, so it traces the patched kernels.
 
 Example:
-    >>> speed = resolve(argparse.Namespace(kernels="none", float8=False, compile=False, compile_backend=None))
+    >>> speed = resolve(TrainConfig(model="m", data=["d.txt"], output_dir="run", max_steps=1, kernels="none"))
     >>> speed.describe()
     'kernels none (asked), no float8, eager'
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hfgrow.errors import HfgrowError
+
+if TYPE_CHECKING:
+    from hfgrow.train.config import TrainConfig
 
 KERNEL_CHOICES = ("auto", "liger", "none")
 
@@ -65,14 +67,14 @@ def _have(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def resolve(args: argparse.Namespace) -> Speed:
-    """The speed settings of a run from its options.
+def resolve(cfg: TrainConfig) -> Speed:
+    """The speed settings of a run from its config.
 
     Raises:
         HfgrowError: ``--kernels liger`` without CUDA or without liger-kernel/triton installed; ``--float8``
             without a CUDA GPU of compute capability >= 8.9 or without torchao.
     """
-    asked = getattr(args, "kernels", "auto") or "auto"
+    asked = cfg.kernels
     if asked not in KERNEL_CHOICES:
         raise HfgrowError(f"--kernels {asked!r} is not one of {', '.join(KERNEL_CHOICES)}.")
     cuda = _cuda()
@@ -91,7 +93,7 @@ def resolve(args: argparse.Namespace) -> Speed:
         kernels, why = "liger", "auto: CUDA and liger-kernel present"
     else:
         kernels, why = "none", "auto: " + ("no CUDA GPU" if not cuda else "liger-kernel not installed")
-    float8 = bool(getattr(args, "float8", False))
+    float8 = cfg.float8
     if float8:
         if not cuda:
             raise HfgrowError("--float8 needs a CUDA GPU of compute capability 8.9 or newer (H100-class) and none is "
@@ -104,8 +106,7 @@ def resolve(args: argparse.Namespace) -> Speed:
                               f"{capability[0]}.{capability[1]}.")
         if not _have("torchao"):
             raise HfgrowError("--float8 needs torchao: pip install 'hfgrow[gpu]' torchao.")
-    return Speed(kernels, why, float8, bool(getattr(args, "compile", False)),
-                 getattr(args, "compile_backend", None) or None)
+    return Speed(kernels, why, float8, cfg.compile, cfg.compile_backend or None)
 
 
 def _liger_supports(model) -> bool:

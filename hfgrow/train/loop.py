@@ -6,9 +6,11 @@
 ``hfgrow train ...`` runs the same through accelerate's launcher after checking the arguments and the
 machine; in a clone, ``accelerate launch hfgrow/continue.py ...`` works too.
 
-:func:`run` is the whole run: set up (checks, data, model, optimizer, schedule, resume), evaluate at
-step 0, loop (train step, log, evaluate, checkpoint), export ``final/``. Each piece has one owner:
-options and checks :mod:`~hfgrow.train.args`, the LR :mod:`~hfgrow.train.schedule`, MSG masks
+:func:`run` is the whole run, in three parts: :func:`start` (checks, processes, data, stages, model, optimizer,
+schedule, resume) builds a :class:`Run`; :func:`train` evaluates at step 0 and loops (grow when a stage
+begins, train a step, log, evaluate, checkpoint); :func:`finish` exports ``final/``. Each piece has one owner:
+the settings and what they imply (tokens per step, steps, stages, schedule) :mod:`~hfgrow.train.config`,
+the input checks :mod:`~hfgrow.train.args`, the LR :mod:`~hfgrow.train.schedule`, MSG masks
 :mod:`~hfgrow.train.msg`, checkpoints :mod:`~hfgrow.train.checkpoints`, records
 :mod:`~hfgrow.train.runlog`, the model folder :mod:`~hfgrow.train.export`.
 
@@ -31,11 +33,14 @@ Example:
     >>> from hfgrow.train.loop import main
     >>> main(["--model", "grown", "--data", "corpus.jsonl", "--output-dir", "run", "--max-steps", "100"])
     0
+    >>> run(TrainConfig(model="grown", data=["corpus.jsonl"], output_dir="run", max_steps=100))  # from Python
+    PosixPath('run/final')
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import logging
 import math
 import os
 import signal
@@ -47,15 +52,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hfgrow.console import log, progress
 from hfgrow.errors import HfgrowError
 from hfgrow.io.folder import Folder
 from hfgrow.train import checkpoints
-from hfgrow.train.args import Setup, build_parser, preflight
+from hfgrow.train.args import Setup, preflight
+from hfgrow.train.checkpoints import RunState
+from hfgrow.train.config import TrainConfig
 from hfgrow.train.growth import Stage, StagePlan, expert_load
 from hfgrow.train.launch import PARENT_ENV
-from hfgrow.train.kernels import prepare_model, resolve as resolve_speed
+from hfgrow.train.kernels import prepare_model
 from hfgrow.train.runlog import RunLog
-from hfgrow.train.schedule import Schedule, describe_warmup, steps_for
+from hfgrow.train.schedule import Schedule, describe_warmup
 from hfgrow.units import counted
 
 
@@ -131,7 +139,7 @@ class ModelInfo:
     mask: Any  # hfgrow.train.msg.MaskRamp | None
 
 
-def load_model(args: argparse.Namespace, setup: Setup, folder: Path, ramp, *, random_init: bool = False):
+def load_model(cfg: TrainConfig, setup: Setup, folder: Path, ramp, *, random_init: bool = False):
     """The model to train (float32 master weights), with the parts to train selected and the MSG ramp hooked.
 
     ``folder`` is the model the stage starts from (``--model``, or a grown stage's folder) and ``ramp`` the MSG
@@ -160,13 +168,13 @@ def load_model(args: argparse.Namespace, setup: Setup, folder: Path, ramp, *, ra
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     n_params = sum(p.numel() for p in model.parameters())
-    if args.gradient_checkpointing:
+    if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = None
-    if args.train == "new":
+    if cfg.train == "new":
         _, blocks = decoder_blocks(model)
         bad = [i for i in setup.new_layers if not 0 <= i < len(blocks)]
         if bad:
@@ -174,14 +182,14 @@ def load_model(args: argparse.Namespace, setup: Setup, folder: Path, ramp, *, ra
         model.requires_grad_(False)
         for i in setup.new_layers:
             blocks[i].requires_grad_(True)
-    elif args.train == "lora":
+    elif cfg.train == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = dict(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+        lora = dict(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                     task_type="CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora))
     mask = MaskRamp(model, ramp) if ramp is not None else None  # after LoRA wraps the projections
-    model = prepare_model(model, resolve_speed(args))  # kernels, float8, compile: again for every grown model
+    model = prepare_model(model, cfg.speed())  # kernels, float8, compile: again for every grown model
     return model, ModelInfo(n_params, use_cache, export_dtype, lora, mask)
 
 
@@ -197,34 +205,34 @@ def stage_ramp(setup: Setup, recipe, stage: int, steps_left: int):
         mask = setup.mask
     else:
         mask, warning = fit_ramp(recorded_mask(recipe), steps_left, exports=False)
-        if warning and _rank() == 0:
-            print(warning, file=sys.stderr)
-    if mask is not None and _rank() == 0:
+        if warning:
+            log.warning(warning)
+    if mask is not None:
         what = " and ".join(w for w, on in (("new layers", mask.layers), ("new units", mask.width)) if on)
-        print(f"MSG mask ramp: the {what} are scaled by c = 0 -> 1 over the first {counted(ramp_length(mask), 'step')}"
-              + (f" of stage {stage}" if stage else ""), file=sys.stderr)
+        log.info(f"MSG mask ramp: the {what} are scaled by c = 0 -> 1 over the first "
+                 f"{counted(ramp_length(mask), 'step')}" + (f" of stage {stage}" if stage else ""))
     return mask
 
 
-def make_optimizer(model, args: argparse.Namespace, accelerator, lr: float):
+def make_optimizer(model, cfg: TrainConfig, accelerator, lr: float):
     """Fresh AdamW (the paper: optimizer state does not survive growth); no weight decay on norms and biases."""
     import torch
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
     ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if ds_plugin is not None:  # no dataloader is prepared: tell DeepSpeed the micro-batch size
-        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.batch_size
-        ds_plugin.deepspeed_config["gradient_clipping"] = args.grad_clip
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(args.beta1, args.beta2),
+        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        ds_plugin.deepspeed_config["gradient_clipping"] = cfg.grad_clip
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(cfg.beta1, cfg.beta2),
                              eps=1e-8, fused=accelerator.device.type == "cuda" or None)
 
 
-def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo, data, schedule: Schedule,
-                 accelerator, tokens_per_step: int, plan: StagePlan) -> dict[str, Any]:
+def describe_run(setup: Setup, source, info: ModelInfo, data, schedule: Schedule, accelerator,
+                 plan: StagePlan) -> dict[str, Any]:
     """run.json (and every checkpoint's hfgrow_state.json): the run's settings, with no path of this machine.
 
     ``model`` is a Hub id or a folder name (it reaches the card); ``model_spec`` is what to open again to
@@ -233,9 +241,10 @@ def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo
     ``data_parts`` names the domain of a token folder each data name reads."""
     from hfgrow.growth.recipe import SourceRef
 
+    cfg = setup.cfg
     ref = SourceRef.from_source(source)
-    local = Path(args.model).expanduser().is_dir()
-    here = Path(args.output_dir).expanduser().resolve()
+    local = Path(cfg.model).expanduser().is_dir()
+    here = Path(cfg.output_dir).expanduser().resolve()
 
     def relative(spec: str) -> str:
         path = Path(spec).expanduser()
@@ -243,26 +252,26 @@ def describe_run(args: argparse.Namespace, setup: Setup, source, info: ModelInfo
 
     return {
         "model": ref.display, "model_source": ref.to_dict(),
-        "model_spec": relative(args.model) if local else args.model, "model_folder": local,
+        "model_spec": relative(cfg.model) if local else cfg.model, "model_folder": local,
         "model_revision": None if local else source.commit,
-        "base_model_id": args.base_model_id or ref.repo_id,
-        "train": args.train, "lora": info.lora, "n_params": plan.final_params if args.grow else info.n_params,
-        "seq_len": setup.seq_len,
-        "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": accelerator.num_processes,
-        "tokens_per_step": tokens_per_step, "max_steps": schedule.max_steps, "max_lr": schedule.max_lr,
-        "min_lr": schedule.min_lr, "warmup_steps": schedule.warmup, "weight_decay": args.weight_decay,
-        "betas": [args.beta1, args.beta2], "grad_clip": args.grad_clip, "seed": args.seed,
+        "base_model_id": cfg.base_model_id or ref.repo_id,
+        "train": cfg.train, "lora": info.lora, "n_params": plan.final_params if cfg.grow else info.n_params,
+        "seq_len": cfg.seq_len,
+        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": accelerator.num_processes,
+        "tokens_per_step": cfg.tokens_per_step, "max_steps": schedule.max_steps, "max_lr": schedule.max_lr,
+        "min_lr": schedule.min_lr, "warmup_steps": schedule.warmup, "weight_decay": cfg.weight_decay,
+        "betas": [cfg.beta1, cfg.beta2], "grad_clip": cfg.grad_clip, "seed": cfg.seed,
         "data": {d.name: relative(d.spec) for d in data.specs}, "mixture": data.weights,
         "data_parts": {d.name: d.part for d in [*data.specs, *setup.eval_specs] if d.part is not None},
-        "mixture_file": Path(args.mixture).name if args.mixture else None,
+        "mixture_file": Path(cfg.mixture).name if cfg.mixture else None,
         "eval_data": {d.name: relative(d.spec) for d in setup.eval_specs}, "export_dtype": info.export_dtype,
         "use_cache": info.use_cache, "new_layers": setup.new_layers,
         "mask": setup.mask.to_dict() if info.mask is not None else None,
         "mixed_precision": accelerator.mixed_precision, "distributed_type": str(accelerator.distributed_type),
-        "random_init": not setup.has_weights, "stages": plan.to_list() if args.grow else None,
-        "grow_optimizer": args.grow_optimizer if args.grow else None,
-        "grow_warmup_steps": args.grow_warmup_steps if args.grow else None,
-        "speed": resolve_speed(args).to_dict(),
+        "random_init": not setup.has_weights, "stages": plan.to_list() if cfg.grow else None,
+        "grow_optimizer": cfg.grow_optimizer if cfg.grow else None,
+        "grow_warmup_steps": cfg.grow_warmup_steps if cfg.grow else None,
+        "speed": cfg.speed().to_dict(),
     }
 
 
@@ -276,8 +285,8 @@ def resume_stage(setup: Setup, plan: StagePlan, out: Path) -> int:
 
     if setup.resume_from is None:
         return 0
-    stage = int(setup.resume_state.get("stage") or 0)
-    before = (setup.resume_state["run"].get("stages") or [])[1 : stage + 1]
+    stage = setup.resume_state.stage
+    before = (setup.resume_state.run.get("stages") or [])[1 : stage + 1]
     now = plan.to_list()[1 : stage + 1]
     key = ("start_step", "layers", "op", "factor")
     if len(now) < stage or [[b.get(k) for k in key] for b in before] != [[n[k] for k in key] for n in now]:
@@ -295,17 +304,15 @@ def resume(accelerator, setup: Setup, data, schedule: Schedule, run_info: dict[s
     if setup.resume_from is None:
         return 0
     state = setup.resume_state
-    step = int(state["step"])
+    step = state.step
     if step > schedule.max_steps:
         raise HfgrowError(f"checkpoint {setup.resume_from} is at step {step}, past --max-steps {schedule.max_steps}.")
     checkpoints.load(accelerator, setup.resume_from)
-    data.train.load_state_dict(state["data"])
-    before = state.get("run") or {}
-    changed = [k for k in ("seq_len", "tokens_per_step", "data", "seed", "train") if k in before
-               and before[k] != run_info[k]]
-    if changed and accelerator.is_main_process:
-        print(f"warning: resuming with a different {', '.join(changed)} than {setup.resume_from} was trained with.",
-              file=sys.stderr)
+    data.train.load_state_dict(state.data)
+    changed = [k for k in ("seq_len", "tokens_per_step", "data", "seed", "train") if k in state.run
+               and state.run[k] != run_info[k]]
+    if changed:
+        log.warning(f"resuming with a different {', '.join(changed)} than {setup.resume_from} was trained with.")
     return step
 
 
@@ -317,13 +324,12 @@ def resume(accelerator, setup: Setup, data, schedule: Schedule, run_info: dict[s
 class Trainer:
     """One optimizer step at a time: every process trains on its slice of the same global batch."""
 
-    def __init__(self, accelerator, model, optimizer, data, schedule: Schedule, args: argparse.Namespace,
-                 seq_len: int, mask=None, stage: int = 0, stage_start: int = 0):
+    def __init__(self, accelerator, model, optimizer, data, schedule: Schedule, cfg: TrainConfig, mask=None,
+                 stage: int = 0, stage_start: int = 0):
         self.accelerator, self.data, self.schedule = accelerator, data, schedule
         self.swap(model, optimizer, mask, stage, stage_start)
-        self.batch_size, self.grad_accum, self.grad_clip = args.batch_size, args.grad_accum, args.grad_clip
-        self.global_micro = args.batch_size * accelerator.num_processes
-        self.tokens_per_step = self.global_micro * args.grad_accum * seq_len
+        self.grad_accum, self.grad_clip = cfg.grad_accum, cfg.grad_clip
+        self.global_micro, self.tokens_per_step = cfg.global_batch, cfg.tokens_per_step
         self.sequences = 0
         self.sample: list[int] = []  # ids of the first global sequences this process trained on
 
@@ -443,13 +449,12 @@ class Evaluator:
 
 
 class Console:
-    """What the main process shows: a progress bar with the training loss, and one line per evaluation."""
+    """What the main process shows while training: a progress bar with the training loss (off with --quiet),
+    one line per evaluation on stdout, and the run's status lines written above the bar."""
 
-    def __init__(self, enabled: bool, total: int, initial: int):
-        from tqdm.auto import tqdm
-
-        self.enabled = enabled
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, desc="train")
+    def __init__(self, main: bool, total: int, initial: int):
+        self.main = main
+        self.bar = progress(total=total, initial=initial, desc="train", leave=True)  # disabled off the main process
 
     def __enter__(self) -> Console:
         return self
@@ -463,13 +468,13 @@ class Console:
                              tok_s=f"{record['tokens_per_s']:,.0f}")
 
     def eval(self, record: dict[str, Any]) -> None:
-        if self.enabled:
+        if self.main:
             domains = "  ".join(f"{name} {loss:.4f}" for name, loss in record["losses"].items())
             self.bar.write(f"eval step {record['step']} ({record['tokens']:,} tokens): {domains}  "
                            f"mean {record['eval_loss']:.4f}", file=sys.stdout)
 
     def say(self, message: str) -> None:
-        if self.enabled:
+        if log.isEnabledFor(logging.INFO):  # as log.info would: not with --quiet, not off the main process
             self.bar.write(message, file=sys.stderr)
 
 
@@ -505,216 +510,297 @@ def _on_main(accelerator, work) -> None:
         raise HfgrowError(error)
 
 
-def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer: Trainer, stage: Stage,
-         folder: Path, info: ModelInfo, layers_before: int, state: dict[str, Any]) -> tuple[Path, ModelInfo, dict]:
+def grow(run: Run, stage: Stage, state: RunState) -> dict[str, Any]:
     """The growth point before ``stage``: write the model as ``stage-K/``, grow it into ``grown-K+1/`` with the
-    growth pipeline, load it, build AdamW again (``--grow-optimizer``), and hand both to ``trainer``.
+    growth pipeline, load it, build AdamW again (``--grow-optimizer``), and hand both to the trainer.
 
-    ``folder`` is the folder the ending stage started from (its config and tokenizer files); ``state`` is what
-    a checkpoint at this step would record (the card of ``stage-K/`` tells it). Under FSDP2
+    ``state`` is what a checkpoint at this step would record (the card of ``stage-K/`` tells it). Under FSDP2
     the full weights and optimizer state are gathered onto the main process (torch's distributed
     state-dict API, through accelerate), which writes and grows; every process then loads the grown
-    folder and ``accelerator.prepare`` shards it again. Returns the grown folder, the new model's info and
-    the growth record for log.jsonl.
+    folder and ``accelerator.prepare`` shards it again. Returns the growth record for log.jsonl.
     """
-    import torch
-    from transformers import AutoConfig
-
-    from hfgrow.arch.layout import decoder_blocks
-    from hfgrow.growth.pipeline import WriteOptions, grow_model
     from hfgrow.growth.recipe import Recipe
-    from hfgrow.growth.registry import describe, get as get_operator
-    from hfgrow.train.export import card_text, write_model_folder
-    from hfgrow.train.growth import (carry_moments, carry_upcycled, full_optimizer_state, grow_spec, grown_folder,
-                                     load_optimizer_state, stage_folder)
+    from hfgrow.growth.registry import describe
+    from hfgrow.train.growth import full_optimizer_state, grown_folder, stage_folder
 
-    distributed = accelerator.num_processes > 1
-    small, grown = stage_folder(out, stage.index - 1), grown_folder(out, stage.index)
+    accelerator, trainer, cfg = run.accelerator, run.trainer, run.cfg
+    small, grown = stage_folder(run.out, stage.index - 1), grown_folder(run.out, stage.index)
     weights = accelerator.get_state_dict(trainer.model)  # the full weights, on the main process
-    moments = (full_optimizer_state(trainer.model, trainer.optimizer, distributed)
-               if args.grow_optimizer == "carry" else None)
-
-    def write_and_grow(weights: dict) -> None:
-        # float32, the weights exactly as trained: the grown stage is made from them (final/ gets the model's dtype)
-        config = AutoConfig.from_pretrained(folder)
-        readme = card_text(small, state, folder, config, small.name, None)
-        write_model_folder(weights, small, config=config, carry_from=folder, dtype=torch.float32,
-                           use_cache=info.use_cache, readme=readme)
-        grow_model(str(small), grown, grow_spec(stage.growth.op, stage.growth.factor, args.seed, args.grow_style,
-                                                args.grow_top_k), WriteOptions(quiet=True, overwrite=True))
-
-    _on_main(accelerator, partial(write_and_grow, weights))
+    moments = (full_optimizer_state(trainer.model, trainer.optimizer, accelerator.num_processes > 1)
+               if cfg.grow_optimizer == "carry" else None)
+    _on_main(accelerator, partial(_write_and_grow, run, weights, stage, small, grown, state))
     del weights  # the small model's full copy on the main process
-    if info.mask is not None:
-        info.mask.remove()
+    if run.info.mask is not None:
+        run.info.mask.remove()
     accelerator.free_memory()  # the old model and optimizer leave accelerate's lists: checkpoints hold the new ones
     trainer.model = trainer.optimizer = None
     recipe = Recipe.read(grown)
-    model, new_info = load_model(args, setup, grown,
-                                 stage_ramp(setup, recipe, stage.index, trainer.schedule.max_steps - stage.start_step))
-    new_info.export_dtype, new_info.use_cache = info.export_dtype, info.use_cache  # the run's model's, not stage-K's
-    optimizer = make_optimizer(model, args, accelerator, trainer.schedule.max_lr)
-    plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if plugin is not None and not os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP"):
-        plugin.transformer_cls_names_to_wrap = None  # FSDP wraps the grown model's own blocks (upcycled: MoE blocks)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    record: dict[str, Any] = {}
-    if moments is not None:
-        template = full_optimizer_state(model, optimizer, distributed)
-        if accelerator.is_main_process and recipe.operation.experts:  # upcycled: experts get their MLP's moments
-            template["state"], record["carry_unmatched"] = carry_upcycled(moments["state"], template["state"],
-                                                                          recipe.operation.experts)
-        elif accelerator.is_main_process:
-            prefix = decoder_blocks(accelerator.unwrap_model(model), len(recipe.layer_map))[0] + "."
-            zeroed = set() if get_operator(recipe.operation.op).carry_new_layers else set(recipe.new_layers)
-            template["state"], missing = carry_moments(moments["state"], template["state"], prefix=prefix,
-                                                       layer_map=recipe.layer_map, zeroed=zeroed)
-            record["carry_unmatched"] = missing
-        load_optimizer_state(model, optimizer, template, distributed)
-    trainer.swap(model, optimizer, new_info.mask, stage.index, stage.start_step)
-    record = {"step": stage.start_step, "tokens": stage.start_step * trainer.tokens_per_step, "stage": stage.index,
+    model, info = load_model(cfg, run.setup, grown,
+                             stage_ramp(run.setup, recipe, stage.index, trainer.schedule.max_steps - stage.start_step))
+    info.export_dtype, info.use_cache = run.info.export_dtype, run.info.use_cache  # the run's model's, not stage-K's
+    model, optimizer = _prepare_grown(accelerator, model, make_optimizer(model, cfg, accelerator,
+                                                                         trainer.schedule.max_lr))
+    unmatched = _carry_optimizer(accelerator, model, optimizer, moments, recipe) if moments is not None else None
+    layers_before = run.plan.stages[stage.index - 1].layers
+    trainer.swap(model, optimizer, info.mask, stage.index, stage.start_step)
+    run.folder, run.info = grown, info
+    record = {"step": stage.start_step, "tokens": stage.start_step * cfg.tokens_per_step, "stage": stage.index,
               "op": stage.growth.op, "factor": stage.growth.factor, "operator": describe(recipe.operation),
               "layers_before": layers_before, "layers_after": len(recipe.layer_map or []) or layers_before,
-              "params_after": new_info.n_params, "optimizer": args.grow_optimizer,
-              "small_folder": small.name, "grown_folder": grown.name, **record}
-    return grown, new_info, record
+              "params_after": info.n_params, "optimizer": cfg.grow_optimizer,
+              "small_folder": small.name, "grown_folder": grown.name}
+    if unmatched is not None:
+        record["carry_unmatched"] = unmatched
+    return record
+
+
+def _write_and_grow(run: Run, weights: dict, stage: Stage, small: Path, grown: Path, state: RunState) -> None:
+    """On the main process: the weights as trained (float32: the grown stage is made from them; final/ gets the
+    model's dtype) into ``small`` with its card, then the growth pipeline every ``hfgrow stack``/``grow`` uses
+    from ``small`` into ``grown``."""
+    import torch
+    from transformers import AutoConfig
+
+    from hfgrow.growth.pipeline import WriteOptions, grow_model
+    from hfgrow.train.export import card_text, write_model_folder
+    from hfgrow.train.growth import grow_spec
+
+    cfg = run.cfg
+    config = AutoConfig.from_pretrained(run.folder)
+    readme = card_text(small, state, run.folder, config, small.name, None)
+    write_model_folder(weights, small, config=config, carry_from=run.folder, dtype=torch.float32,
+                       use_cache=run.info.use_cache, readme=readme)
+    spec = grow_spec(stage.growth.op, stage.growth.factor, cfg.seed, cfg.grow_style, cfg.grow_top_k)
+    grow_model(str(small), grown, spec, WriteOptions(quiet=True, overwrite=True))
+
+
+def _prepare_grown(accelerator, model, optimizer):
+    """``accelerator.prepare`` for a grown model: FSDP wraps the grown model's own blocks (an upcycled model's are
+    MoE blocks) unless the launcher named the classes to wrap."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and not os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP"):
+        plugin.transformer_cls_names_to_wrap = None
+    return accelerator.prepare(model, optimizer)
+
+
+def _carry_optimizer(accelerator, model, optimizer, moments: dict, recipe) -> list[str]:
+    """``--grow-optimizer carry``: AdamW's moments of the small model through the grown recipe's layer map (an
+    upcycled model: each expert its MLP's, the router fresh); returns the grown parameters that had no source."""
+    from hfgrow.arch.layout import decoder_blocks
+    from hfgrow.growth.registry import get as get_operator
+    from hfgrow.train.growth import carry_moments, carry_upcycled, full_optimizer_state, load_optimizer_state
+
+    distributed = accelerator.num_processes > 1
+    template = full_optimizer_state(model, optimizer, distributed)
+    unmatched: list[str] = []
+    if accelerator.is_main_process and recipe.operation.experts:
+        template["state"], unmatched = carry_upcycled(moments["state"], template["state"], recipe.operation.experts)
+    elif accelerator.is_main_process:
+        prefix = decoder_blocks(accelerator.unwrap_model(model), len(recipe.layer_map))[0] + "."
+        zeroed = set() if get_operator(recipe.operation.op).carry_new_layers else set(recipe.new_layers)
+        template["state"], unmatched = carry_moments(moments["state"], template["state"], prefix=prefix,
+                                                     layer_map=recipe.layer_map, zeroed=zeroed)
+    load_optimizer_state(model, optimizer, template, distributed)
+    return unmatched
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# The run: start, train, finish
 # ---------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> Path | None:
-    """Train as ``args`` say; return final/ (None with --no-export, and on every process but the main one)."""
-    from accelerate import Accelerator
+@dataclass
+class Run:
+    """A run being trained: what :func:`start` built, and what changes as it goes (the folder and model of the
+    current stage, the last losses, the last checkpoint)."""
+
+    cfg: TrainConfig  # the run's settings, its sequence length filled in
+    setup: Setup
+    source: Any  # the resolved --model (hfgrow.io.source.Source)
+    accelerator: Any
+    data: Any  # hfgrow.data.loading.Data: the training stream and the held-out sequences
+    plan: StagePlan
+    trainer: Trainer
+    evaluator: Evaluator
+    info: ModelInfo
+    folder: Path  # the model folder the current stage started from
+    run_info: dict[str, Any]  # run.json
+    start_step: int  # 0, or the step of the checkpoint resumed from
+    last_checkpoint: Path | None = None
+    last_loss: float | None = None
+    last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_eval_step: int | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    def state(self, step: int, *, data: bool = True) -> RunState:
+        """What a checkpoint after ``step`` steps records (``data``: with the data position)."""
+        return RunState(step=step, tokens=step * self.cfg.tokens_per_step, run=self.run_info,
+                        stage=self.trainer.stage, data=self.data.train.state_dict() if data else None,
+                        last_loss=self.last_loss, last_eval=self.last_eval, last_eval_step=self.last_eval_step)
+
+
+def start(cfg: TrainConfig, source) -> Run:
+    """Set the run up: input checks, processes, data, stages, the model of the stage to start in, AdamW, the LR
+    schedule, and the checkpoint to resume from."""
     from accelerate.utils import set_seed
 
     from hfgrow.arch.layout import read_config
     from hfgrow.data.loading import build_data
     from hfgrow.growth.recipe import Recipe
-    from hfgrow.io.source import open_source
+    from hfgrow.train.growth import grown_folder
+
+    setup = preflight(cfg, source)
+    cfg = setup.cfg
+    accelerator = _accelerator(cfg)
+    set_seed(cfg.seed)
+    data = build_data(setup.specs, setup.tokenizer, cfg.seq_len, seed=cfg.seed, eval_sequences=cfg.eval_sequences,
+                      eval_domains=setup.eval_specs, mixture=cfg.mixture, text_field=cfg.text_field)
+    plan = cfg.stage_plan(read_config(source.path))
+    stage = resume_stage(setup, plan, Path(cfg.output_dir))
+    folder = grown_folder(Path(cfg.output_dir), stage) if stage else source.path
+    _say_start(setup, plan, stage)
+    ramp = stage_ramp(setup, Recipe.read(folder) if stage else setup.recipe, stage,
+                      cfg.steps - plan.stages[stage].start_step)
+    model, info = load_model(cfg, setup, folder, ramp, random_init=not setup.has_weights and not stage)
+    schedule = cfg.schedule(plan.final_params if cfg.grow else info.n_params, plan)
+    if not setup.resume_from:
+        log.info(describe_warmup(schedule.warmup, schedule.max_steps, given=cfg.warmup_steps is not None))
+    model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg, accelerator, schedule.max_lr))
+    trainer = Trainer(accelerator, model, optimizer, data.train, schedule, cfg, info.mask, stage=stage,
+                      stage_start=plan.stages[stage].start_step)
+    del model, optimizer  # the trainer holds the current ones (a growth replaces them)
+    run_info = describe_run(setup, source, info, data, schedule, accelerator, plan)
+    step = resume(accelerator, setup, data, schedule, run_info)
+    if cfg.resume and setup.resume_from is None:
+        log.info(f"--resume: no complete checkpoint in {cfg.output_dir}; starting from the beginning.")
+    if cfg.trackers:
+        accelerator.init_trackers("hfgrow", config={k: v for k, v in run_info.items()
+                                                    if isinstance(v, (int, float, str, bool))})
+    resumed = setup.resume_state or RunState(0, 0, {})
+    return Run(cfg, setup, source, accelerator, data, plan, trainer, Evaluator(accelerator, data.eval, cfg.batch_size),
+               info, folder, run_info, step, last_checkpoint=setup.resume_from, last_loss=resumed.last_loss,
+               last_eval=resumed.last_eval, last_eval_step=resumed.last_eval_step)
+
+
+def _accelerator(cfg: TrainConfig):
+    """The processes: accelerate's Accelerator (gloo on CPU-only machines; FSDP2 on CPU when asked)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.trackers or None,
+                              project_dir=str(cfg.output_dir), cpu=_cpu_only_multiprocess())
+    _fsdp2_on_cpu(accelerator)
+    if accelerator.num_processes != cfg.world_size:  # the launcher's WORLD_SIZE sized the batch and the steps
+        raise HfgrowError(f"the run was configured for {cfg.world_size} processes but accelerate started "
+                          f"{accelerator.num_processes}; build the config with world_size={accelerator.num_processes}.")
+    return accelerator
+
+
+def _say_start(setup: Setup, plan: StagePlan, stage: int) -> None:
+    cfg = setup.cfg
+    log.info(f"speed: {cfg.speed().describe()}")
+    for note in plan.notes:
+        log.info(note)
+    if not setup.has_weights and not stage:
+        log.info(f"{cfg.model} has no weights: the run starts from {setup.config.model_type}'s own random "
+                 f"initialisation (seed {cfg.seed}).")
+
+
+def train(run: Run, runlog: RunLog, console: Console) -> None:
+    """Evaluate the model as it starts (the growth's effect), then step by step: grow where a stage begins, train,
+    log, evaluate, checkpoint."""
+    cfg, trainer, last = run.cfg, run.trainer, run.trainer.schedule.max_steps
+    if run.start_step == 0 and run.evaluator:
+        n_eval = sum(len(seqs) for seqs in run.data.eval.values())
+        console.say(f"evaluating the model before training: {n_eval:,} held-out sequences of {cfg.seq_len:,} tokens "
+                    f"({', '.join(run.data.eval)})")
+        evaluate(run, runlog, console, 0)
+    for step in range(run.start_step, last):
+        stage = run.plan.growth_before(step, trainer.stage)
+        if stage is not None:
+            grow_at(run, stage, runlog, console)
+        record = trainer.step(step)
+        runlog.train(record)
+        console.step(record)
+        done, run.last_loss = record["step"], record["loss"]
+        if run.evaluator and (done % cfg.eval_steps == 0 or done == last):
+            evaluate(run, runlog, console, done)
+        if done % cfg.save_steps == 0 or done == last:
+            run.last_checkpoint = checkpoints.save(run.accelerator, run.out, run.state(done), keep=cfg.save_total_limit)
+        checkpoints.debug_kill("HFGROW_DEBUG_KILL_AT_STEP", done)
+
+
+def evaluate(run: Run, runlog: RunLog, console: Console, step: int) -> None:
+    """Held-out losses of the model after ``step`` steps: logged, shown, kept for the next checkpoint."""
+    run.last_eval, run.last_eval_step = run.evaluator(run.trainer.model), step
+    console.eval(runlog.eval(step, step * run.cfg.tokens_per_step, run.last_eval, run.data.weights,
+                             run.trainer.stage))
+
+
+def grow_at(run: Run, stage: Stage, runlog: RunLog, console: Console) -> None:
+    """The growth before ``stage``: the model as it was grown on the curve, the growth, the grown model's
+    held-out loss, one log record and one line."""
+    step = stage.start_step
+    if run.evaluator and run.last_eval_step != step:
+        evaluate(run, runlog, console, step)
+    record = grow(run, stage, run.state(step, data=False))
+    if run.evaluator:
+        after = run.evaluator(run.trainer.model)
+        record.update(losses_after=after, eval_loss_after=sum(after.values()) / len(after))
+    runlog.growth(record)
+    console.say(f"growth at step {step:,} ({record['tokens']:,} tokens): {record['layers_before']} → "
+                f"{record['layers_after']} layers ({record['operator']}), AdamW {run.cfg.grow_optimizer}"
+                + (f", held-out loss {record['eval_loss_after']:.4f}" if run.evaluator else "")
+                + f"; the model it grew from is {run.out / record['small_folder']}")
+
+
+def finish(run: Run) -> Path | None:
+    """After the last step: each process's sample of what it trained on, the trackers closed, the MSG hooks
+    removed, and final/ exported (or, with --no-export, where the run ends). Returns final/ on the main process."""
     from hfgrow.train.export import export_checkpoint, push
-    from hfgrow.train.growth import grown_folder, plan_stages
 
-    out = Path(args.output_dir)
-    with open_source(args.model, progress=_rank() == 0) as source:
-        # --- setup: checks, processes, data, stages, model, optimizer, schedule
-        setup = preflight(args, source)
-        accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, log_with=setup.trackers or None,
-                                  project_dir=str(out), cpu=_cpu_only_multiprocess())
-        _fsdp2_on_cpu(accelerator)
-        is_main = accelerator.is_main_process
-        set_seed(args.seed)
-        data = build_data(setup.specs, setup.tokenizer, setup.seq_len, seed=args.seed,
-                          eval_sequences=args.eval_sequences, eval_domains=setup.eval_specs, mixture=args.mixture,
-                          text_field=args.text_field)
-        tokens_per_step = args.batch_size * accelerator.num_processes * args.grad_accum * setup.seq_len
-        max_steps = steps_for(args.max_steps, args.max_tokens, tokens_per_step)
-        plan = plan_stages(read_config(source.path), args.grow, tokens_per_step=tokens_per_step, max_steps=max_steps,
-                           seed=args.seed, style=args.grow_style, top_k=args.grow_top_k)
-        stage = resume_stage(setup, plan, out)
-        folder = grown_folder(out, stage) if stage else source.path
-        if is_main:
-            print(f"speed: {resolve_speed(args).describe()}", file=sys.stderr)
-            for note in plan.notes:
-                print(note, file=sys.stderr)
-            if not setup.has_weights and not stage:
-                print(f"{args.model} has no weights: the run starts from {setup.config.model_type}'s own random "
-                      f"initialisation (seed {args.seed}).", file=sys.stderr)
-        ramp = stage_ramp(setup, Recipe.read(folder) if stage else setup.recipe, stage,
-                          max_steps - plan.stages[stage].start_step)
-        model, info = load_model(args, setup, folder, ramp, random_init=not setup.has_weights and not stage)
-        schedule = Schedule.plan(n_params=plan.final_params if args.grow else info.n_params, max_steps=max_steps,
-                                 lr=args.lr, min_lr=args.min_lr, warmup=args.warmup_steps,
-                                 rewarm=args.grow_warmup_steps, growth_steps=[s.start_step for s in plan.stages[1:]])
-        if is_main and not setup.resume_from:
-            print(describe_warmup(schedule.warmup, schedule.max_steps, given=args.warmup_steps is not None),
-                  file=sys.stderr)
-        optimizer = make_optimizer(model, args, accelerator, schedule.max_lr)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        trainer = Trainer(accelerator, model, optimizer, data.train, schedule, args, setup.seq_len, info.mask,
-                          stage=stage, stage_start=plan.stages[stage].start_step)
-        del model, optimizer  # the trainer holds the current ones (a growth replaces them)
-        evaluator = Evaluator(accelerator, data.eval, args.batch_size)
-        run_info = describe_run(args, setup, source, info, data, schedule, accelerator, tokens_per_step, plan)
-        start = resume(accelerator, setup, data, schedule, run_info)
-        if args.resume and setup.resume_from is None and is_main:
-            print(f"--resume: no complete checkpoint in {out}; starting from the beginning.", file=sys.stderr)
-        if setup.trackers:
-            accelerator.init_trackers("hfgrow", config={k: v for k, v in run_info.items()
-                                                        if isinstance(v, (int, float, str, bool))})
-
-        # --- the loop: evaluate at step 0 (growth's effect), then (grow,) train, evaluate, checkpoint
-        last_checkpoint = setup.resume_from
-        resumed = setup.resume_state or {}
-        last_loss, last_eval = resumed.get("last_loss"), resumed.get("last_eval") or {}
-        last_eval_step = resumed.get("last_eval_step")
-        with RunLog(out, resume_step=start if setup.resume_from else None, resume_stage=stage, write=is_main,
-                    trackers=accelerator if setup.trackers else None) as log, \
-                Console(is_main, schedule.max_steps, start) as console:
-            log.start(run_info)
-            if start == 0 and evaluator:
-                n_eval = sum(len(seqs) for seqs in data.eval.values())
-                console.say(f"evaluating the model before training: {n_eval:,} held-out sequences of "
-                            f"{setup.seq_len:,} tokens ({', '.join(data.eval)})")
-                last_eval, last_eval_step = evaluator(trainer.model), 0
-                console.eval(log.eval(0, 0, last_eval, data.weights))
-            for step in range(start, schedule.max_steps):
-                nxt = plan.growth_before(step, trainer.stage)
-                if nxt is not None:
-                    if evaluator and last_eval_step != step:  # the model as it was grown, on the curve
-                        last_eval, last_eval_step = evaluator(trainer.model), step
-                        console.eval(log.eval(step, step * tokens_per_step, last_eval, data.weights, trainer.stage))
-                    state = {"step": step, "tokens": step * tokens_per_step, "run": run_info, "stage": trainer.stage,
-                             "last_loss": last_loss, "last_eval": last_eval}
-                    folder, info, record = grow(accelerator, args, setup, out, trainer, nxt, folder, info,
-                                                plan.stages[nxt.index - 1].layers, state)
-                    if evaluator:
-                        after = evaluator(trainer.model)
-                        record.update(losses_after=after, eval_loss_after=sum(after.values()) / len(after))
-                    log.growth(record)
-                    console.say(f"growth at step {step:,} ({record['tokens']:,} tokens): {record['layers_before']} → "
-                                f"{record['layers_after']} layers ({record['operator']}), AdamW {args.grow_optimizer}"
-                                + (f", held-out loss {record['eval_loss_after']:.4f}" if evaluator else "")
-                                + f"; the model it grew from is {out / record['small_folder']}")
-                record = trainer.step(step)
-                log.train(record)
-                console.step(record)
-                done, last_loss = record["step"], record["loss"]
-                if evaluator and (done % args.eval_steps == 0 or done == schedule.max_steps):
-                    last_eval, last_eval_step = evaluator(trainer.model), done
-                    console.eval(log.eval(done, record["tokens"], last_eval, data.weights, trainer.stage))
-                if done % args.save_steps == 0 or done == schedule.max_steps:
-                    state = {"step": done, "tokens": record["tokens"], "data": data.train.state_dict(),
-                             "run": run_info, "last_loss": last_loss, "last_eval": last_eval,
-                             "last_eval_step": last_eval_step, "stage": trainer.stage}
-                    last_checkpoint = checkpoints.save(accelerator, out, done, state, keep=args.save_total_limit)
-                checkpoints.debug_kill("HFGROW_DEBUG_KILL_AT_STEP", done)
-        trainer.write_sample(out / "ranks")
-        if setup.trackers:
-            accelerator.end_training()
-        if info.mask is not None:
-            if info.mask.active and is_main:
-                print(f"warning: training stopped at step {schedule.max_steps}, before the MSG mask ramp reached 1 "
-                      f"(step {trainer.stage_start + info.mask.steps}); the exported model uses the new layers/units "
-                      "at full strength.", file=sys.stderr)
-            info.mask.remove()
-
-        # --- the result: final/, or the last checkpoint with --no-export
-        final = None
-        if is_main and args.no_export:
-            print(f"--no-export: the run ends with {last_checkpoint}; `hfgrow export {last_checkpoint} OUT` writes "
-                  "the model folder.", file=sys.stderr)
-        elif is_main:
-            name = args.push_to.split("/")[-1] if args.push_to else out.resolve().name
-            final = export_checkpoint(last_checkpoint, out / "final", replace=True, max_shard_size=args.max_shard_size,
-                                      base=source, model_name=name)
-            print(f"exported {final}", file=sys.stderr)
-            if args.push_to:
-                push(final, args.push_to)
-        accelerator.wait_for_everyone()
+    cfg, accelerator = run.cfg, run.accelerator
+    run.trainer.write_sample(run.out / "ranks")
+    if cfg.trackers:
+        accelerator.end_training()
+    mask = run.info.mask
+    if mask is not None:
+        if mask.active:
+            log.warning(f"training stopped at step {run.trainer.schedule.max_steps}, before the MSG mask ramp reached "
+                        f"1 (step {run.trainer.stage_start + mask.steps}); the exported model uses the new "
+                        "layers/units at full strength.")
+        mask.remove()
+    final = None
+    if cfg.no_export:
+        log.info(f"--no-export: the run ends with {run.last_checkpoint}; `hfgrow export {run.last_checkpoint} OUT` "
+                 "writes the model folder.")
+    elif accelerator.is_main_process:
+        name = cfg.push_to.split("/")[-1] if cfg.push_to else run.out.resolve().name
+        final = export_checkpoint(run.last_checkpoint, run.out / "final", replace=True,
+                                  max_shard_size=cfg.max_shard_size, base=run.source, model_name=name)
+        log.info(f"exported {final}")
+        if cfg.push_to:
+            push(final, cfg.push_to)
+    accelerator.wait_for_everyone()
     return final
+
+
+def run(cfg: TrainConfig) -> Path | None:
+    """Train as ``cfg`` says; return final/ (None with --no-export, and on every process but the main one)."""
+    from hfgrow.io.source import open_source
+
+    with open_source(cfg.model, progress=_rank() == 0) as source:
+        current = start(cfg, source)
+        with RunLog(current.out, resume_step=current.start_step if current.setup.resume_from else None,
+                    resume_stage=current.trainer.stage, write=current.accelerator.is_main_process,
+                    trackers=current.accelerator if current.cfg.trackers else None) as runlog, \
+                Console(current.accelerator.is_main_process, current.trainer.schedule.max_steps,
+                        current.start_step) as console:
+            runlog.start(current.run_info)
+            train(current, runlog, console)
+        return finish(current)
 
 
 def _watch_parent(pid: int) -> None:
@@ -741,23 +827,26 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["--model", "grown", "--data", "web.jsonl", "--output-dir", "run", "--max-tokens", "2B"])
         0
     """
+    from hfgrow.console import configure
     from hfgrow.io.output import Terminated, stop_on_signals
+    from hfgrow.train.config import build_parser
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # a bad option: one line, exit 2
+    configure(-1 if args.quiet else 1 if args.verbose else 0)  # off the main process: errors only
     parent = os.environ.get(PARENT_ENV)
     if parent and parent.isdigit():
         _watch_parent(int(parent))
     try:
         with stop_on_signals():  # SIGTERM (what schedulers send) stops like Ctrl-C; a second signal is ignored
-            run(args)
+            run(TrainConfig.from_argv(argv))
     except HfgrowError as exc:
-        if _rank() == 0:  # every rank fails the same way; say it once
-            print(f"error: {exc}", file=sys.stderr)
+        if _rank() == 0:  # every rank fails the same way: said once
+            log.error(f"error: {exc}")
         return 1
     except KeyboardInterrupt as exc:
         name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
         if _rank() == 0:
-            print(f"stopped by {name}; every complete checkpoint in {args.output_dir} is intact (rerun with --resume "
-                  "to continue from the latest).", file=sys.stderr)
+            log.error(f"stopped by {name}; every complete checkpoint in {args.output_dir} is intact (rerun with "
+                      "--resume to continue from the latest).")
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     return 0

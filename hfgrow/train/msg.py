@@ -207,23 +207,26 @@ def sublayer_outputs(model, blocks, indices) -> dict[int, list | None]:
             for h in hooks:
                 h.remove()
             model.train(training)
-    for i, starts in found.items():
-        tails = []
-        for tail in starts or []:
-            out = next((o for m, _, o in calls[i] if m is tail), None)
-            if out is None:  # not called on the probe
-                tails = None
+    return {i: _follow_outputs(starts, calls.get(i, [])) for i, starts in found.items()}
+
+
+def _follow_outputs(starts: list | None, calls: list) -> list | None:
+    """For each module of ``starts``, the last module of the chain that takes its output as input (a post-norm, a
+    dropout) on the probe's ``calls``; None when one was not called on the probe."""
+    tails = []
+    for tail in starts or []:
+        out = next((o for m, _, o in calls if m is tail), None)
+        if out is None:  # not called on the probe
+            return None
+        seen = {tail}
+        while True:  # follow the modules that take the output as their input
+            nxt = next(((m, o) for m, x, o in calls if x is out and m not in seen), None)
+            if nxt is None:
                 break
-            seen = {tail}
-            while True:  # follow the modules that take the output as their input
-                nxt = next(((m, o) for m, x, o in calls[i] if x is out and m not in seen), None)
-                if nxt is None:
-                    break
-                tail, out = nxt
-                seen.add(tail)
-            tails.append(tail)
-        found[i] = tails or None
-    return found
+            tail, out = nxt
+            seen.add(tail)
+        tails.append(tail)
+    return tails or None
 
 
 def _subtracts_mean(module) -> bool:

@@ -307,7 +307,7 @@ def test_mutated_checkpoint_states_are_refused_or_resume_in_bounds(token_world, 
         (folder / "hfgrow_state.json").write_text(json.dumps(mutated))
         try:
             loaded = read_state(folder)
-            data.train.load_state_dict(loaded["data"])
+            data.train.load_state_dict(loaded.data)
             batch = data.train.next_batch(4)
             assert all(0 <= t < 64 for _, _, seq in batch for t in seq), (case, what)
         except HfgrowError as exc:

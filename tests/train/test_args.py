@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hfgrow.train.args import build_parser
+from hfgrow.train.config import build_parser
 
 REQUIRED = ["--model", "m", "--data", "d.txt", "--output-dir", "run"]
 
@@ -42,5 +42,5 @@ def test_train_help_lists_the_training_options_without_importing_torch():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "hfgrow.continue options:" in proc.stdout and "--max-tokens N" in proc.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "hfgrow.train.args" in imported  # the importtime listing is there to be read
+    assert "hfgrow.train.config" in imported  # the importtime listing is there to be read
     assert not {"torch", "transformers"} & imported

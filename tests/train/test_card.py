@@ -6,6 +6,7 @@ import transformers as tf
 import yaml
 
 from hfgrow.growth.recipe import Operation, Recipe, SourceRef
+from hfgrow.train.checkpoints import RunState
 from hfgrow.train.export import card_text
 from hfgrow.train.runlog import RunLog
 
@@ -33,7 +34,7 @@ def test_card_of_a_trained_grown_hub_model(tmp_path):
             log.train({"step": step, "loss": 3.0 - 0.1 * step, "tokens": step * RUN["tokens_per_step"]})
         log.eval(4, 4 * RUN["tokens_per_step"], {"web": 3.1, "code": 2.2}, RUN["mixture"])
         log.eval(6, 6 * RUN["tokens_per_step"], {"web": 3.0, "code": 2.1}, RUN["mixture"])
-    state = {"step": 4, "tokens": 4 * RUN["tokens_per_step"], "run": RUN, "last_loss": 2.6, "last_eval": {}}
+    state = RunState(step=4, tokens=4 * RUN["tokens_per_step"], run=RUN, last_loss=2.6)
     card = card_text(run / "checkpoint-4", state, base, tf.LlamaConfig(), "big-cpt", None)
 
     metadata = yaml.safe_load(card.split("---")[1])

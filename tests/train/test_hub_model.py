@@ -6,7 +6,8 @@ from hfgrow.eval.tiny import make_model, make_tokenizer, tiny_llama_config
 from hfgrow.growth.pipeline import grow
 from hfgrow.growth.recipe import Recipe
 from hfgrow.io.source import open_source
-from hfgrow.train.args import build_parser, preflight
+from hfgrow.train.args import preflight
+from hfgrow.train.config import TrainConfig
 
 
 def test_a_hub_model_brings_its_recipe(hub_server, tmp_path):
@@ -16,10 +17,10 @@ def test_a_hub_model_brings_its_recipe(hub_server, tmp_path):
     files = {p.name: p.read_bytes() for p in (tmp_path / "grown").iterdir()}
     hub_server.create_repo("org/grown", files=files)
     (tmp_path / "d.txt").write_text("the cat sat on the mat. " * 100)
-    args = build_parser().parse_args(["--model", "org/grown", "--data", str(tmp_path / "d.txt"), "--output-dir",
-                                      str(tmp_path / "run"), "--seq-len", "32", "--max-steps", "8", "--train", "new"])
-    with open_source(args.model, progress=False) as source:
-        setup = preflight(args, source)
+    cfg = TrainConfig.from_argv(["--model", "org/grown", "--data", str(tmp_path / "d.txt"), "--output-dir",
+                                 str(tmp_path / "run"), "--seq-len", "32", "--max-steps", "8", "--train", "new"])
+    with open_source(cfg.model, progress=False) as source:
+        setup = preflight(cfg, source)
         assert source.repo_id == "org/grown" and (source.path / "hfgrow.yaml").read_bytes() == files["hfgrow.yaml"]
     local = Recipe.read(tmp_path / "grown")
     assert setup.new_layers == list(local.new_layers) == [1, 3]  # factor 2 of a 2-layer model: 0,0,1,1

@@ -21,7 +21,8 @@ from hfgrow.growth.pipeline import grow
 from hfgrow.growth.replay import replay
 from hfgrow.growth.recipe import Mask, Recipe, WidthMask
 from hfgrow.io.source import open_source
-from hfgrow.train.args import build_parser, fit_ramp, preflight
+from hfgrow.train.args import fit_ramp, preflight
+from hfgrow.train.config import TrainConfig, build_parser
 from hfgrow.train.loop import main as continue_main
 
 PRTS_WIDTH = WidthMask(hidden=(32, 64), ffn={"intermediate_size": (64, 128)}, new_heads=(4, 5, 6, 7),
@@ -56,7 +57,7 @@ def test_a_ramp_that_cannot_finish_is_refused_or_warned_about():
         "new structure at a strength it was never trained at; give --mask-steps 150 or less, a larger --max-steps, "
         "or --no-export to go on later.")
     mask, warning = fit_ramp(prts, 450, exports=False)  # the run will go on later: say so, keep the ramp
-    assert mask.steps == 200 and warning == ("warning: the MSG mask ramp ends at step 600 (3 stages of 200 steps), "
+    assert mask.steps == 200 and warning == ("the MSG mask ramp ends at step 600 (3 stages of 200 steps), "
                                              "after the run's 450 steps; resume with --max-steps 600 or more to "
                                              "finish it.")
     assert fit_ramp(prts, 600) == (prts, None)  # ends on the last step: fine
@@ -91,10 +92,10 @@ def models(tmp_path_factory):
 
 
 def setup_for(models, tmp_path, model: str, *extra: str):
-    args = build_parser().parse_args(["--model", str(models / model), "--data", str(models / "d.txt"),
-                                      "--output-dir", str(tmp_path / "run"), "--seq-len", "32", *extra])
-    with open_source(args.model, progress=False) as source:
-        return preflight(args, source)
+    cfg = TrainConfig.from_argv(["--model", str(models / model), "--data", str(models / "d.txt"),
+                                 "--output-dir", str(tmp_path / "run"), "--seq-len", "32", *extra])
+    with open_source(cfg.model, progress=False) as source:
+        return preflight(cfg, source)
 
 
 def test_preflight_fits_the_ramp_to_the_run(models, tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ projections scaled by 1/sqrt(2·layers) as its init does —, biases zero, norm 
 init value (ones, or zeros for Gemma's ``1 + w`` norms). The recipe asks training to ramp each
 sublayer's residual update (``mask.form: sublayer``).
 
-``style="prts"``: as the reference code (prts ``msg.py``) does it: the target model's own init,
-prts's ``GPT._init_weights`` (normal(0, sqrt(2 / (5·fan_in))), MLP down projections
+``style="prts"``: as the reference code (tongxuluo/prts ``prts_lit/scaling/msg.py``) does it: the target
+model's own init, prts's ``GPT._init_weights`` (normal(0, sqrt(2 / (5·fan_in))), MLP down projections
 normal(0, 1 / (sqrt(fan_in)·layers)), biases zero, norms one: :meth:`Roles.prts_init_std`), and the
 whole block ramped, ``y = c·block(x) + (1 − c)·x`` (``mask.form: block``). The reference appends
 the new layers on top of the source's; :class:`hfgrow.growth.spec.GrowSpec` places them so.

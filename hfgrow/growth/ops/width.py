@@ -29,8 +29,8 @@ lives in and whether it writes or reads it; this module only applies the maps.
     ``_init_weights`` (normal(0, initializer_range), biases zero, norms at their init);
     the recipe lists the new units so continued training can ramp them in (MSG).
 
-``style="prts"`` runs ``zero`` and ``random`` as the reference code does (prts ``zero.py`` and
-``msg.py``): the target model is initialised by prts's ``GPT._init_weights``
+``style="prts"`` runs ``zero`` and ``random`` as the reference code does (tongxuluo/prts
+``prts_lit/scaling/zero.py`` and ``prts_lit/scaling/msg.py``): the target model is initialised by prts's ``GPT._init_weights``
 (:meth:`Roles.prts_init_std`) and the source copied into the leading units of every dimension. For
 ``random`` that is all (new units keep the init; the recipe asks for MSG's staged ramp: FFN, then
 hidden, then heads, masks on the outputs of the projections that write new units, mask-weighted norm
@@ -40,7 +40,7 @@ from the source, random fan-out; new hidden units: zero embedding columns, rando
 new norm weights and biases are zero and nothing is rescaled, so growing the hidden size changes the
 norms' statistics (the reference's operator is function-preserving only for FFN and head growth).
 
-``style="prts"`` runs ``direct`` as the reference's bert2BERT does (prts ``bert2bert.py``,
+``style="prts"`` runs ``direct`` as the reference's bert2BERT does (tongxuluo/prts ``prts_lit/scaling/bert2bert.py``,
 ``get_extra_src_indices`` and ``expand_tensor``, default ``from_left=False``): the ``diff = new - old``
 hidden units beyond the source width copy source units drawn *with replacement*
 (``random.choices(range(diff), k=diff)``, each taken modulo the source width; hfgrow seeds a
@@ -880,7 +880,7 @@ def half_precision_caveat(tensors: list[TensorPlan], scaled: list[str]) -> str |
 
 
 #: how training ramps new width units in, by style (recipe fields of :class:`~hfgrow.growth.recipe.Mask`):
-#: prts msg.py stages FFN, hidden, heads one ramp after another (MsgMask.getmask), scales the outputs of
+#: prts_lit/scaling/msg.py stages FFN, hidden, heads one ramp after another (MsgMask.getmask), scales the outputs of
 #: every projection that writes new units (MsgLayer) and normalises with mask-weighted statistics (MsgNorm)
 WIDTH_RAMPS = {
     "hfgrow": dict(stages=(("ffn", "hidden", "heads"),), units_at="readers", norm_stats="fill"),
