@@ -77,3 +77,13 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
+
+
+@pytest.fixture(autouse=True)
+def console_defaults() -> Iterator[None]:
+    """Every test ends with hfgrow.console's defaults again: a command run in-process with -q or -v configures the
+    console for the whole process, and the next test must not inherit that."""
+    yield
+    from hfgrow.console import configure
+
+    configure()
