@@ -8,14 +8,6 @@ import pytest
 from helpers.hub_server import HubServer
 
 
-@pytest.fixture(autouse=True)
-def _console() -> None:
-    """hfgrow's logger as a command sets it up (info, main process), so every test sees its lines on stderr."""
-    from hfgrow.console import configure
-
-    configure(0, main_process=True)
-
-
 @pytest.fixture
 def hub_server(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     """A local Hub on 127.0.0.1 that the real huggingface_hub client talks to over HTTP.
@@ -85,3 +77,13 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
+
+
+@pytest.fixture(autouse=True)
+def console_defaults() -> Iterator[None]:
+    """Every test ends with hfgrow.console's defaults again: a command run in-process with -q or -v configures the
+    console for the whole process, and the next test must not inherit that."""
+    yield
+    from hfgrow.console import configure
+
+    configure()

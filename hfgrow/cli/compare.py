@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hfgrow.cli.options import Operator
+from hfgrow.cli.options import Operator, console_options
 
 
 @click.command()
@@ -35,9 +35,9 @@ from hfgrow.cli.options import Operator
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-untrained", is_flag=True, help="Skip growing an untrained base (d = 0).")
 @click.option("--no-small", is_flag=True, help="Skip the small model trained alone on the whole budget.")
-@click.option("--quiet", "-q", is_flag=True)
+@console_options
 def compare(out, config, data, factor, ops, scratch_tokens, old_tokens, base_fraction, seq_len, batch_size, lr,
-            lr_grid, optimizers, seed, no_untrained, no_small, quiet):
+            lr_grid, optimizers, seed, no_untrained, no_small):
     """Train base -> grow -> continue, and the target from scratch, at equal FLOPs; plot and tabulate.
 
     Every arm is one run of hfgrow.continue (a grown arm grows inside its run, --grow OP:g@d).
@@ -53,6 +53,7 @@ def compare(out, config, data, factor, ops, scratch_tokens, old_tokens, base_fra
       hfgrow compare runs/cmp --config my-target/config.json --data corpus.jsonl --factor 2
     """
     from hfgrow.cli.options import renamed
+    from hfgrow.console import quiet
     from hfgrow.data.token_folder import is_token_folder
     from hfgrow.eval.compare import compare as run_compare, markdown
     from hfgrow.errors import HfgrowError
@@ -71,7 +72,8 @@ def compare(out, config, data, factor, ops, scratch_tokens, old_tokens, base_fra
     report = run_compare(out, config=config, data=list(data) or None, factor=factor, ops=tuple(ops),
                          optimizers=tuple(dict.fromkeys(optimizers)), scratch_tokens=scratch_tokens,
                          base_fraction=base_fraction, seq_len=seq_len, batch_size=batch_size, lr=lr, lr_grid=grid,
-                         seed=seed, include_untrained=not no_untrained, include_small=not no_small, quiet=quiet)
+                         seed=seed, include_untrained=not no_untrained, include_small=not no_small,
+                         quiet=quiet())
     click.echo(markdown(report))
     click.echo(f"plot: {Path(out) / 'compare.png'}")
 

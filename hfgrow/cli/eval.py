@@ -6,6 +6,8 @@ import json
 
 import click
 
+from hfgrow.cli.options import console_options
+
 from hfgrow.errors import HfgrowError
 
 
@@ -70,6 +72,7 @@ def _check_window_options(seq_len: int | None, stride: int | None, batch_size: i
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
 @click.option("--dtype", default=None, help="auto, float32, bfloat16, float16 [default: float32 on CPU].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@console_options
 def eval_(
     model: str,
     data: tuple[str, ...],

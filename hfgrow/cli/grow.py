@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from hfgrow.cli.options import (COUNT, Operator, depth_options, given, hub_options, output_options, refuse, report,
-                                width_options)
+from hfgrow.cli.options import (COUNT, Operator, console_options, depth_options, given, hub_options, output_options,
+                                refuse, report, width_options)
 from hfgrow.cli.upcycle import UPCYCLE_ONLY, upcycle_options
 
 # options each mode does not take (the recipe fixes everything; LiGO has its own; fixed operators none of LiGO's)
@@ -31,8 +31,9 @@ NOT_FOR_UPCYCLE = ("width_op", "factor", "layers", "pattern", "order", "hidden_s
 @depth_options()
 @output_options
 @hub_options
-def stack(src, out, factor, layers, pattern, order, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
-          revision, token):
+@console_options
+def stack(src, out, factor, layers, pattern, order, dtype, max_shard_size, dry_run, overwrite, push_to, revision,
+          token):
     """Gstack: grow SRC by repeating its decoder layers, and write OUT.
 
     SRC is a local model folder or a Hub repo id. With no --factor/--layers/--pattern
@@ -57,8 +58,8 @@ def stack(src, out, factor, layers, pattern, order, dtype, max_shard_size, dry_r
         raise click.UsageError("OUT is required unless --dry-run is given.")
     result = run_stack(src, out, factor=factor, layers=layers, pattern=pattern, order=order, dtype=dtype,
                        revision=revision, token=token, max_shard_size=max_shard_size, dry_run=dry_run,
-                       overwrite=overwrite, quiet=quiet, push_to=push_to)
-    report(result, dry_run, quiet)
+                       overwrite=overwrite, push_to=push_to)
+    report(result, dry_run)
 
 
 def _learn_options(fn):
@@ -128,10 +129,11 @@ def _learn_options(fn):
                    "`hfgrow grow SRC OUT --recipe FILE` takes the source from SRC.")
 @output_options
 @hub_options
+@console_options
 @click.pass_context
 def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_size, intermediate_size, num_heads,
          num_kv_heads, noise, seed, mask_steps, keep_tied, style, data, learn_steps, learn_lr, seq_len, batch_size,
-         width_init, device_map, max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to, quiet,
+         width_init, device_map, max_memory, offload_folder, recipe, dtype, max_shard_size, dry_run, overwrite, push_to,
          revision, token, **upcycling):
     """Grow SRC in depth, width or both with one of the paper's operators, and write OUT.
 
@@ -157,8 +159,7 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
       hfgrow grow ./small ./moe --op upcycle --experts 8 --top-k 2     # dense -> MoE (hfgrow upcycle)
       hfgrow grow --recipe ./big/hfgrow.yaml ./big-again
     """
-    write = dict(max_shard_size=max_shard_size, dry_run=dry_run, overwrite=overwrite, quiet=quiet, push_to=push_to,
-                 token=token)
+    write = dict(max_shard_size=max_shard_size, dry_run=dry_run, overwrite=overwrite, push_to=push_to, token=token)
     if recipe is not None:
         from hfgrow.growth.replay import replay
 
@@ -170,7 +171,7 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
             raise click.UsageError("OUT is required unless --dry-run is given.")
         if given(ctx, ["max_shard_size"]) == []:
             write["max_shard_size"] = None  # the recipe's own
-        report(replay(recipe, out, source=src, **write), dry_run, quiet)
+        report(replay(recipe, out, source=src, **write), dry_run)
         return
     if src is None:
         raise click.UsageError("give SRC and OUT (or --recipe FILE OUT).")
@@ -203,7 +204,7 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
         result = run_grow(src, out, op=op, width_op=width_op, order=order, **depth, **width, noise=noise, seed=seed,
                           mask_steps=mask_steps, style=style, dtype=dtype, revision=revision, keep_tied=keep_tied,
                           **write)
-    report(result, dry_run, quiet)
+    report(result, dry_run)
 
 
 @click.command()
@@ -218,6 +219,7 @@ def grow(ctx, src, out, op, width_op, factor, layers, pattern, order, hidden_siz
 @click.option("--max-tokens", type=COUNT, default=256, show_default=True,
               help="Use at most this many tokens of the text.")
 @hub_options
+@console_options
 def verify(src, out, text_file, expect, tol, max_tokens, revision, token):
     """Compare OUT with SRC on sample text: max |dlogit|, KL(src||out) and each model's loss.
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hfgrow.cli.options import console_options
+
 
 @click.command("push")
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
@@ -16,6 +18,7 @@ import click
 @click.option(
     "--commit-message", "-m", metavar="M", default=None, help="Commit title (default: 'Upload OUT with hfgrow')."
 )
+@console_options
 def push(
     out: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool, commit_message: str | None
 ) -> None:

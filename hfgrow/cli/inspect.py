@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hfgrow.cli.options import hub_options
+from hfgrow.cli.options import console_options, hub_options
 from hfgrow.errors import HfgrowError
 
 
@@ -17,6 +17,7 @@ from hfgrow.errors import HfgrowError
 @click.argument("src")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @hub_options
+@console_options
 def inspect(src, as_json, revision, token):
     """Show a model's architecture, layers, parameters, dtype and size, without loading weights.
 
@@ -35,6 +36,7 @@ def inspect(src, as_json, revision, token):
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Keep the demo folders here (default: a temporary folder).")
 @click.option("--factor", type=int, default=4, show_default=True)
+@console_options
 def demo(out, factor):
     """Build a tiny Llama offline, Gstack it, and check the result: its layer count, transformers' loading report
     (nothing missing, unexpected or mismatched), every layer bit for bit the source layer it copies, the other

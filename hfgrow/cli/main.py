@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from hfgrow.console import log
 from hfgrow.errors import HfgrowError
 
 # module name -> command names it defines; imported lazily so `hfgrow --help` stays fast
@@ -53,24 +54,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with stop_on_signals():  # SIGTERM unwinds like Ctrl-C: temporary folders are removed, OUT is as it was
             cli.main(args=argv, prog_name="hfgrow", standalone_mode=False)
-    except HfgrowError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except HfgrowError as exc:  # the exit path: one sentence on stderr (written as given) and the exit code
+        log.error(f"error: {exc}")
         sys.exit(1)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__cause__, Terminated):
-            click.echo("stopped by SIGTERM; nothing was written to the output folder.", err=True)
+            log.error("stopped by SIGTERM; nothing was written to the output folder.")
             sys.exit(143)
-        click.echo("aborted." if exc.__cause__ is None else "interrupted; nothing was written to the output folder.",
-                   err=True)
+        log.error("aborted." if exc.__cause__ is None else "interrupted; nothing was written to the output folder.")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
-            click.echo("stopped by SIGTERM; nothing was written to the output folder.", err=True)
+            log.error("stopped by SIGTERM; nothing was written to the output folder.")
             sys.exit(143)
-        click.echo("interrupted; nothing was written to the output folder.", err=True)
+        log.error("interrupted; nothing was written to the output folder.")
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import click
 
+from hfgrow.cli.options import console_options
+from hfgrow.console import log, progress
 from hfgrow.errors import HfgrowError
 
 # the choices of --measure, here so `hfgrow --help` imports no numpy; tests check they equal
@@ -45,7 +46,7 @@ def _load_tokenizer(spec: str):
 
     tokenizer = load_tokenizer(spec)
     if not getattr(tokenizer, "is_fast", False):
-        click.echo(f"warning: '{spec}' is not a fast tokenizer; counting will be slow.", err=True)
+        log.warning(f"'{spec}' is not a fast tokenizer; counting will be slow.")
     return tokenizer
 
 
@@ -69,6 +70,7 @@ def _load_tokenizer(spec: str):
 @click.option("--temperature", type=float, default=1.0, show_default=True,
               help="Softmax temperature: proportions are softmax(H / T). BiMix uses 1.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the mixture JSON here.")
+@console_options
 def entropy(domain_args, old_domain_args, tokenizer_spec, measure, seq_len, max_tokens, text_field, log_base,
             temperature, out) -> None:
     """Training-free mixture from each domain's token entropy.
@@ -88,8 +90,7 @@ def entropy(domain_args, old_domain_args, tokenizer_spec, measure, seq_len, max_
     from hfgrow.data.specs import LocalSource, open_domain, parse_specs
 
     if old_domain_args:
-        click.echo("warning: --domain is now --data, as in every other command; --domain goes in the next release.",
-                   err=True)
+        log.warning("--domain is now --data, as in every other command; --domain goes in the next release.")
     specs = parse_specs([*domain_args, *old_domain_args], require_name=True)
     if len(specs) < 2:
         raise HfgrowError(f"a mixture needs at least 2 domains (got {len(specs)}): repeat --data NAME=PATH.")
@@ -99,15 +100,13 @@ def entropy(domain_args, old_domain_args, tokenizer_spec, measure, seq_len, max_
             raise HfgrowError(f"domain '{name}' is empty: '{source.spec}' holds no text.")
     tokenizer = _load_tokenizer(tokenizer_spec)
 
-    from tqdm import tqdm
-
     from hfgrow.data.token_folder import TokenSource
     from hfgrow.data.tokenization import tokenizer_vocab_size
     from hfgrow.mix.counts import count_domain, count_ids, entropies, entropy_mixture
 
     stats = {}
     for name, source in sources.items():
-        with tqdm(total=max_tokens, desc=name, unit="tok", unit_scale=True, file=sys.stderr, disable=None, leave=False) as bar:
+        with progress(total=max_tokens, desc=name, unit="tok", unit_scale=True) as bar:
             if isinstance(source, TokenSource):  # a token folder: the stored stream, no tokenizing
                 source.check_tokenizer(tokenizer)
                 counts = count_ids(source.domain.chunks(max_tokens), tokenizer_vocab_size(tokenizer), seq_len)
@@ -147,6 +146,7 @@ def _fmt(x: float) -> str:
 @click.option("--holdout-by", type=click.Choice(["mixture", "step", "random"]), default="mixture", show_default=True,
               help="Hold out whole mixtures (unseen mixtures), the latest steps (extrapolation) or random points.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the holdout choice.")
+@console_options
 def fit(logs, out, holdout, holdout_by, seed) -> None:
     """Fit the BiMix law to per-domain eval logs.
 
@@ -180,7 +180,7 @@ def fit(logs, out, holdout, holdout_by, seed) -> None:
                "r = 1 as s -> inf): compare those with the paper's tables (its A times its B and C); the law file "
                "keeps A, B, C with C = 1.")
     for warning in law.warnings():
-        click.echo(f"warning: {warning}.", err=True)
+        log.warning(f"{warning}.")
     skipped = sum(d.fit.get("skipped_r0", 0) for d in law.domains.values())
     if skipped:
         click.echo(f"left out {skipped} observations of domains with proportion 0 (the law is undefined there)")
@@ -194,6 +194,7 @@ def fit(logs, out, holdout, holdout_by, seed) -> None:
 @click.option("--steps", type=click.FloatRange(min=0, min_open=True), required=True, help="Training steps of the target run.")
 @click.option("--floor", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Smallest proportion a domain may get.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the mixture JSON here.")
+@console_options
 def optimize(law_path, steps, floor, out) -> None:
     """The mixture minimising the law's summed loss after --steps steps.
 
@@ -211,7 +212,7 @@ def optimize(law_path, steps, floor, out) -> None:
     steps = int(steps) if float(steps).is_integer() else steps
     for warning in [*law.warnings(), extrapolation_warning(law, steps)]:
         if warning:
-            click.echo(f"warning: {warning}.", err=True)
+            log.warning(f"{warning}.")
     r = optimize_mixture(law, steps, floor=floor)
     uniform = {name: 1.0 / len(law.domains) for name in law.domains}
     rows = [

@@ -2,8 +2,9 @@
 
 Options that mean the same thing are declared once here, so they are spelled, typed and explained the
 same way in every command: a token or parameter count accepts ``2T``/``500M``/``1e9`` (:data:`COUNT`),
-a size in bytes ``5GB``/``2GiB`` (:data:`BYTES`), and every command that reaches the Hub takes
-``--revision`` and ``--token``. Nothing here imports torch.
+a size in bytes ``5GB``/``2GiB`` (:data:`BYTES`), every command that reaches the Hub takes
+``--revision`` and ``--token``, and every command takes ``--quiet/-q`` and ``--verbose/-v``
+(:func:`console_options`). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 import click
 
+from hfgrow.console import configure, log, quiet
 from hfgrow.errors import HfgrowError
 from hfgrow.io.dtypes import OUTPUT_CHOICES
 
@@ -79,8 +81,8 @@ class Operator(click.ParamType):
             self.fail(f"'{value}' is not one of {', '.join(names(**self.filters))}.", param, ctx)
         if entry.name not in names(**self.filters, public=False):  # hidden entries too, but only those that fit
             self.fail(f"'{value}' is not one of {', '.join(names(**self.filters))}.", param, ctx)
-        if note:
-            click.echo(note, err=True)
+        if note:  # a deprecation: shown with --quiet too, in its own words ("note: ...")
+            log.warning(note, extra={"prefix": ""})
         return entry.name
 
 
@@ -92,6 +94,42 @@ def apply(fn: Callable, decorators: list[Callable]) -> Callable:
     for decorator in reversed(decorators):
         fn = decorator(fn)
     return fn
+
+
+#: ctx.meta key: the verbosity the command was configured with (-1 --quiet, 0, 1 --verbose)
+VERBOSITY = "hfgrow.verbosity"
+
+
+def _console_option(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Both flags are eager, so they are read before any other option or argument is converted; the second one
+    read configures the console (hfgrow.console.configure), once per command."""
+    if ctx.resilient_parsing:  # shell completion: nothing runs
+        return
+    flags = ctx.meta.setdefault("hfgrow.console-flags", {})
+    flags[param.name] = value
+    if len(flags) < 2:
+        return
+    if flags["quiet"] and flags["verbose"]:
+        raise click.UsageError("give --quiet or --verbose, not both.", ctx)
+    ctx.meta[VERBOSITY] = -1 if flags["quiet"] else 1 if flags["verbose"] else 0
+    configure(ctx.meta[VERBOSITY])
+
+
+def console_options(fn: Callable) -> Callable:
+    """--quiet/-q and --verbose/-v: every command takes both and they mean the same in each (tests/test_console.py
+    fails for a command without them). The command itself never sees them: they configure hfgrow.console, and
+    what depends on them asks :func:`hfgrow.console.quiet`."""
+    return apply(fn, [
+        click.option("--quiet", "-q", is_flag=True, is_eager=True, expose_value=False, callback=_console_option,
+                     help="Only warnings and errors on stderr: no progress bars, no status lines or summary."),
+        click.option("--verbose", "-v", is_flag=True, is_eager=True, expose_value=False, callback=_console_option,
+                     help="Also debug lines on stderr (what was resolved, which path a step took)."),
+    ])
+
+
+def forwarded_verbosity(ctx: click.Context) -> list[str]:
+    """The flag that gives a launched hfgrow process this command's verbosity: [] or ["--quiet"] / ["--verbose"]."""
+    return {-1: ["--quiet"], 1: ["--verbose"]}.get(ctx.meta.get(VERBOSITY, 0), [])
 
 
 def hub_options(fn: Callable) -> Callable:
@@ -113,7 +151,6 @@ def output_options(fn: Callable) -> Callable:
         click.option("--dry-run", is_flag=True, help="Print the plan (layer map, sizes); write nothing."),
         click.option("--overwrite", is_flag=True, help="Replace OUT if it exists."),
         click.option("--push-to", metavar="ORG/NAME", default=None, help="Push OUT to this Hub repo when done."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary."),
     ])
 
 
@@ -150,7 +187,7 @@ def renamed(new: str, old: str, new_value, old_value, *, default=None):
         '2T'
     """
     if old_value is not None:
-        click.echo(f"warning: {old} is now {new}, as in every command; {old} goes in the next release.", err=True)
+        log.warning(f"{old} is now {new}, as in every command; {old} goes in the next release.")
         if new_value is not None and new_value != old_value:
             raise click.UsageError(f"give {new} once ({old} is its old spelling).")
         return old_value
@@ -172,10 +209,10 @@ def refuse(flags: list[str], reason: str) -> None:
         raise click.UsageError(f"{flags[0]} {reason}")
 
 
-def report(result, dry_run: bool, quiet: bool) -> None:
-    """What every growth command prints: the plan summary (always with --dry-run)."""
+def report(result, dry_run: bool) -> None:
+    """What every growth command prints: the plan summary (always with --dry-run; not with --quiet otherwise)."""
     if dry_run:
         click.echo(result.report())
         click.echo("dry run: nothing written.")
-    elif not quiet:
+    elif not quiet():
         click.echo(result.report())

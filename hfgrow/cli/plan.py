@@ -6,6 +6,8 @@ import json
 
 import click
 
+from hfgrow.cli.options import console_options
+
 
 @click.command("plan")
 @click.option(
@@ -29,6 +31,7 @@ import click
 @click.option("--extrapolate", is_flag=True,
               help="Plan a target below 410M parameters anyway (outside the law's fit; refused without it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@console_options
 def plan(target: str, tokens: str | None, old_tokens: str | None, factor: int, extrapolate: bool,
          as_json: bool) -> None:
     """Plan a Gstack growth: when to grow (d tokens), the base model's shape, and the FLOPs.

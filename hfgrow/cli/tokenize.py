@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from hfgrow.cli.options import BYTES, hub_options
+from hfgrow.cli.options import BYTES, console_options, hub_options
+from hfgrow.console import log, progress, quiet
 
 
 def _cores() -> int:
@@ -31,9 +32,9 @@ def _cores() -> int:
 @click.option("--shard-size", type=BYTES, default="64MB", show_default=True,
               help="Text per shard (counted in characters); a worker holds one shard at a time.")
 @click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/hf: rows.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @hub_options
-def tokenize(out, data, tokenizer_spec, workers, shard_size, text_field, quiet, revision, token) -> None:
+@console_options
+def tokenize(out, data, tokenizer_spec, workers, shard_size, text_field, revision, token) -> None:
     """Tokenize text once into the token folder OUT, for `--data OUT` in training.
 
     Every document becomes its tokens followed by EOS, after the tokenizer's BOS where it adds one
@@ -54,35 +55,27 @@ def tokenize(out, data, tokenizer_spec, workers, shard_size, text_field, quiet, 
     specs = parse_specs(list(data))
     tokenizer = _load_tokenizer(tokenizer_spec, revision, token)
     workers = workers or _cores()
-    bar = None
-    if not quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(unit="tok", unit_scale=True, desc="tokenize", file=sys.stderr, dynamic_ncols=True)
+    bar = progress(desc="tokenize", unit="tok", unit_scale=True, leave=True)
     totals: dict[str, list[int]] = {}
 
-    def progress(name: str, tokens: int, documents: int) -> None:
+    def advance(name: str, tokens: int, documents: int) -> None:
         t = totals.setdefault(name, [0, 0])
         t[0] += tokens
         t[1] += documents
-        if bar is not None:
-            bar.set_postfix_str(name)
-            bar.update(tokens)
+        bar.set_postfix_str(name)
+        bar.update(tokens)
 
     start = time.perf_counter()
     try:
         index = tokenize_to_folder(specs, tokenizer, out, tokenizer_name=tokenizer_spec, workers=workers,
                                    shard_chars=parse_bytes(shard_size, "--shard-size"), text_field=text_field,
-                                   progress=progress)
+                                   progress=advance)
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        click.echo(f"interrupted; the finished shards in {out} are kept: run the same command again to go on.",
-                   err=True)
-        sys.exit(130)
-    if bar is not None:
         bar.close()
-    if not quiet:
+        log.error(f"interrupted; the finished shards in {out} are kept: run the same command again to go on.")
+        sys.exit(130)
+    bar.close()
+    if not quiet():
         seconds = time.perf_counter() - start
         for name, entry in index["domains"].items():
             click.echo(f"{name}: {format_count(entry['tokens'])} tokens, {entry['documents']:,} documents, "

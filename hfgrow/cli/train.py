@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from hfgrow.cli.options import console_options, forwarded_verbosity
+from hfgrow.console import log
+
 
 @click.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
@@ -24,12 +27,13 @@ import click
 @click.option("--skip-checks", is_flag=True,
               help="Launch without checking the arguments and the machine (GPUs, cores, memory) first.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@console_options
 def train(config_file, num_processes, mixed_precision, main_process_port, skip_checks, args) -> None:
     """Continued pre-training: checks the arguments and the machine, prints the launch command, runs it.
 
     It runs `accelerate launch -m hfgrow.continue ARGS` (the same as typing that; in a clone,
     `accelerate launch hfgrow/continue.py ARGS` works too). Every other argument goes to
-    hfgrow.continue (`hfgrow train -h` lists them all).
+    hfgrow.continue (`hfgrow train -h` lists them all); --quiet/--verbose also go to it.
 
     \b
     Examples:
@@ -53,12 +57,13 @@ def train(config_file, num_processes, mixed_precision, main_process_port, skip_c
     from hfgrow.train.launch import Machine, launch_command, plan_launch, run_launcher
 
     machine = Machine.probe()
+    log.debug(f"machine: {machine}")
     plan = plan_launch(config_file, num_processes, machine, mixed_precision=mixed_precision,
                        main_process_port=main_process_port)
     if not skip_checks:
         _check(TrainConfig.from_argv(args, world_size=plan.total_processes), plan, machine)
-    command = launch_command(plan, args)
-    click.echo(shlex.join(command), err=True)
+    command = launch_command(plan, [*args, *forwarded_verbosity(click.get_current_context())])
+    log.info(shlex.join(command))
     code = run_launcher(command)
     if code != 0:
         sys.exit(code)
@@ -90,6 +95,7 @@ def _check(cfg, plan, machine) -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--push-to", metavar="ORG/NAME", default=None, help="Push OUT to this Hub repo when done.")
+@console_options
 def export(checkpoint: Path, out: Path, base_model_id, max_shard_size, overwrite, push_to) -> None:
     """Write a training checkpoint (RUN/checkpoint-N) as a normal Hugging Face model folder OUT.
 
@@ -118,6 +124,7 @@ def export(checkpoint: Path, out: Path, base_model_id, max_shard_size, overwrite
               help="PNG to write (default DIR/loss.png).")
 @click.option("--x", "x", type=click.Choice(["tokens", "flops"]), default="tokens", show_default=True,
               help="x axis: tokens seen, or training FLOPs ≈ 6·N·tokens.")
+@console_options
 def plot(run_dir: Path, out, x) -> None:
     """Plot the train loss and per-domain held-out loss of a training run (DIR/log.jsonl) to a PNG.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hfgrow.cli.options import apply, hub_options, output_options, report
+from hfgrow.cli.options import apply, console_options, hub_options, output_options, report
 
 TARGETS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]  # checked against hfgrow.growth.ops.upcycle.TARGETS in tests
 #: the options of upcycling (hfgrow grow refuses them for the other operators)
@@ -53,8 +53,9 @@ def upcycle_options(fn):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice and value.")
 @output_options
 @hub_options
+@console_options
 def upcycle(src, out, experts, top_k, to, granularity, drop_rate, shared_experts, router, router_std, norm_topk_prob,
-            router_logits, noise, seed, dtype, max_shard_size, dry_run, overwrite, push_to, quiet, revision, token):
+            router_logits, noise, seed, dtype, max_shard_size, dry_run, overwrite, push_to, revision, token):
     """Dense to mixture-of-experts: every MLP of SRC becomes E experts and a router; write OUT.
 
     OUT is the MoE sibling of SRC's family that transformers ships (Mixtral, Qwen2-MoE,
@@ -79,8 +80,8 @@ def upcycle(src, out, experts, top_k, to, granularity, drop_rate, shared_experts
                          shared_experts=shared_experts, router=router, router_std=router_std,
                          norm_topk_prob=norm_topk_prob, router_logits=router_logits, noise=noise, seed=seed,
                          dtype=dtype, revision=revision, token=token, max_shard_size=max_shard_size, dry_run=dry_run,
-                         overwrite=overwrite, quiet=quiet, push_to=push_to)
-    report(result, dry_run, quiet)
+                         overwrite=overwrite, push_to=push_to)
+    report(result, dry_run)
 
 
 COMMANDS = [upcycle]

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfgrow.console import log
 from hfgrow.errors import HfgrowError
 from hfgrow.io.output import atomic_write
 from hfgrow.units import parse_count
@@ -357,7 +358,7 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
 
     settings = dict(seq_len=seq_len, batch_size=batch_size, seed=seed, eval_sequences=eval_sequences)
     trainer = Trainer(models, train, held_out, settings, quiet)
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = (lambda msg: None) if quiet else log.info
     say(f"target {n_target:,} params, base {n_base:,}; budget {budget['budget_flops']:.3g} FLOPs = "
         f"{budget['scratch_tokens']:,} target tokens")
     unigram = unigram_loss(train, held_out, tokenizer, seq_len, eval_sequences)

@@ -155,9 +155,9 @@ def sliding_window_nll(
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     iterator: Iterable = batches
     if progress:
-        from tqdm import tqdm
+        from hfgrow.console import progress as progress_bar
 
-        iterator = tqdm(batches, desc="eval", unit="batch", leave=False)
+        iterator = progress_bar(batches, desc="eval", unit="batch")
     was_training = model.training
     model.eval()
     try:

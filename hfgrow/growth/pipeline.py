@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hfgrow.arch.layout import Layout, check_grown, open_model
+from hfgrow.console import log, progress
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.card import grown_card
 from hfgrow.arch.pattern import compact
@@ -234,10 +235,8 @@ class _EarlyWriter:
         import time
 
         if not options.quiet and not self._poll(block=False):
-            from tqdm.auto import tqdm
-
             _say_writing(plan, out, options)
-            with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="writing", leave=False) as bar:
+            with progress(total=plan.total_bytes, desc="writing", unit="B", unit_scale=True) as bar:
                 while not self._poll(block=False):
                     done = sum(p.stat().st_size for p in self.folder.glob("*.safetensors"))
                     bar.update(max(0, min(done, plan.total_bytes) - bar.n))
@@ -256,8 +255,7 @@ class _EarlyWriter:
 
 def _say_writing(plan: Plan, out: Path, options: WriteOptions) -> None:
     if not options.quiet:  # the longest phase of a big growth: say what it is before the bar starts
-        print(f"writing {format_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors to {out} ...", file=sys.stderr,
-              flush=True)
+        log.info(f"writing {format_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors to {out} ...")
 
 
 def _tensor_keys(plan: Plan) -> list[tuple]:
@@ -330,7 +328,7 @@ def _prepare(growth: Growth, source: Source, out: Path | None, options: WriteOpt
     plan = growth.plan(layout, checkpoint)
     check_grown(layout, plan.config, plan.layer_map, {t.name: t.shape for t in plan.tensors})
     for warning in plan.warnings:  # before the (long) writing, and also with --quiet
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        log.warning(warning)
     params = dict(growth.params(plan), max_shard_size=options.max_shard_size)
     ref = SourceRef.from_source(source)
     recipe = Recipe(command=growth.command, params=params, source=ref, operation=plan.operation,
@@ -355,6 +353,8 @@ def grow_model(src: str, out: str | Path | None, growth: Growth, options: WriteO
         if writing:
             check_output_path(out_path, [source.path], options.overwrite)
         early = _header_plan(growth, source.path, options) if writing and _can_fork() else None
+        log.debug("the weights are written while the plan is checked (early writer)" if early is not None else
+                  "the plan is checked, then written" if writing else "nothing is written")
         if early is None:
             prepared = _prepare(growth, source, out_path, options)
             try:

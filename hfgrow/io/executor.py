@@ -189,9 +189,9 @@ def write_weights(tensors: Sequence[TensorPlan], source: Checkpoint, folder: Pat
     shards = split_shards(tensors, parse_bytes(max_shard_size, "shard size"))
     bar = owned = None
     if progress is True:
-        from tqdm.auto import tqdm
+        from hfgrow.console import progress as progress_bar
 
-        bar = owned = tqdm(total=total_bytes(tensors), unit="B", unit_scale=True, desc="writing", leave=False)
+        bar = owned = progress_bar(total=total_bytes(tensors), desc="writing", unit="B", unit_scale=True)
     elif progress:
         bar = progress
     try:

@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from hfgrow.console import quiet
 from hfgrow.errors import HfgrowError
 from hfgrow.io.files import CARRY_OVER
 
@@ -157,7 +158,7 @@ def _download(repo_id: str, revision: str | None, token: str | bool | None, prog
         revision=sha,  # a commit sha: files already in the cache are served without any request
         allow_patterns=wanted,
         token=token,
-        tqdm_class=None if progress else _quiet_tqdm(),
+        tqdm_class=None if progress and not quiet() else _quiet_tqdm(),  # huggingface_hub's own bars, or none
     )
     return Path(folder), sha
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from hfgrow.console import log
 from hfgrow.errors import HfgrowError
 from hfgrow.io.files import copy_carry_over
 from hfgrow.io.folder import ModelFolder
@@ -41,6 +42,7 @@ def _resolve_folder(spec: str, revision: str | None, token, progress: bool) -> S
         if revision:
             raise HfgrowError(f"--revision applies to Hub repos, but {spec} is a local folder.")
         ModelFolder(path).check_links()
+        log.debug(f"{spec}: the local folder {path.resolve()}")
         return Source(spec, path.resolve())
     if path.exists() or path.is_symlink():
         raise HfgrowError(f"{spec} is not a folder; SRC must be a model folder or a Hub repo id.")
@@ -53,6 +55,7 @@ def _resolve_folder(spec: str, revision: str | None, token, progress: bool) -> S
     except hub.RepoMissing as exc:
         raise HfgrowError(f"there is no local folder {spec}, and {exc.reason}.") from None
     ModelFolder(folder).check_links()
+    log.debug(f"{spec}: the Hub snapshot {folder} (commit {commit})")
     return Source(spec, Path(folder), repo_id=spec, revision=revision, commit=commit)
 
 

@@ -28,6 +28,7 @@ import importlib.util
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from hfgrow.console import log
 from hfgrow.errors import HfgrowError
 
 if TYPE_CHECKING:
@@ -136,10 +137,8 @@ def prepare_model(model, speed: Speed):
 
             _apply_liger_kernel_to_instance(model=base)
         else:
-            import sys
-
-            print(f"warning: Liger-Kernel has no kernels for model type {base.config.model_type!r}; training it "
-                  "without fused kernels.", file=sys.stderr)
+            log.warning(f"Liger-Kernel has no kernels for model type {base.config.model_type!r}; training it "
+                        "without fused kernels.")
     if speed.float8:
         from torchao.float8 import convert_to_float8_training
 

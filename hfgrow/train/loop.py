@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import signal
@@ -474,8 +473,7 @@ class Console:
                            f"mean {record['eval_loss']:.4f}", file=sys.stdout)
 
     def say(self, message: str) -> None:
-        if log.isEnabledFor(logging.INFO):  # as log.info would: not with --quiet, not off the main process
-            self.bar.write(message, file=sys.stderr)
+        log.info(message)  # above the bar; not with --quiet, not off the main process
 
 
 # ---------------------------------------------------------------------------------------------

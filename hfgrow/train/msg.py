@@ -43,11 +43,10 @@ Example:
 
 from __future__ import annotations
 
-import os
-import sys
 from functools import partial
 
 from hfgrow.arch.layout import decoder_blocks, text_config
+from hfgrow.console import log
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.recipe import Mask
 
@@ -286,9 +285,9 @@ class MaskRamp:
         self._hook_width(model, mask)
         for module, what in self._outputs.items():
             self.handles.append(module.register_forward_hook(partial(self._scale_output, tuple(sorted(what)))))
-        if whole and mask.form == "sublayer" and int(os.environ.get("RANK", "0")) == 0:
-            print(f"warning: no attention/MLP found in layers {whole}; the MSG mask ramps each of them as a whole "
-                  "block, y = x + c·(block(x) − x).", file=sys.stderr)
+        if whole and mask.form == "sublayer":
+            log.warning(f"no attention/MLP found in layers {whole}; the MSG mask ramps each of them as a whole "
+                        "block, y = x + c·(block(x) − x).")
 
     # -- where the masks go
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +43,7 @@ import torch
 from hfgrow.arch.layout import (Layout, context_length, decoder_blocks, hf_config_from_dict, quiet_transformers,
                                  text_config)
 from hfgrow.arch.roles import embed_scale_for, kind_of
+from hfgrow.console import log, progress as progress_bar
 from hfgrow.errors import HfgrowError
 from hfgrow.growth.ligo.placement import Placement, SourceWeights, source_devices
 from hfgrow.growth.ops.learn import Coefficients, WidthExpansion, initial_coefficients, kind_members
@@ -332,9 +332,7 @@ class GrownModel:
             return math.nan
         starts = range(0, len(sequences), batch_size)
         if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="held-out loss", unit="batch", leave=False, file=sys.stderr)
+            starts = progress_bar(starts, desc="held-out loss", unit="batch")
         with torch.no_grad(), self.frozen():
             total = sum(self.loss(sequences[i: i + batch_size]).item() * len(sequences[i: i + batch_size])
                         for i in starts)
@@ -380,10 +378,7 @@ class Progress:
 
     def __call__(self, text: str) -> None:
         if self.enabled:
-            from tqdm.auto import tqdm
-
-            tqdm.write(f"LiGO: {text}", file=sys.stderr)  # above a progress bar, if one is showing
-            sys.stderr.flush()
+            log.info(f"LiGO: {text}")  # written above a progress bar, if one is showing
 
     def lap(self) -> float:
         """Seconds since the last lap (or since this object was made)."""
@@ -452,9 +447,7 @@ def fit(model: GrownModel, train_set: torch.Tensor, eval_set: torch.Tensor, sett
             f"{_describe_lrs(groups)}; held-out loss at steps {', '.join(map(str, sorted(checkpoints))) or 'none'}")
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=settings.steps, desc="learning growth (LiGO)", leave=False, file=sys.stderr)
+            bar = progress_bar(total=settings.steps, desc="learning growth (LiGO)")
         for step in range(1, settings.steps + 1):
             started = time.perf_counter()
             picks = [rng.randrange(len(train_set)) for _ in range(settings.batch_size)]

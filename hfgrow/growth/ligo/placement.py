@@ -162,9 +162,9 @@ class SourceWeights:
         devices = devices or {}
         index: dict[str, Any] = {}
         if progress:
-            from tqdm.auto import tqdm
+            from hfgrow.console import progress as progress_bar
 
-            names = tqdm(names, desc="placing the source weights", unit="tensor", leave=False)
+            names = progress_bar(names, desc="placing the source weights", unit="tensor")
         try:
             for name in names:
                 device = devices.get(name, compute)
