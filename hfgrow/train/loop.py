@@ -43,7 +43,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +273,7 @@ def resume_stage(setup: Setup, plan: StagePlan, out: Path) -> int:
     """
     from hfgrow.train.growth import grown_folder
 
+    checkpoints.check_same(setup.resume_from)  # nodes with disks of their own each found their own
     if setup.resume_from is None:
         return 0
     stage = int(setup.resume_state.get("stage") or 0)
@@ -489,22 +489,6 @@ def _lm_loss_only(model) -> dict[str, Any]:
     return {"output_router_logits": False} if getattr(_model_config(model), "output_router_logits", False) else {}
 
 
-def _on_main(accelerator, work) -> None:
-    """Run ``work()`` on the main process; an HfgrowError there is raised on every process (none waits forever)."""
-    from accelerate.utils import broadcast_object_list
-
-    error = None
-    if accelerator.is_main_process:
-        try:
-            work()
-        except HfgrowError as exc:
-            error = str(exc)
-    if accelerator.num_processes > 1:
-        error = broadcast_object_list([error])[0]
-    if error is not None:
-        raise HfgrowError(error)
-
-
 def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer: Trainer, stage: Stage,
          folder: Path, info: ModelInfo, layers_before: int, state: dict[str, Any]) -> tuple[Path, ModelInfo, dict]:
     """The growth point before ``stage``: write the model as ``stage-K/``, grow it into ``grown-K+1/`` with the
@@ -513,9 +497,10 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
     ``folder`` is the folder the ending stage started from (its config and tokenizer files); ``state`` is what
     a checkpoint at this step would record (the card of ``stage-K/`` tells it). Under FSDP2
     the full weights and optimizer state are gathered onto the main process (torch's distributed
-    state-dict API, through accelerate), which writes and grows; every process then loads the grown
-    folder and ``accelerator.prepare`` shards it again. Returns the grown folder, the new model's info and
-    the growth record for log.jsonl.
+    state-dict API, through accelerate). One process per disk that holds ``out`` writes and grows (every node
+    whose ``--output-dir`` is a disk of its own: :func:`~hfgrow.train.growth.write_on_each_disk`); every
+    process then loads its node's grown folder and ``accelerator.prepare`` shards it again. Returns the grown
+    folder, the new model's info and the growth record for log.jsonl.
     """
     import torch
     from transformers import AutoConfig
@@ -526,24 +511,25 @@ def grow(accelerator, args: argparse.Namespace, setup: Setup, out: Path, trainer
     from hfgrow.growth.registry import describe, get as get_operator
     from hfgrow.train.export import card_text, write_model_folder
     from hfgrow.train.growth import (carry_moments, carry_upcycled, full_optimizer_state, grow_spec, grown_folder,
-                                     load_optimizer_state, stage_folder)
+                                     load_optimizer_state, stage_folder, write_on_each_disk)
 
     distributed = accelerator.num_processes > 1
     small, grown = stage_folder(out, stage.index - 1), grown_folder(out, stage.index)
-    weights = accelerator.get_state_dict(trainer.model)  # the full weights, on the main process
+    weights = accelerator.get_state_dict(trainer.model)  # the full weights, on the main process (DDP: on all)
     moments = (full_optimizer_state(trainer.model, trainer.optimizer, distributed)
                if args.grow_optimizer == "carry" else None)
 
-    def write_and_grow(weights: dict) -> None:
+    def write_and_grow(weights: dict, readme: str) -> None:
         # float32, the weights exactly as trained: the grown stage is made from them (final/ gets the model's dtype)
-        config = AutoConfig.from_pretrained(folder)
-        readme = card_text(small, state, folder, config, small.name, None)
-        write_model_folder(weights, small, config=config, carry_from=folder, dtype=torch.float32,
-                           use_cache=info.use_cache, readme=readme)
+        write_model_folder(weights, small, config=AutoConfig.from_pretrained(folder), carry_from=folder,
+                           dtype=torch.float32, use_cache=info.use_cache, readme=readme)
         grow_model(str(small), grown, grow_spec(stage.growth.op, stage.growth.factor, args.seed, args.grow_style,
                                                 args.grow_top_k), WriteOptions(quiet=True, overwrite=True))
 
-    _on_main(accelerator, partial(write_and_grow, weights))
+    def card() -> str:  # from the run log, which only the main process writes
+        return card_text(small, state, folder, AutoConfig.from_pretrained(folder), small.name, None)
+
+    write_on_each_disk(accelerator, out, write_and_grow, weights, card)
     del weights  # the small model's full copy on the main process
     if info.mask is not None:
         info.mask.remove()
