@@ -101,6 +101,7 @@ FILE_EXCEPTIONS = {
     ("hfgrow/data/tokens.py", "unlink"): "removes the partial shards of its own resumable token folder",
     ("hfgrow/data/tokens.py", "mkdir"): "creates its own resumable token folder",
     ("hfgrow/train/checkpoints.py", "rmtree"): "prunes the run's own checkpoints",
+    ("hfgrow/train/growth.py", "unlink"): "removes the empty marker it left to tell which nodes share a disk",
     ("hfgrow/growth/ligo/placement.py", "rmtree"): "removes its own offload folder",
     ("hfgrow/growth/ligo/placement.py", "mkdir"): "creates its own offload folder",
     ("hfgrow/growth/pipeline.py", "unlink"): "removes the early writer's shards from the temporary folder OutputFolder made",

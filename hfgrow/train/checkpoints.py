@@ -173,24 +173,34 @@ def save(accelerator, run_dir: Path, state: RunState, keep: int = 0) -> Path:
     """Write ``run_dir/checkpoint-<step>`` (every rank takes part); keep the ``keep`` newest (0: all).
 
     ``state`` (at its step) becomes the checkpoint's ``hfgrow_state.json``; it is written (and synced) after accelerate's
-    files, then the folder is swapped into place.
+    files, then the folder is swapped into place. One process per disk that holds ``run_dir`` writes the model,
+    optimizer and state files (:func:`hfgrow.train.growth.writes_output`: nodes with disks of their own each
+    keep a whole DDP checkpoint; FSDP2 and DeepSpeed shards stay with the process that wrote them); every
+    process writes its own RNG state.
     """
     from hfgrow.io.output import atomic_write, swap_into_place
+    from hfgrow.train.growth import writes_output
 
     step = state.step
     final = Path(run_dir) / f"checkpoint-{step}"
     tmp = Path(run_dir) / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process and tmp.exists():
+    writes = writes_output(accelerator, run_dir)
+    if writes and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     hook = accelerator.register_save_state_pre_hook(drop_aliases)
+    project = accelerator.project_configuration
+    each_node = project.save_on_each_node
+    project.save_on_each_node = writes  # accelerate: the main process, and local main processes told to
     try:
         accelerator.save_state(str(tmp))
     finally:
         hook.remove()
+        project.save_on_each_node = each_node
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         debug_kill("HFGROW_DEBUG_KILL_IN_SAVE", step)
+    if writes:
         atomic_write(tmp / STATE_FILE, state.to_dict())
         swap_into_place(tmp, final)  # the final step may be saved twice after a resume: never in place
         if keep > 0:
@@ -221,20 +231,73 @@ def drop_aliases(models, weights: list[dict], output_dir) -> None:
                 seen.add(key)
 
 
+def check_same(resume_from: Path | None) -> None:
+    """Every process resumes from the same step (every process calls it, once accelerate has started).
+
+    Each process finds the newest complete checkpoint in its own ``--output-dir``; nodes with disks of their own
+    hold one copy each, and a node stopped while it swapped one into place may lack the newest.
+
+    Raises:
+        HfgrowError: on every process, when the processes found different checkpoints (or some none).
+    """
+    from accelerate.utils import gather_object
+
+    found = gather_object([resume_from.name if resume_from is not None else None])
+    if len(set(found)) > 1:
+        first = next(r for r, name in enumerate(found) if name != found[0])
+        raise HfgrowError(f"the nodes' --output-dir folders hold different checkpoints: process 0 resumes from "
+                          f"{found[0] or 'none'}, process {first} from {found[first] or 'none'}; copy the newest "
+                          "complete one to every node that lacks it (or delete it where only some have it) and resume.")
+
+
 def load(accelerator, checkpoint: Path) -> None:
     """Restore model, optimizer and RNG state from ``checkpoint`` (every rank).
 
     Raises:
         HfgrowError: the files are truncated, corrupt or of another model.
     """
+    from torch.distributed.checkpoint.api import CheckpointException
+
     Folder(checkpoint).check_links()  # accelerate opens what it finds there on its own
     try:
         accelerator.load_state(str(checkpoint))
-    except Exception as exc:  # noqa: BLE001 - truncated safetensors, bad pickle, shape mismatch
-        raise HfgrowError(
-            f"checkpoint {checkpoint} is corrupt or does not fit this model "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); delete it to resume from an earlier one."
-        ) from None
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - truncated safetensors, bad pickle, shape mismatch
+        cause = read_failure(exc)
+        if lacks_shards(checkpoint, cause):
+            raise HfgrowError(f"checkpoint {checkpoint} lacks a file of its shards ({describe(cause)}); {SPREAD} give "
+                              "every node the whole checkpoint folder to resume from it.") from None
+        raise HfgrowError(f"checkpoint {checkpoint} is corrupt or does not fit this model ({describe(cause)}); "
+                          "delete it to resume from an earlier one.") from None
+
+
+SPREAD = ("on nodes with disks of their own a sharded checkpoint (FSDP, DeepSpeed) is spread over them, each node "
+          "holding its processes' shards and the main node the index;")
+
+
+def lacks_shards(checkpoint: Path, cause: BaseException) -> bool:
+    """Whether reading ``checkpoint`` failed with ``cause`` because a file of its FSDP or DeepSpeed shards is
+    missing (each process writes its own shards into its node's folder; torch's own reader may report it as
+    another error that names the missing file)."""
+    folder = Path(checkpoint)
+    shards = folder.is_dir() and any(p.is_dir() and (p.name.startswith(("pytorch_model_fsdp_", "optimizer_"))
+                                                     or (p / "mp_rank_00_model_states.pt").exists())
+                                     for p in folder.iterdir())
+    return shards and (isinstance(cause, FileNotFoundError) or "No such file or directory" in str(cause))
+
+
+def read_failure(exc: BaseException) -> BaseException:
+    """The error behind a failed checkpoint read: torch's CheckpointException (a BaseException, which
+    ``except Exception`` misses) wraps each process's own; the first is returned."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        return next(iter(failures.values()))[0]
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    """An error in one line: its type and the first 200 characters of its first line."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def debug_kill(var: str, step: int) -> None:

@@ -26,7 +26,7 @@ from hfgrow.errors import HfgrowError
 from hfgrow.io.folder import Folder
 from hfgrow.io.executor import save_state_dict
 from hfgrow.io.output import OutputFolder, atomic_write, check_output_path
-from hfgrow.train.checkpoints import STATE_FILE, RunState, read_state
+from hfgrow.train.checkpoints import SPREAD, STATE_FILE, RunState, describe, lacks_shards, read_failure, read_state
 from hfgrow.units import counted, format_count
 
 
@@ -40,6 +40,7 @@ def _strip_prefixes(name: str) -> str:
 def load_checkpoint_weights(checkpoint: Path) -> dict:
     """The model weights of an accelerate checkpoint as {name: tensor} (names unwrapped)."""
     import torch
+    from torch.distributed.checkpoint.api import CheckpointException
 
     folder = Folder(checkpoint)
     folder.check_links()  # FSDP and DeepSpeed readers open the files they find on their own
@@ -77,10 +78,11 @@ def load_checkpoint_weights(checkpoint: Path) -> dict:
             raise HfgrowError(f"{checkpoint} holds no model weights (no model.safetensors, FSDP or DeepSpeed files).")
     except HfgrowError:
         raise
-    except Exception as exc:  # noqa: BLE001 - truncated file, bad header
-        raise HfgrowError(
-            f"cannot read the weights in {checkpoint} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
-        ) from None
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - truncated file, bad header, a missing shard
+        cause = read_failure(exc)
+        spread = (f"; {SPREAD} copy every node's files of it into one folder and export that"
+                  if lacks_shards(checkpoint, cause) else "")
+        raise HfgrowError(f"cannot read the weights in {checkpoint} ({describe(cause)}){spread}.") from None
     return {_strip_prefixes(k): v for k, v in weights.items()}
 
 

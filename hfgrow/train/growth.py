@@ -12,7 +12,8 @@ growth point in order):
 * the stage plan (:func:`plan_stages`): at which optimizer step each growth happens, and every stage's
   layer and parameter count, from the config alone (checked before any process group or data exists);
   ``WHEN = auto`` is the paper's growth-timing law (:func:`hfgrow.growth.timing.growth_tokens`);
-* the run folder's stage folders (:func:`stage_folder`, :func:`grown_folder`);
+* the run folder's stage folders (:func:`stage_folder`, :func:`grown_folder`), written once on every disk
+  that holds ``--output-dir`` (:func:`write_on_each_disk`: nodes with disks of their own each get a copy);
 * the optimizer state at a growth with ``--grow-optimizer carry`` (:func:`carry_moments`): AdamW's moments
   of each source block go to its copies through the grown recipe's layer map.
 
@@ -265,6 +266,168 @@ def stage_folder(run_dir: Path, stage: int) -> Path:
 def grown_folder(run_dir: Path, stage: int) -> Path:
     """``RUN/grown-K``: stage K's model as the operator made it (recipe included); stage K starts from it."""
     return Path(run_dir) / f"grown-{stage}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes with disks of their own
+# ---------------------------------------------------------------------------------------------
+
+CHUNK_BYTES = 256 * 2**20  # the weights go to another node's process in pieces of at most this size
+
+
+def writes_output(accelerator, out: Path) -> bool:
+    """Whether this process writes what the run keeps in ``out`` (stage folders, checkpoints): one process for
+    each disk. Every process must call it.
+
+    The nodes of a run share ``--output-dir`` (a network file system) or each have their own (local disks), and
+    no node can compare its path with another's. So each node's local main process leaves an empty marker
+    ``.hfgrow-disk-TOKEN-RANK`` in its ``out`` (TOKEN: random, from the main process, new at every call), and
+    once every marker is written looks up the markers of the local main processes ranked before it, by name: a
+    name never looked up before is asked of the disk itself, not a cache. It writes when it finds none: the main
+    process always, another node only where no earlier node writes. No two processes ever write the same path;
+    a shared folder is written once.
+
+    Raises:
+        HfgrowError: on every process, when a marker cannot be written (the first such error).
+    """
+    import secrets
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    from hfgrow.io.output import atomic_write
+
+    if accelerator.num_processes == 1:
+        return True
+    rank, local_main = accelerator.process_index, accelerator.is_local_main_process
+    token = broadcast_object_list([secrets.token_hex(8) if accelerator.is_main_process else None])[0]
+    marker = Path(out) / f".hfgrow-disk-{token}-{rank}"
+    error = None
+    if local_main:
+        try:
+            atomic_write(marker, b"")
+        except HfgrowError as exc:
+            error = str(exc)
+    found = gather_object([(rank if local_main else None, error)])  # also the barrier: every marker is written
+    _raise_first([e for _, e in found])
+    writes = local_main and not any((Path(out) / f".hfgrow-disk-{token}-{r}").exists()
+                                    for r, _ in found if r is not None and r < rank)
+    accelerator.wait_for_everyone()  # every lookup is done: the markers go
+    if local_main:
+        marker.unlink(missing_ok=True)
+    return writes
+
+
+def _raise_first(errors: list[str | None]) -> None:
+    """The first error some process met, raised as an HfgrowError (every process calls it with the same list)."""
+    error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise HfgrowError(error)
+
+
+def write_on_each_disk(accelerator, out: Path, work: Callable[[dict, Any], None], weights: dict,
+                       note: Callable[[], Any]) -> None:
+    """Run ``work(weights, note())`` once on every disk that holds ``out`` (:func:`writes_output`), so every node
+    can load what it writes whether or not the nodes share the folder; every process must call it.
+
+    ``weights``: the full weights, where the process has them (DDP: every process; FSDP2 or DeepSpeed ZeRO-3:
+    the main one only, where they are gathered); a node that writes without them gets them from the main process
+    (:func:`_send_weights`). ``note()`` makes something small that only the main process can (the stage card,
+    built from the run log only it writes); it runs there and its result is sent to the others. The work must be
+    deterministic (a seeded growth), so every node writes the same folder. An HfgrowError in the note or in any
+    writer is raised on every process (none waits forever); all return after every writer is done.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    made, error = None, None
+    if accelerator.is_main_process:
+        try:
+            made = note()
+        except HfgrowError as exc:
+            error = str(exc)
+    distributed = accelerator.num_processes > 1
+    if distributed:
+        made, error = broadcast_object_list([made, error])
+    _raise_first([error])
+    writes = writes_output(accelerator, out)
+    if distributed:
+        weights = _send_weights(accelerator, weights, writes)
+    error = None
+    if writes:
+        try:
+            work(weights, made)
+        except HfgrowError as exc:
+            error = str(exc)
+    _raise_first(gather_object([error]) if distributed else [error])
+
+
+def byte_chunks(sizes: list[int], chunk: int):
+    """The tensors of ``sizes`` bytes as one byte stream cut into chunks of ``chunk`` bytes (the last shorter):
+    for each chunk, its pieces as (tensor index, offset in the tensor, offset in the chunk, length).
+
+    Example:
+        >>> list(byte_chunks([3, 5], 4))
+        [[(0, 0, 0, 3), (1, 0, 3, 1)], [(1, 1, 0, 4)]]
+    """
+    pieces, filled = [], 0
+    for index, size in enumerate(sizes):
+        offset = 0
+        while offset < size:
+            length = min(size - offset, chunk - filled)
+            pieces.append((index, offset, filled, length))
+            offset, filled = offset + length, filled + length
+            if filled == chunk:
+                yield pieces
+                pieces, filled = [], 0
+    if pieces:
+        yield pieces
+
+
+def copy_pieces(pieces: list[tuple[int, int, int, int]], data: list, chunk, *, to_chunk: bool) -> None:
+    """Copy one chunk's ``pieces`` (:func:`byte_chunks`) from the tensors' bytes ``data`` into ``chunk`` or back."""
+    for index, offset, at, length in pieces:
+        if to_chunk:
+            chunk[at : at + length].copy_(data[index][offset : offset + length])
+        else:
+            data[index][offset : offset + length].copy_(chunk[at : at + length])
+
+
+def _send_weights(accelerator, weights: dict, writes: bool) -> dict:
+    """``weights`` on every writing process: the main process sends them to the writers that lack them (nodes
+    with disks of their own under FSDP2 or DeepSpeed ZeRO-3) over a process group of just those, as raw bytes
+    in chunks of :data:`CHUNK_BYTES` on the accelerator's device (NCCL sends device memory); names, shapes and
+    dtypes go first as one small object. Others get ``weights`` back as they were."""
+    import torch
+    import torch.distributed as dist
+    from accelerate.utils import gather_object
+
+    rank = accelerator.process_index
+    lacking = [r for r, (w, has) in enumerate(gather_object([(writes, bool(weights))])) if w and not has]
+    if not lacking:
+        return weights
+    ranks = [0, *lacking]
+    group = dist.new_group(ranks)  # every process takes part in making it
+    if rank not in ranks:
+        return weights
+    try:
+        layout = [[(name, tuple(t.shape), t.dtype) for name, t in weights.items()] if rank == 0 else None]
+        dist.broadcast_object_list(layout, src=0, group=group, device=accelerator.device)
+        if rank == 0:
+            tensors = [t.detach().to("cpu").contiguous() for t in weights.values()]
+        else:
+            tensors = [torch.empty(shape, dtype=dtype) for _, shape, dtype in layout[0]]
+        data = [t.reshape(-1).view(torch.uint8) for t in tensors]  # each tensor's bytes, shared with it
+        buffer = torch.empty(min(CHUNK_BYTES, max(1, sum(d.numel() for d in data))), dtype=torch.uint8,
+                             device=accelerator.device)
+        for pieces in byte_chunks([d.numel() for d in data], CHUNK_BYTES):
+            chunk = buffer[: pieces[-1][2] + pieces[-1][3]]
+            if rank == 0:
+                copy_pieces(pieces, data, chunk, to_chunk=True)
+            dist.broadcast(chunk, src=0, group=group)
+            if rank != 0:
+                copy_pieces(pieces, data, chunk, to_chunk=False)
+    finally:
+        dist.destroy_process_group(group)
+    return weights if rank == 0 else {name: t for (name, _, _), t in zip(layout[0], tensors)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _speaks_for_its_node() -> bool:
+    """Whether this process says why the run stopped: the first process of each machine (LOCAL_RANK 0), so every
+    node's console says it once, a failure on one node alone included."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +288,7 @@ def resume_stage(setup: Setup, plan: StagePlan, out: Path) -> int:
     """
     from hfgrow.train.growth import grown_folder
 
+    checkpoints.check_same(setup.resume_from)  # nodes with disks of their own each found their own
     if setup.resume_from is None:
         return 0
     stage = setup.resume_state.stage
@@ -492,41 +499,28 @@ def _lm_loss_only(model) -> dict[str, Any]:
     return {"output_router_logits": False} if getattr(_model_config(model), "output_router_logits", False) else {}
 
 
-def _on_main(accelerator, work) -> None:
-    """Run ``work()`` on the main process; an HfgrowError there is raised on every process (none waits forever)."""
-    from accelerate.utils import broadcast_object_list
-
-    error = None
-    if accelerator.is_main_process:
-        try:
-            work()
-        except HfgrowError as exc:
-            error = str(exc)
-    if accelerator.num_processes > 1:
-        error = broadcast_object_list([error])[0]
-    if error is not None:
-        raise HfgrowError(error)
-
-
 def grow(run: Run, stage: Stage, state: RunState) -> dict[str, Any]:
     """The growth point before ``stage``: write the model as ``stage-K/``, grow it into ``grown-K+1/`` with the
     growth pipeline, load it, build AdamW again (``--grow-optimizer``), and hand both to the trainer.
 
     ``state`` is what a checkpoint at this step would record (the card of ``stage-K/`` tells it). Under FSDP2
     the full weights and optimizer state are gathered onto the main process (torch's distributed
-    state-dict API, through accelerate), which writes and grows; every process then loads the grown
-    folder and ``accelerator.prepare`` shards it again. Returns the growth record for log.jsonl.
+    state-dict API, through accelerate). One process per disk that holds the run folder writes and grows (every
+    node whose ``--output-dir`` is a disk of its own: :func:`~hfgrow.train.growth.write_on_each_disk`); every
+    process then loads its node's grown folder and ``accelerator.prepare`` shards it again. Returns the growth
+    record for log.jsonl.
     """
     from hfgrow.growth.recipe import Recipe
     from hfgrow.growth.registry import describe
-    from hfgrow.train.growth import full_optimizer_state, grown_folder, stage_folder
+    from hfgrow.train.growth import full_optimizer_state, grown_folder, stage_folder, write_on_each_disk
 
     accelerator, trainer, cfg = run.accelerator, run.trainer, run.cfg
     small, grown = stage_folder(run.out, stage.index - 1), grown_folder(run.out, stage.index)
-    weights = accelerator.get_state_dict(trainer.model)  # the full weights, on the main process
+    weights = accelerator.get_state_dict(trainer.model)  # the full weights, on the main process (DDP: on all)
     moments = (full_optimizer_state(trainer.model, trainer.optimizer, accelerator.num_processes > 1)
                if cfg.grow_optimizer == "carry" else None)
-    _on_main(accelerator, partial(_write_and_grow, run, weights, stage, small, grown, state))
+    write_on_each_disk(accelerator, run.out, partial(_write_and_grow, run, stage, small, grown), weights,
+                       partial(_stage_card, run, small, state))
     del weights  # the small model's full copy on the main process
     if run.info.mask is not None:
         run.info.mask.remove()
@@ -552,24 +546,31 @@ def grow(run: Run, stage: Stage, state: RunState) -> dict[str, Any]:
     return record
 
 
-def _write_and_grow(run: Run, weights: dict, stage: Stage, small: Path, grown: Path, state: RunState) -> None:
-    """On the main process: the weights as trained (float32: the grown stage is made from them; final/ gets the
+def _write_and_grow(run: Run, stage: Stage, small: Path, grown: Path, weights: dict, readme: str) -> None:
+    """On each disk's writer: the weights as trained (float32: the grown stage is made from them; final/ gets the
     model's dtype) into ``small`` with its card, then the growth pipeline every ``hfgrow stack``/``grow`` uses
     from ``small`` into ``grown``."""
     import torch
     from transformers import AutoConfig
 
     from hfgrow.growth.pipeline import WriteOptions, grow_model
-    from hfgrow.train.export import card_text, write_model_folder
+    from hfgrow.train.export import write_model_folder
     from hfgrow.train.growth import grow_spec
 
     cfg = run.cfg
-    config = AutoConfig.from_pretrained(run.folder)
-    readme = card_text(small, state, run.folder, config, small.name, None)
-    write_model_folder(weights, small, config=config, carry_from=run.folder, dtype=torch.float32,
-                       use_cache=run.info.use_cache, readme=readme)
+    write_model_folder(weights, small, config=AutoConfig.from_pretrained(run.folder), carry_from=run.folder,
+                       dtype=torch.float32, use_cache=run.info.use_cache, readme=readme)
     spec = grow_spec(stage.growth.op, stage.growth.factor, cfg.seed, cfg.grow_style, cfg.grow_top_k)
     grow_model(str(small), grown, spec, WriteOptions(quiet=True, overwrite=True))
+
+
+def _stage_card(run: Run, small: Path, state: RunState) -> str:
+    """The card of ``stage-K/`` (made on the main process: it reads the run log, which only that process writes)."""
+    from transformers import AutoConfig
+
+    from hfgrow.train.export import card_text
+
+    return card_text(small, state, run.folder, AutoConfig.from_pretrained(run.folder), small.name, None)
 
 
 def _prepare_grown(accelerator, model, optimizer):
@@ -838,12 +839,12 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_signals():  # SIGTERM (what schedulers send) stops like Ctrl-C; a second signal is ignored
             run(TrainConfig.from_argv(argv))
     except HfgrowError as exc:
-        if _rank() == 0:  # every rank fails the same way: said once
+        if _speaks_for_its_node():  # every process of a node fails the same way: said once per node
             log.error(f"error: {exc}")
         return 1
     except KeyboardInterrupt as exc:
         name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-        if _rank() == 0:
+        if _speaks_for_its_node():
             log.error(f"stopped by {name}; every complete checkpoint in {args.output_dir} is intact (rerun with "
                       "--resume to continue from the latest).")
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
