@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hfgrow.errors import HfgrowError
 from hfgrow.io.folder import Folder
 from hfgrow.io.output import atomic_file, atomic_write, open_log
 
-#: The largest run log read back (about 100 million steps' records).
-MAX_LOG_BYTES = 1 << 36
+#: The longest line of a run log read back (a record is a few hundred bytes; an eval of many domains a few KB).
+MAX_RECORD_BYTES = 1 << 20
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -44,29 +44,35 @@ OBSERVATIONS_FILE = "eval_observations.jsonl"
 def truncate_log(path: Path, max_step: int, stage: int = 0) -> None:
     """Drop the lines of a JSONL log written after the checkpoint a run resumes from: past ``max_step``, or at
     ``max_step`` in a later stage than the checkpoint's ``stage`` (a growth made after it is made again).
+    Streamed: a long run's log is never held in memory.
 
     Example:
         >>> truncate_log(Path("run/log.jsonl"), 2000)  # steps 2001.. of the killed run are gone
     """
     if not path.is_file():
         return
-    keep = [line for line, record in _records(path)
-            if (record.get("step", 0), record.get("stage", 0)) <= (max_step, stage)]
-    atomic_write(path, "".join(line + "\n" for line in keep))
+    with atomic_file(path, what=path.name) as out:
+        for line, record in _records(path):
+            if (record.get("step", 0), record.get("stage", 0)) <= (max_step, stage):
+                out.write(line + b"\n")
 
 
-def _records(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) of a run's JSON-lines log, read through the run folder; lines cut by a kill are skipped."""
-    text = Folder(path.parent).read_bytes(path.name, max_bytes=MAX_LOG_BYTES).decode("utf-8", errors="replace")
-    out = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut by the kill
-        if isinstance(record, dict):
-            out.append((line, record))
-    return out
+def _records(path: Path) -> Iterator[tuple[bytes, dict]]:
+    """(line, record) of a run's JSON-lines log, read line by line through the run folder; lines cut by a kill
+    (or longer than a record can be) are skipped."""
+    with Folder(path.parent).open_binary(path.name) as fh:
+        for line in iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""):
+            if len(line) > MAX_RECORD_BYTES:  # no record is this long: skip to the line's end
+                while line and not line.endswith(b"\n"):
+                    line = fh.readline(MAX_RECORD_BYTES)
+                continue
+            line = line.rstrip(b"\n")
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            if isinstance(record, dict):
+                yield line, record
 
 
 class RunLog:

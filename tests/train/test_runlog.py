@@ -53,3 +53,15 @@ def test_plot_needs_a_run_folder(tmp_path):
         plot_run(tmp_path)
     write_steps(tmp_path, [1, 2])
     assert plot_run(tmp_path, x="flops").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_line_longer_than_any_record_is_skipped_whole(tmp_path):
+    """The log is streamed line by line: a 3 MiB line (no record is that long) is skipped to its end, even where
+    its tail would parse as a record, and the records around it are read; a resume's truncation keeps them."""
+    write_steps(tmp_path, [1, 2])
+    with open(tmp_path / LOG_FILE, "a") as fh:
+        fh.write('{"junk": "' + "x" * (3 << 20) + '", "tail": ' + json.dumps({"type": "train", "step": 9}) + "}\n")
+    write_steps(tmp_path, [3, 4], resume_step=2)
+    run = read_run(tmp_path)
+    assert [r["step"] for r in run.train] == [1, 2, 3, 4] and [r["step"] for r in run.evals] == [0, 2, 4]
+    assert max(len(line) for line in (tmp_path / LOG_FILE).read_bytes().splitlines()) < 1000  # truncation: gone
