@@ -38,8 +38,9 @@ def plan(target: str, tokens: str | None, old_tokens: str | None, factor: int, e
 
     Uses the growth-timing law of Du et al. 2024 (§4.2):
     log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, with C = 6·N·D.
-    N is the target's total parameter count (embeddings included). The law was fitted on 410M-7B models: a
-    smaller target is refused unless --extrapolate, and every warning is printed first.
+    N is the target's total parameter count (embeddings included); for a mixture of experts, the parameters a
+    token uses (top-k of the routed experts), which every FLOPs figure counts. The law was fitted on 410M-7B
+    dense models: a smaller target is refused unless --extrapolate, and every warning is printed first.
 
     \b
     Examples:
@@ -57,8 +58,9 @@ def plan(target: str, tokens: str | None, old_tokens: str | None, factor: int, e
     from hfgrow.units import format_count
 
     result = make_plan(target, tokens, factor=factor)
-    if result.params.total < LAW_MIN_PARAMS and not extrapolate:
-        raise HfgrowError(f"the target has {format_count(result.params.total)} parameters, below "
+    if result.params.active < LAW_MIN_PARAMS and not extrapolate:
+        active = " active" if result.params.experts else ""
+        raise HfgrowError(f"the target has {format_count(result.params.active)}{active} parameters, below "
                           f"{format_count(LAW_MIN_PARAMS)}, the smallest model the growth-timing law was fitted on "
                           "(Du et al. 2024: 410M-7B), so its d is not the paper's guidance there; give --extrapolate "
                           "to see the numbers anyway.")

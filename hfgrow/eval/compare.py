@@ -25,6 +25,10 @@ final loss, as the paper defines it (base phase counted) — only when the scrat
 final held-out loss must be at least :data:`LEARNED_MARGIN` nats below the held-out cross-entropy of a
 unigram model of the training data (the best prediction that ignores context). A baseline that sits at
 token frequencies makes any speedup meaningless.
+
+``--op upcycle`` (:func:`compare_upcycle`) is the other way to grow: a dense model pre-trained from random
+init, then continued dense and, from the same checkpoint, upcycled into a mixture of experts inside its run,
+both at equal *active* training FLOPs (6 · parameters a token uses · tokens).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import math
 import random
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,19 @@ PRESETS = {
                 num_attention_heads=8, num_key_value_heads=8, vocab_size=8192, max_position_embeddings=1024,
                 tie_word_embeddings=False),
 }
+# --op upcycle: the dense model is the tiny preset's 2-layer base (0.32M parameters), which leaves the unigram plateau
+# within ~60 steps; the tiny preset itself (8 layers) sits on it for ~20% of a run and would take ~20 minutes here
+PRESETS["tiny-dense"] = dict(PRESETS["tiny"], num_hidden_layers=2)
+UPCYCLE_PRESET = "tiny-dense"
+# 4 experts, top-2: the router has a real choice (6 pairs per token) and learns from the LM loss (Mixtral renormalises
+# the top-k weights, so under top-1 every weight is 1 and only the balancing loss would move the router); every
+# expert sees half the tokens. The active parameters (one extra MLP per layer) do not depend on E; more experts only
+# add memory and the expert loop's per-expert overhead on a CPU.
+UPCYCLE_EXPERTS, UPCYCLE_TOP_K = 4, 2
+# the dense model is pre-trained on 256k tokens (125 steps of 2,048), then each arm gets 50% more compute (the dense
+# arm 128k tokens): Sparse Upcycling measured extra budgets of 10-100% of the dense pre-training
+UPCYCLE_TOKENS = "128k"
+UPCYCLE_BASE_FRACTION = 2.0
 LR_GRID = (1e-3, 2e-3, 4e-3, 8e-3)  # factor-2 steps: at toy scale the scratch arm is sensitive to the LR
 SWEEP_FRACTION = 0.05
 MIN_SWEEP_STEPS = 20
@@ -79,17 +96,20 @@ class Arm:
     """One training run of the comparison: the model folder it starts from, its growth, its length."""
 
     name: str
-    model: str  # "base" or "target": models/<model>/ (config and tokenizer, no weights)
+    model: str  # "base", "target" or "dense": models/<model>/ (config and tokenizer, no weights)
     steps: int
     grow: str | None = None  # --grow OP:FACTOR@TOKENS
     grow_tokens: int = 0
     optimizer: str = "fresh"
+    start: str | None = None  # a trained model folder to start from instead of models/<model>/ (--op upcycle)
+    export: bool = False  # write the trained model as RUN/final (the dense model the upcycle arms continue)
+    top_k: int | None = None  # --grow-top-k of an upcycling
 
     def sweep(self, steps: int) -> Arm:
-        """The arm cut to its first ``steps`` steps (a growth past them is not made)."""
+        """The arm cut to its first ``steps`` steps (a growth past them is not made; nothing exported)."""
         keep = self.grow is not None and self.grow_tokens < steps
-        return Arm(self.name, self.model, steps, self.grow if keep else None, self.grow_tokens if keep else 0,
-                   self.optimizer)
+        return replace(self, steps=steps, grow=self.grow if keep else None, grow_tokens=self.grow_tokens if keep else 0,
+                       export=False)
 
 
 def flops_to_reach(curve: list[tuple[float, float]], loss: float) -> float | None:
@@ -127,11 +147,50 @@ def _config(spec: str) -> dict[str, Any]:
     return read_config_file(path)
 
 
-def _count_params(config: dict[str, Any]) -> int:
+def _count_params(config: dict[str, Any]):
+    """The :class:`~hfgrow.growth.timing.ParamCount` of a config dict (FLOPs take its ``active`` count)."""
     from hfgrow.arch.layout import hf_config_from_dict
     from hfgrow.growth.timing import count_params
 
-    return count_params(hf_config_from_dict(config)).total
+    return count_params(hf_config_from_dict(config))
+
+
+def _empty_folder(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise HfgrowError(f"{out} already exists and is not empty; choose a new folder for the comparison.")
+    return out
+
+
+def _tokens_per_step(seq_len: int, batch_size: int) -> int:
+    """Tokens of one optimizer step of every arm, as hfgrow.continue counts them (one process, no accumulation):
+    the training config's own count, which also refuses a sequence length or batch it would refuse."""
+    from hfgrow.train.config import TrainConfig
+
+    return TrainConfig(model="compare", output_dir="compare", max_steps=1, seq_len=seq_len,
+                       batch_size=batch_size).tokens_per_step
+
+
+def _say(quiet: bool):
+    return (lambda msg: None) if quiet else log.info
+
+
+def _prepare(out: Path, data: list[str] | None, configs: dict[str, dict[str, Any]], settings: dict[str, Any],
+             quiet: bool) -> tuple[Trainer, float]:
+    """The comparison's folder: the train/held-out split, a tokenizer trained on the training text, a model folder
+    per config (config and tokenizer only: each run's own random init); the trainer and the unigram loss."""
+    from hfgrow.arch.layout import hf_config_from_dict
+    from hfgrow.eval.tiny import make_tokenizer
+
+    train, held_out, tokenizer_text = _split_corpus(data, out / "data", settings["seed"])
+    models = out / "models"
+    vocab = next(iter(configs.values())).get("vocab_size", 1024)
+    tokenizer = make_tokenizer(models / "tokenizer", text=tokenizer_text, vocab_size=vocab)
+    for name, cfg in configs.items():
+        hf_config_from_dict(cfg).save_pretrained(models / name)
+        tokenizer.save_pretrained(models / name)
+    unigram = unigram_loss(train, held_out, tokenizer, settings["seq_len"], settings["eval_sequences"])
+    return Trainer(models, train, held_out, settings, quiet), unigram
 
 
 def _split_corpus(data: list[str] | None, folder: Path, seed: int) -> tuple[Path, Path, str]:
@@ -213,15 +272,17 @@ class Trainer:
     def run(self, arm: Arm, run_dir: Path, lr: float, evals: int) -> Path:
         """Train ``arm`` at max LR ``lr`` into ``run_dir``, evaluating ``evals`` times (and at step 0 and any growth)."""
         s = self.settings
-        argv = [sys.executable, "-m", "hfgrow.continue", "--model", str(self.models / arm.model),
+        argv = [sys.executable, "-m", "hfgrow.continue", "--model", arm.start or str(self.models / arm.model),
                 "--data", f"text={self.train}", "--eval-data", f"text={self.held_out}",
                 "--eval-sequences", str(s["eval_sequences"]), "--output-dir", str(run_dir),
                 "--seq-len", str(s["seq_len"]), "--batch-size", str(s["batch_size"]), "--max-steps", str(arm.steps),
                 "--eval-steps", str(max(1, arm.steps // evals)), "--save-steps", str(arm.steps),
                 "--keep-checkpoints", "1", "--lr", repr(lr), "--warmup-steps", str(max(1, arm.steps // 20)),
-                "--seed", str(s["seed"]), "--no-export"]
+                "--seed", str(s["seed"])] + ([] if arm.export else ["--no-export"])
         if arm.grow:
             argv += ["--grow", arm.grow, "--grow-optimizer", arm.optimizer]
+        if arm.top_k is not None:
+            argv += ["--grow-top-k", str(arm.top_k)]
         result = subprocess.run(argv, stdout=subprocess.DEVNULL if self.quiet else None, stderr=subprocess.PIPE,
                                 text=True)
         if result.returncode != 0:
@@ -249,7 +310,7 @@ def choose_lr(trainer: Trainer, arm: Arm, grid: tuple[float, ...], folder: Path,
     """
     steps = min(arm.steps, max(MIN_SWEEP_STEPS, math.ceil(SWEEP_FRACTION * arm.steps)))
     cut = arm.sweep(steps)
-    key = Arm("", cut.model, cut.steps, cut.grow, cut.grow_tokens, cut.optimizer if cut.grow else "fresh")
+    key = replace(cut, name="", optimizer=cut.optimizer if cut.grow else "fresh")
     if key not in cache:
         losses = {}
         for lr in grid:
@@ -303,36 +364,46 @@ def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction:
                   "scratch_tokens": scratch_steps * tokens_per_step}
 
 
-def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None = None, factor: int = 4,
+def compare(out_dir: str | Path, *, config: str | None = None, data: list[str] | None = None, factor: int = 4,
             ops: tuple[str, ...] = ("stack",), optimizers: tuple[str, ...] = ("fresh",),
-            scratch_tokens: int | str = 1_000_000, base_fraction: float = 0.25, seq_len: int = 128,
+            scratch_tokens: int | str | None = None, base_fraction: float | None = None, seq_len: int = 128,
             batch_size: int = 16, lr: float | None = None, lr_grid: tuple[float, ...] = LR_GRID, seed: int = 0,
             eval_points: int = 20, eval_sequences: int = 64, include_untrained: bool = True,
-            include_small: bool = True, quiet: bool = False) -> dict[str, Any]:
+            include_small: bool = True, experts: int = UPCYCLE_EXPERTS, top_k: int = UPCYCLE_TOP_K,
+            quiet: bool = False) -> dict[str, Any]:
     """Run the grow-vs-scratch experiment and write compare.json, compare.md and compare.png to ``out_dir``.
 
-    ``scratch_tokens`` is a count (``3M``, ``1e6``, ``3000000``); ``base_fraction`` sets d as a fraction of
-    it (the base is trained on d tokens; the grown model gets the FLOPs that are left). ``lr=None``: each
-    arm's LR by the sweep rule (:func:`choose_lr`) over ``lr_grid``; a number: that LR for every arm.
-    ``optimizers``: the ``--grow-optimizer`` modes to run every operator with (``carry`` arms are named
-    ``grown-<op>-carry``).
+    ``scratch_tokens`` is a count (``3M``, ``1e6``, ``3000000``; default 1M); ``base_fraction`` (default 0.25)
+    sets d as a fraction of it (the base is trained on d tokens; the grown model gets the FLOPs that are left).
+    ``lr=None``: each arm's LR by the sweep rule (:func:`choose_lr`) over ``lr_grid``; a number: that LR for
+    every arm. ``optimizers``: the ``--grow-optimizer`` modes to run every operator with (``carry`` arms are named
+    ``grown-<op>-carry``). An operator that grows experts (``upcycle``) runs :func:`compare_upcycle` instead,
+    with ``experts`` and ``top_k``.
 
     Example:
         >>> report = compare("runs/cmp", scratch_tokens="1M")
         >>> report["speedup"]["grown-stack"]
         0.31
     """
-    from hfgrow.arch.layout import hf_config_from_dict
-    from hfgrow.eval.tiny import make_tokenizer
-
     from hfgrow.growth import registry
     from hfgrow.train.growth import parse_grow
 
     ops = tuple(dict.fromkeys(parse_grow(f"{registry.get(op).name}:2@0").op for op in ops))  # the --grow names
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise HfgrowError(f"{out} already exists and is not empty; choose a new folder for the comparison.")
-    scratch_tokens = parse_count(scratch_tokens, "token count for --max-tokens", "1M", minimum=1)
+    expert_ops = [op for op in ops if "experts" in registry.get(op).names]
+    if expert_ops:
+        if len(ops) > 1:
+            other = next(op for op in ops if op != expert_ops[0])
+            raise HfgrowError(f"--op {expert_ops[0]} compares a dense model with its upcycled mixture of experts, "
+                              f"an experiment of its own; run it apart from --op {other}.")
+        return compare_upcycle(out_dir, config=config or UPCYCLE_PRESET, data=data, op=expert_ops[0],
+                               experts=experts, top_k=top_k, dense_tokens=scratch_tokens or UPCYCLE_TOKENS,
+                               base_fraction=UPCYCLE_BASE_FRACTION if base_fraction is None else base_fraction,
+                               seq_len=seq_len, batch_size=batch_size, lr=lr, lr_grid=lr_grid, seed=seed,
+                               eval_points=eval_points, eval_sequences=eval_sequences, quiet=quiet)
+    config = config or "tiny"
+    base_fraction = 0.25 if base_fraction is None else base_fraction
+    out = _empty_folder(out_dir)
+    scratch_tokens = parse_count(scratch_tokens or "1M", "token count for --max-tokens", "1M", minimum=1)
     if not 0 < base_fraction < 1:
         raise HfgrowError(f"--base-fraction must be between 0 and 1 (got {base_fraction}).")
     target = _config(config)
@@ -342,26 +413,19 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
     base = dict(target, num_hidden_layers=layers // factor)
     if "layer_types" in target:
         base["layer_types"] = target["layer_types"][: layers // factor]
-    n_target, n_base = _count_params(target), _count_params(base)
-    tokens_per_step = seq_len * batch_size
+    target_count, base_count = _count_params(target), _count_params(base)
+    n_target, n_base = target_count.active, base_count.active  # FLOPs: what a token uses (all of a dense model)
+    tokens_per_step = _tokens_per_step(seq_len, batch_size)
     arms, budget = plan_arms(n_target, n_base, scratch_tokens=scratch_tokens, base_fraction=base_fraction,
                              tokens_per_step=tokens_per_step, factor=factor, ops=tuple(ops),
                              optimizers=tuple(optimizers), include_untrained=include_untrained,
                              include_small=include_small)
 
-    train, held_out, tokenizer_text = _split_corpus(data, out / "data", seed)
-    models = out / "models"
-    tokenizer = make_tokenizer(models / "tokenizer", text=tokenizer_text, vocab_size=target.get("vocab_size", 1024))
-    for name, cfg in (("target", target), ("base", base)):  # config and tokenizer only: each run's own random init
-        hf_config_from_dict(cfg).save_pretrained(models / name)
-        tokenizer.save_pretrained(models / name)
-
     settings = dict(seq_len=seq_len, batch_size=batch_size, seed=seed, eval_sequences=eval_sequences)
-    trainer = Trainer(models, train, held_out, settings, quiet)
-    say = (lambda msg: None) if quiet else log.info
+    trainer, unigram = _prepare(out, data, {"target": target, "base": base}, settings, quiet)
+    say = _say(quiet)
     say(f"target {n_target:,} params, base {n_base:,}; budget {budget['budget_flops']:.3g} FLOPs = "
         f"{budget['scratch_tokens']:,} target tokens")
-    unigram = unigram_loss(train, held_out, tokenizer, seq_len, eval_sequences)
 
     runs: dict[str, Run] = {}
     chosen, sweeps, cache = {}, {}, {}
@@ -386,14 +450,215 @@ def compare(out_dir: str | Path, *, config: str = "tiny", data: list[str] | None
                         f"has learned by then ({LEARNED_MARGIN:g} nats below the unigram model), the lowest final "
                         "loss of the whole arm run at each LR",
                 "grid": list(lr_grid), "sweeps": sweeps})
-    setup = dict(config=config, factor=factor, ops=list(ops), optimizers=list(optimizers), target_params=n_target,
-                 base_params=n_base, seq_len=seq_len, batch_size=batch_size, seed=seed, eval_points=eval_points,
-                 eval_sequences=eval_sequences, lr=dict(lr_rule, chosen=chosen), **budget)
+    setup = dict(config=config, factor=factor, ops=list(ops), optimizers=list(optimizers),
+                 target_params=target_count.total, base_params=base_count.total, seq_len=seq_len,
+                 batch_size=batch_size, seed=seed, eval_points=eval_points, eval_sequences=eval_sequences,
+                 lr=dict(lr_rule, chosen=chosen), **budget)
     report = make_report(runs, setup, unigram)
     atomic_write(out / "compare.json", report)
     atomic_write(out / "compare.md", markdown(report))
     plot(runs, out / "compare.png", report)
     return report
+
+
+# --------------------------------------------------------------------------- dense vs upcycled (--op upcycle)
+
+
+def plan_upcycle_arms(n_dense: int, n_active: int, *, dense_tokens: int, base_fraction: float, tokens_per_step: int,
+                      op: str, experts: int, top_k: int) -> tuple[list[Arm], dict[str, Any]]:
+    """The dense model's pre-training and the two arms that continue it at equal active FLOPs, in whole steps.
+
+    The budget is the dense arm's: C = 6·N_dense·D (D = ``dense_tokens`` in whole steps). The upcycled arm spends
+    the same C at 6·N_active FLOPs per token (N_active: the parameters a token uses, top-k of the E experts), so it
+    trains on C / (6·N_active) tokens, rounded to whole steps: fewer tokens when k experts cost more than the MLP.
+    The upcycled arm grows at step 0 of its run (``--grow OP:E@0``): its run logs the dense model's held-out loss
+    and the upcycled one's at the same point, and counts its FLOPs by active parameters.
+
+    Example:
+        >>> arms, budget = plan_upcycle_arms(1000, 1500, dense_tokens=20480, base_fraction=1.0, tokens_per_step=512,
+        ...                                  op="upcycle", experts=4, top_k=2)
+        >>> [(a.name, a.steps, a.grow) for a in arms]
+        [('base', 40, None), ('dense', 40, None), ('upcycled', 27, 'upcycle:4@0')]
+    """
+    dense_steps = max(1, dense_tokens // tokens_per_step)
+    budget = 6.0 * n_dense * dense_steps * tokens_per_step
+    moe_steps = max(1, round(budget / (6.0 * n_active * tokens_per_step)))
+    base_steps = max(1, round(dense_tokens * base_fraction / tokens_per_step))
+    arms = [Arm("base", "dense", base_steps, export=True), Arm("dense", "dense", dense_steps),
+            Arm("upcycled", "dense", moe_steps, f"{op}:{experts}@0", 0, top_k=top_k)]
+    return arms, {"budget_flops": budget, "base_tokens": base_steps * tokens_per_step,
+                  "dense_tokens": dense_steps * tokens_per_step, "upcycled_tokens": moe_steps * tokens_per_step}
+
+
+def compare_upcycle(out_dir: str | Path, *, config: str = UPCYCLE_PRESET, data: list[str] | None = None,
+                    op: str = "upcycle", experts: int = UPCYCLE_EXPERTS, top_k: int = UPCYCLE_TOP_K,
+                    dense_tokens: int | str = UPCYCLE_TOKENS, base_fraction: float = UPCYCLE_BASE_FRACTION,
+                    seq_len: int = 128, batch_size: int = 16, lr: float | None = None,
+                    lr_grid: tuple[float, ...] = LR_GRID, seed: int = 0, eval_points: int = 20,
+                    eval_sequences: int = 64, quiet: bool = False) -> dict[str, Any]:
+    """Dense continued pre-training vs the upcycled mixture of experts, at equal active training FLOPs.
+
+    ``config`` is the dense model (a preset or a config.json; default the 2-layer ``tiny-dense``). It is
+    pre-trained from random initialisation on ``base_fraction`` x ``dense_tokens`` tokens (the ``base`` run), then
+    continued twice from that checkpoint with a fresh optimizer: ``dense`` for ``dense_tokens`` tokens, and
+    ``upcycled``, every MLP turned into ``experts`` experts with top-``top_k`` routing by the in-run operator
+    (``--grow OP:E@0``: sparse upcycling into the family's MoE sibling, the load-balancing loss on), for the same
+    active FLOPs (:func:`plan_upcycle_arms`).
+
+    Learning rate: the base run's by the sweep rule (:func:`choose_lr`), and both continuations at that LR, as
+    Sparse Upcycling (Komatsuzaki et al. 2023) continues with the dense model's hyperparameters; ``lr`` fixes all.
+    Writes compare.json, compare.md and compare.png (held-out loss vs active FLOPs after the dense checkpoint).
+
+    Example:
+        >>> report = compare_upcycle("runs/upcycle")
+        >>> report["ratio"]["final_loss"]            # the upcycled arm's final held-out loss / the dense arm's
+        0.97
+    """
+    from hfgrow.growth import registry
+    from hfgrow.train.growth import grow_spec
+    from hfgrow.train.runlog import read_run
+
+    out = _empty_folder(out_dir)
+    dense_tokens = parse_count(dense_tokens, "token count for --max-tokens", "1M", minimum=1)
+    if not base_fraction > 0:
+        raise HfgrowError(f"--base-fraction must be above 0 (got {base_fraction}): the dense model is pre-trained "
+                          "on that fraction of --max-tokens before it is upcycled.")
+    dense = _config(config)
+    spec = grow_spec(registry.get(op).name, experts, seed, top_k=top_k)  # checks E and k, as --grow does
+    moe = spec.grown_config(dense)  # refuses a family with no MoE sibling, as the run would
+    dense_count, moe_count = _count_params(dense), _count_params(moe)
+    tokens_per_step = _tokens_per_step(seq_len, batch_size)
+    arms, budget = plan_upcycle_arms(dense_count.active, moe_count.active, dense_tokens=dense_tokens,
+                                     base_fraction=base_fraction, tokens_per_step=tokens_per_step, op=op,
+                                     experts=experts, top_k=top_k)
+    base_arm, *continued = arms
+
+    settings = dict(seq_len=seq_len, batch_size=batch_size, seed=seed, eval_sequences=eval_sequences)
+    trainer, unigram = _prepare(out, data, {"dense": dense}, settings, quiet)
+    say = _say(quiet)
+    say(f"dense {dense_count.total:,} params; upcycled {moe_count.total:,} ({moe_count.active:,} active, {experts} "
+        f"experts, top-{top_k}); budget {budget['budget_flops']:.3g} active FLOPs = {budget['dense_tokens']:,} dense "
+        f"tokens or {budget['upcycled_tokens']:,} upcycled")
+
+    sweep = None
+    if lr is None:
+        chosen, losses, steps, ready = choose_lr(trainer, base_arm, tuple(lr_grid), out / "sweep", {},
+                                                 unigram=unigram, evals=eval_points)
+        sweep = {"steps": steps, "held_out_loss": {f"{k:g}": v for k, v in losses.items()},
+                 "full_length": ready is not None}
+    else:
+        chosen, ready = lr, None
+    say(f"base: the dense model, {base_arm.steps * tokens_per_step:,} tokens from random init, lr {chosen:g}")
+    base_dir = ready or trainer.run(base_arm, out / "runs" / "base", chosen, eval_points)
+    runs = {"base": collect("base", base_dir)}
+    for arm in continued:
+        arm = replace(arm, start=str(base_dir / "final"))
+        say(f"{arm.name}: {arm.steps * tokens_per_step:,} tokens from the base's checkpoint"
+            + (f", --grow {arm.grow} --grow-top-k {arm.top_k}" if arm.grow else "") + f", lr {chosen:g}")
+        runs[arm.name] = collect(arm.name, trainer.run(arm, out / "runs" / arm.name, chosen, eval_points))
+
+    moe_run = read_run(out / "runs" / "upcycled")
+    (growth,) = moe_run.growths
+    last = moe_run.train[-1] if moe_run.train else {}
+    lr_rule = ({"rule": f"fixed: --lr {lr:g} for every run"} if lr is not None else
+               {"rule": "the base run's LR by compare's sweep rule (the grid's lowest held-out loss after its first "
+                        f"{SWEEP_FRACTION:.0%} of steps, at least {MIN_SWEEP_STEPS}; the whole run at each LR when "
+                        f"none has learned by then), and both continuations at that LR",
+                "grid": list(lr_grid), "sweep": sweep})
+    setup = dict(kind="upcycle", config=config, op=op, experts=experts, top_k=top_k, target=moe.get("model_type"),
+                 dense_params=dense_count.total, upcycled_params=moe_count.total,
+                 upcycled_active_params=moe_count.active, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                 eval_points=eval_points, eval_sequences=eval_sequences, base_fraction=base_fraction,
+                 lr=dict(lr_rule, chosen=chosen),
+                 flops_rule="C = 6·N_dense·D for the dense arm; the upcycled arm trains C / (6·N_active) tokens "
+                            "(whole steps), N_active = the parameters a token uses (top-k of the experts)", **budget)
+    report = upcycle_report(runs, setup, unigram, growth_loss=growth.get("eval_loss_after"),
+                            expert_load=last.get("expert_load"), aux_loss=last.get("aux_loss"))
+    atomic_write(out / "compare.json", report)
+    atomic_write(out / "compare.md", markdown(report))
+    plot_upcycle(runs, out / "compare.png", report)
+    return report
+
+
+def upcycle_report(runs: dict[str, Run], setup: dict[str, Any], unigram: float, *, growth_loss: float | None,
+                   expert_load: list[float] | None = None, aux_loss: float | None = None) -> dict[str, Any]:
+    """Final losses and FLOPs of the base, dense and upcycled runs; the upcycled arm against the dense arm: its final
+    loss as a ratio and a difference, the share of the dense arm's FLOPs at which it reaches the dense arm's final
+    loss (and sp = FLOPs_dense / FLOPs_upcycled - 1 there, as compare defines a speedup), withheld when the dense arm
+    has not learned (:func:`baseline_check`); the step-0 losses of both arms (``growth_loss``: the upcycled model's
+    held-out loss at its growth)."""
+    dense, moe = runs["dense"], runs["upcycled"]
+    baseline = baseline_check(dense, unigram)
+    reached = flops_to_reach(moe.curve, dense.final_loss) if baseline["learned"] else None
+    return {
+        "kind": "upcycle",
+        "setup": setup,
+        "final_loss": {name: run.final_loss for name, run in runs.items()},
+        "total_flops": {name: run.total_flops for name, run in runs.items()},
+        "step0_loss": {"dense": dense.curve[0][1] if dense.curve else math.nan, "upcycled": growth_loss},
+        "ratio": {"final_loss": moe.final_loss / dense.final_loss, "loss_difference": moe.final_loss - dense.final_loss,
+                  "flops_to_dense_final_loss": None if reached is None else reached / dense.total_flops},
+        "speedup": None if reached is None or reached == 0 else dense.total_flops / reached - 1.0,
+        "baseline": baseline,
+        "expert_load": expert_load,
+        "aux_loss": aux_loss,
+        "curves": {name: run.curve for name, run in runs.items()},
+        "runs": {name: {k: v for k, v in asdict(run).items() if k != "curve"} for name, run in runs.items()},
+    }
+
+
+def markdown_upcycle(report: dict[str, Any]) -> str:
+    setup, ratio, baseline = report["setup"], report["ratio"], report["baseline"]
+    reach = ratio["flops_to_dense_final_loss"]
+    if not baseline["learned"]:
+        reach_text = "withheld (the dense arm did not learn)"
+    elif reach is None:
+        reach_text = "never reaches the dense arm's final loss"
+    else:
+        reach_text = f"reaches the dense arm's final loss at {reach:.0%} of its FLOPs (sp {report['speedup']:+.1%})"
+    lines = [
+        f"Dense {setup['dense_params']:,} params; upcycled ({setup['target']}, {setup['experts']} experts, "
+        f"top-{setup['top_k']}) {setup['upcycled_params']:,} params, {setup['upcycled_active_params']:,} active per "
+        f"token. Base: the dense model pre-trained on {setup['base_tokens']:,} tokens; both arms continue it with "
+        f"{setup['budget_flops']:.3g} active FLOPs ({setup['flops_rule']}): dense {setup['dense_tokens']:,} tokens, "
+        f"upcycled {setup['upcycled_tokens']:,}.",
+        f"Learning rate: {setup['lr']['rule']}; chosen: {setup['lr']['chosen']:g}.",
+        "",
+        "| run | final held-out loss | active FLOPs | vs dense |",
+        "|---|---|---|---|",
+        f"| base (dense pre-training) | {report['final_loss']['base']:.4f} | {report['total_flops']['base']:.3g} "
+        "| — |",
+        f"| dense (continued) | {report['final_loss']['dense']:.4f} | {report['total_flops']['dense']:.3g} | — |",
+        f"| upcycled | {report['final_loss']['upcycled']:.4f} | {report['total_flops']['upcycled']:.3g} | "
+        f"loss x{ratio['final_loss']:.4f} ({ratio['loss_difference']:+.4f} nats); {reach_text} |",
+        "",
+        f"Step 0 (the dense checkpoint): dense {report['step0_loss']['dense']:.4f}, upcycled "
+        f"{report['step0_loss']['upcycled']:.4f} held-out loss.",
+    ]
+    if report.get("expert_load"):
+        lines.append("Expert load at the last step (share of routed token slots, 1/E when balanced): "
+                     + ", ".join(f"{x:.3f}" for x in report["expert_load"])
+                     + (f"; load-balancing loss {report['aux_loss']:.4g}." if report.get("aux_loss") is not None
+                        else "."))
+    lines += ["", f"Baseline: unigram model {baseline['unigram_loss']:.4f}, dense arm "
+                  f"{baseline['scratch_final_loss']:.4f}"
+                  + (": the dense arm has learned." if baseline["learned"] else
+                     ": the dense arm has NOT learned, so no FLOPs ratio is reported."), ""]
+    return "\n".join(lines)
+
+
+def plot_upcycle(runs: dict[str, Run], path: Path, report: dict[str, Any]) -> Path:
+    """Held-out loss vs active FLOPs after the dense checkpoint, dense and upcycled arms (both start at its loss)."""
+    from hfgrow.train.runlog import Curve, plot_curves
+
+    setup, reach = report["setup"], report["ratio"]["flops_to_dense_final_loss"]
+    label = {"dense": "dense, continued", "upcycled": f"upcycled: {setup['experts']} experts, top-{setup['top_k']}"}
+    curves = [Curve(f"{label[name]} ({runs[name].final_loss:.3f})", runs[name].curve, width=1.6)
+              for name in ("dense", "upcycled")]
+    title = "dense vs upcycled at equal active FLOPs" + (
+        f" — upcycled reaches dense's loss at {reach:.0%} of its FLOPs" if reach is not None else "")
+    return plot_curves(curves, path, xlabel="active training FLOPs after the dense checkpoint (6 · active params · "
+                                            "tokens)", title=title, ylabel="held-out loss (nats/token)")
 
 
 def baseline_check(scratch: Run, unigram: float) -> dict[str, Any]:
@@ -443,6 +708,8 @@ def make_report(runs: dict[str, Run], setup: dict[str, Any], unigram: float) -> 
 
 
 def markdown(report: dict[str, Any]) -> str:
+    if report.get("kind") == "upcycle":
+        return markdown_upcycle(report)
     setup, baseline = report["setup"], report["baseline"]
     lines = [
         f"Target {setup['target_params']:,} params, base {setup['base_params']:,} (g = {setup['factor']}); "

@@ -241,6 +241,9 @@ class GrowSpec:
             w = self.width
             sizes = resolve_sizes(roles, w.hidden_size, w.intermediate_size, w.num_heads, w.num_kv_heads,
                                   op=width_kind)
+            if not sizes.changed:
+                raise HfgrowError(f"the width options give the model's own sizes (hidden {sizes.hidden[0]}); nothing "
+                                  "to widen: give a larger --hidden-size, --intermediate-size or --num-heads.")
             plan = width_plan(plan, roles, sizes, op=width_kind, seed=self.seed, style=self.style,
                               keep_tied=self.keep_tied)
             preserving = preserving and plan.operation.width.function_preserving

@@ -15,11 +15,15 @@ Conventions (used everywhere in this module):
 
 * **N is the total parameter count** of the target, embeddings included. The paper plugs in the
   nominal size ("7B", "70B"); Table 4 is reproduced with N = 7e9 etc. (see :func:`growth_tokens`).
+  For a mixture-of-experts target N is its active count (below), so that C = 6·N·D stays its training
+  compute; the law was fitted on dense models only, and the plan says so.
 * **Embedding parameters** are those of every ``nn.Embedding`` module (token embeddings and learned
   position embeddings, as in Kaplan et al.) plus the output projection (LM head) when it is *not*
   tied to the input embeddings. A tied LM head shares the input embedding tensor and is counted once.
-* FLOPs are the usual 6·N·tokens estimate (forward + backward), with N the total parameter count of
-  the model being trained in that phase.
+* FLOPs are the usual 6·N·tokens estimate (forward + backward), with N the parameters one token uses in
+  the model being trained in that phase: all of them for a dense model; for a mixture of experts, the
+  **active** parameters (every parameter outside the routed experts, plus top_k/E of the routed experts:
+  a token passes through k of the E experts of each MoE layer; shared experts and routers count in full).
 
 Example:
     >>> round(growth_tokens(7e9, 6 * 7e9 * 2e12) / 1e9, 2)
@@ -74,19 +78,30 @@ class ParamCount:
     """Parameter count of a model, split as described in the module docstring.
 
     ``embedding`` and ``non_embedding`` are ``None`` when only the total is known (a size string).
+    ``active`` is what one token uses (FLOPs count it): ``total`` for a dense model; for a mixture of experts,
+    ``total - experts + routed``, ``experts`` being the routed experts' parameters and ``routed`` the top-k share
+    of them a token passes through.
     """
 
     embedding: int | None
     non_embedding: int | None
     total: int
+    experts: int = 0
+    routed: int = 0
+
+    @property
+    def active(self) -> int:
+        return self.total - self.experts + self.routed
 
     def describe(self) -> str:
-        """``"6.74B (embedding 262M, non-embedding 6.48B)"`` or just ``"7B"``."""
+        """``"6.74B (embedding 262M, non-embedding 6.48B)"`` or just ``"7B"``; a mixture of experts adds its
+        active count (``"46.7B (...; 12.9B active per token)"``)."""
         if self.embedding is None or self.non_embedding is None:
             return format_count(self.total)
+        active = f"; {format_count(self.active)} active per token" if self.experts else ""
         return (
             f"{format_count(self.total)} (embedding {format_count(self.embedding)}, "
-            f"non-embedding {format_count(self.non_embedding)})"
+            f"non-embedding {format_count(self.non_embedding)}{active})"
         )
 
 
@@ -127,7 +142,60 @@ def count_params(config: Any) -> ParamCount:
         total += param.numel()
         if id(param) in embedding_ids:
             embedding += param.numel()
-    return ParamCount(embedding=embedding, non_embedding=total - embedding, total=total)
+    experts, routed = _routed_experts(model, text_config(config))
+    return ParamCount(embedding=embedding, non_embedding=total - embedding, total=total, experts=experts,
+                      routed=routed)
+
+
+#: config fields that say how many experts a token is routed to, where the modules do not (Gemma 4's router reads
+#: top_k_experts from its config)
+_TOP_K_FIELDS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "moe_top_k", "num_experts_per_token",
+                 "n_activated_experts", "moe_k", "router_topk", "num_selected_experts")
+
+
+def _top_k(block: Any, experts: Any, config: Any) -> int | None:
+    """Experts a token is routed to in the MoE block ``block``: its own ``top_k``, its router's (``gate``,
+    ``router``: transformers 5 keeps it there), the experts module's, else the config's (:data:`_TOP_K_FIELDS`)."""
+    for holder in (block, *block.children(), experts):
+        k = getattr(holder, "top_k", None)
+        if isinstance(k, int) and k > 0:
+            return k
+    for field_name in _TOP_K_FIELDS:
+        k = getattr(config, field_name, None)
+        if isinstance(k, int) and k > 0:
+            return k
+    return None
+
+
+def _routed_experts(model: Any, config: Any) -> tuple[int, int]:
+    """(parameters of the routed experts, the share of them one token uses) in ``model``.
+
+    Routed experts are the modules named ``experts`` (every MoE family of transformers 5 names them so; shared
+    experts are ``shared_expert(s)`` and count in full), E of them (``num_experts``, or the children of a
+    ``ModuleList``), a token routed to k (:func:`_top_k`). transformers 5 stores them fused, one tensor per
+    projection with the experts along dimension 0: a tensor of the module counts as routed when that dimension is a
+    multiple of E (a bias shared by all, as JetMoE's, does not). Where k cannot be found every expert counts
+    (the FLOPs are then an upper bound).
+    """
+    import torch
+
+    experts = routed = 0
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] != "experts":
+            continue
+        if isinstance(module, torch.nn.ModuleList):
+            E, params = len(module), [p for p in module.parameters()]
+        else:
+            E = getattr(module, "num_experts", None)
+            if not isinstance(E, int) or E < 1:
+                continue
+            params = [p for p in module.parameters() if p.dim() and p.shape[0] % E == 0 and (p.dim() > 1 or
+                                                                                              p.shape[0] == E)]
+        k = _top_k(model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model, module, config)
+        size = sum(p.numel() for p in params)
+        experts += size
+        routed += size if k is None or k >= E else size * k // E
+    return experts, routed
 
 
 def load_target_config(target: str) -> Any:
@@ -221,7 +289,8 @@ class GrowthPlan:
         target_layers, hidden_size, base_layers: shapes; ``None`` for a bare size string.
         base_params: parameters of the base model (exact from its config, else the estimate N/g).
         base_params_exact: whether ``base_params`` came from a config.
-        base_flops: 6·N_base·d, the base phase.
+        base_active_params: the base model's active parameters (``base_params`` for a dense model).
+        base_flops: 6·N_base·d, the base phase (N_base active).
         grown_flops: 6·N·(D − d), the grown phase (0 if d ≥ D, which also adds a warning).
         total_flops: base + grown phases.
         scratch_flops: 6·N·D, training the target from scratch on the same D tokens.
@@ -256,10 +325,12 @@ class GrowthPlan:
     warnings: list[str] = field(default_factory=list)
     grow_argument: str | None = None
     launch: str | None = None
+    base_active_params: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (numbers raw, plus a few human-readable strings under ``"human"``)."""
         data = asdict(self)
+        data["params"]["active"] = self.params.active
         data["human"] = {
             "params": self.params.describe(),
             "tokens": format_count(self.tokens),
@@ -295,6 +366,8 @@ class GrowthPlan:
             lines.append(
                 f"  base model      {self.base_layers} layers, hidden {self.hidden_size}, "
                 f"{format_count(self.base_params)} parameters"
+                + (f" ({format_count(self.base_active_params)} active)"
+                   if self.base_active_params not in (None, self.base_params) else "")
             )
         else:
             lines.append(
@@ -384,16 +457,23 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         check_factor(target_layers, factor)
         params = count_params(config)
         base_layers = target_layers // factor
-        base_params = count_params(_base_config(config, base_layers)).total
+        base_count = count_params(_base_config(config, base_layers))
+        base_params, base_active = base_count.total, base_count.active
         base_exact = True
     else:
-        base_params = round(params.total / factor)
+        base_params = base_active = round(params.total / factor)
         base_exact = False
 
-    N = params.total
+    N = params.active  # what a token uses: FLOPs and the law's C = 6·N·D (the total for a dense model)
     C = 6.0 * N * D
     d = growth_tokens(N, C)
     warnings: list[str] = []
+    if params.experts:
+        warnings.append(
+            f"a mixture of experts: N is its {format_count(N)} active parameters per token (top-k of the routed "
+            f"experts; {format_count(params.total)} in all), which every FLOPs figure counts; the growth-timing law "
+            "was fitted on dense models."
+        )
     if N < LAW_MIN_PARAMS:
         warnings.append(
             f"the target has {format_count(N)} parameters, below {format_count(LAW_MIN_PARAMS)}, the smallest model "
@@ -412,7 +492,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         launch = (f"accelerate launch --quiet --config_file configs/fsdp2.yaml --num_processes N -m hfgrow.continue "
                   f"--model BASE/ --grow {grow_argument} --data DATA --output-dir RUN --max-tokens "
                   f"{format_count(D, 2)}")
-    base_flops = 6.0 * base_params * d
+    base_flops = 6.0 * base_active * d
     grown_flops = 6.0 * N * max(D - d, 0.0)
     total = base_flops + grown_flops
     scratch = C
@@ -428,6 +508,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         base_layers=base_layers,
         base_params=base_params,
         base_params_exact=base_exact,
+        base_active_params=base_active,
         base_flops=base_flops,
         grown_flops=grown_flops,
         total_flops=total,

@@ -124,8 +124,8 @@ class Stage:
     start_step: int
     layers: int
     n_params: int
-    growth: GrowArg | None = None
     n_active: int | None = None  # parameters one token uses, when fewer than n_params (mixture of experts)
+    growth: GrowArg | None = None
 
     def to_dict(self, tokens_per_step: int) -> dict[str, Any]:
         data: dict[str, Any] = {"stage": self.index, "start_step": self.start_step,
@@ -160,18 +160,13 @@ class StagePlan:
         return [s.to_dict(self.tokens_per_step) for s in self.stages]
 
 
-def _count(config: dict[str, Any]) -> int:
+def _count(config: dict[str, Any]) -> tuple[int, int]:
+    """(parameters, parameters one token uses: a mixture of experts counts the top-k experts of each layer)."""
     from hfgrow.arch.layout import hf_config_from_dict
     from hfgrow.growth.timing import count_params
 
-    return count_params(hf_config_from_dict(config)).total
-
-
-def _active(config: dict[str, Any], total: int) -> int:
-    """Parameters one token uses (a mixture of experts: the top-k experts of each layer only)."""
-    from hfgrow.growth.ops.upcycle import active_params
-
-    return active_params(config, total)
+    counted = count_params(hf_config_from_dict(config))
+    return counted.total, counted.active
 
 
 def _resolve_auto(grow: GrowArg, final_params: int, budget: int) -> tuple[int, str]:
@@ -215,7 +210,7 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
         raise HfgrowError("--grow ...@auto times one growth (the paper's law); give token counts for a multi-stage "
                           "schedule.")
     budget = max_steps * tokens_per_step
-    stages = [Stage(0, 0, layers or 0, _count(config))]
+    stages = [Stage(0, 0, layers or 0, *_count(config))]
     configs, notes = [config], []
     for grow in grows:
         spec = grow_spec(grow.op, grow.factor, seed, style, top_k)
@@ -232,8 +227,8 @@ def plan_stages(config: dict[str, Any], grows: list[GrowArg], *, tokens_per_step
         if layer_count <= stages[-1].layers and not hasattr(spec, "grown_config"):
             raise HfgrowError(f"--grow {grow.text} turns {stages[-1].layers} layers into {layer_count}; a growth must "
                               "add layers (give a factor that does, e.g. 2).")
-        total = _count(configs[-1])
-        stages.append(Stage(len(stages), -1, layer_count, total, grow, _active(configs[-1], total)))
+        total, active = _count(configs[-1])
+        stages.append(Stage(len(stages), -1, layer_count, total, active, grow))
     resolved = []
     for stage in stages[1:]:
         tokens = stage.growth.tokens

@@ -68,9 +68,9 @@ def test_gpu_preset_is_the_paper_regime_size():
     from hfgrow.eval.compare import PRESETS, _count_params
 
     target = PRESETS["gpu"]
-    n = _count_params(target)
+    n = _count_params(target).total
     assert target["num_hidden_layers"] == 8 and 20e6 <= n <= 40e6
-    assert _count_params(dict(target, num_hidden_layers=2)) < n / 2
+    assert _count_params(dict(target, num_hidden_layers=2)).total < n / 2
 
 
 def test_mfu_by_the_palm_convention():

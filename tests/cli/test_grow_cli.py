@@ -56,3 +56,13 @@ def test_counts_accept_suffixes(small, tmp_path, capsys):
     from hfgrow.growth.recipe import Recipe
 
     assert Recipe.read(tmp_path / "msg").operation.mask.steps == 2000
+
+
+def test_width_options_that_change_nothing_are_refused_in_one_line(small, tmp_path, capsys):
+    """--hidden-size equal to the model's own used to end in an AttributeError traceback."""
+    hidden = tiny_llama_config(layers=2).hidden_size
+    code, _, err = run_cli(["grow", small, tmp_path / "out", "--op", "stack", "--hidden-size", hidden], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (f"error: the width options give the model's own sizes (hidden {hidden}); nothing to widen: "
+                           "give a larger --hidden-size, --intermediate-size or --num-heads.")
+    assert not (tmp_path / "out").exists()

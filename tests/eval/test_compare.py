@@ -1,5 +1,6 @@
 """hfgrow compare: the FLOPs bookkeeping, the regime, the baseline test and the LR rule in process (run logs ->
-curves, speedup); one short real run in which every arm is one `hfgrow.continue` run (the grown one with --grow)."""
+curves, speedup); one short real run in which every arm is one `hfgrow.continue` run (the grown one with --grow);
+`compare --op upcycle` (dense vs upcycled at equal active FLOPs) end to end through the command line."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from helpers.cli import run_cli
 
 from hfgrow.errors import HfgrowError
 from hfgrow.eval.compare import (LEARNED_MARGIN, MIN_SWEEP_STEPS, Arm, Run, baseline_check, choose_lr, collect,
-                                 compare, first_stage, flops_to_reach, make_report, markdown, plan_arms, plot, speedup,
-                                 unigram_loss)
+                                 compare, first_stage, flops_to_reach, make_report, markdown, plan_arms,
+                                 plan_upcycle_arms, plot, speedup, unigram_loss)
 from hfgrow.train.runlog import RunLog
 
 
@@ -238,3 +239,92 @@ def test_compare_tokens_take_counts(tmp_path, capsys):
                                         "K/M/B/T, e.g. 1M."
     code, _, err = run_cli(["compare", tmp_path / "cmp", "--lr-grid", "fast"], capsys)
     assert code == 1 and "--lr-grid 'fast'" in err
+
+
+# --------------------------------------------------------------------------- --op upcycle
+
+
+TINY_DENSE = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 300, "max_position_embeddings": 128,
+              "tie_word_embeddings": False}
+
+
+def test_upcycle_arms_share_the_active_flops_budget():
+    arms, budget = plan_upcycle_arms(1000, 1500, dense_tokens=20480, base_fraction=0.5, tokens_per_step=512,
+                                     op="upcycle", experts=8, top_k=2)
+    base, dense, moe = arms
+    assert (base.name, base.steps, base.export, base.grow) == ("base", 20, True, None)
+    assert (dense.name, dense.steps, dense.grow) == ("dense", 40, None)
+    # C = 6 x 1000 x 40 x 512; the upcycled arm spends it at 1500 active parameters a token: 26.7 -> 27 steps
+    assert budget["budget_flops"] == 6 * 1000 * 40 * 512
+    assert (moe.name, moe.steps, moe.grow, moe.grow_tokens, moe.top_k) == ("upcycled", 27, "upcycle:8@0", 0, 2)
+    assert abs(6 * 1500 * moe.steps * 512 - budget["budget_flops"]) <= 6 * 1500 * 512 / 2
+    assert budget["upcycled_tokens"] == 27 * 512 and budget["base_tokens"] == 20 * 512
+
+
+def test_compare_upcycle_end_to_end(tmp_path, capsys):
+    """The README's `hfgrow compare OUT --op upcycle` on a tiny dense Llama and a tiny budget: the dense model is
+    pre-trained, then continued dense and upcycled (Mixtral, 4 experts, top-2) at equal active FLOPs."""
+    import matplotlib.pyplot as plt
+
+    from hfgrow.arch.layout import hf_config_from_dict
+    from hfgrow.growth.timing import count_params
+    from hfgrow.train.runlog import read_run
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_DENSE))
+    out = tmp_path / "upcycle"
+    code, stdout, err = run_cli(["compare", out, "--op", "upcycle", "--config", tmp_path / "config.json",
+                                 "--max-tokens", "4k", "--seq-len", "32", "--batch-size", "8", "--lr", "3e-3",
+                                 "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "compare.json").read_text())
+    setup = report["setup"]
+    assert (setup["experts"], setup["top_k"], setup["target"]) == (4, 2, "mixtral")
+    # the counts: the upcycled arm's run.json records the stage it trained as, active parameters by the one counter
+    moe_config = json.loads((out / "runs" / "upcycled" / "grown-1" / "config.json").read_text())  # as upcycled
+    counted = count_params(hf_config_from_dict(moe_config))
+    assert counted.active == setup["upcycled_active_params"] < counted.total == setup["upcycled_params"]
+    per_expert = 3 * 32 * 64
+    assert counted.active == counted.total - 2 * (4 - 2) * per_expert  # 2 layers, 2 of 4 experts idle per token
+    dense_n = count_params(hf_config_from_dict(TINY_DENSE)).total
+    assert setup["dense_params"] == dense_n
+    moe_run, dense_run = read_run(out / "runs" / "upcycled"), read_run(out / "runs" / "dense")
+    assert moe_run.info["stages"][1]["n_active"] == counted.active
+    # equal active FLOPs at the budget, within one step of the upcycled arm
+    tokens_per_step = 32 * 8
+    assert report["total_flops"]["dense"] == dense_run.flops(dense_run.trained_tokens) == setup["budget_flops"]
+    assert report["total_flops"]["upcycled"] == 6.0 * counted.active * moe_run.trained_tokens
+    assert abs(report["total_flops"]["upcycled"] - setup["budget_flops"]) <= 6.0 * counted.active * tokens_per_step
+    assert moe_run.trained_tokens < dense_run.trained_tokens  # k experts cost more than the MLP: fewer tokens
+    # step 0: the upcycled model (Mixtral renormalises the top-k weights) computes the dense checkpoint's function
+    assert report["step0_loss"]["upcycled"] == pytest.approx(report["step0_loss"]["dense"], rel=1e-5)
+    assert report["step0_loss"]["dense"] == pytest.approx(report["final_loss"]["base"], rel=1e-6)
+    assert report["curves"]["dense"][0][0] == 0 and report["curves"]["upcycled"][0][0] == 0
+    # the ratio is the two arms' final held-out losses, from their own logs
+    final = {name: collect(name, out / "runs" / name).final_loss for name in ("dense", "upcycled")}
+    assert report["ratio"]["final_loss"] == pytest.approx(final["upcycled"] / final["dense"], rel=1e-12)
+    assert len(report["expert_load"]) == 4 and sum(report["expert_load"]) == pytest.approx(1, abs=1e-3)
+    assert report["aux_loss"] > 0
+    # the table printed and written, and a figure that loads
+    assert (out / "compare.md").read_text() in stdout
+    assert f"| upcycled | {final['upcycled']:.4f} |" in stdout and "loss x" in stdout
+    image = plt.imread(out / "compare.png")
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 500
+
+
+def test_compare_upcycle_refuses_what_does_not_apply(tmp_path, capsys):
+    code, _, err = run_cli(["compare", tmp_path / "a", "--op", "upcycle", "--factor", "2"], capsys)
+    assert code == 2 and "--factor does not apply to --op upcycle" in err
+    code, _, err = run_cli(["compare", tmp_path / "a", "--op", "stack", "--experts", "8"], capsys)
+    assert code == 2 and "--experts is for --op upcycle" in err
+    with pytest.raises(HfgrowError, match="an experiment of its own; run it apart from --op stack"):
+        compare(tmp_path / "b", ops=("upcycle", "stack"), quiet=True)
+    gpt2 = tmp_path / "gpt2.json"
+    gpt2.write_text(json.dumps({"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 300}))
+    with pytest.raises(HfgrowError, match="'gpt2' has no mixture-of-experts sibling"):
+        compare(tmp_path / "c", ops=("upcycle",), config=str(gpt2), quiet=True)
+    with pytest.raises(HfgrowError, match="--top-k must be between 1 and --experts"):
+        compare(tmp_path / "d", ops=("upcycle",), experts=4, top_k=5, quiet=True)
+    with pytest.raises(HfgrowError, match="--base-fraction must be above 0"):
+        compare(tmp_path / "e", ops=("upcycle",), base_fraction=0.0, quiet=True)
+    assert not any((tmp_path / name).exists() for name in "bcde")  # refused before anything was written

@@ -206,3 +206,97 @@ def test_plan_takes_the_old_tokens_spelling_with_a_warning(capsys):
     assert code == 0 and old == new and "warning: --tokens is now --max-tokens" in err
     code, _, err = run_cli(["plan", "--target", "7B"], capsys)
     assert code == 2 and "--max-tokens" in err
+
+
+# --------------------------------------------------------------------------- active parameters (mixture of experts)
+
+
+def _moe_configs():
+    import transformers as tf
+
+    common = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
+                  max_position_embeddings=64)
+    return {
+        # (config, E, k, expert size, layers with routed experts, shared expert units per MoE layer)
+        "mixtral": (tf.MixtralConfig(num_hidden_layers=3, intermediate_size=48, num_local_experts=8,
+                                     num_experts_per_tok=2, **common), 8, 2, 48, 3, 0),
+        # layer 0 a dense MLP (mlp_only_layers), a shared expert of 40 units in the others
+        "qwen2_moe": (tf.Qwen2MoeConfig(num_hidden_layers=3, intermediate_size=64, moe_intermediate_size=16,
+                                        shared_expert_intermediate_size=40, num_experts=6, num_experts_per_tok=3,
+                                        mlp_only_layers=[0], **common), 6, 3, 16, 2, 40),
+        "olmoe": (tf.OlmoeConfig(num_hidden_layers=2, intermediate_size=24, num_experts=4, num_experts_per_tok=1,
+                                 **common), 4, 1, 24, 2, 0),
+        "qwen3_moe": (tf.Qwen3MoeConfig(num_hidden_layers=2, intermediate_size=64, moe_intermediate_size=16,
+                                        num_experts=4, num_experts_per_tok=2, head_dim=8, **common), 4, 2, 16, 2, 0),
+    }
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe", "qwen3_moe"])
+def test_active_params_of_a_mixture_of_experts(family):
+    """Active = every parameter outside the routed experts + k/E of them, checked three ways: by hand from the
+    config, against the instantiated model's own tensors split into expert and non-expert, and against the
+    parameters one token's backward pass actually reaches (k experts of each MoE layer get a gradient)."""
+    config, E, k, size, moe_layers, shared = _moe_configs()[family]
+    counted = count_params(config)
+    H = config.hidden_size
+    per_expert = 3 * H * size  # gate, up, down
+    # by hand: the routed experts are E x (gate, up, down) in each MoE layer; a token uses k of them
+    assert counted.experts == moe_layers * E * per_expert
+    assert counted.active == counted.total - moe_layers * (E - k) * per_expert
+    # the instantiated model: its expert tensors (transformers 5 fuses them: mlp.experts.gate_up_proj/down_proj)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    experts = {n: p for n, p in model.named_parameters() if ".experts." in n}
+    assert sum(p.numel() for p in experts.values()) == counted.experts
+    assert all(p.shape[0] == E for p in experts.values())
+    non_expert = sum(p.numel() for n, p in model.named_parameters() if n not in experts)
+    assert counted.total == non_expert + counted.experts
+    assert counted.active == non_expert + counted.experts * k // E
+    if shared:  # the shared expert (always used) is counted in full, outside the routed experts
+        assert sum(p.numel() for n, p in model.named_parameters() if ".shared_expert." in n) == \
+            moe_layers * 3 * H * shared
+    # one token's backward pass: in every MoE layer exactly k experts receive a gradient
+    model.zero_grad()
+    model(torch.tensor([[5]])).logits[0, -1].logsumexp(-1).backward()  # one token, every logit depends on it
+    touched = 0
+    for name, p in experts.items():
+        hit = [j for j in range(E) if p.grad is not None and p.grad[j].abs().sum() > 0]
+        assert len(hit) == k, name
+        touched += len(hit) * p[0].numel()
+    assert counted.active == non_expert + touched
+    assert f"{format_count(counted.active)} active per token" in counted.describe()
+
+
+def test_a_dense_model_is_all_active():
+    counted = count_params(tiny_llama_config())
+    assert counted.experts == counted.routed == 0 and counted.active == counted.total
+    assert "active" not in counted.describe()
+
+
+def test_plan_counts_flops_by_active_parameters(tmp_path, capsys):
+    config = _moe_configs()["mixtral"][0]
+    config.save_pretrained(tmp_path)
+    counted = count_params(config)
+    plan = make_plan(str(tmp_path / "config.json"), "100B", factor=3)
+    assert plan.params.active == counted.active < counted.total
+    assert plan.compute == 6.0 * counted.active * 100e9 and plan.growth_tokens < 100e9
+    base = count_params(type(config)(**{**config.to_dict(), "num_hidden_layers": 1}))
+    assert plan.base_active_params == base.active and plan.base_params == base.total
+    assert plan.base_flops == 6.0 * base.active * plan.growth_tokens
+    assert plan.grown_flops == 6.0 * counted.active * (100e9 - plan.growth_tokens)
+    assert any("mixture of experts" in w for w in plan.warnings)
+    code, out, _ = run_cli(["plan", "--target", str(tmp_path), "--max-tokens", "100B", "--factor", "3", "--json",
+                            "--extrapolate"], capsys)
+    assert code == 0 and json.loads(out)["params"]["active"] == counted.active
+
+
+def test_plan_of_mixtral_counts_its_known_active_parameters(capsys):
+    """README's `hfgrow plan --target mixtral --max-tokens 1T`: transformers' default Mixtral config is Mixtral 8x7B,
+    published as 46.7B parameters of which 12.9B are active per token (2 of 8 experts)."""
+    code, out, _ = run_cli(["plan", "--target", "mixtral", "--max-tokens", "1T", "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert round(data["params"]["total"] / 1e9, 1) == 46.7 and round(data["params"]["active"] / 1e9, 1) == 12.9
+    assert data["compute"] == 6.0 * data["params"]["active"] * 1e12
+    code, out, _ = run_cli(["plan", "--target", "mixtral", "--max-tokens", "1T"], capsys)
+    assert code == 0 and "46.7B (embedding 262M, non-embedding 46.4B; 12.9B active per token)" in out

@@ -226,3 +226,30 @@ def test_cli_targets_are_the_operator_targets():
     from hfgrow.cli.upcycle import TARGETS as CLI_TARGETS
 
     assert CLI_TARGETS == list(TARGETS)
+
+
+def test_growing_an_upcycled_model(sources, tmp_path, capsys):
+    """What README says about growing an upcycled Mixtral: `zero` depth growth and width growth (stack's neuron
+    splitting, zero's new units) keep its function, widening every expert's units alike and the router's inputs;
+    Gstack copies whole blocks, experts and routers included; LiGO refuses the fused in-memory experts."""
+    moe = tmp_path / "moe"
+    hfgrow.upcycle(str(sources("llama")), moe, experts=4, top_k=2, quiet=True)
+    for name, options in (("zero", dict(op="zero", factor=2)), ("wide", dict(op="stack", hidden_size=64)),
+                          ("ffn", dict(op="zero", intermediate_size=128))):
+        result = hfgrow.grow(str(moe), tmp_path / name, quiet=True, **options)
+        assert result.plan.operation.function_preserving is True, name
+        diff, scale = max_dlogit(moe, tmp_path / name)
+        assert diff <= TOL * scale, (name, diff)
+    wide, ffn = load_file(tmp_path / "wide" / "model.safetensors"), load_file(tmp_path / "ffn" / "model.safetensors")
+    for j in range(4):
+        assert wide[f"model.layers.0.block_sparse_moe.experts.{j}.w1.weight"].shape == (128, 64)  # hidden and units x2
+        assert ffn[f"model.layers.0.block_sparse_moe.experts.{j}.w2.weight"].shape == (32, 128)
+    assert wide["model.layers.0.block_sparse_moe.gate.weight"].shape == (4, 64)
+    hfgrow.stack(str(moe), tmp_path / "stacked", factor=2, quiet=True)
+    stacked, source = load_file(tmp_path / "stacked" / "model.safetensors"), load_file(moe / "model.safetensors")
+    copies = {k.replace("layers.1.", "layers.3."): v for k, v in source.items() if "layers.1." in k}
+    assert copies and all(torch.equal(stacked[k], v) for k, v in copies.items())
+    (tmp_path / "text.txt").write_text("some text to learn on " * 200)
+    code, _, err = run_cli(["grow", moe, tmp_path / "ligo", "--op", "learn", "--factor", "2", "--data",
+                            tmp_path / "text.txt", "--learn-steps", "1", "--seq-len", "16"], capsys)
+    assert code == 1 and "stores block weights differently in memory" in err and "Traceback" not in err

@@ -44,6 +44,21 @@ def test_syntax_and_stage_plan_count_active_parameters():
     assert moe.to_dict(512)["n_active"] == moe.n_active
 
 
+def test_a_mixture_of_experts_stage_counts_its_active_parameters_from_the_start():
+    """A run that starts from an MoE model (here stacked x2 at 1024 tokens) counts stage 0 by active parameters too."""
+    from transformers import MixtralConfig
+
+    from hfgrow.growth.timing import count_params
+
+    config = MixtralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=128, num_local_experts=4, num_experts_per_tok=1)
+    first, second = plan_stages(config.to_dict(), [parse_grow("stack:2@1024")], tokens_per_step=512,
+                                max_steps=10).stages
+    assert first.n_active == count_params(config).active == first.n_params - 2 * 3 * (3 * 32 * 64)
+    assert second.n_active == second.n_params - 4 * 3 * (3 * 32 * 64)  # 4 layers, 3 of 4 experts idle per token
+    assert first.to_dict(512)["n_active"] == first.n_active
+
+
 def test_expert_load_counts_the_top_k_choices():
     logits = (torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0, 0.0]] * 2))
     assert expert_load(logits, top_k=2).tolist() == [3 / 8, 3 / 8, 1 / 8, 1 / 8]

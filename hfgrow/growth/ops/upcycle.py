@@ -291,6 +291,7 @@ class UpcycleSpec:
 
     def grown_config(self, source: dict[str, Any]) -> dict[str, Any]:
         """The config of the upcycled model, from the source config alone (a training run's stage plan)."""
+        self.target(source)  # a family with no MoE sibling says so first
         intermediate = source.get("intermediate_size")
         if not isinstance(intermediate, int):
             raise HfgrowError(f"the '{source.get('model_type')}' config has no intermediate_size to upcycle.")
@@ -491,20 +492,3 @@ class UpcycleSpec:
                 kinds.append(kind)
         return planned + filled, kinds
 
-
-def active_params(config: dict[str, Any], total: int) -> int:
-    """Parameters a token uses in a model of ``config`` with ``total`` parameters: all but the experts it is not
-    routed to (E - k of them in every MoE layer); ``total`` for a dense config.
-
-    Example:
-        >>> active_params(mixtral_config, 46_700_000_000)       # 8 experts, top-2: ~12.9B
-        12877132544
-    """
-    target = TARGETS.get(config.get("model_type"))
-    if target is None:
-        return total
-    experts, k = config.get(target.experts_key), config.get("num_experts_per_tok")
-    size, hidden, layers = config.get(target.size_key), config.get("hidden_size"), config.get("num_hidden_layers")
-    sparse = [i for i in range(layers) if i not in (config.get("mlp_only_layers") or [])
-              and (i + 1) % (config.get("decoder_sparse_step") or 1) == 0]
-    return total - (experts - k) * 3 * hidden * size * len(sparse)
