@@ -5,7 +5,7 @@
 #                                    # (eager/eager, compile+liger/compile+liger), the first 20 losses with and
 #                                    # without each speed option (liger, compile, float8 on 8.9+ cards), the pause
 #                                    # of an in-run growth (1.1B x2); JSON to $OUT/bench_gpu.json
-#   bash bench/gpu.sh compare        # <= 7 min: hfgrow compare --config gpu (34M-parameter 8-layer target, 5e7
+#   bash bench/gpu.sh compare        # <= 7 min: hfgrow compare --target gpu (34M-parameter 8-layer target, 5e7
 #                                    # tokens per arm) on the Python sources this machine holds; $OUT/compare/
 #   bash bench/gpu.sh ... --dry      # the same on a CPU at toy size (tests/bench/test_bench_gpu.py runs both)
 #
@@ -71,11 +71,11 @@ print(f"[gpu.sh] {total / 1e6:.1f}M characters of Python sources", file=sys.stde
 PY
 rm -rf "$OUTDIR/compare"
 if [[ $DRY == 1 ]]; then
-  ARGS=(--config tiny --max-tokens 5e3 --seq-len 32 --batch-size 8 --lr 3e-3 --no-small)
+  ARGS=(--target tiny --max-tokens 5e3 --seq-len 32 --batch-size 8 --lr 3e-3 --no-small)
 else
   # bf16 autocast for every arm (compare runs python -m hfgrow.continue, which accelerate configures from this)
   export ACCELERATE_MIXED_PRECISION=bf16
-  ARGS=(--config gpu --max-tokens 5e7 --seq-len 512 --batch-size 64 --lr 2e-3)
+  ARGS=(--target gpu --max-tokens 5e7 --seq-len 512 --batch-size 64 --lr 2e-3)
 fi
 start=$(date +%s)
 timeout --signal=KILL 590 "$PYTHON" -m hfgrow.cli.main compare "$OUTDIR/compare" --data "$WORK/python.jsonl" \

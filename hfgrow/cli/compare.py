@@ -16,12 +16,15 @@ UPCYCLE_ONLY = ("experts", "top_k")
 
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--config", default=None,
-              help="Target model: a preset (tiny: ~1M parameters for CPUs; gpu: 34M for one GPU) or a config.json / "
+@click.option("--target", default=None, metavar="PRESET|CONFIG",
+              help="Target model, as in `hfgrow plan --target`: a preset (tiny: ~1M parameters for CPUs; gpu: 34M "
+                   "for one GPU) or a config.json / "
                    "model folder (random init) [default: tiny]. With --op upcycle, the dense model "
                    f"[default: {UPCYCLE_PRESET}, the tiny preset at 2 layers].")
 @click.option("--data", multiple=True, help="Text files (.txt/.md, .jsonl, .parquet, .gz) or folders; default: Python's pydoc topics.")
-@click.option("--factor", "-g", type=int, default=4, show_default=True)
+@click.option("--config", "old_config", default=None, hidden=True, help="The old spelling of --target.")
+@click.option("--factor", "-g", type=float, default=4, show_default=True,
+              help="Depth growth factor g, as in `hfgrow grow`: the base has L/g layers (a whole number).")
 @click.option("--op", "ops", multiple=True, default=("stack",), show_default=True,
               type=Operator(in_run=True),
               help="Growth operators to compare (repeatable); upcycle: dense vs upcycled, an experiment of its own.")
@@ -51,8 +54,8 @@ UPCYCLE_ONLY = ("experts", "top_k")
 @click.option("--no-small", is_flag=True, help="Skip the small model trained alone on the whole budget.")
 @console_options
 @click.pass_context
-def compare(ctx, out, config, data, factor, ops, scratch_tokens, old_tokens, base_fraction, seq_len, batch_size, lr,
-            lr_grid, optimizers, experts, top_k, seed, no_untrained, no_small):
+def compare(ctx, out, target, old_config, data, factor, ops, scratch_tokens, old_tokens, base_fraction, seq_len,
+            batch_size, lr, lr_grid, optimizers, experts, top_k, seed, no_untrained, no_small):
     """Train base -> grow -> continue, and the target from scratch, at equal FLOPs; plot and tabulate.
 
     Every arm is one run of hfgrow.continue (a grown arm grows inside its run, --grow OP:g@d).
@@ -71,7 +74,7 @@ def compare(ctx, out, config, data, factor, ops, scratch_tokens, old_tokens, bas
       hfgrow compare runs/cmp
       hfgrow compare runs/cmp --op stack --op zero --max-tokens 3M
       hfgrow compare runs/cmp --grow-optimizer fresh --grow-optimizer carry --lr 3e-3
-      hfgrow compare runs/cmp --config my-target/config.json --data corpus.jsonl --factor 2
+      hfgrow compare runs/cmp --target my-target/config.json --data corpus.jsonl --factor 2
       hfgrow compare runs/upcycle --op upcycle                     # dense vs upcycled (4 experts, top-2)
       hfgrow compare runs/upcycle8 --op upcycle --experts 8 --max-tokens 1M
     """
@@ -83,6 +86,7 @@ def compare(ctx, out, config, data, factor, ops, scratch_tokens, old_tokens, bas
     from hfgrow.growth import registry
 
     scratch_tokens = renamed("--max-tokens", "--tokens", scratch_tokens, old_tokens)
+    config = renamed("--target", "--config", target, old_config)
     if any("experts" in registry.get(op).names for op in ops):
         refuse(given(ctx, NOT_FOR_UPCYCLE), "does not apply to --op upcycle (dense vs upcycled, continued from one "
                                             "dense checkpoint).")

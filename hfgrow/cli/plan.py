@@ -22,17 +22,17 @@ from hfgrow.cli.options import console_options
 @click.option("--tokens", "old_tokens", hidden=True, metavar="D", help="The old spelling of --max-tokens.")
 @click.option(
     "--factor",
-    type=int,
+    type=float,
     default=4,
     show_default=True,
     metavar="G",
-    help="Growth factor g (the paper recommends 4); must divide the target's layer count.",
+    help="Growth factor g (the paper recommends 4), as in `hfgrow grow`: the base has L/g layers, a whole number.",
 )
 @click.option("--extrapolate", is_flag=True,
               help="Plan a target below 410M parameters anyway (outside the law's fit; refused without it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @console_options
-def plan(target: str, tokens: str | None, old_tokens: str | None, factor: int, extrapolate: bool,
+def plan(target: str, tokens: str | None, old_tokens: str | None, factor: float, extrapolate: bool,
          as_json: bool) -> None:
     """Plan a Gstack growth: when to grow (d tokens), the base model's shape, and the FLOPs.
 

@@ -333,7 +333,7 @@ def choose_lr(trainer: Trainer, arm: Arm, grid: tuple[float, ...], folder: Path,
 
 
 def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction: float, tokens_per_step: int,
-              factor: int, ops: tuple[str, ...], optimizers: tuple[str, ...], include_untrained: bool,
+              factor: float, ops: tuple[str, ...], optimizers: tuple[str, ...], include_untrained: bool,
               include_small: bool) -> tuple[list[Arm], dict[str, Any]]:
     """The arms at equal FLOPs, in whole optimizer steps, and the budget they share.
 
@@ -353,18 +353,18 @@ def plan_arms(n_target: int, n_base: int, *, scratch_tokens: int, base_fraction:
     for op in ops:
         for optimizer in optimizers:
             suffix = "" if optimizer == "fresh" else f"-{optimizer}"
-            arms.append(Arm(f"grown-{op}{suffix}", "base", base_steps + grown_steps, f"{op}:{factor}@{d}", d,
+            arms.append(Arm(f"grown-{op}{suffix}", "base", base_steps + grown_steps, f"{op}:{factor:g}@{d}", d,
                             optimizer))
     arms.append(Arm("scratch", "target", scratch_steps))
     if include_untrained:
-        arms.append(Arm("grown-untrained", "base", scratch_steps, f"stack:{factor}@0", 0))
+        arms.append(Arm("grown-untrained", "base", scratch_steps, f"stack:{factor:g}@0", 0))
     if include_small:
         arms.append(Arm("small-alone", "base", max(1, round(budget / (6.0 * n_base * tokens_per_step)))))
     return arms, {"budget_flops": budget, "base_tokens": d, "grown_tokens": grown_steps * tokens_per_step,
                   "scratch_tokens": scratch_steps * tokens_per_step}
 
 
-def compare(out_dir: str | Path, *, config: str | None = None, data: list[str] | None = None, factor: int = 4,
+def compare(out_dir: str | Path, *, config: str | None = None, data: list[str] | None = None, factor: float = 4,
             ops: tuple[str, ...] = ("stack",), optimizers: tuple[str, ...] = ("fresh",),
             scratch_tokens: int | str | None = None, base_fraction: float | None = None, seq_len: int = 128,
             batch_size: int = 16, lr: float | None = None, lr_grid: tuple[float, ...] = LR_GRID, seed: int = 0,
@@ -408,11 +408,14 @@ def compare(out_dir: str | Path, *, config: str | None = None, data: list[str] |
         raise HfgrowError(f"--base-fraction must be between 0 and 1 (got {base_fraction}).")
     target = _config(config)
     layers = target.get("num_hidden_layers")
-    if not isinstance(layers, int) or layers % factor:
-        raise HfgrowError(f"the target's {layers} layers are not divisible by --factor {factor}.")
-    base = dict(target, num_hidden_layers=layers // factor)
+    if not isinstance(layers, int):
+        raise HfgrowError("the target's config has no num_hidden_layers to grow to.")
+    from hfgrow.growth.timing import check_factor
+
+    base_layers = check_factor(layers, factor)
+    base = dict(target, num_hidden_layers=base_layers)
     if "layer_types" in target:
-        base["layer_types"] = target["layer_types"][: layers // factor]
+        base["layer_types"] = target["layer_types"][:base_layers]
     target_count, base_count = _count_params(target), _count_params(base)
     n_target, n_base = target_count.active, base_count.active  # FLOPs: what a token uses (all of a dense model)
     tokens_per_step = _tokens_per_step(seq_len, batch_size)
@@ -712,7 +715,7 @@ def markdown(report: dict[str, Any]) -> str:
         return markdown_upcycle(report)
     setup, baseline = report["setup"], report["baseline"]
     lines = [
-        f"Target {setup['target_params']:,} params, base {setup['base_params']:,} (g = {setup['factor']}); "
+        f"Target {setup['target_params']:,} params, base {setup['base_params']:,} (g = {setup['factor']:g}); "
         f"budget {setup['budget_flops']:.3g} FLOPs ({setup['scratch_tokens']:,} target tokens); "
         f"base trained on d = {setup['base_tokens']:,} tokens.",
         f"Learning rate: {setup['lr']['rule']}; chosen: "

@@ -253,12 +253,19 @@ def valid_factors(layers: int) -> list[int]:
     return [g for g in range(2, layers + 1) if layers % g == 0]
 
 
-def check_factor(layers: int, factor: int) -> None:
-    """Raise a clear error unless ``factor`` divides ``layers`` (suggesting the nearest valid ones)."""
-    if factor < 2:
-        raise HfgrowError(f"--factor must be at least 2 (got {factor}); the paper recommends 4.")
-    if layers % factor == 0:
-        return
+def check_factor(layers: int, factor: float) -> int:
+    """The base model's layer count, ``layers / factor``, refused unless it is whole (suggesting the nearest
+    factors that are). ``factor`` may be fractional, as in ``hfgrow grow`` (1.5: 16 layers grow to 24).
+
+    Example:
+        >>> check_factor(24, 4), check_factor(24, 1.5)
+        (6, 16)
+    """
+    if not factor > 1:  # also refuses nan
+        raise HfgrowError(f"--factor must be above 1 (got {factor:g}); the paper recommends 4.")
+    base = layers / factor
+    if abs(base - round(base)) < 1e-9 and round(base) >= 1:
+        return round(base)
     valid = valid_factors(layers)
     if not valid:
         raise HfgrowError(f"the target has {layers} layer(s), which cannot be grown from a smaller stack.")
@@ -267,8 +274,8 @@ def check_factor(layers: int, factor: int) -> None:
     nearest = ([lower[-1]] if lower else []) + ([upper[0]] if upper else [])
     suggestion = " or ".join(str(g) for g in nearest)
     raise HfgrowError(
-        f"factor {factor} does not divide the target's {layers} layers: use {suggestion} "
-        f"(valid factors: {', '.join(map(str, valid))})."
+        f"factor {factor:g} does not divide the target's {layers} layers into a whole base model: use {suggestion} "
+        f"(valid whole factors: {', '.join(map(str, valid))})."
     )
 
 
@@ -308,7 +315,7 @@ class GrowthPlan:
     tokens: int
     compute: float
     growth_tokens: float
-    factor: int
+    factor: float
     target_layers: int | None
     hidden_size: int | None
     base_layers: int | None
@@ -360,7 +367,7 @@ class GrowthPlan:
             f"  tokens D        {format_count(self.tokens)}",
             f"  compute C       {format_flops(self.compute)} FLOPs   (C = 6·N·D)",
             f"  growth timing d {d_text} tokens   (log10 d = 0.88·log10 N + 163.27/log10 C − 5.74)",
-            f"  growth factor g {self.factor}",
+            f"  growth factor g {self.factor:g}",
         ]
         if self.base_layers is not None:
             lines.append(
@@ -371,7 +378,7 @@ class GrowthPlan:
             )
         else:
             lines.append(
-                f"  base model      1/{self.factor} of the target's layers, same width; "
+                f"  base model      1/{self.factor:g} of the target's layers, same width; "
                 f"≈{format_count(self.base_params)} parameters (estimate N/g; pass a config for exact)"
             )
         lines += [
@@ -388,16 +395,16 @@ class GrowthPlan:
             lines += [
                 "",
                 f"  one run (pre-training with growth): --grow {self.grow_argument}",
-                f"    BASE/ = config.json of the base model ({self.base_layers or f'L/{self.factor}'} layers) and the "
+                f"    BASE/ = config.json of the base model ({self.base_layers or f'L/{self.factor:g}'} layers) and the "
                 "tokenizer, no weights (random init)",
                 f"    {self.launch}",
-                f"    (--grow stack:{self.factor}@auto applies the same law to the run's own parameter count and "
+                f"    (--grow stack:{self.factor:g}@auto applies the same law to the run's own parameter count and "
                 "--max-tokens)",
             ]
         lines += [
             "",
             "  or by hand",
-            f"    1. train the base model ({self.base_layers or f'L/{self.factor}'} layers) for {d_text} tokens",
+            f"    1. train the base model ({self.base_layers or f'L/{self.factor:g}'} layers) for {d_text} tokens",
             f"    2. {self.command}",
             f"    3. continue training OUT for the remaining {format_count(max(self.tokens - self.growth_tokens, 0), 2)} tokens",
         ]
@@ -411,7 +418,7 @@ def _looks_like_size(target: str) -> bool:
     return bool(re.match(r"^\s*[+-]?[\d.]", target)) and "/" not in target and os.sep not in target
 
 
-def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAULT_FACTOR) -> GrowthPlan:
+def make_plan(target: str | Any, tokens: int | float | str, factor: float = DEFAULT_FACTOR) -> GrowthPlan:
     """Build a Gstack growth plan for ``target`` trained on ``tokens`` tokens.
 
     Args:
@@ -428,8 +435,8 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
     D = parse_count(tokens, "token count", "2T")
     if D <= 0:
         raise HfgrowError(f"--max-tokens must be > 0 (got '{tokens}'); e.g. --max-tokens 2T.")
-    if factor < 2:
-        raise HfgrowError(f"--factor must be at least 2 (got {factor}); the paper recommends 4.")
+    if not factor > 1:
+        raise HfgrowError(f"--factor must be above 1 (got {factor:g}); the paper recommends 4.")
 
     config = None
     label = str(target) if isinstance(target, (str, os.PathLike)) else type(target).__name__
@@ -454,9 +461,8 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         hidden = getattr(text, "hidden_size", None)
         if not isinstance(target_layers, int):
             raise HfgrowError(f"the '{model_type}' config has no num_hidden_layers; cannot plan depth growth.")
-        check_factor(target_layers, factor)
+        base_layers = check_factor(target_layers, factor)
         params = count_params(config)
-        base_layers = target_layers // factor
         base_count = count_params(_base_config(config, base_layers))
         base_params, base_active = base_count.total, base_count.active
         base_exact = True
@@ -488,7 +494,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         )
     grow_argument = launch = None
     if d < D and N >= LAW_MIN_PARAMS:
-        grow_argument = f"stack:{factor}@{format_count(d, 2)}"
+        grow_argument = f"stack:{factor:g}@{format_count(d, 2)}"
         launch = (f"accelerate launch --quiet --config_file configs/fsdp2.yaml --num_processes N -m hfgrow.continue "
                   f"--model BASE/ --grow {grow_argument} --data DATA --output-dir RUN --max-tokens "
                   f"{format_count(D, 2)}")
@@ -515,7 +521,7 @@ def make_plan(target: str | Any, tokens: int | float | str, factor: int = DEFAUL
         scratch_flops=scratch,
         saving_flops=scratch - total,
         saving_fraction=(scratch - total) / scratch,
-        command=f"hfgrow stack BASE_MODEL OUT --factor {factor}",
+        command=f"hfgrow stack BASE_MODEL OUT --factor {factor:g}",
         model_type=model_type,
         warnings=warnings,
         grow_argument=grow_argument,

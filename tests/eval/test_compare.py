@@ -273,7 +273,7 @@ def test_compare_upcycle_end_to_end(tmp_path, capsys):
 
     (tmp_path / "config.json").write_text(json.dumps(TINY_DENSE))
     out = tmp_path / "upcycle"
-    code, stdout, err = run_cli(["compare", out, "--op", "upcycle", "--config", tmp_path / "config.json",
+    code, stdout, err = run_cli(["compare", out, "--op", "upcycle", "--target", tmp_path / "config.json",
                                  "--max-tokens", "4k", "--seq-len", "32", "--batch-size", "8", "--lr", "3e-3",
                                  "--quiet"], capsys)
     assert code == 0, err

@@ -12,6 +12,7 @@ from helpers.cli import run_cli
 from hfgrow.eval import tiny
 from hfgrow.units import format_count, parse_count
 from hfgrow.growth.timing import (
+    check_factor,
     count_params,
     growth_tokens,
     make_plan,
@@ -165,6 +166,30 @@ def test_cli_factor_not_dividing_layers_suggests_nearest(tmp_path, capsys):
     tiny_llama_config(num_hidden_layers=24).save_pretrained(tmp_path)
     code, out, err = run_cli(["plan", "--target", str(tmp_path), "--max-tokens", "1T", "--factor", "5"], capsys)
     _assert_one_line_error(code, out, err, "factor 5 does not divide", "24 layers", "use 4 or 6")
+
+
+def test_a_fractional_factor_is_a_growth_as_in_grow(tmp_path, capsys):
+    """--factor means L·g output layers in plan as in stack/grow: 1.5 plans a 16-layer base for a 24-layer target."""
+    assert check_factor(24, 4) == 6 and check_factor(24, 1.5) == 16
+    tiny_llama_config(num_hidden_layers=24).save_pretrained(tmp_path)
+    code, out, err = run_cli(["plan", "--target", str(tmp_path), "--max-tokens", "1T", "--factor", "1.5",
+                              "--extrapolate", "--json"], capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["base_layers"] == 16 and plan["factor"] == 1.5
+    assert plan["command"] == "hfgrow stack BASE_MODEL OUT --factor 1.5"
+    for bad, needle in (("1", "--factor must be above 1 (got 1)"), ("nan", "--factor must be above 1")):
+        code, out, err = run_cli(["plan", "--target", str(tmp_path), "--max-tokens", "1T", "--factor", bad], capsys)
+        _assert_one_line_error(code, out, err, needle)
+
+
+def test_compare_takes_the_target_as_plan_does(tmp_path, capsys):
+    """compare's model is --target, as in plan; --config (accelerate's word) is read with a warning for one release."""
+    missing = tmp_path / "missing.json"
+    code, out, err = run_cli(["compare", tmp_path / "out", "--config", missing], capsys)
+    assert code != 0 and "warning: --config is now --target" in err and str(missing) in err
+    code, out, err = run_cli(["compare", tmp_path / "out", "--config", "tiny", "--target", "gpu"], capsys)
+    assert code == 2 and "give --target once" in err
 
 
 def test_cli_unknown_target(capsys):
