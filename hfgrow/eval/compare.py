@@ -66,8 +66,8 @@ UPCYCLE_PRESET = "tiny-dense"
 # expert sees half the tokens. The active parameters (one extra MLP per layer) do not depend on E; more experts only
 # add memory and the expert loop's per-expert overhead on a CPU.
 UPCYCLE_EXPERTS, UPCYCLE_TOP_K = 4, 2
-# the dense model is pre-trained on 256k tokens (125 steps of 2,048), then each arm gets 50% more compute (the dense
-# arm 128k tokens): Sparse Upcycling measured extra budgets of 10-100% of the dense pre-training
+# the dense model is pre-trained on 256k tokens (125 steps of 2,048), then each arm gets half that compute again (the
+# dense arm 128k tokens): about the extra budget at which Sparse Upcycling reports beating dense continuation
 UPCYCLE_TOKENS = "128k"
 UPCYCLE_BASE_FRACTION = 2.0
 LR_GRID = (1e-3, 2e-3, 4e-3, 8e-3)  # factor-2 steps: at toy scale the scratch arm is sensitive to the LR
