@@ -273,7 +273,7 @@ def describe_run(setup: Setup, source, info: ModelInfo, data, schedule: Schedule
         "use_cache": info.use_cache, "new_layers": setup.new_layers,
         "mask": setup.mask.to_dict() if info.mask is not None else None,
         "mixed_precision": accelerator.mixed_precision, "distributed_type": str(accelerator.distributed_type),
-        "random_init": not setup.has_weights, "stages": plan.to_list() if cfg.grow else None,
+        "random_init": not setup.has_weights, "stages": plan.to_list(),  # stage 0 too: its active parameters
         "grow_optimizer": cfg.grow_optimizer if cfg.grow else None,
         "grow_warmup_steps": cfg.grow_warmup_steps if cfg.grow else None,
         "speed": cfg.speed().to_dict(),

@@ -229,7 +229,7 @@ def test_compare_end_to_end(tmp_path):
 
     with pytest.raises(HfgrowError, match="not empty"):
         compare(out, config=str(tmp_path / "config.json"), factor=2, quiet=True)
-    with pytest.raises(HfgrowError, match="not divisible"):
+    with pytest.raises(HfgrowError, match="factor 3 does not divide the target.s 4 layers into a whole base model"):
         compare(tmp_path / "cmp2", config=str(tmp_path / "config.json"), factor=3, quiet=True)
 
 

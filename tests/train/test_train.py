@@ -175,7 +175,10 @@ def test_single_process_loss_decreases_and_export(env, monkeypatch, tmp_path_fac
     # recorded relative to the run folder)
     root = str(tmp_path_factory.getbasetemp())
     assert root not in (run / "run.json").read_text() and root not in (run / "checkpoint-16" / "hfgrow_state.json").read_text()
-    assert json.loads((run / "run.json").read_text())["model_spec"] == "../model"
+    info = json.loads((run / "run.json").read_text())
+    assert info["model_spec"] == "../model"
+    # one stage, recorded like a growth run's: FLOPs count its parameters (a mixture of experts: its active ones)
+    assert info["stages"] == [{"stage": 0, "start_step": 0, "start_tokens": 0, "layers": 4, "n_params": info["n_params"]}]
     for path in final.rglob("*"):
         assert root.encode() not in path.read_bytes(), path
 
