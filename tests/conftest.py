@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Iterator
 
 import pytest
 from helpers.hub_server import HubServer
+
+# One torch thread, here and in every process a test starts (they inherit the environment): the tests' matrices are
+# tiny, so a second thread only adds synchronisation, and when the cores are shared (pytest-xdist's two workers,
+# a 2-process accelerate run, another job) each op waits for a descheduled partner thread: bench/gpu.sh compare
+# --dry took 133 s instead of 19 s on a busy 2-core machine. A value the user set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late for it
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ def test_readme_installs_with_the_constraints_and_ci_runs_its_two_commands():
     assert len(commands) == 2
     install, tests = commands
     assert "-c constraints.txt" in install and install.endswith("hfgrow demo")
-    assert tests == "HF_HUB_OFFLINE=1 python -m pytest"
+    assert tests == "HF_HUB_OFFLINE=1 python -m pytest -n 2 --dist loadfile"
     ci = (ROOT / ".ci" / "run").read_text()
     values = {name: shlex.split(value)[0] for name, value in re.findall(r"^(SETUP|TESTS)=(.*)$", ci, flags=re.M)}
     assert values == {"SETUP": install, "TESTS": tests}

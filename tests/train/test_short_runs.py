@@ -77,8 +77,9 @@ def tied(tmp_path_factory):
 
 
 def test_save_total_limit_keeps_the_newest_and_resume_is_exact(tied, tmp_path):
-    """The default keeps 2 checkpoints; a tied model is saved without its alias (no accelerate warning, no
-    lm_head.weight in the file); a run killed after step 3 and resumed gives the unbroken run's losses."""
+    """The default keeps 2 checkpoints (also across a resume), --save-total-limit 0 all; a tied model is saved
+    without its alias (no accelerate warning, no lm_head.weight in the file); a run killed after step 3 and resumed
+    gives the unbroken run's losses. (The limit only deletes folders: the run that keeps all is the unbroken run.)"""
     from safetensors import safe_open
 
     def run(out, *extra, **kw):
@@ -86,21 +87,21 @@ def test_save_total_limit_keeps_the_newest_and_resume_is_exact(tied, tmp_path):
                                 str(tmp_path / out), "--seq-len", "32", "--batch-size", "2", "--max-steps", "5",
                                 "--save-steps", "1", "--eval-sequences", "0", "--no-export", *extra], **kw)
 
-    proc = run("whole")
-    assert sorted(p.name for p in (tmp_path / "whole").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    proc = run("all", "--save-total-limit", "0")
+    assert sorted(p.name for p in (tmp_path / "all").glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, 6)]
     assert "Removed shared tensor" not in proc.stderr
-    with safe_open(tmp_path / "whole" / "checkpoint-5" / "model.safetensors", "pt") as fh:
+    with safe_open(tmp_path / "all" / "checkpoint-5" / "model.safetensors", "pt") as fh:
         names = set(fh.keys())
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     killed = run("killed", env_extra={"HFGROW_DEBUG_KILL_AT_STEP": "3"}, check=False)
     assert killed.returncode != 0
     assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
-    run("killed", "--resume")
+    proc = run("killed", "--resume")
+    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    assert "Removed shared tensor" not in proc.stderr
 
     def losses(out):
         return [r["loss"] for r in map(json.loads, (tmp_path / out / "log.jsonl").read_text().splitlines())
                 if r["type"] == "train"]
 
-    assert losses("killed") == losses("whole")
-    run("all", "--save-total-limit", "0")
-    assert len(list((tmp_path / "all").glob("checkpoint-*"))) == 5
+    assert len(losses("all")) == 5 and losses("killed") == losses("all")

@@ -89,12 +89,23 @@ def env(tmp_path_factory):
     return root
 
 
-def run_continue(env: Path, out: str, *extra: str, model: str = "model", procs: int = 1,
-                 env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    args = ["--model", str(env / model), "--data", f"a={env / 'data' / 'a.jsonl'}",
+def continue_args(env: Path, out: str, *extra: str, model: str = "model") -> list[str]:
+    return ["--model", str(env / model), "--data", f"a={env / 'data' / 'a.jsonl'}",
             "--data", f"b={env / 'data' / 'b'}", "--output-dir", str(env / out), "--seq-len", "32",
             "--eval-sequences", "4", "--lr", "3e-3", "--warmup-steps", "2", *extra]
-    return launch_continue(args, procs=procs, env_extra=env_extra, check=check)
+
+
+def run_continue(env: Path, out: str, *extra: str, model: str = "model", procs: int = 1,
+                 env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return launch_continue(continue_args(env, out, *extra, model=model), procs=procs, env_extra=env_extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def short_run(env) -> Path:
+    """2 steps of the model at batch 2, checkpoint-2 kept (--no-export): its step 1 is the model's loss on the first
+    batch. Tests that change the run work on a copy."""
+    run_continue(env, "short", "--batch-size", "2", "--max-steps", "2", "--save-steps", "2", "--no-export")
+    return env / "short"
 
 
 def train_log(run: Path) -> list[dict]:
@@ -219,7 +230,7 @@ def test_single_process_loss_decreases_and_export(env, monkeypatch, tmp_path_fac
     assert "| steps | 8 |" in exp8 and f"| train loss at step 8 | {log[7]['loss']:.4f} |" in exp8
 
 
-def test_two_processes_match_one_and_resume_after_sigkill(env):
+def test_two_processes_match_one_and_resume_after_sigkill(env, capsys):
     common = ("--grad-accum", "2", "--max-steps", "6", "--save-steps", "3", "--eval-steps", "3")
     run_continue(env, "one", "--batch-size", "4", *common)
     run_continue(env, "two", "--batch-size", "2", *common, procs=2)
@@ -243,8 +254,9 @@ def test_two_processes_match_one_and_resume_after_sigkill(env):
     assert proc.returncode != 0
     killed = env / "killed"
     assert (killed / ".tmp-checkpoint-6").is_dir() and not (killed / "checkpoint-6").exists()
-    proc = run_continue(env, "killed", "--batch-size", "4", *common, check=False)
-    assert proc.returncode == 1 and "--resume" in proc.stderr  # never silently restarts over a run
+    # never silently restarts over a run (checked before any process group: in process)
+    assert continue_main(continue_args(env, "killed", "--batch-size", "4", *common)) == 1
+    assert "--resume" in capsys.readouterr().err
     run_continue(env, "killed", "--batch-size", "4", *common, "--resume")
     resumed = train_log(killed)
     assert [r["step"] for r in resumed] == list(range(1, 7))
@@ -328,7 +340,7 @@ def test_mask_at_step_zero_equals_model_without_masked_layers(env):
     assert ramp2.set_step(4) == 1.0 and not ramp2.active  # hooks dropped once c reaches 1
 
 
-def test_width_mask_ramp_starts_from_the_source_function(env):
+def test_width_mask_ramp_starts_from_the_source_function(env, short_run):
     from safetensors.torch import load_file
 
     from hfgrow.growth.pipeline import grow
@@ -338,8 +350,7 @@ def test_width_mask_ramp_starts_from_the_source_function(env):
     # no weight decay: a weight then changes only where its gradient is non-zero
     run_continue(env, "wide-run", *common, "--max-steps", "5", "--save-steps", "5", "--weight-decay", "0",
                  model="wide")
-    run_continue(env, "narrow-run", *common, "--max-steps", "1", "--save-steps", "1")
-    log, narrow = train_log(env / "wide-run"), train_log(env / "narrow-run")
+    log, narrow = train_log(env / "wide-run"), train_log(short_run)
     assert [r.get("mask_c") for r in log] == [0.0, 1 / 3, 2 / 3, 1.0, None]
     assert abs(log[0]["loss"] - narrow[0]["loss"]) < 1e-4  # c = 0: the source model's loss on the same batch
     assert all(math.isfinite(r["loss"]) for r in log)
@@ -389,8 +400,10 @@ def test_bad_input_one_clear_line(env, capsys, extra, message):
     assert not (env / "bad").exists()
 
 
-def test_corrupt_checkpoint_on_resume(env):
-    run_continue(env, "corrupt", "--batch-size", "2", "--max-steps", "2", "--save-steps", "2", "--no-export")
+def test_corrupt_checkpoint_on_resume(env, short_run):
+    import shutil
+
+    shutil.copytree(short_run, env / "corrupt")  # a run of 2 steps at batch 2 with checkpoint-2
     weights = env / "corrupt" / "checkpoint-2" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     proc = run_continue(env, "corrupt", "--batch-size", "2", "--max-steps", "4", "--resume", check=False)
